@@ -1,0 +1,5 @@
+import sys
+
+from ufm.cli import main
+
+sys.exit(main())

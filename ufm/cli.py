@@ -1,0 +1,129 @@
+"""The `ufm` command: `ufm run [CONFIG.toml] [--out DIR] [--set key=value ...]`, `ufm show DIR`,
+`ufm plot DIR`."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+SUMMARY_METRICS = ("nc1", "nc2_W", "nc2_H", "nc3", "nc4", "rel_gap")
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float) or isinstance(value, np.floating):
+        return "nan" if np.isnan(value) else f"{value:.2e}"
+    return str(value)
+
+
+def summary(table: dict) -> str:
+    """One line per configuration (seeds pooled): status counts and the worst final metrics."""
+    from ufm.plots import series_labels
+
+    labels, _ = series_labels(table)
+    header = ["configuration", "runs", "status", *SUMMARY_METRICS, "steps", "s/run"]
+    lines = []
+    for label in dict.fromkeys(labels):
+        rows = [i for i, lab in enumerate(labels) if lab == label]
+        statuses = [str(table["status"][i]) for i in rows]
+        status = ", ".join(f"{statuses.count(s)} {s}" for s in dict.fromkeys(statuses))
+        worst = []
+        for key in SUMMARY_METRICS:
+            values = np.abs(np.asarray(table[key], dtype=float)[rows]) if key in table else [np.nan]
+            worst.append(_fmt(float(np.nanmax(values))) if not np.all(np.isnan(values)) else "-")
+        steps = int(np.max(np.asarray(table["steps"])[rows]))
+        seconds = float(np.mean(np.asarray(table["seconds"], dtype=float)[rows]))
+        lines.append([label, str(len(rows)), status, *worst, str(steps), f"{seconds:.2f}"])
+    widths = [max(len(r[j]) for r in [header] + lines) for j in range(len(header))]
+    out = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
+    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in lines]
+    out.append("(worst over seeds of the final values; rel_gap = |f - f*|/|f*|, '-' where no "
+               "closed form is known)")
+    return "\n".join(out)
+
+
+def _cmd_run(args) -> int:
+    from ufm import config, grid, plots
+
+    try:
+        experiment = config.load(args.config) if args.config else config.load_default()
+        if args.set:
+            experiment = config.apply_overrides(experiment, args.set)
+    except config.ConfigError as err:
+        print(f"ufm run: {err}", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else Path("runs") / experiment.name
+    n_configs = len(config.configurations(experiment))
+    print(f"ufm run: {experiment.name}: {n_configs} runs -> {out}", file=sys.stderr)
+    result = grid.run(experiment, out=out, progress=not args.no_progress)
+    if not args.no_plots:
+        plots.plot_results(out)
+    from ufm import io
+
+    print(summary(io.read_table(out / io.RESULTS)))
+    print(f"wall time {result.seconds:.1f} s; results in {out}/")
+    return 0
+
+
+def _cmd_show(args) -> int:
+    from ufm import io
+
+    path = Path(args.dir) / io.RESULTS
+    if not path.is_file():
+        print(f"ufm show: {args.dir} is not a results folder ({io.RESULTS} is missing)",
+              file=sys.stderr)
+        return 2
+    table = io.read_table(path)
+    if args.all:
+        columns = list(table)
+        print(",".join(columns))
+        for i in range(len(table["row"])):
+            print(",".join(_fmt(table[c][i]) for c in columns))
+    else:
+        print(summary(table))
+    return 0
+
+
+def _cmd_plot(args) -> int:
+    from ufm import io, plots
+
+    if not (Path(args.dir) / io.RESULTS).is_file():
+        print(f"ufm plot: {args.dir} is not a results folder ({io.RESULTS} is missing)",
+              file=sys.stderr)
+        return 2
+    for path in plots.plot_results(args.dir, metrics=args.metric):
+        print(path)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ufm", description="Unconstrained feature model "
+                                     "simulator: neural collapse, landscapes, grids.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run an experiment (default: the built-in one)")
+    run.add_argument("config", nargs="?", help="experiment TOML file (default: built-in)")
+    run.add_argument("--out", help="results folder (default: runs/<name>)")
+    run.add_argument("--set", action="append", metavar="KEY=VALUE",
+                     help="override a key, e.g. --set problem.loss=mse --set steps=1000")
+    run.add_argument("--no-plots", action="store_true", help="skip the figures")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.set_defaults(func=_cmd_run)
+    show = sub.add_parser("show", help="print the results table of a results folder")
+    show.add_argument("dir")
+    show.add_argument("--all", action="store_true", help="every row and column (CSV)")
+    show.set_defaults(func=_cmd_show)
+    plot = sub.add_parser("plot", help="redraw the figures of a results folder")
+    plot.add_argument("dir")
+    plot.add_argument("--metric", action="append", help="only this history key (repeatable)")
+    plot.set_defaults(func=_cmd_plot)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

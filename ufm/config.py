@@ -1,0 +1,288 @@
+"""TOML experiment files -> validated `Experiment` objects, with every default written out.
+
+An experiment file has four tables (all optional; every key has a default):
+
+    name = "my-experiment"
+    [problem]   Problem fields: num_classes, feature_dim, n_per_class | class_counts, loss,
+                geometry, bias, classifier, dtype
+    [hyper]     Hyper fields: lam_W, lam_H, lam_b, tau, alpha, gamma, kappa, M, lr, momentum,
+                beta1, beta2
+    [solver]    name ("gd" | "momentum" | "nesterov" | "adam" | "lbfgs"), steps, log_every, tol,
+                init_scale
+    [run]       seeds (a list of ints)
+
+A list in [problem] or [hyper] is a grid axis; the grid is the Cartesian product of the axes
+and the seeds (class_counts is a list of per-class counts; a list of such lists is an axis).
+Everything is checked here, before anything compiles: an unknown key, a wrong type or an
+out-of-range value raises `ConfigError` naming the key, the value and what is allowed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ufm.problem import HYPER_RANGES, Hyper, Problem, describe_range
+from ufm.solvers import SOLVERS
+
+DEFAULT_PATH = Path(__file__).with_name("default.toml")
+
+
+class ConfigError(ValueError):
+    """A bad experiment file or override; the message names the key, the value and the rule."""
+
+
+PROBLEM_DEFAULTS = {
+    "num_classes": 10, "feature_dim": 32, "n_per_class": 50, "class_counts": None, "loss": "ce",
+    "geometry": "wd", "bias": None, "classifier": "learned", "dtype": "float32",
+}
+PROBLEM_TYPES = {
+    "num_classes": int, "feature_dim": int, "n_per_class": int, "class_counts": list,
+    "loss": str, "geometry": str, "bias": bool, "classifier": str, "dtype": str,
+}
+HYPER_DEFAULTS = dict(Hyper()._asdict())
+SOLVER_DEFAULTS = {"name": "gd", "steps": 10_000, "log_every": 100, "tol": None, "init_scale": 1.0}
+SOLVER_TYPES = {"name": str, "steps": int, "log_every": int, "tol": float, "init_scale": float}
+RUN_DEFAULTS = {"seeds": [0]}
+SECTIONS = ("problem", "hyper", "solver", "run")
+TOP_LEVEL = ("name", "description") + SECTIONS
+
+
+@dataclasses.dataclass
+class Experiment:
+    """A resolved experiment: every key present, values checked."""
+
+    name: str
+    description: str
+    problem: dict  # Problem fields; a list value is a grid axis
+    hyper: dict  # Hyper fields; a list value is a grid axis
+    solver: dict
+    run: dict
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "description": self.description, "problem": self.problem,
+                "hyper": self.hyper, "solver": self.solver, "run": self.run}
+
+
+@dataclasses.dataclass(frozen=True)
+class Configuration:
+    """One point of the grid: a Problem, scalar Hyper, seed, and the axis values that vary."""
+
+    problem: Problem
+    hyper: Hyper
+    seed: int
+    axes: tuple  # ((field, value), ...) of the grid axes, for labels and tables
+
+
+def _type_name(t) -> str:
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+            list: "a list of integers"}[t]
+
+
+def _check_type(where: str, value, expected) -> Any:
+    if expected is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}={value!r} is not allowed: {_type_name(float)}")
+        return float(value)
+    if expected is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}={value!r} is not allowed: {_type_name(int)}")
+        return value
+    if expected is list:
+        if not (isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool)
+                                                for v in value)):
+            raise ConfigError(f"{where}={value!r} is not allowed: {_type_name(list)}")
+        return value
+    if not isinstance(value, expected):
+        raise ConfigError(f"{where}={value!r} is not allowed: {_type_name(expected)}")
+    return value
+
+
+def _unknown(where: str, key: str, allowed) -> ConfigError:
+    return ConfigError(f"unknown key {where}{key!r}: allowed keys are {', '.join(allowed)}")
+
+
+def _axis_values(field: str, value) -> list:
+    """The values of a field: a list is an axis (class_counts: a list of lists)."""
+    if field == "class_counts":
+        if isinstance(value, list) and value and all(isinstance(v, list) for v in value):
+            return value
+        return [value]
+    return value if isinstance(value, list) else [value]
+
+
+def _resolve_section(section: str, given: dict, defaults: dict, types: dict) -> dict:
+    if not isinstance(given, dict):
+        raise ConfigError(f"[{section}] must be a table, got {given!r}")
+    resolved = dict(defaults)
+    for key, value in given.items():
+        if key not in defaults:
+            raise _unknown(f"{section}.", key, defaults)
+        values = _axis_values(key, value)
+        if not values:
+            raise ConfigError(f"{section}.{key}=[] is not allowed: a value or a non-empty list")
+        checked = [None if v is None else _check_type(f"{section}.{key}", v, types[key])
+                   for v in values]
+        is_axis = len(values) != 1 or (isinstance(value, list) and key != "class_counts")
+        resolved[key] = checked if is_axis else checked[0]
+    return resolved
+
+
+def _check_hyper_ranges(hyper: dict) -> None:
+    for key, value in hyper.items():
+        lo, lo_ok, hi, hi_ok = HYPER_RANGES[key]
+        for v in _axis_values(key, value):
+            ok = math.isfinite(v) and (v >= lo if lo_ok else v > lo) and (v <= hi if hi_ok else v < hi)
+            if not ok:
+                raise ConfigError(f"hyper.{key}={v!r} is not allowed: "
+                                  f"{describe_range(lo, lo_ok, hi, hi_ok)}")
+
+
+def _check_solver(solver: dict) -> None:
+    if solver["name"] not in SOLVERS:
+        raise ConfigError(f"solver.name={solver['name']!r} is not allowed: one of {list(SOLVERS)}")
+    for key in ("steps", "log_every"):
+        if solver[key] < 1:
+            raise ConfigError(f"solver.{key}={solver[key]!r} is not allowed: an integer >= 1")
+    if solver["tol"] is not None and not solver["tol"] >= 0:
+        raise ConfigError(f"solver.tol={solver['tol']!r} is not allowed: a number >= 0")
+    if not solver["init_scale"] > 0:
+        raise ConfigError(f"solver.init_scale={solver['init_scale']!r} is not allowed: a number > 0")
+
+
+def resolve(raw: dict) -> Experiment:
+    """Check a parsed experiment file and fill in every default."""
+    for key in raw:
+        if key not in TOP_LEVEL:
+            raise _unknown("", key, TOP_LEVEL)
+    name = _check_type("name", raw.get("name", "experiment"), str)
+    description = _check_type("description", raw.get("description", ""), str)
+    problem = _resolve_section("problem", raw.get("problem", {}), PROBLEM_DEFAULTS, PROBLEM_TYPES)
+    if "class_counts" in raw.get("problem", {}) and "n_per_class" not in raw.get("problem", {}):
+        problem["n_per_class"] = None
+    hyper = _resolve_section("hyper", raw.get("hyper", {}), HYPER_DEFAULTS,
+                             {k: float for k in HYPER_DEFAULTS})
+    solver = _resolve_section("solver", raw.get("solver", {}), SOLVER_DEFAULTS, SOLVER_TYPES)
+    run = dict(RUN_DEFAULTS)
+    for key, value in _check_type("[run]", raw.get("run", {}), dict).items():
+        if key not in RUN_DEFAULTS:
+            raise _unknown("run.", key, RUN_DEFAULTS)
+        seeds = value if isinstance(value, list) else [value]
+        if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
+                                for s in seeds):
+            raise ConfigError(f"run.seeds={value!r} is not allowed: a non-empty list of "
+                              "integers >= 0")
+        run["seeds"] = seeds
+    _check_hyper_ranges(hyper)
+    _check_solver(solver)
+    experiment = Experiment(name, description, problem, hyper, solver, run)
+    configurations(experiment)  # builds every Problem: its errors surface here, not mid-run
+    return experiment
+
+
+def load(path) -> Experiment:
+    """Read and resolve an experiment file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"experiment file {str(path)!r} does not exist")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML: {err}") from None
+    return resolve(raw)
+
+
+def load_default() -> Experiment:
+    return load(DEFAULT_PATH)
+
+
+def apply_overrides(experiment: Experiment, overrides: list[str]) -> Experiment:
+    """Apply `--set key=value` overrides ("section.key" or a key unique to one section; values
+    in TOML syntax, bare words as strings) and re-validate."""
+    raw = experiment.to_dict()
+    raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r} is not allowed: write key=value")
+        key, text = (s.strip() for s in item.split("=", 1))
+        try:
+            value = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text
+        if "." in key:
+            section, field = key.split(".", 1)
+        elif key in ("name", "description"):
+            raw[key] = value
+            continue
+        else:
+            owners = [s for s in SECTIONS if key in raw[s]]
+            if len(owners) != 1:
+                raise ConfigError(f"--set {key!r}: unknown key; use section.key with section in "
+                                  f"{list(SECTIONS)}")
+            section, field = owners[0], key
+        if section not in SECTIONS:
+            raise _unknown("", section, SECTIONS)
+        raw[section][field] = value
+    return resolve(raw)
+
+
+def _problem_kwargs(problem_values: dict) -> dict:
+    kwargs = dict(problem_values)
+    if kwargs.get("class_counts") is not None:
+        kwargs["class_counts"] = tuple(kwargs["class_counts"])
+        kwargs["n_per_class"] = None
+    return kwargs
+
+
+def configurations(experiment: Experiment) -> list[Configuration]:
+    """Expand the grid: Cartesian product of every axis, then the seeds (innermost)."""
+    fields = [("problem", k, _axis_values(k, v)) for k, v in experiment.problem.items()]
+    fields += [("hyper", k, _axis_values(k, v)) for k, v in experiment.hyper.items()]
+    axes = tuple(k for _, k, values in fields if len(values) > 1)
+    configs = []
+    for combo in itertools.product(*(values for _, _, values in fields)):
+        problem_kwargs = {k: v for (sec, k, _), v in zip(fields, combo) if sec == "problem"}
+        hyper_kwargs = {k: v for (sec, k, _), v in zip(fields, combo) if sec == "hyper"}
+        try:
+            problem = Problem(**_problem_kwargs(problem_kwargs))
+        except ValueError as err:
+            raise ConfigError(f"problem.{err}") from None
+        axis_values = tuple((k, v) for (_, k, _), v in zip(fields, combo) if k in axes)
+        for seed in experiment.run["seeds"]:
+            configs.append(Configuration(problem, Hyper(**hyper_kwargs), seed, axis_values))
+    return configs
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else ("nan" if math.isnan(value) else
+                                                         ("inf" if value > 0 else "-inf"))
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def dumps(experiment: Experiment) -> str:
+    """The experiment as TOML with every key written out (None values, meaning 'the default
+    rule', are written as comments)."""
+    lines = [f"name = {_toml_value(experiment.name)}",
+             f"description = {_toml_value(experiment.description)}"]
+    for section in SECTIONS:
+        lines += ["", f"[{section}]"]
+        for key, value in getattr(experiment, section).items():
+            if value is None:
+                lines.append(f"# {key} is unset (its default rule applies)")
+            else:
+                lines.append(f"{key} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"

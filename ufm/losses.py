@@ -1,0 +1,61 @@
+"""Per-sample losses on logits (SCIENCE.md section 2).
+
+Every loss has the signature `loss(Z, Y, hyper) -> (N,)` with logits Z (K, N), targets Y (K, N)
+(one-hot for single labels; label multiplicities for pick-all-label) and the traced `Hyper` for
+alpha, gamma, kappa and M. Temperature is applied by the caller (`ufm.problem.mean_loss` passes
+Z / tau), so every loss takes it the same way.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def cross_entropy(Z, Y, hyper=None):
+    """CE: -log softmax(z)_y  (for a multi-hot Y: sum over the labels, i.e. pick-all-label)."""
+    return -jnp.sum(Y * jax.nn.log_softmax(Z, axis=0), axis=0)
+
+
+def label_smoothing(Z, Y, hyper):
+    """Cross entropy against q = (1 - alpha) e_y + (alpha / K) 1 (Szegedy et al. 2016).
+
+    This is the PyTorch convention; the seed's slide puts alpha/(K-1) off-target instead.
+    """
+    K = Z.shape[0]
+    Q = (1.0 - hyper.alpha) * Y + hyper.alpha / K
+    return -jnp.sum(Q * jax.nn.log_softmax(Z, axis=0), axis=0)
+
+
+def focal(Z, Y, hyper):
+    """Focal loss (Lin et al. 2017): -(1 - p_y)^gamma log p_y, p = softmax(z)."""
+    log_p_y = jnp.sum(Y * jax.nn.log_softmax(Z, axis=0), axis=0)
+    one_minus_p = -jnp.expm1(log_p_y)  # 1 - p_y without cancellation when p_y -> 1
+    return -(one_minus_p**hyper.gamma) * log_p_y
+
+
+def mse(Z, Y, hyper=None):
+    """MSE: (1/2) ||z - e_y||^2."""
+    return 0.5 * jnp.sum((Z - Y) ** 2, axis=0)
+
+
+def mse_rescaled(Z, Y, hyper):
+    """Rescaled MSE (Hui & Belkin 2021; Zhou et al. 2022):
+    (1/K) [kappa (z_y - M)^2 + sum_{j != y} z_j^2]."""
+    K = Z.shape[0]
+    weights = 1.0 + (hyper.kappa - 1.0) * Y
+    return jnp.sum(weights * (Z - hyper.M * Y) ** 2, axis=0) / K
+
+
+def pick_all_label(Z, Y, hyper=None):
+    """Pick-all-label loss (Li et al. 2024): sum_{k in S} CE(z, k) for label multiset S (Y
+    holds the multiplicities)."""
+    return cross_entropy(Z, Y)
+
+
+LOSSES = {
+    "ce": cross_entropy,
+    "ls": label_smoothing,
+    "focal": focal,
+    "mse": mse,
+    "mse_rescaled": mse_rescaled,
+}

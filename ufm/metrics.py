@@ -1,0 +1,143 @@
+"""Neural-collapse metrics (SCIENCE.md section 3): pure, jittable and vmappable.
+
+Conventions (defaults; the variants are returned under their own names):
+  mu_k = class means, mu_G = mean of the class means ("class_means", default) or of all samples
+  ("samples"), M = [mu_k - mu_G] (d, K), Sigma_W = (1/N) sum_i (h_i - mu_{y_i})(h_i - mu_{y_i})^T,
+  Sigma_B = (1/K) M M^T, E = (I - 11^T/K)/sqrt(K-1).
+
+  nc1          (1/K) tr(Sigma_W Sigma_B^+), Sigma_B^+ at rank min(K-1, d) (Zhu et al. 2021)
+  nc1_papyan   tr(Sigma_W Sigma_B^+) (Papyan et al. 2020)
+  nc1_trace    tr(Sigma_W) / tr(Sigma_B)
+  nc1_cdnv     mean over k != k' of (var_k + var_k') / (2 ||mu_k - mu_k'||^2) (Galanti et al. 2022)
+  nc2_W, nc2_H || G / ||G||_F - E ||_F for G = W W^T and G = M^T M
+  nc3          || W M / ||W M||_F - E ||_F (Zhu et al. 2021)
+  nc3_papyan   || W^T/||W||_F - M/||M||_F ||_F^2 (Papyan et al. 2020)
+  nc4          fraction of samples whose nearest-class-mean decision differs from argmax(W h + b)
+  equinorm_W/H std/mean of ||w_k|| and of ||mu_k - mu_G||
+  equiangular_W/H  mean over k != k' of |cos + 1/(K-1)|
+  maxangle_W/H     mean over k of |max_{k' != k} cos + 1/(K-1)| (Papyan's max-angle deviation)
+
+Sigma_B^+ never forms a d x d matrix: with M = U S V^T, tr(Sigma_W Sigma_B^+) =
+(K/N) sum_j ||U_j^T (H - mu_Y)||^2 / S_j^2, which keeps float32 accurate (no squared condition
+number) and NC1 a sum of squares, never negative. Metrics that need class means are NaN when
+the means coincide (the collapsed-to-zero solution), where they are undefined.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ufm.problem import x64_scope
+
+GLOBAL_MEANS = ("class_means", "samples")
+
+
+def _cosines(X):
+    """Cosine matrix of the rows of X (K, p)."""
+    unit = X / jnp.linalg.norm(X, axis=1, keepdims=True)
+    return unit @ unit.T
+
+
+def _angle_metrics(X, K):
+    """(equinorm, equiangular, maxangle) of the rows of X."""
+    norms = jnp.linalg.norm(X, axis=1)
+    equinorm = jnp.std(norms) / jnp.mean(norms)
+    cos = _cosines(X)
+    off = ~jnp.eye(K, dtype=bool)
+    deviation = jnp.abs(cos + 1.0 / (K - 1))
+    equiangular = jnp.sum(jnp.where(off, deviation, 0.0)) / (K * (K - 1))
+    max_cos = jnp.max(jnp.where(off, cos, -jnp.inf), axis=1)
+    maxangle = jnp.mean(jnp.abs(max_cos + 1.0 / (K - 1)))
+    return equinorm, equiangular, maxangle
+
+
+def _gram_to_etf(G, E):
+    return jnp.linalg.norm(G / jnp.linalg.norm(G) - E)
+
+
+def _nc_metrics(W, H, labels, b, global_mean):
+    K, d = W.shape
+    N = H.shape[1]
+    dtype = H.dtype
+    Y = jax.nn.one_hot(labels, K, dtype=dtype).T  # (K, N)
+    counts = jnp.sum(Y, axis=1)  # (K,)
+    means = (H @ Y.T) / counts[None, :]  # (d, K)
+    mu_G = jnp.mean(means, axis=1) if global_mean == "class_means" else jnp.mean(H, axis=1)
+    M = means - mu_G[:, None]  # (d, K)
+    within = H - means @ Y  # (d, N): h_i - mu_{y_i}
+
+    # NC1 through the SVD of M, truncated at rank min(K-1, d) and at round-off.
+    U, S, _ = jnp.linalg.svd(M, full_matrices=False)
+    eps = jnp.finfo(dtype).eps
+    keep = (jnp.arange(S.shape[0]) < K - 1) & (S > eps * max(d, K) * S[0])
+    inv_sq = jnp.where(keep, 1.0 / jnp.where(keep, S, 1.0) ** 2, 0.0)
+    projected_sq = jnp.sum((U.T @ within) ** 2, axis=1)  # (r,)
+    defined = S[0] > 0
+    nan = jnp.asarray(jnp.nan, dtype)
+    nc1_papyan = jnp.where(defined, (K / N) * jnp.sum(inv_sq * projected_sq), nan)
+    trace_W = jnp.sum(within**2) / N
+    trace_B = jnp.sum(M**2) / K
+    nc1_trace = jnp.where(defined, trace_W / jnp.where(defined, trace_B, 1.0), nan)
+
+    var_k = jnp.sum((within**2) @ Y.T, axis=0) / counts  # (K,)
+    sq_dist = jnp.sum((means[:, :, None] - means[:, None, :]) ** 2, axis=0)  # (K, K)
+    off = ~jnp.eye(K, dtype=bool)
+    cdnv = (var_k[:, None] + var_k[None, :]) / (2.0 * jnp.where(off, sq_dist, 1.0))
+    nc1_cdnv = jnp.sum(jnp.where(off, cdnv, 0.0)) / (K * (K - 1))
+
+    E = ((jnp.eye(K, dtype=dtype) - 1.0 / K) / jnp.sqrt(jnp.asarray(K - 1, dtype)))
+    WM = W @ M
+    nc3_papyan = jnp.sum((W.T / jnp.linalg.norm(W) - M / jnp.linalg.norm(M)) ** 2)
+
+    logits = W @ H + (0.0 if b is None else b[:, None])
+    sq_to_means = jnp.sum(means**2, axis=0)[:, None] - 2.0 * means.T @ H  # (K, N), up to ||h||^2
+    nc4 = jnp.mean((jnp.argmin(sq_to_means, axis=0) != jnp.argmax(logits, axis=0)).astype(dtype))
+
+    eqn_W, eqa_W, maxa_W = _angle_metrics(W, K)
+    eqn_H, eqa_H, maxa_H = _angle_metrics(M.T, K)
+    return {
+        "nc1": nc1_papyan / K,
+        "nc1_papyan": nc1_papyan,
+        "nc1_trace": nc1_trace,
+        "nc1_cdnv": nc1_cdnv,
+        "nc2_W": _gram_to_etf(W @ W.T, E),
+        "nc2_H": _gram_to_etf(M.T @ M, E),
+        "nc3": _gram_to_etf(WM, E),
+        "nc3_papyan": nc3_papyan,
+        "nc4": nc4,
+        "equinorm_W": eqn_W,
+        "equinorm_H": eqn_H,
+        "equiangular_W": eqa_W,
+        "equiangular_H": eqa_H,
+        "maxangle_W": maxa_W,
+        "maxangle_H": maxa_H,
+    }
+
+
+METRIC_NAMES = (
+    "nc1", "nc1_papyan", "nc1_trace", "nc1_cdnv", "nc2_W", "nc2_H", "nc3", "nc3_papyan", "nc4",
+    "equinorm_W", "equinorm_H", "equiangular_W", "equiangular_H", "maxangle_W", "maxangle_H",
+)
+
+_nc_metrics_jit = jax.jit(_nc_metrics, static_argnames="global_mean")
+
+
+def nc_metrics(W, H, labels, b=None, *, global_mean: str = "class_means") -> dict:
+    """All NC metrics of classifier W (K, d), features H (d, N) with integer labels (N,) and
+    optional bias b (K,). Pure and jittable (call it inside jit/vmap directly, or from Python,
+    where float64 inputs are computed in float64 without touching global flags).
+
+    Returns a dict of scalars; see the module docstring for each definition.
+    """
+    if global_mean not in GLOBAL_MEANS:
+        raise ValueError(f"global_mean={global_mean!r} is not allowed: one of {list(GLOBAL_MEANS)}")
+    if isinstance(H, jax.core.Tracer) or isinstance(W, jax.core.Tracer):
+        return _nc_metrics(W, H, labels, b, global_mean)
+    dtype = np.promote_types(np.result_type(W), np.result_type(H))
+    if dtype not in (np.float32, np.float64):
+        dtype = np.dtype(np.float32)
+    with x64_scope(dtype):
+        W, H = jnp.asarray(W, dtype), jnp.asarray(H, dtype)
+        b = None if b is None else jnp.asarray(b, dtype)
+        return _nc_metrics_jit(W, H, jnp.asarray(labels), b, global_mean)

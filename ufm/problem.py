@@ -1,0 +1,269 @@
+"""UFM problems: the static `Problem`, the traced `Hyper`, `Params`, labels, init, objective.
+
+The weight-decay UFM (Zhu et al. 2021, "A geometric analysis of neural collapse with
+unconstrained features"):
+
+    f(W, H, b) = (1/N) sum_i L(z_i / tau, y_i) + lam_W/2 ||W||_F^2 + lam_H/2 ||H||_F^2
+                 + lam_b/2 ||b||^2,        Z = W H + b 1^T
+
+and the sphere-constrained UFM (Yaras et al. 2022): rows of W and columns of H on the unit
+sphere, no penalty on W or H, logits divided by the temperature tau.
+
+Conventions: W is (K, d) with row w_k the classifier of class k, H is (d, N) with column h_i
+the feature of sample i, b is (K,). Samples are ordered by class: the first n_0 columns of H
+belong to class 0, the next n_1 to class 1, and so on (`Problem.labels`).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ufm import losses as _losses
+
+GEOMETRIES = ("wd", "sphere")
+CLASSIFIERS = ("learned", "fixed_etf")
+DTYPES = ("float32", "float64")
+
+
+def x64_scope(dtype):
+    """A context in which `dtype` is computable: float64 switches x64 on just for its body, so a
+    float64 problem never needs the user to touch JAX's global flags."""
+    if jnp.dtype(dtype) == jnp.float64 and not jax.config.jax_enable_x64:
+        return jax.enable_x64(True)
+    return contextlib.nullcontext()
+
+
+def _fail(field: str, value, allowed: str) -> None:
+    raise ValueError(f"{field}={value!r} is not allowed: {allowed}")
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """Everything about a UFM that changes shapes or code paths (a static, hashable argument).
+
+    Attributes:
+      num_classes: K >= 2.
+      feature_dim: d >= 1 (d >= K-1 for the simplex-ETF regime, smaller for generalized NC).
+      n_per_class: samples per class for balanced data; or give `class_counts` instead.
+      class_counts: per-class sample counts (n_0, ..., n_{K-1}) for imbalanced data.
+      loss: one of `ufm.losses.LOSSES` ("ce", "ls", "focal", "mse", "mse_rescaled").
+      geometry: "wd" (weight decay) or "sphere" (unit-norm w_k and h_i, temperature tau).
+      bias: learn a bias b; defaults to True for "wd" and False for "sphere".
+      classifier: "learned" or "fixed_etf" (W frozen at the unit-norm simplex ETF).
+      dtype: "float32" or "float64"; a float64 problem runs in float64 without global flags.
+    """
+
+    num_classes: int
+    feature_dim: int
+    n_per_class: int | None = None
+    class_counts: tuple[int, ...] | None = None
+    loss: str = "ce"
+    geometry: str = "wd"
+    bias: bool | None = None
+    classifier: str = "learned"
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        K, d = self.num_classes, self.feature_dim
+        if not _is_int(K) or K < 2:
+            _fail("num_classes", K, "an integer >= 2")
+        if not _is_int(d) or d < 1:
+            _fail("feature_dim", d, "an integer >= 1")
+        if self.class_counts is None:
+            n = 1 if self.n_per_class is None else self.n_per_class
+            if not _is_int(n) or n < 1:
+                _fail("n_per_class", n, "an integer >= 1")
+            object.__setattr__(self, "n_per_class", int(n))
+            object.__setattr__(self, "class_counts", (int(n),) * K)
+        else:
+            counts = tuple(self.class_counts)
+            if len(counts) != K:
+                _fail("class_counts", self.class_counts, f"a list of num_classes={K} integers")
+            if not all(_is_int(c) and c >= 1 for c in counts):
+                _fail("class_counts", self.class_counts, "integers >= 1")
+            counts = tuple(int(c) for c in counts)
+            if self.n_per_class is not None and counts != (self.n_per_class,) * K:
+                _fail("n_per_class", self.n_per_class, "omitted when class_counts is given")
+            balanced = len(set(counts)) == 1
+            object.__setattr__(self, "class_counts", counts)
+            object.__setattr__(self, "n_per_class", counts[0] if balanced else None)
+        if self.loss not in _losses.LOSSES:
+            _fail("loss", self.loss, f"one of {sorted(_losses.LOSSES)}")
+        if self.geometry not in GEOMETRIES:
+            _fail("geometry", self.geometry, f"one of {list(GEOMETRIES)}")
+        if self.bias is None:
+            object.__setattr__(self, "bias", self.geometry == "wd")
+        if not isinstance(self.bias, (bool, np.bool_)):
+            _fail("bias", self.bias, "true or false")
+        object.__setattr__(self, "bias", bool(self.bias))
+        if self.classifier not in CLASSIFIERS:
+            _fail("classifier", self.classifier, f"one of {list(CLASSIFIERS)}")
+        if self.classifier == "fixed_etf" and d < K - 1:
+            _fail("feature_dim", d, f"at least num_classes-1={K - 1} with classifier='fixed_etf'")
+        if self.dtype not in DTYPES:
+            _fail("dtype", self.dtype, f"one of {list(DTYPES)}")
+
+    @property
+    def num_samples(self) -> int:
+        """N = sum_k n_k."""
+        return sum(self.class_counts)
+
+    @property
+    def balanced(self) -> bool:
+        return self.n_per_class is not None
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Class of each column of H, class-sorted: [0]*n_0 + [1]*n_1 + ... (int32, (N,))."""
+        return np.repeat(np.arange(self.num_classes, dtype=np.int32), self.class_counts)
+
+    @property
+    def jnp_dtype(self):
+        return jnp.float64 if self.dtype == "float64" else jnp.float32
+
+    def x64_scope(self):
+        """Context that makes this problem's dtype available (see `x64_scope`)."""
+        return x64_scope(self.dtype)
+
+    def targets(self) -> jax.Array:
+        """One-hot targets Y (K, N) in the problem's dtype."""
+        return jax.nn.one_hot(self.labels, self.num_classes, dtype=self.jnp_dtype).T
+
+
+class Hyper(NamedTuple):
+    """Traced hyperparameters; every field may carry a batch axis for vmap.
+
+    lam_W, lam_H, lam_b: weight decays (ignored for W and H on the sphere).
+    tau: temperature, logits are divided by tau.  alpha: label smoothing.  gamma: focal.
+    kappa, M: rescaled-MSE scale and target magnitude.  lr, momentum, beta1, beta2: solver.
+    """
+
+    lam_W: float = 5e-4
+    lam_H: float = 5e-4
+    lam_b: float = 5e-4
+    tau: float = 1.0
+    alpha: float = 0.1
+    gamma: float = 2.0
+    kappa: float = 1.0
+    M: float = 1.0
+    lr: float = 0.5
+    momentum: float = 0.9
+    beta1: float = 0.9
+    beta2: float = 0.999
+
+    def astype(self, dtype) -> "Hyper":
+        """Every field as an array of `dtype` (keeps batch axes)."""
+        return Hyper(*(jnp.asarray(v, dtype=dtype) for v in self))
+
+
+# What each Hyper field allows: (lowest, lowest is allowed, highest, highest is allowed).
+HYPER_RANGES = {
+    "lam_W": (0.0, True, math.inf, False),
+    "lam_H": (0.0, True, math.inf, False),
+    "lam_b": (0.0, True, math.inf, False),
+    "tau": (0.0, False, math.inf, False),
+    "alpha": (0.0, True, 1.0, False),
+    "gamma": (0.0, True, math.inf, False),
+    "kappa": (0.0, False, math.inf, False),
+    "M": (0.0, False, math.inf, False),
+    "lr": (0.0, False, math.inf, False),
+    "momentum": (0.0, True, 1.0, False),
+    "beta1": (0.0, True, 1.0, False),
+    "beta2": (0.0, True, 1.0, False),
+}
+
+
+def describe_range(lo, lo_ok, hi, hi_ok) -> str:
+    left = f">= {lo:g}" if lo_ok else f"> {lo:g}"
+    if math.isinf(hi):
+        return f"a number {left}"
+    right = f"<= {hi:g}" if hi_ok else f"< {hi:g}"
+    return f"a number {left} and {right}"
+
+
+def validate_hyper(hyper: Hyper) -> None:
+    """Raise a ValueError naming the field, the value and the allowed range (host-side)."""
+    if not isinstance(hyper, Hyper):
+        raise TypeError(f"hyper must be a ufm.Hyper, got {type(hyper).__name__}")
+    for name, value in zip(Hyper._fields, hyper):
+        if isinstance(value, jax.core.Tracer):
+            continue  # traced values are checked where they enter, before tracing
+        arr = np.asarray(value, dtype=np.float64)
+        lo, lo_ok, hi, hi_ok = HYPER_RANGES[name]
+        ok = np.isfinite(arr) & ((arr >= lo) if lo_ok else (arr > lo))
+        ok &= (arr <= hi) if hi_ok else (arr < hi)
+        if not np.all(ok):
+            bad = arr[~ok].ravel()[0] if arr.ndim else float(arr)
+            _fail(name, float(bad), describe_range(lo, lo_ok, hi, hi_ok))
+
+
+class Params(NamedTuple):
+    """UFM variables."""
+
+    W: jax.Array  # (K, d) classifier, row k = w_k
+    H: jax.Array  # (d, N) features, column i = h_i
+    b: jax.Array  # (K,) bias (held at zero when Problem.bias is False)
+
+
+def normalize_rows(W: jax.Array) -> jax.Array:
+    return W / jnp.linalg.norm(W, axis=1, keepdims=True)
+
+
+def normalize_columns(H: jax.Array) -> jax.Array:
+    return H / jnp.linalg.norm(H, axis=0, keepdims=True)
+
+
+def init(problem: Problem, key: jax.Array, scale: float = 1.0) -> Params:
+    """Random start: entries N(0, scale^2/d), so rows of W and columns of H have norm ~scale.
+
+    On the sphere rows of W and columns of H are normalized; a fixed-ETF classifier starts (and
+    stays) at the unit-norm simplex ETF; b starts at zero.
+    """
+    from ufm.theory import simplex_etf  # theory imports problem; import here to avoid a cycle
+
+    K, d, N = problem.num_classes, problem.feature_dim, problem.num_samples
+    dtype = problem.jnp_dtype
+    key_W, key_H = jax.random.split(key)
+    std = scale / math.sqrt(d)
+    W = std * jax.random.normal(key_W, (K, d), dtype)
+    H = std * jax.random.normal(key_H, (d, N), dtype)
+    if problem.geometry == "sphere":
+        W, H = normalize_rows(W), normalize_columns(H)
+    if problem.classifier == "fixed_etf":
+        W = jnp.asarray(simplex_etf(K, d), dtype)
+    return Params(W, H, jnp.zeros((K,), dtype))
+
+
+def logits(params: Params) -> jax.Array:
+    """Z = W H + b 1^T, shape (K, N)."""
+    return params.W @ params.H + params.b[:, None]
+
+
+def mean_loss(problem: Problem, hyper: Hyper, params: Params) -> jax.Array:
+    """(1/N) sum_i L(z_i / tau, y_i)."""
+    Z = logits(params) / hyper.tau
+    return jnp.mean(_losses.LOSSES[problem.loss](Z, problem.targets(), hyper))
+
+
+def penalty(problem: Problem, hyper: Hyper, params: Params) -> jax.Array:
+    """lam_W/2 ||W||^2 + lam_H/2 ||H||^2 + lam_b/2 ||b||^2 (weight decay); only the bias term
+    on the sphere, where W and H have fixed norms."""
+    bias_term = 0.5 * hyper.lam_b * jnp.sum(params.b**2)
+    if problem.geometry == "sphere":
+        return bias_term
+    return 0.5 * hyper.lam_W * jnp.sum(params.W**2) + 0.5 * hyper.lam_H * jnp.sum(params.H**2) + bias_term
+
+
+def objective(problem: Problem, hyper: Hyper, params: Params) -> jax.Array:
+    """f(W, H, b) = mean loss + penalties (SCIENCE.md section 1)."""
+    return mean_loss(problem, hyper, params) + penalty(problem, hyper, params)

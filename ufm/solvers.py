@@ -1,0 +1,413 @@
+"""Full-batch solvers for the UFM and the one entry point `solve`.
+
+Solvers (optax): "gd", "momentum" (heavy ball), "nesterov", "adam", "lbfgs" (zoom line search;
+`Hyper.lr` is not used). On the sphere the first-order solvers are Riemannian: the gradient is
+projected to the tangent space, the optimizer's update is projected again (Adam's per-coordinate
+scaling leaves the tangent space) and the step is retracted by normalization. L-BFGS on the
+sphere minimizes the pullback f(normalize(V)) over unconstrained V, whose Euclidean gradient is
+the Riemannian gradient divided by the row/column norms of V (Absil et al. 2008, Sec. 4.1).
+
+A run is a nested `lax.scan`: the outer scan over log points, the inner over `log_every` steps.
+`solve` executes the outer scan in a few jitted chunks so a progress bar can advance and a run
+whose configurations have all finished stops early. `make_run` is the same run as one pure,
+vmappable function of (hyper, key, f_star). Inside the scan nothing raises: a configuration
+whose gradient norm drops to `tol` freezes as "converged", one whose iterate turns non-finite
+freezes at its last finite point as "diverged"; neighbours in a vmapped batch are untouched.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import time
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ufm import manifolds, metrics, theory
+from ufm.problem import Hyper, Params, Problem, init, mean_loss, objective, validate_hyper
+
+SOLVERS = ("gd", "momentum", "nesterov", "adam", "lbfgs")
+STATUSES = ("running", "converged", "max_steps", "diverged")
+RUNNING, CONVERGED, MAX_STEPS, DIVERGED = range(4)
+HISTORY_KEYS = ("objective", "loss", "grad_norm", "gap", "rel_gap") + metrics.METRIC_NAMES
+
+
+class RunState(NamedTuple):
+    """State of one run (add a leading batch axis for a vmapped batch)."""
+
+    variables: Params  # what the optimizer moves (on the sphere with L-BFGS: the unnormalized V)
+    opt_state: Any  # optax state
+    step: jax.Array  # shape=(), int32: steps taken
+    status: jax.Array  # shape=(), int32: RUNNING, CONVERGED or DIVERGED
+    diverged_at: jax.Array  # shape=(), int32: step whose update went non-finite, -1 if none
+    grad_norm: jax.Array  # shape=(): (Riemannian) gradient norm at the last step's start
+
+
+def _optimizer(solver: str, hyper: Hyper) -> optax.GradientTransformation:
+    if solver == "gd":
+        return optax.sgd(hyper.lr)
+    if solver in ("momentum", "nesterov"):
+        return optax.sgd(hyper.lr, momentum=hyper.momentum, nesterov=solver == "nesterov")
+    if solver == "adam":
+        return optax.adam(hyper.lr, b1=hyper.beta1, b2=hyper.beta2)
+    if solver == "lbfgs":
+        return optax.lbfgs()
+    raise ValueError(f"solver={solver!r} is not allowed: one of {list(SOLVERS)}")
+
+
+def _uses_pullback(problem: Problem, solver: str) -> bool:
+    return problem.geometry == "sphere" and solver == "lbfgs"
+
+
+def point_of(problem: Problem, solver: str, variables: Params) -> Params:
+    """The UFM point (W, H, b) that the optimizer's variables stand for."""
+    if _uses_pullback(problem, solver):
+        return manifolds.retract(problem, variables)
+    return variables
+
+
+def _trainable_mask(problem: Problem, grads: Params) -> Params:
+    """Zero the gradient of what is not trained (a fixed ETF classifier, an absent bias)."""
+    W = grads.W if problem.classifier == "learned" else jnp.zeros_like(grads.W)
+    b = grads.b if problem.bias else jnp.zeros_like(grads.b)
+    return Params(W, grads.H, b)
+
+
+def _tree_norm(tree) -> jax.Array:
+    return jnp.sqrt(sum(jnp.sum(x**2) for x in jax.tree.leaves(tree)))
+
+
+def _all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def _make_step(problem: Problem, solver: str, hyper: Hyper) -> tuple[optax.GradientTransformation, Callable]:
+    """The optimizer and one masked step: state -> state (frozen once converged or diverged)."""
+    tx = _optimizer(solver, hyper)
+    pullback = _uses_pullback(problem, solver)
+
+    def value_fn(variables):
+        return objective(problem, hyper, point_of(problem, solver, variables))
+
+    def step(state: RunState, tol, max_steps) -> RunState:
+        variables = state.variables
+        if solver == "lbfgs":
+            value, egrad = optax.value_and_grad_from_state(value_fn)(variables, state=state.opt_state)
+        else:
+            value, egrad = jax.value_and_grad(value_fn)(variables)
+        grad = _trainable_mask(problem, egrad)
+        if not pullback:  # the pullback's Euclidean gradient is already tangent
+            grad = manifolds.riemannian_grad(problem, variables, grad)
+        grad_norm = _tree_norm(grad)
+        if solver == "lbfgs":
+            updates, opt_state = tx.update(
+                grad, state.opt_state, variables, value=value, grad=grad, value_fn=value_fn
+            )
+        else:
+            updates, opt_state = tx.update(grad, state.opt_state, variables)
+            updates = manifolds.project(problem, variables, updates)
+        new_variables = optax.apply_updates(variables, updates)
+        if not pullback:
+            new_variables = manifolds.retract(problem, new_variables)
+
+        running = state.status == RUNNING
+        converged = running & (grad_norm <= tol)
+        finite = jnp.isfinite(value) & jnp.isfinite(grad_norm) & _all_finite(new_variables)
+        move = running & ~converged & finite & (state.step < max_steps)
+        diverged = running & ~converged & ~finite & (state.step < max_steps)
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(move, a, b), new, old)
+        status = jnp.where(converged, CONVERGED, jnp.where(diverged, DIVERGED, state.status))
+        return RunState(
+            variables=keep(new_variables, variables),
+            opt_state=keep(opt_state, state.opt_state),
+            step=state.step + move.astype(jnp.int32),
+            status=status.astype(jnp.int32),
+            diverged_at=jnp.where(diverged, state.step, state.diverged_at),
+            grad_norm=jnp.where(running & (state.step < max_steps), grad_norm, state.grad_norm),
+        )
+
+    return tx, step
+
+
+def _log_record(problem: Problem, solver: str, hyper: Hyper, state: RunState, f_star) -> dict:
+    """Every logged quantity at the current point (one log point of the history)."""
+    point = point_of(problem, solver, state.variables)
+    value = objective(problem, hyper, point)
+    record = {
+        "objective": value,
+        "loss": mean_loss(problem, hyper, point),
+        "grad_norm": state.grad_norm,
+        "gap": value - f_star,
+        "rel_gap": (value - f_star) / jnp.abs(f_star),
+    }
+    b = point.b if problem.bias else None
+    record.update(metrics.nc_metrics(point.W, point.H, jnp.asarray(problem.labels), b))
+    return record
+
+
+def _initial_state(problem: Problem, solver: str, hyper: Hyper, key, init_scale) -> RunState:
+    tx, _ = _make_step(problem, solver, hyper)
+    variables = init(problem, key, init_scale)
+    dtype = problem.jnp_dtype
+    return RunState(
+        variables=variables,
+        opt_state=tx.init(variables),
+        step=jnp.zeros((), jnp.int32),
+        status=jnp.full((), RUNNING, jnp.int32),
+        diverged_at=jnp.full((), -1, jnp.int32),
+        grad_norm=jnp.full((), jnp.nan, dtype),
+    )
+
+
+def _run_logs(problem, solver, log_every, num_logs, hyper, state, f_star, tol, max_steps):
+    """Outer scan over `num_logs` log points of `log_every` inner steps each."""
+    _, step = _make_step(problem, solver, hyper)
+
+    def inner(state, _):
+        return step(state, tol, max_steps), None
+
+    def outer(state, _):
+        state, _ = jax.lax.scan(inner, state, None, length=log_every)
+        return state, _log_record(problem, solver, hyper, state, f_star)
+
+    return jax.lax.scan(outer, state, None, length=num_logs)
+
+
+def make_run(problem: Problem, *, solver: str = "gd", steps: int, log_every: int = 100,
+             tol: float = 0.0, init_scale: float = 1.0) -> Callable:
+    """A whole run as one pure function `run(hyper, key, f_star) -> (params, history, steps,
+    status)`, jittable and vmappable over all three arguments (status is an int code into
+    `STATUSES`; history holds the initial point and every log point). `f_star` is the
+    closed-form optimum (NaN when unknown); hyper should already be in the problem's dtype."""
+    _check_run_args(problem, solver, steps, log_every, tol)
+    num_logs = math.ceil(steps / log_every)
+
+    def run(hyper: Hyper, key, f_star):
+        state = _initial_state(problem, solver, hyper, key, init_scale)
+        first = _log_record(problem, solver, hyper, state, f_star)
+        state, history = _run_logs(problem, solver, log_every, num_logs, hyper, state, f_star,
+                                   tol, steps)
+        history = jax.tree.map(lambda a, h: jnp.concatenate([a[None], h]), first, history)
+        status = jnp.where(state.status == RUNNING, MAX_STEPS, state.status)
+        return point_of(problem, solver, state.variables), history, state.step, status
+
+    return run
+
+
+class Result(NamedTuple):
+    """A finished run: the point reached, its history (one entry per log point, the initial
+    point first; `history["iteration"]` gives the iteration of each), steps run, status
+    ("converged" | "max_steps" | "diverged"), the step that diverged (or None), the closed-form
+    optimum (None where unknown) and wall seconds."""
+
+    params: Params
+    history: dict
+    steps: int
+    status: str
+    diverged_at: int | None
+    optimum: theory.Optimum | None
+    seconds: float
+
+
+class BatchResult(NamedTuple):
+    """A vmapped batch of runs: the fields of `Result` with a leading configuration axis."""
+
+    params: Params  # leaves (B, ...)
+    history: dict  # arrays (B, T); "iteration" is (T,)
+    steps: np.ndarray  # (B,)
+    status: list  # B strings
+    diverged_at: np.ndarray  # (B,), -1 where none
+    optimum: list  # B entries, None where unknown
+    seconds: float
+
+
+def _check_run_args(problem, solver, steps, log_every, tol):
+    if not isinstance(problem, Problem):
+        raise TypeError(f"problem must be a ufm.Problem, got {type(problem).__name__}")
+    if solver not in SOLVERS:
+        raise ValueError(f"solver={solver!r} is not allowed: one of {list(SOLVERS)}")
+    for name, value in (("steps", steps), ("log_every", log_every)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name}={value!r} is not allowed: an integer >= 1")
+    if not (isinstance(tol, (int, float, np.floating)) and tol >= 0):
+        raise ValueError(f"tol={tol!r} is not allowed: a number >= 0")
+
+
+def default_tol(problem: Problem) -> float:
+    """Gradient-norm tolerance that each dtype can reach: 1e-10 (float64), 1e-6 (float32)."""
+    return 1e-10 if problem.dtype == "float64" else 1e-6
+
+
+def optimum_values(problem: Problem, hypers: Hyper) -> tuple[list, np.ndarray]:
+    """Closed-form optima of each configuration of a scalar or batched Hyper: (list of Optimum
+    or None, f* array with NaN where unknown), one entry per configuration."""
+    arrays = [np.atleast_1d(np.asarray(v, dtype=np.float64)) for v in hypers]
+    batch = max(a.shape[0] for a in arrays)
+    arrays = [np.broadcast_to(a, (batch,)) for a in arrays]
+    opts = [theory.optimum(problem, Hyper(*(float(a[i]) for a in arrays))) for i in range(batch)]
+    return opts, np.array([np.nan if o is None else o.objective for o in opts])
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled_chunk(problem, solver, log_every, logs_per_chunk, batched):
+    """jit(chunk) (vmapped when `batched`); one compilation per static signature."""
+
+    def chunk(hyper, state, f_star, tol, max_steps):
+        return _run_logs(problem, solver, log_every, logs_per_chunk, hyper, state, f_star, tol,
+                         max_steps)
+
+    def start(hyper, key, f_star, init_scale):
+        state = _initial_state(problem, solver, hyper, key, init_scale)
+        return state, _log_record(problem, solver, hyper, state, f_star)
+
+    if batched:
+        chunk = jax.vmap(chunk, in_axes=(0, 0, 0, None, None))
+        start = jax.vmap(start, in_axes=(0, 0, 0, None))
+    return jax.jit(start), jax.jit(chunk)
+
+
+def _chunking(num_logs: int, target_chunks: int = 10) -> tuple[int, int]:
+    """(logs per chunk, chunks): about `target_chunks` equal chunks with the least overshoot."""
+    best = None
+    for n_chunks in range(max(1, target_chunks - 3), target_chunks + 4):
+        per = math.ceil(num_logs / n_chunks)
+        chunks = math.ceil(num_logs / per)
+        waste = per * chunks - num_logs
+        if best is None or waste < best[0]:
+            best = (waste, per, chunks)
+    return best[1], best[2]
+
+
+def _as_key(key):
+    if isinstance(key, (int, np.integer)):
+        return jax.random.key(int(key))
+    return key
+
+
+def _execute(problem, hyper, keys, f_star, *, solver, steps, log_every, tol, init_scale,
+             progress, batched, batch_size, desc=None):
+    """Host loop over jitted chunks; returns host arrays of everything."""
+    num_logs = math.ceil(steps / log_every)
+    per_chunk, n_chunks = _chunking(num_logs)
+    start, chunk = _compiled_chunk(problem, solver, log_every, per_chunk, batched)
+    dtype = problem.jnp_dtype
+    tol_arr, steps_arr = jnp.asarray(tol, dtype), jnp.asarray(steps, jnp.int32)
+    state, first = start(hyper, keys, f_star, jnp.asarray(init_scale, dtype))
+    records = [jax.tree.map(lambda a: np.asarray(a)[..., None], first)]
+    bar = _progress_bar(progress, total=steps * batch_size, desc=desc or f"{problem.loss} {solver}")
+    done_steps = 0
+    for _ in range(n_chunks):
+        state, history = chunk(hyper, state, f_star, tol_arr, steps_arr)
+        records.append(jax.tree.map(np.asarray, history))  # (T,) or, vmapped, (B, T)
+        status = np.asarray(state.status)
+        finished = int(np.sum(status != RUNNING))
+        now = min(len(records) - 1, n_chunks) * per_chunk * log_every
+        advance = min(now, steps) * batch_size
+        if bar is not None:
+            bar.update(advance - done_steps)
+            bar.set_postfix(finished=f"{finished}/{batch_size}")
+        done_steps = advance
+        if finished == batch_size or now >= steps:
+            break
+    if bar is not None:
+        bar.update(steps * batch_size - done_steps)
+        bar.close()
+    n_logged = min(num_logs, (len(records) - 1) * per_chunk) + 1
+    history = {k: np.concatenate([r[k] for r in records], axis=-1)[..., :n_logged] for k in records[0]}
+    history["iteration"] = np.minimum(np.arange(n_logged) * log_every, steps)
+    return state, history
+
+
+def _progress_bar(progress, total, desc):
+    import sys
+
+    if progress is None:
+        progress = sys.stderr.isatty()
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="step", unit_scale=True, leave=False)
+
+
+def solve(problem: Problem, hyper: Hyper = Hyper(), *, key=0, steps: int = 10_000,
+          log_every: int = 100, tol: float | None = None, solver: str = "gd",
+          init_scale: float = 1.0, progress: bool | None = None) -> Result:
+    """Minimize the UFM objective of `problem` from a random start.
+
+    Args:
+      problem, hyper: the UFM and its hyperparameters (scalars).
+      key: a `jax.random.key` or an int seed; identical keys give identical runs.
+      steps: maximum number of steps; log_every: steps between logged metrics.
+      tol: stop when the (Riemannian) gradient norm is <= tol; default `default_tol(problem)`.
+      solver: one of SOLVERS.  init_scale: norm scale of the random start.
+      progress: show a progress bar (default: when stderr is a terminal).
+    Returns:
+      `Result` (params, history, steps, status, diverged_at, optimum, seconds).
+
+    Example:
+      >>> prob = ufm.Problem(num_classes=4, feature_dim=8, n_per_class=5, dtype="float64")
+      >>> res = ufm.solve(prob, ufm.Hyper(lam_W=1e-2, lam_H=1e-2), solver="lbfgs", steps=500)
+    """
+    tol = default_tol(problem) if tol is None else tol
+    _check_run_args(problem, solver, steps, log_every, tol)
+    validate_hyper(hyper)
+    opts, f_star = optimum_values(problem, hyper)
+    if np.ndim(hyper.lam_W) or any(np.ndim(v) for v in hyper):
+        raise ValueError("solve() takes one configuration: every Hyper field must be a scalar "
+                         "(use solve_batch for a batch)")
+    t0 = time.perf_counter()
+    with problem.x64_scope():
+        dtype = problem.jnp_dtype
+        state, history = _execute(
+            problem, hyper.astype(dtype), _as_key(key), jnp.asarray(f_star[0], dtype),
+            solver=solver, steps=steps, log_every=log_every, tol=tol, init_scale=init_scale,
+            progress=progress, batched=False, batch_size=1)
+        params = point_of(problem, solver, state.variables)
+        jax.block_until_ready(params)
+    status = int(state.status)
+    status = MAX_STEPS if status == RUNNING else status
+    diverged_at = int(state.diverged_at)
+    return Result(params, history, int(state.step), STATUSES[status],
+                  None if diverged_at < 0 else diverged_at, opts[0], time.perf_counter() - t0)
+
+
+def solve_batch(problem: Problem, hypers: Hyper, keys, *, steps: int = 10_000,
+                log_every: int = 100, tol: float | None = None, solver: str = "gd",
+                init_scale: float = 1.0, progress: bool | None = None, desc: str | None = None
+                ) -> BatchResult:
+    """`solve` for a batch of configurations in ONE jitted, vmapped call.
+
+    `hypers` fields are scalars or arrays of a common length B; `keys` is a batch of B keys or
+    a list of B int seeds. A diverging configuration is flagged and frozen without touching its
+    neighbours.
+    """
+    tol = default_tol(problem) if tol is None else tol
+    _check_run_args(problem, solver, steps, log_every, tol)
+    validate_hyper(hypers)
+    if isinstance(keys, (list, tuple, np.ndarray)) and all(
+            isinstance(k, (int, np.integer)) for k in np.asarray(keys).ravel()):
+        keys = jax.vmap(jax.random.key)(jnp.asarray(keys, jnp.uint32))
+    batch = keys.shape[0]
+    opts, f_star = optimum_values(problem, hypers)
+    if len(opts) == 1:
+        opts, f_star = opts * batch, np.full(batch, f_star[0])
+    if len(opts) != batch:
+        raise ValueError(f"hypers describe {len(opts)} configurations but {batch} keys were given")
+    t0 = time.perf_counter()
+    with problem.x64_scope():
+        dtype = problem.jnp_dtype
+        hypers = Hyper(*(jnp.broadcast_to(jnp.asarray(v, dtype), (batch,)) for v in hypers))
+        state, history = _execute(
+            problem, hypers, keys, jnp.asarray(f_star, dtype), solver=solver, steps=steps,
+            log_every=log_every, tol=tol, init_scale=init_scale, progress=progress,
+            batched=True, batch_size=batch, desc=desc)
+        params = jax.vmap(functools.partial(point_of, problem, solver))(state.variables)
+        jax.block_until_ready(params)
+    status = np.asarray(state.status)
+    status = np.where(status == RUNNING, MAX_STEPS, status)
+    return BatchResult(params, history, np.asarray(state.step), [STATUSES[s] for s in status],
+                       np.asarray(state.diverged_at), opts, time.perf_counter() - t0)
