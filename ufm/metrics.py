@@ -134,7 +134,7 @@ def nc_metrics(W, H, labels, b=None, *, global_mean: str = "class_means") -> dic
         raise ValueError(f"global_mean={global_mean!r} is not allowed: one of {list(GLOBAL_MEANS)}")
     if isinstance(H, jax.core.Tracer) or isinstance(W, jax.core.Tracer):
         return _nc_metrics(W, H, labels, b, global_mean)
-    dtype = np.promote_types(np.result_type(W), np.result_type(H))
+    dtype = np.promote_types(*(getattr(x, "dtype", None) or np.asarray(x).dtype for x in (W, H)))
     if dtype not in (np.float32, np.float64):
         dtype = np.dtype(np.float32)
     with x64_scope(dtype):

@@ -165,6 +165,10 @@ class Hyper(NamedTuple):
         """Every field as an array of `dtype` (keeps batch axes)."""
         return Hyper(*(jnp.asarray(v, dtype=dtype) for v in self))
 
+    def broadcast(self, batch: int, dtype) -> "Hyper":
+        """Every field as a (batch,) array of `dtype`: scalars repeat, batch axes are kept."""
+        return Hyper(*(jnp.broadcast_to(jnp.asarray(v, dtype=dtype), (batch,)) for v in self))
+
 
 # What each Hyper field allows: (lowest, lowest is allowed, highest, highest is allowed).
 HYPER_RANGES = {

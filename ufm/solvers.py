@@ -400,7 +400,7 @@ def solve_batch(problem: Problem, hypers: Hyper, keys, *, steps: int = 10_000,
     t0 = time.perf_counter()
     with problem.x64_scope():
         dtype = problem.jnp_dtype
-        hypers = Hyper(*(jnp.broadcast_to(jnp.asarray(v, dtype), (batch,)) for v in hypers))
+        hypers = hypers.broadcast(batch, dtype)
         state, history = _execute(
             problem, hypers, keys, jnp.asarray(f_star, dtype), solver=solver, steps=steps,
             log_every=log_every, tol=tol, init_scale=init_scale, progress=progress,

@@ -1,0 +1,62 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+import ufm
+from ufm import losses
+
+K, N = 4, 6
+HYPER = ufm.Hyper(alpha=0.2, gamma=1.5, kappa=3.0, M=2.0)
+
+
+def _data(seed=0):
+    rng = np.random.default_rng(seed)
+    Z = rng.normal(size=(K, N))
+    labels = np.arange(N) % K
+    Y = np.eye(K)[labels].T
+    return Z, labels, Y
+
+
+@pytest.mark.parametrize("name", sorted(losses.LOSSES))
+def test_gradients_match_finite_differences(x64, name):
+    Z, _, Y = _data()
+    fn = losses.LOSSES[name]
+    hyper = HYPER.astype(jnp.float64)
+    for tau in (1.0, 0.3):  # temperature is applied to z as the objective applies it
+        check_grads(lambda z: jnp.sum(fn(z / tau, jnp.asarray(Y), hyper)), (jnp.asarray(Z),),
+                    order=2, modes=("rev",), atol=1e-6, rtol=1e-6)
+
+
+def test_values_match_the_definitions(x64):
+    Z, labels, Y = _data(1)
+    idx = (labels, np.arange(N))
+    p = np.exp(Z) / np.exp(Z).sum(0)
+    hyper = HYPER.astype(jnp.float64)
+    np.testing.assert_allclose(losses.cross_entropy(Z, Y), -np.log(p[idx]), rtol=1e-12)
+    q = (1 - 0.2) * Y + 0.2 / K
+    np.testing.assert_allclose(losses.label_smoothing(Z, Y, hyper), -(q * np.log(p)).sum(0),
+                               rtol=1e-12)
+    np.testing.assert_allclose(losses.focal(Z, Y, hyper),
+                               -((1 - p[idx]) ** 1.5) * np.log(p[idx]), rtol=1e-12)
+    np.testing.assert_allclose(losses.mse(Z, Y), 0.5 * ((Z - Y) ** 2).sum(0), rtol=1e-12)
+    off = ((Z * (1 - Y)) ** 2).sum(0)
+    np.testing.assert_allclose(losses.mse_rescaled(Z, Y, hyper),
+                               (3.0 * (Z[idx] - 2.0) ** 2 + off) / K, rtol=1e-12)
+
+
+def test_focal_with_gamma_zero_is_cross_entropy(x64):
+    Z, _, Y = _data(2)
+    np.testing.assert_allclose(losses.focal(Z, Y, ufm.Hyper(gamma=0.0)),
+                               losses.cross_entropy(Z, Y), rtol=1e-12)
+
+
+def test_pick_all_label_sums_ce_over_the_labels(x64):
+    Z, _, _ = _data(3)
+    Y = np.zeros((K, N))
+    Y[0] = 1
+    Y[2] = 1
+    expected = losses.cross_entropy(Z, np.eye(K)[[0] * N].T) + losses.cross_entropy(
+        Z, np.eye(K)[[2] * N].T)
+    np.testing.assert_allclose(losses.pick_all_label(Z, Y), expected, rtol=1e-12)
