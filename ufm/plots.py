@@ -58,6 +58,15 @@ def _draw(ax, iteration, values, labels, key, log):
     ax.grid(True, which="major", alpha=0.3)
 
 
+def _legend(fig, ax, n_series):
+    """Inside the axes for a few series; outside, to the right, in columns for many."""
+    if n_series <= 8:
+        ax.legend(fontsize=8)
+    else:
+        fig.legend(*ax.get_legend_handles_labels(), loc="outside right upper", fontsize=6,
+                   ncols=1 + n_series // 30)
+
+
 def plot_results(directory, metrics=None) -> list[Path]:
     """Draw the figures of a results folder into it; returns the files written."""
     import matplotlib
@@ -70,15 +79,17 @@ def plot_results(directory, metrics=None) -> list[Path]:
     with np.load(directory / io.HISTORY) as data:
         history = {k: data[k] for k in data.files}
     labels, _ = series_labels(table)
+    n_series = len(set(labels))
+    width = 5.5 if n_series <= 8 else 8.5 + 2.5 * (n_series // 30)
     iteration = history["iteration"]
     figures = [f for f in TRAJECTORY_FIGURES if f[0] in history and (metrics is None or f[0] in metrics)]
     figures = [f for f in figures if not np.all(np.isnan(history[f[0]]))]
     written = []
     for key, ylabel, log in figures:
-        fig, ax = plt.subplots(figsize=(5.5, 3.8), layout="constrained")
+        fig, ax = plt.subplots(figsize=(width, 3.8), layout="constrained")
         _draw(ax, iteration, history[key], labels, key, log)
         ax.set_ylabel(ylabel)
-        ax.legend(fontsize=8)
+        _legend(fig, ax, n_series)
         path = directory / f"{key}.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
@@ -86,14 +97,14 @@ def plot_results(directory, metrics=None) -> list[Path]:
     if figures:
         cols = min(3, len(figures))
         rows = -(-len(figures) // cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.4 * rows), layout="constrained",
-                                 squeeze=False)
+        fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols + width - 5.5, 3.4 * rows),
+                                 layout="constrained", squeeze=False)
         for ax, (key, ylabel, log) in zip(axes.flat, figures):
             _draw(ax, iteration, history[key], labels, key, log)
             ax.set_title(ylabel, fontsize=9)
         for ax in list(axes.flat)[len(figures):]:
             ax.axis("off")
-        axes.flat[0].legend(fontsize=8)
+        _legend(fig, axes.flat[0], n_series)
         path = directory / "overview.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)

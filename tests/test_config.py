@@ -1,0 +1,96 @@
+import textwrap
+
+import pytest
+
+from ufm import config
+
+GOOD = """
+name = "tiny"
+[problem]
+num_classes = 3
+feature_dim = 4
+n_per_class = 2
+loss = ["ce", "mse"]
+[hyper]
+lam_W = [1e-3, 1e-2]
+[solver]
+steps = 10
+[run]
+seeds = [0, 1]
+"""
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "exp.toml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_grid_expansion_and_every_default_written_out(tmp_path):
+    exp = config.load(_write(tmp_path, GOOD))
+    configs = config.configurations(exp)
+    assert len(configs) == 2 * 2 * 2  # loss x lam_W x seeds
+    assert {c.problem.loss for c in configs} == {"ce", "mse"}
+    assert configs[0].axes == (("loss", "ce"), ("lam_W", 1e-3))
+    text = config.dumps(exp)
+    for key in ("geometry", "dtype", "lam_b", "tau", "beta2", "log_every", "init_scale"):
+        assert f"{key} = " in text
+    again = config.load(_write(tmp_path, text))
+    assert again.to_dict() == exp.to_dict()
+
+
+def test_imbalanced_counts_and_count_axes(tmp_path):
+    exp = config.load(_write(tmp_path, """
+        [problem]
+        num_classes = 3
+        feature_dim = 4
+        class_counts = [[1, 2, 3], [2, 2, 2]]
+        """))
+    problems = [c.problem for c in config.configurations(exp)]
+    assert [p.class_counts for p in problems] == [(1, 2, 3), (2, 2, 2)]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[problem]\nnum_classes = 1", "problem.num_classes=1 is not allowed: an integer >= 2"),
+    ("[problem]\nfeature_dim = 0", "problem.feature_dim=0 is not allowed: an integer >= 1"),
+    ("[problem]\nn_per_class = 0", "problem.n_per_class=0 is not allowed: an integer >= 1"),
+    ("[problem]\nnum_classes = 2.5", "problem.num_classes=2.5 is not allowed: an integer"),
+    ("[problem]\nloss = \"hinge\"", "problem.loss='hinge' is not allowed: one of"),
+    ("[problem]\ngeometry = \"torus\"", "problem.geometry='torus' is not allowed: one of"),
+    ("[problem]\nbias = \"yes\"", "problem.bias='yes' is not allowed: true or false"),
+    ("[problem]\nlosss = \"ce\"", "unknown key problem.'losss': allowed keys are"),
+    ("[hyper]\nlam_W = -1e-3", "hyper.lam_W=-0.001 is not allowed: a number >= 0"),
+    ("[hyper]\nlam_H = [1e-3, -1.0]", "hyper.lam_H=-1.0 is not allowed: a number >= 0"),
+    ("[hyper]\ntau = 0", "hyper.tau=0.0 is not allowed: a number > 0"),
+    ("[hyper]\nalpha = 1.5", "hyper.alpha=1.5 is not allowed: a number >= 0 and < 1"),
+    ("[hyper]\nlr = \"fast\"", "hyper.lr='fast' is not allowed: a number"),
+    ("[solver]\nname = \"sgd\"", "solver.name='sgd' is not allowed: one of"),
+    ("[solver]\nsteps = 0", "solver.steps=0 is not allowed: an integer >= 1"),
+    ("[solver]\ntol = -1.0", "solver.tol=-1.0 is not allowed: a number >= 0"),
+    ("[run]\nseeds = [-1]", "run.seeds=[-1] is not allowed"),
+    ("colour = \"red\"", "unknown key 'colour'"),
+    ("[problem]\nnum_classes = 5\nfeature_dim = 2\nclassifier = \"fixed_etf\"",
+     "problem.feature_dim=2 is not allowed"),
+])
+def test_bad_input_names_the_key_the_value_and_the_rule(tmp_path, text, message):
+    with pytest.raises(config.ConfigError) as err:
+        config.load(_write(tmp_path, text))
+    assert message in str(err.value)
+
+
+def test_missing_file_and_invalid_toml(tmp_path):
+    with pytest.raises(config.ConfigError, match="does not exist"):
+        config.load(tmp_path / "nope.toml")
+    with pytest.raises(config.ConfigError, match="not valid TOML"):
+        config.load(_write(tmp_path, "[problem\n"))
+
+
+def test_overrides():
+    exp = config.apply_overrides(config.load_default(),
+                                 ["num_classes=4", "solver.steps=20", "loss=mse", "seeds=[5]"])
+    assert exp.problem["num_classes"] == 4 and exp.solver["steps"] == 20
+    assert exp.problem["loss"] == "mse" and exp.run["seeds"] == [5]
+    with pytest.raises(config.ConfigError, match="hyper.lam_W=-1.0"):
+        config.apply_overrides(exp, ["lam_W=-1"])
+    with pytest.raises(config.ConfigError, match="unknown key"):
+        config.apply_overrides(exp, ["nonsense=1"])
