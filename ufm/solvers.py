@@ -355,10 +355,10 @@ def solve(problem: Problem, hyper: Hyper = Hyper(), *, key=0, steps: int = 10_00
     tol = default_tol(problem) if tol is None else tol
     _check_run_args(problem, solver, steps, log_every, tol)
     validate_hyper(hyper)
-    opts, f_star = optimum_values(problem, hyper)
-    if np.ndim(hyper.lam_W) or any(np.ndim(v) for v in hyper):
+    if any(np.ndim(v) for v in hyper):
         raise ValueError("solve() takes one configuration: every Hyper field must be a scalar "
                          "(use solve_batch for a batch)")
+    opts, f_star = optimum_values(problem, hyper)
     t0 = time.perf_counter()
     with problem.x64_scope():
         dtype = problem.jnp_dtype
