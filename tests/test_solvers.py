@@ -159,3 +159,16 @@ def test_bad_hyper_is_rejected_before_compiling():
     prob = ufm.Problem(num_classes=3, feature_dim=4, n_per_class=2)
     with pytest.raises(ValueError, match="tau=-1"):
         ufm.solve(prob, ufm.Hyper(tau=-1.0))
+
+
+def test_a_run_can_start_from_a_given_point():
+    prob = ufm.Problem(num_classes=3, feature_dim=4, n_per_class=2, dtype="float64")
+    hyp = ufm.Hyper(lam_W=1e-2, lam_H=1e-2)
+    start = ufm.init(prob, 0)
+    from_point = ufm.solve(prob, hyp, start=start, steps=100)
+    from_seed = ufm.solve(prob, hyp, key=0, steps=100)
+    np.testing.assert_array_equal(from_point.params.W, from_seed.params.W)
+    starts = jax.tree.map(lambda x: np.stack([x, 2 * x]), start)
+    batch = ufm.solve_batch(prob, hyp, [5, 6], start=starts, steps=100)
+    np.testing.assert_array_equal(batch.params.W[0], from_seed.params.W)
+    assert batch.history["objective"][1, 0] != batch.history["objective"][0, 0]

@@ -231,8 +231,17 @@ def init(problem: Problem, key: jax.Array, scale: float = 1.0) -> Params:
     """Random start: entries N(0, scale^2/d), so rows of W and columns of H have norm ~scale.
 
     On the sphere rows of W and columns of H are normalized; a fixed-ETF classifier starts (and
-    stays) at the unit-norm simplex ETF; b starts at zero.
+    stays) at the unit-norm simplex ETF; b starts at zero. Drawn in the problem's dtype, so a
+    float64 problem gets the same start here as inside `ufm.solve`.
     """
+    if isinstance(key, int):
+        key = jax.random.key(key)
+    with problem.x64_scope():
+        return init_traced(problem, key, scale)
+
+
+def init_traced(problem: Problem, key: jax.Array, scale=1.0) -> Params:
+    """`init` for use inside jit/vmap, where the caller has already set the precision."""
     from ufm.theory import simplex_etf  # theory imports problem; import here to avoid a cycle
 
     K, d, N = problem.num_classes, problem.feature_dim, problem.num_samples

@@ -27,7 +27,7 @@ import numpy as np
 import optax
 
 from ufm import manifolds, metrics, theory
-from ufm.problem import Hyper, Params, Problem, init, mean_loss, objective, validate_hyper
+from ufm.problem import Hyper, Params, Problem, init_traced, mean_loss, objective, validate_hyper
 
 SOLVERS = ("gd", "momentum", "nesterov", "adam", "lbfgs")
 STATUSES = ("running", "converged", "max_steps", "diverged")
@@ -148,9 +148,10 @@ def _log_record(problem: Problem, solver: str, hyper: Hyper, state: RunState, f_
     return record
 
 
-def _initial_state(problem: Problem, solver: str, hyper: Hyper, key, init_scale) -> RunState:
+def _initial_state(problem: Problem, solver: str, hyper: Hyper, key, init_scale,
+                   start: Params | None = None) -> RunState:
     tx, _ = _make_step(problem, solver, hyper)
-    variables = init(problem, key, init_scale)
+    variables = init_traced(problem, key, init_scale) if start is None else start
     dtype = problem.jnp_dtype
     return RunState(
         variables=variables,
@@ -259,13 +260,13 @@ def _compiled_chunk(problem, solver, log_every, logs_per_chunk, batched):
         return _run_logs(problem, solver, log_every, logs_per_chunk, hyper, state, f_star, tol,
                          max_steps)
 
-    def start(hyper, key, f_star, init_scale):
-        state = _initial_state(problem, solver, hyper, key, init_scale)
+    def start(hyper, key, f_star, init_scale, start_params):
+        state = _initial_state(problem, solver, hyper, key, init_scale, start_params)
         return state, _log_record(problem, solver, hyper, state, f_star)
 
     if batched:
         chunk = jax.vmap(chunk, in_axes=(0, 0, 0, None, None))
-        start = jax.vmap(start, in_axes=(0, 0, 0, None))
+        start = jax.vmap(start, in_axes=(0, 0, 0, None, 0))
     return jax.jit(start), jax.jit(chunk)
 
 
@@ -288,14 +289,16 @@ def _as_key(key):
 
 
 def _execute(problem, hyper, keys, f_star, *, solver, steps, log_every, tol, init_scale,
-             progress, batched, batch_size, desc=None):
+             start_params, progress, batched, batch_size, desc=None):
     """Host loop over jitted chunks; returns host arrays of everything."""
     num_logs = math.ceil(steps / log_every)
     per_chunk, n_chunks = _chunking(num_logs)
     start, chunk = _compiled_chunk(problem, solver, log_every, per_chunk, batched)
     dtype = problem.jnp_dtype
     tol_arr, steps_arr = jnp.asarray(tol, dtype), jnp.asarray(steps, jnp.int32)
-    state, first = start(hyper, keys, f_star, jnp.asarray(init_scale, dtype))
+    if start_params is not None:
+        start_params = Params(*(jnp.asarray(x, dtype) for x in start_params))
+    state, first = start(hyper, keys, f_star, jnp.asarray(init_scale, dtype), start_params)
     records = [jax.tree.map(lambda a: np.asarray(a)[..., None], first)]
     bar = _progress_bar(progress, total=steps * batch_size, desc=desc or f"{problem.loss} {solver}")
     done_steps = 0
@@ -335,7 +338,8 @@ def _progress_bar(progress, total, desc):
 
 def solve(problem: Problem, hyper: Hyper = Hyper(), *, key=0, steps: int = 10_000,
           log_every: int = 100, tol: float | None = None, solver: str = "gd",
-          init_scale: float = 1.0, progress: bool | None = None) -> Result:
+          init_scale: float = 1.0, start: Params | None = None,
+          progress: bool | None = None) -> Result:
     """Minimize the UFM objective of `problem` from a random start.
 
     Args:
@@ -344,6 +348,7 @@ def solve(problem: Problem, hyper: Hyper = Hyper(), *, key=0, steps: int = 10_00
       steps: maximum number of steps; log_every: steps between logged metrics.
       tol: stop when the (Riemannian) gradient norm is <= tol; default `default_tol(problem)`.
       solver: one of SOLVERS.  init_scale: norm scale of the random start.
+      start: a point (Params) to start from instead of a random one (e.g. near a saddle).
       progress: show a progress bar (default: when stderr is a terminal).
     Returns:
       `Result` (params, history, steps, status, diverged_at, optimum, seconds).
@@ -365,7 +370,7 @@ def solve(problem: Problem, hyper: Hyper = Hyper(), *, key=0, steps: int = 10_00
         state, history = _execute(
             problem, hyper.astype(dtype), _as_key(key), jnp.asarray(f_star[0], dtype),
             solver=solver, steps=steps, log_every=log_every, tol=tol, init_scale=init_scale,
-            progress=progress, batched=False, batch_size=1)
+            start_params=start, progress=progress, batched=False, batch_size=1)
         params = point_of(problem, solver, state.variables)
         jax.block_until_ready(params)
     status = int(state.status)
@@ -377,12 +382,13 @@ def solve(problem: Problem, hyper: Hyper = Hyper(), *, key=0, steps: int = 10_00
 
 def solve_batch(problem: Problem, hypers: Hyper, keys, *, steps: int = 10_000,
                 log_every: int = 100, tol: float | None = None, solver: str = "gd",
-                init_scale: float = 1.0, progress: bool | None = None, desc: str | None = None
-                ) -> BatchResult:
+                init_scale: float = 1.0, start: Params | None = None,
+                progress: bool | None = None, desc: str | None = None) -> BatchResult:
     """`solve` for a batch of configurations in ONE jitted, vmapped call.
 
     `hypers` fields are scalars or arrays of a common length B; `keys` is a batch of B keys or
-    a list of B int seeds. A diverging configuration is flagged and frozen without touching its
+    a list of B int seeds; `start`, if given, is a batch of B starting points (leaves with a
+    leading axis B). A diverging configuration is flagged and frozen without touching its
     neighbours.
     """
     tol = default_tol(problem) if tol is None else tol
@@ -403,8 +409,8 @@ def solve_batch(problem: Problem, hypers: Hyper, keys, *, steps: int = 10_000,
         hypers = hypers.broadcast(batch, dtype)
         state, history = _execute(
             problem, hypers, keys, jnp.asarray(f_star, dtype), solver=solver, steps=steps,
-            log_every=log_every, tol=tol, init_scale=init_scale, progress=progress,
-            batched=True, batch_size=batch, desc=desc)
+            log_every=log_every, tol=tol, init_scale=init_scale, start_params=start,
+            progress=progress, batched=True, batch_size=batch, desc=desc)
         params = jax.vmap(functools.partial(point_of, problem, solver))(state.variables)
         jax.block_until_ready(params)
     status = np.asarray(state.status)
