@@ -5,12 +5,13 @@ before a run, and its value is handed to the jitted solver as a plain number.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import NamedTuple
 
 import numpy as np
 
-from ufm.problem import Hyper, Problem
+from ufm.problem import Hyper, Params, Problem
 
 
 def helmert_basis(K: int) -> np.ndarray:
@@ -170,3 +171,152 @@ def optimum(problem: Problem, hyper: Hyper) -> Optimum | None:
         return None
     h_sq = lam_W_c / (n * lam_H_c) * w_sq_c
     return Optimum(c * f_c, t**2 * w_sq_c, h_sq, t * b_c, bool(is_zero))
+
+
+# ---------------------------------------------------------------------------------------------
+# Critical points (SCIENCE.md section 5). Each returns float64 Params (host numpy arrays).
+
+
+def _params(W, H, b) -> Params:
+    return Params(np.asarray(W, np.float64), np.asarray(H, np.float64), np.asarray(b, np.float64))
+
+
+def optimum_point(problem: Problem, hyper: Hyper) -> Params | None:
+    """The global minimizer that `optimum` describes: W = ||w|| x (unit simplex ETF, or the
+    orthogonal frame for bias-free MSE), h_i = ||h|| w_{y_i}/||w_{y_i}||, b = b*."""
+    opt = optimum(problem, hyper)
+    if opt is None:
+        return None
+    K, d = problem.num_classes, problem.feature_dim
+    frame = np.eye(K, d) if problem.loss.startswith("mse") and not problem.bias else simplex_etf(K, d)
+    return _params(math.sqrt(opt.w_norm_sq) * frame, math.sqrt(opt.h_norm_sq) * frame[problem.labels].T,
+                   opt.b)
+
+
+def optimal_bias(problem: Problem, hyper: Hyper, Z=None) -> np.ndarray:
+    """argmin_b (1/N) sum_i L((z_i + b)/tau, y_i) + lam_b/2 ||b||^2 for fixed logits Z (default
+    Z = 0, the origin), by Newton's method in float64 (convex for CE, LS and MSE; from b = 0,
+    which is already optimal for balanced CE-type losses). Zero when the problem has no bias."""
+    import jax
+    import jax.numpy as jnp
+
+    from ufm.problem import x64_scope
+
+    K, N = problem.num_classes, problem.num_samples
+    if not problem.bias:
+        return np.zeros(K)
+    with x64_scope("float64"):
+        hyper64 = hyper.astype(jnp.float64)
+        Z0 = jnp.zeros((K, N)) if Z is None else jnp.asarray(Z, jnp.float64)
+        Y = jax.nn.one_hot(problem.labels, K, dtype=jnp.float64).T
+        from ufm.losses import LOSSES
+
+        def g(b):
+            loss = jnp.mean(LOSSES[problem.loss]((Z0 + b[:, None]) / hyper64.tau, Y, hyper64))
+            return loss + 0.5 * hyper64.lam_b * jnp.sum(b**2)
+
+        grad, hess = jax.jit(jax.grad(g)), jax.jit(jax.hessian(g))
+        b = jnp.zeros(K)
+        for _ in range(100):
+            step = jnp.linalg.lstsq(hess(b), grad(b))[0]  # singular along 1 when lam_b = 0 (CE)
+            b = b - step
+            if float(jnp.linalg.norm(step)) < 1e-15 * (1.0 + float(jnp.linalg.norm(b))):
+                break
+        return np.asarray(b)
+
+
+def origin(problem: Problem, hyper: Hyper) -> Params:
+    """W = 0, H = 0 and the optimal bias given Z = b 1^T: always a critical point of the
+    weight-decay UFM; a strict saddle iff sqrt(lam_W lam_H) < c_L/(K sqrt(n)) (balanced)."""
+    K, d, N = problem.num_classes, problem.feature_dim, problem.num_samples
+    return _params(np.zeros((K, d)), np.zeros((d, N)), optimal_bias(problem, hyper))
+
+
+def rank_r_critical_point(problem: Problem, hyper: Hyper, rank: int, *, key=0,
+                          steps: int = 5000) -> Params:
+    """A critical point with rank W = r: solve the same UFM with feature dimension r (float64,
+    L-BFGS, to a gradient norm of 1e-12), then pad W and H with zeros up to d. For r < K-1 it is
+    a strict saddle of the full problem with (d-r)(K-1-r) negative eigenvalues."""
+    from ufm.solvers import solve  # solvers imports theory for the closed forms
+
+    if not 1 <= rank < problem.feature_dim:
+        raise ValueError(f"rank={rank} is not allowed: an integer in [1, feature_dim)")
+    small = dataclasses.replace(problem, feature_dim=rank, dtype="float64")
+    res = solve(small, hyper, key=key, steps=steps, log_every=steps, tol=1e-12, solver="lbfgs")
+    pad = problem.feature_dim - rank
+    W = np.pad(np.asarray(res.params.W), ((0, 0), (0, pad)))
+    H = np.pad(np.asarray(res.params.H), ((0, pad), (0, 0)))
+    return _params(W, H, res.params.b)
+
+
+def mse_saddle(problem: Problem, hyper: Hyper, rank: int) -> Params:
+    """Closed-form critical point of rank r of the MSE UFM (bias with lam_b = 0, or no bias),
+    balanced: W H keeps r of the (equal) singular directions of the centred targets, shrunk to
+    sigma = 1 - K sqrt(n lam_W lam_H): W = a U_r E_r^T, H = c E_r V_r^T with a c = sqrt(n) sigma
+    and lam_W a^2 = lam_H c^2; b = 1/K (with bias). r = K-1 (bias) or K (no bias) is the global
+    optimum; smaller r are strict saddles."""
+    if problem.loss != "mse" or problem.geometry != "wd" or not problem.balanced:
+        raise ValueError("mse_saddle needs a balanced weight-decay problem with loss='mse'")
+    K, d, n = problem.num_classes, problem.feature_dim, problem.n_per_class
+    lam_W, lam_H, tau = (float(getattr(hyper, f)) for f in ("lam_W", "lam_H", "tau"))
+    if problem.bias and float(hyper.lam_b) != 0.0:
+        raise ValueError("mse_saddle with a bias needs lam_b = 0")
+    if tau != 1.0:
+        raise ValueError("mse_saddle needs tau = 1")
+    max_rank = K - 1 if problem.bias else K
+    if not 1 <= rank <= min(max_rank, d):
+        raise ValueError(f"rank={rank} is not allowed: an integer in [1, {min(max_rank, d)}]")
+    sigma = 1.0 - K * math.sqrt(n * lam_W * lam_H)
+    if sigma <= 0:
+        raise ValueError("every MSE critical point is the origin when K sqrt(n lam_W lam_H) >= 1")
+    U = helmert_basis(K)[:, :rank] if problem.bias else np.eye(K)[:, :rank]  # (K, r)
+    Y = np.eye(K)[problem.labels].T  # (K, N)
+    target = Y - 1.0 / K if problem.bias else Y
+    V = target.T @ U / math.sqrt(n)  # (N, r), orthonormal columns
+    a = math.sqrt(math.sqrt(n) * sigma * math.sqrt(lam_H / lam_W))
+    c = math.sqrt(math.sqrt(n) * sigma * math.sqrt(lam_W / lam_H))
+    E = np.eye(d)[:, :rank]  # (d, r)
+    b = np.full(K, 1.0 / K) if problem.bias else np.zeros(K)
+    return _params(a * U @ E.T, c * E @ V.T, b)
+
+
+def sphere_collapsed_point(problem: Problem) -> Params:
+    """Every w_k and every h_i equal to the same unit vector e_1: a critical point of the sphere
+    UFM (a strict saddle; smallest Riemannian eigenvalue -1/(tau K sqrt(n)) for CE)."""
+    K, d, N = problem.num_classes, problem.feature_dim, problem.num_samples
+    e1 = np.eye(d)[0]
+    return _params(np.tile(e1, (K, 1)), np.tile(e1[:, None], (1, N)), np.zeros(K))
+
+
+def negative_curvature_direction(problem: Problem, hyper: Hyper, params: Params):
+    """The explicit escape direction at a weight-decay critical point with rank W < d
+    (SCIENCE.md section 5): a unit a in null(W), (u, v) the top singular pair of
+    G = dL/dZ, Delta = (u a^T, c a v^T, 0) / sqrt(1 + c^2) with the c that minimizes the
+    curvature; the Rayleigh quotient along Delta is lam_bar - sqrt(dlam^2 + sigma_1(G)^2).
+
+    Returns (direction as Params, predicted curvature)."""
+    import jax.numpy as jnp
+
+    from ufm.problem import logit_gradient, x64_scope
+
+    if problem.geometry != "wd":
+        raise ValueError("negative_curvature_direction is for the weight-decay geometry")
+    W = np.asarray(params.W, np.float64)
+    K, d = W.shape
+    with x64_scope("float64"):
+        p64 = Params(*(jnp.asarray(x, jnp.float64) for x in params))
+        G = np.asarray(logit_gradient(problem, hyper.astype(jnp.float64), p64))
+    _, s_W, Vt_W = np.linalg.svd(W)
+    rank = int(np.sum(s_W > 1e-8 * max(s_W.max(initial=0.0), 1e-300)))
+    if rank >= d:
+        raise ValueError(f"rank W = {rank} = d: null(W) is empty, no such direction")
+    a = Vt_W[rank]  # unit, W a = 0
+    U_G, s_G, Vt_G = np.linalg.svd(G, full_matrices=False)
+    u, v, sigma = U_G[:, 0], Vt_G[0], s_G[0]
+    lam_W, lam_H = float(hyper.lam_W), float(hyper.lam_H)
+    lam_bar, dlam = (lam_W + lam_H) / 2, (lam_W - lam_H) / 2
+    curvature = lam_bar - math.sqrt(dlam**2 + sigma**2)
+    c = (curvature - lam_W) / sigma  # 2x2 eigenvector [[lam_W, sigma], [sigma, lam_H]] (1, c)
+    scale = 1.0 / math.sqrt(1.0 + c**2)
+    direction = _params(scale * np.outer(u, a), scale * c * np.outer(a, v), np.zeros(K))
+    return direction, curvature

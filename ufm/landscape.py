@@ -1,0 +1,386 @@
+"""Curvature of the UFM objective: Hessian-vector products, dense Hessians, Lanczos, and
+`probe`, which classifies a point as a strict saddle, a local or a certified global minimum
+(SCIENCE.md section 5).
+
+Coordinates. The Hessian acts on the trained variables only: W (unless the classifier is a fixed
+ETF), H, and b (when the problem has a bias). On the sphere it is the Riemannian Hessian of the
+oblique manifold written in an orthonormal tangent basis (a Householder basis of w_k^perp and of
+h_i^perp), with the curvature (Weingarten) term of Absil, Mahony & Trumpf (2013):
+
+    Hess f(X)[V] = P_X(ehess f(X)[V]) - V ddiag(X^T egrad f(X)).
+
+Probes run in float64 and symmetrize, whatever the problem's dtype.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ufm import manifolds, theory
+from ufm.problem import Hyper, Params, Problem, logit_gradient, objective, x64_scope
+
+VERDICTS = ("not critical", "strict saddle", "second-order stationary (local min)",
+            "global min (certified)")
+NOT_CRITICAL, STRICT_SADDLE, LOCAL_MIN, GLOBAL_MIN = range(4)
+CONVEX_LOSSES = ("ce", "ls", "mse", "mse_rescaled")
+DENSE_MAX_DIM = 1500  # dense eigh below this many coordinates, Lanczos above
+
+
+# ----------------------------------------------------------------------------- coordinates
+
+
+def _householder_bases(X):
+    """Orthonormal bases of x^perp for each row x of X (m, d): returns (m, d, d-1).
+
+    The reflector P = I - 2 u u^T / (u^T u) with u = x + sign(x_1) e_1 maps e_1 to -sign(x_1) x,
+    so its columns 2..d span x^perp (the stable choice of Householder's sign)."""
+    d = X.shape[1]
+    sign = jnp.where(X[:, 0] >= 0, 1.0, -1.0)
+    u = X.at[:, 0].add(sign)
+    P = jnp.eye(d, dtype=X.dtype)[None] - 2.0 * u[:, :, None] * u[:, None, :] / jnp.sum(
+        u * u, axis=1)[:, None, None]
+    return P[:, :, 1:]
+
+
+class Coordinates(NamedTuple):
+    """A linear chart of the tangent space at a point: `embed` maps coordinates (dim,) to a
+    tangent Params, `extract` maps a Params (ambient) to coordinates; extract(embed(x)) = x."""
+
+    dim: int
+    embed: Callable
+    extract: Callable
+
+
+def coordinates(problem: Problem, params: Params) -> Coordinates:
+    """Coordinates of the trained variables: flat (W, H, b) for weight decay; a tangent basis of
+    the oblique manifold on the sphere. Non-trained blocks embed as zeros."""
+    K, d = params.W.shape
+    N = params.H.shape[1]
+    learn_W, learn_b = problem.classifier == "learned", problem.bias
+    sphere = problem.geometry == "sphere"
+    if sphere:
+        basis_W = _householder_bases(params.W)  # (K, d, d-1)
+        basis_H = _householder_bases(params.H.T)  # (N, d, d-1)
+    k = d - 1 if sphere else d
+    sizes = [K * k if learn_W else 0, N * k, K if learn_b else 0]
+    dim = sum(sizes)
+    zero_W, zero_b = jnp.zeros_like(params.W), jnp.zeros_like(params.b)
+
+    def embed(x):
+        xW, xH, xb = jnp.split(x, np.cumsum(sizes)[:2])
+        if sphere:
+            W = jnp.einsum("kij,kj->ki", basis_W, xW.reshape(K, k)) if learn_W else zero_W
+            H = jnp.einsum("nij,nj->in", basis_H, xH.reshape(N, k))
+        else:
+            W = xW.reshape(K, d) if learn_W else zero_W
+            H = xH.reshape(d, N)
+        return Params(W, H, xb if learn_b else zero_b)
+
+    def extract(p):
+        if sphere:
+            xW = jnp.einsum("kij,ki->kj", basis_W, p.W).ravel()
+            xH = jnp.einsum("nij,in->nj", basis_H, p.H).ravel()
+        else:
+            xW, xH = p.W.ravel(), p.H.ravel()
+        parts = ([xW] if learn_W else []) + [xH] + ([p.b] if learn_b else [])
+        return jnp.concatenate(parts)
+
+    return Coordinates(dim, embed, extract)
+
+
+# ----------------------------------------------------------------------------- operators
+
+
+def gradient(problem: Problem, hyper: Hyper, params: Params) -> Params:
+    """Euclidean gradient of the objective (Riemannian on the sphere)."""
+    egrad = jax.grad(lambda p: objective(problem, hyper, p))(params)
+    return manifolds.riemannian_grad(problem, params, egrad)
+
+
+def hvp(problem: Problem, hyper: Hyper, params: Params, tangent: Params) -> Params:
+    """Euclidean Hessian-vector product, forward-over-reverse: d/dt grad f(params + t tangent)."""
+    grad_fn = jax.grad(lambda p: objective(problem, hyper, p))
+    return jax.jvp(grad_fn, (params,), (tangent,))[1]
+
+
+def riemannian_hvp(problem: Problem, hyper: Hyper, params: Params, tangent: Params) -> Params:
+    """Riemannian Hessian-vector product on the oblique manifold (tangent in, tangent out):
+    P_X(ehess[V]) - V ddiag(X^T egrad) for W (rows) and H (columns); Euclidean for b."""
+    egrad = jax.grad(lambda p: objective(problem, hyper, p))(params)
+    ehess = hvp(problem, hyper, params, tangent)
+    W_term = ehess.W - tangent.W * jnp.sum(params.W * egrad.W, axis=1, keepdims=True)
+    H_term = ehess.H - tangent.H * jnp.sum(params.H * egrad.H, axis=0, keepdims=True)
+    return manifolds.project(problem, params, Params(W_term, H_term, ehess.b))
+
+
+def hessian_operator(problem: Problem, hyper: Hyper, params: Params) -> tuple[Coordinates, Callable]:
+    """(coordinates, matvec): the Hessian (Riemannian on the sphere) as a map on coordinates."""
+    chart = coordinates(problem, params)
+    product = riemannian_hvp if problem.geometry == "sphere" else hvp
+
+    def matvec(x):
+        return chart.extract(product(problem, hyper, params, chart.embed(x)))
+
+    return chart, matvec
+
+
+def dense_hessian(problem: Problem, hyper: Hyper, params: Params) -> jax.Array:
+    """The (Riemannian) Hessian in coordinates, (dim, dim), symmetrized; one HVP per column."""
+    chart, matvec = hessian_operator(problem, hyper, params)
+    eye = jnp.eye(chart.dim, dtype=params.H.dtype)
+    Hess = jax.vmap(matvec)(eye)
+    return 0.5 * (Hess + Hess.T)
+
+
+# ----------------------------------------------------------------------------- Lanczos
+
+
+class LanczosResult(NamedTuple):
+    """Ritz values (ascending), Ritz vectors (columns) and residual bounds ||A y - theta y||."""
+
+    ritz_values: jax.Array  # (m,)
+    ritz_vectors: jax.Array  # (n, m)
+    residuals: jax.Array  # (m,)
+
+
+def lanczos(matvec: Callable, v0: jax.Array, num_iters: int, *, key=None) -> LanczosResult:
+    """Lanczos with full reorthogonalization (classical Gram-Schmidt, twice) for a symmetric
+    operator; jittable and vmappable (fixed shapes, `lax.fori_loop`).
+
+    On breakdown (an invariant subspace found, beta ~ 0) it restarts with a random vector
+    orthogonal to the basis so far; T then splits into blocks and the Ritz values of every block
+    are eigenvalues. Converges at both ends of the spectrum (Paige 1972; Golub & Van Loan 10.1).
+    The residual of Ritz pair j is |beta_m s_{m,j}|, exact in exact arithmetic.
+    """
+    n = v0.shape[0]
+    m = min(num_iters, n)
+    dtype = v0.dtype
+    key = jax.random.key(0) if key is None else key
+    Q = jnp.zeros((m + 1, n), dtype).at[0].set(v0 / jnp.linalg.norm(v0))
+    eps = jnp.finfo(dtype).eps
+
+    def orthogonalize(Q, w):
+        w = w - Q.T @ (Q @ w)
+        return w - Q.T @ (Q @ w)
+
+    def body(j, carry):
+        Q, alphas, betas, scale, key = carry
+        w = matvec(Q[j])
+        alpha = Q[j] @ w
+        w = orthogonalize(Q, w)
+        beta = jnp.linalg.norm(w)
+        scale = jnp.maximum(scale, jnp.abs(alpha) + beta)
+        key, sub = jax.random.split(key)
+        fresh = orthogonalize(Q, jax.random.normal(sub, (n,), dtype))
+        fresh_norm = jnp.linalg.norm(fresh)
+        fresh = jnp.where(fresh_norm > 0, fresh / jnp.where(fresh_norm > 0, fresh_norm, 1.0), 0.0)
+        breakdown = beta <= 100 * n * eps * scale
+        q_next = jnp.where(breakdown, fresh, w / jnp.where(breakdown, 1.0, beta))
+        Q = Q.at[j + 1].set(q_next)
+        return Q, alphas.at[j].set(alpha), betas.at[j].set(jnp.where(breakdown, 0.0, beta)), scale, key
+
+    init = (Q, jnp.zeros(m, dtype), jnp.zeros(m, dtype), jnp.zeros((), dtype), key)
+    Q, alphas, betas, _, _ = jax.lax.fori_loop(0, m, body, init)
+    T = jnp.diag(alphas) + jnp.diag(betas[:-1], 1) + jnp.diag(betas[:-1], -1)
+    theta, S = jnp.linalg.eigh(T)
+    return LanczosResult(theta, Q[:m].T @ S, jnp.abs(betas[-1] * S[-1, :]))
+
+
+# ----------------------------------------------------------------------------- probe
+
+
+class Probe(NamedTuple):
+    """What `probe` finds at a point (fields gain a batch axis in `probe_batch`).
+
+    grad_norm: (Riemannian) gradient norm.  eig_min, eig_max: extreme Hessian eigenvalues;
+    eig_min_residual: their residual bound (0 on the dense path).  n_negative, n_zero,
+    n_positive: eigenvalue counts below -zero_tol, within zero_tol, above (dense path; -1 with
+    Lanczos).  n_symmetry: zeros predicted by the orthogonal symmetry (and the extra MSE and
+    bias-shift directions).  eig_min_off_symmetry: smallest eigenvalue once the n_symmetry
+    eigenvalues nearest zero are set aside (dense path; NaN with Lanczos).  sigma_G: top singular
+    value of G = dL/dZ.  certified_global: sigma_G <= sqrt(lam_W lam_H) at a critical point of a
+    convex loss (or, on the sphere, f equal to the closed-form f*).  verdict: one of VERDICTS.
+    zero_tol, scale: the thresholds used.  dim: number of coordinates.  method: dense|lanczos.
+    """
+
+    grad_norm: jax.Array
+    eig_min: jax.Array
+    eig_max: jax.Array
+    eig_min_residual: jax.Array
+    n_negative: jax.Array
+    n_zero: jax.Array
+    n_positive: jax.Array
+    n_symmetry: jax.Array
+    eig_min_off_symmetry: jax.Array
+    sigma_G: jax.Array
+    certified_global: jax.Array
+    verdict: object  # str (list of str from probe_batch)
+    zero_tol: jax.Array
+    scale: jax.Array
+    dim: int
+    method: str
+
+
+def symmetry_dimension(problem: Problem, hyper: Hyper, params: Params, rank_rtol=1e-6):
+    """Exact zero eigenvalues forced by symmetry at a critical point (SCIENCE.md section 5):
+    r(2d-r-1)/2 from f(W Q^T, Q H, b) = f(W, H, b), r = rank of the span of the w_k and h_i;
+    balanced MSE adds r(m-r), the Grassmannian of r-planes among the m equal singular
+    directions of the targets (m = K without bias, as SCIENCE.md states; m = K-1 with a bias,
+    whose targets are centred); an unpenalized bias adds 1 for softmax losses (z -> z + c 1)."""
+    K, d = params.W.shape
+    joint = jnp.concatenate([params.W.T, params.H], axis=1)  # (d, K+N)
+    s = jnp.linalg.svd(joint, compute_uv=False)
+    r = jnp.sum(s > rank_rtol * jnp.maximum(s[0], jnp.finfo(s.dtype).tiny)).astype(jnp.int32)
+    r = jnp.where(s[0] > 0, r, 0)
+    count = r * (2 * d - r - 1) // 2
+    if problem.loss.startswith("mse") and problem.geometry == "wd" and problem.balanced:
+        m = K - 1 if problem.bias else K
+        count = count + r * jnp.maximum(m - r, 0)
+    if problem.bias and problem.loss not in ("mse", "mse_rescaled"):
+        count = count + (hyper.lam_b == 0).astype(jnp.int32)
+    return count
+
+
+def _certificate(problem: Problem, hyper: Hyper, params: Params, grad_norm, sigma_G, f_star):
+    """certified_global: the convex-loss certificate sigma_1(G) <= sqrt(lam_W lam_H), with an
+    allowance of grad_norm / max(||W||_2, ||H||_2) for a point that is only nearly critical (a
+    perturbation of G by delta moves the gradient by delta ||H||); on the sphere, f = f*."""
+    if problem.geometry == "sphere":
+        if f_star is None:
+            return jnp.asarray(False)
+        value = objective(problem, hyper, params)
+        return jnp.abs(value - f_star) <= 1e-8 * jnp.abs(f_star) + grad_norm
+    if problem.loss not in CONVEX_LOSSES or problem.classifier != "learned":
+        return jnp.asarray(False)
+    bound = jnp.sqrt(hyper.lam_W * hyper.lam_H)
+    spread = jnp.maximum(jnp.linalg.norm(params.W, 2), jnp.linalg.norm(params.H, 2))
+    allowance = 1e-9 * bound + grad_norm / jnp.maximum(spread, 1e-300)
+    return (bound > 0) & (sigma_G <= bound + allowance)
+
+
+def _probe_arrays(problem, hyper, params, key, *, method, num_iters, grad_rtol, eig_rtol, f_star):
+    """Every numeric field of `Probe` (traceable; verdict as an int code)."""
+    chart, matvec = hessian_operator(problem, hyper, params)
+    grad_norm = jnp.linalg.norm(chart.extract(gradient(problem, hyper, params)))
+    sigma_G = jnp.linalg.norm(logit_gradient(problem, hyper, params), 2)
+    n_symmetry = symmetry_dimension(problem, hyper, params)
+    if method == "dense":
+        Hess = jax.vmap(matvec)(jnp.eye(chart.dim, dtype=params.H.dtype))
+        eigs = jnp.linalg.eigvalsh(0.5 * (Hess + Hess.T))
+        eig_min, eig_max, residual = eigs[0], eigs[-1], jnp.zeros((), eigs.dtype)
+    else:
+        v0 = jax.random.normal(key, (chart.dim,), params.H.dtype)
+        result = lanczos(matvec, v0, num_iters, key=key)
+        eig_min, eig_max = result.ritz_values[0], result.ritz_values[-1]
+        residual = result.residuals[0]
+    scale = jnp.maximum(jnp.maximum(jnp.abs(eig_min), jnp.abs(eig_max)), jnp.finfo(eig_min.dtype).tiny)
+    # Zero eigenvalues of a point that is only nearly critical are off by about ||grad||.
+    zero_tol = eig_rtol * scale + 10.0 * grad_norm
+    if method == "dense":
+        n_negative = jnp.sum(eigs < -zero_tol).astype(jnp.int32)
+        n_zero = jnp.sum(jnp.abs(eigs) <= zero_tol).astype(jnp.int32)
+        n_positive = jnp.sum(eigs > zero_tol).astype(jnp.int32)
+        by_magnitude = jnp.sort(jnp.where(jnp.argsort(jnp.argsort(jnp.abs(eigs))) < n_symmetry,
+                                          jnp.inf, eigs))
+        off_symmetry = by_magnitude[0]
+        negative = n_negative > 0
+    else:
+        n_negative = n_zero = n_positive = jnp.full((), -1, jnp.int32)
+        off_symmetry = jnp.full((), jnp.nan, eig_min.dtype)
+        # Lanczos certifies negativity only by a Ritz value whose residual bound is small.
+        negative = (eig_min < -zero_tol) & (residual < 0.5 * jnp.abs(eig_min))
+    certified = _certificate(problem, hyper, params, grad_norm, sigma_G, f_star)
+    critical = grad_norm <= grad_rtol * scale
+    verdict = jnp.where(~critical, NOT_CRITICAL,
+                        jnp.where(negative, STRICT_SADDLE,
+                                  jnp.where(certified, GLOBAL_MIN, LOCAL_MIN)))
+    return dict(grad_norm=grad_norm, eig_min=eig_min, eig_max=eig_max, eig_min_residual=residual,
+                n_negative=n_negative, n_zero=n_zero, n_positive=n_positive,
+                n_symmetry=n_symmetry, eig_min_off_symmetry=off_symmetry, sigma_G=sigma_G,
+                certified_global=certified & critical, verdict=verdict, zero_tol=zero_tol,
+                scale=scale)
+
+
+def _dim(problem: Problem) -> int:
+    K, d, N = problem.num_classes, problem.feature_dim, problem.num_samples
+    k = d - 1 if problem.geometry == "sphere" else d
+    return (K * k if problem.classifier == "learned" else 0) + N * k + (K if problem.bias else 0)
+
+
+def _choose_method(problem, method, num_iters):
+    dim = _dim(problem)
+    if method == "auto":
+        method = "dense" if dim <= DENSE_MAX_DIM else "lanczos"
+    if method not in ("dense", "lanczos"):
+        raise ValueError(f"method={method!r} is not allowed: 'auto', 'dense' or 'lanczos'")
+    num_iters = min(dim, 200 if num_iters is None else num_iters)
+    return method, num_iters, dim
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled_probe(problem, method, num_iters, grad_rtol, eig_rtol, f_star, batched):
+    fn = functools.partial(_probe_arrays, problem, method=method, num_iters=num_iters,
+                           grad_rtol=grad_rtol, eig_rtol=eig_rtol, f_star=f_star)
+    return jax.jit(jax.vmap(fn) if batched else fn)
+
+
+def _as64(tree):
+    return jax.tree.map(lambda x: jnp.asarray(np.asarray(x), jnp.float64), tree)
+
+
+def _closed_form_f_star(problem, hyper):
+    if problem.geometry != "sphere" or any(np.ndim(v) for v in hyper):
+        return None
+    opt = theory.optimum(problem, hyper)
+    return None if opt is None else opt.objective
+
+
+def probe(problem: Problem, hyper: Hyper, params: Params, *, method: str = "auto",
+          num_iters: int | None = None, key=0, grad_rtol: float = 1e-5,
+          eig_rtol: float = 1e-8) -> Probe:
+    """Second-order analysis of `params` (float64, symmetrized).
+
+    Thresholds (relative to scale = max |eigenvalue|): the point is critical when
+    ||grad|| <= grad_rtol * scale (a Newton step shorter than grad_rtol); an eigenvalue counts
+    as zero within zero_tol = eig_rtol * scale + 10 ||grad||. With lam ~ 1e-4 and scale ~ 10
+    this keeps symmetry zeros (~1e-15 in float64, ~1e-6 at a float32 optimum) apart from the
+    smallest genuine eigenvalue min(lam_W, lam_H).
+
+    method: "dense" (every eigenvalue; counts), "lanczos" (extremes, `num_iters` HVPs, default
+    200) or "auto" (dense up to DENSE_MAX_DIM coordinates).
+    """
+    method, num_iters, dim = _choose_method(problem, method, num_iters)
+    with x64_scope("float64"):
+        fn = _compiled_probe(problem, method, num_iters, grad_rtol, eig_rtol,
+                             _closed_form_f_star(problem, hyper), False)
+        key = jax.random.key(key) if isinstance(key, int) else key
+        out = fn(hyper.astype(jnp.float64), _as64(params), key)
+        out = jax.tree.map(np.asarray, out)
+    return Probe(**{k: (VERDICTS[int(v)] if k == "verdict" else v[()]) for k, v in out.items()},
+                 dim=dim, method=method)
+
+
+def probe_batch(problem: Problem, hypers: Hyper, params: Params, *, method: str = "auto",
+                num_iters: int | None = None, seed: int = 0, grad_rtol: float = 1e-5,
+                eig_rtol: float = 1e-8) -> Probe:
+    """`probe` vmapped over a batch of points (leaves with a leading axis B) and Hyper fields
+    (scalars or (B,) arrays), in one compiled call."""
+    method, num_iters, dim = _choose_method(problem, method, num_iters)
+    batch = params.H.shape[0]
+    f_star = None
+    if problem.geometry == "sphere":
+        f_star = _closed_form_f_star(problem, Hyper(*(float(np.ravel(v)[0]) for v in hypers)))
+        if f_star is not None and any(np.ndim(v) and len(set(np.ravel(v))) > 1 for v in hypers):
+            f_star = None  # one closed form per compiled probe; mixed batches skip it
+    with x64_scope("float64"):
+        fn = _compiled_probe(problem, method, num_iters, grad_rtol, eig_rtol, f_star, True)
+        keys = jax.random.split(jax.random.key(seed), batch)
+        out = fn(hypers.broadcast(batch, jnp.float64), _as64(params), keys)
+        out = jax.tree.map(np.asarray, out)
+    verdicts = [VERDICTS[int(v)] for v in out.pop("verdict")]
+    return Probe(**out, verdict=verdicts, dim=dim, method=method)
