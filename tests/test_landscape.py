@@ -25,14 +25,6 @@ def _hyper(loss="ce", **kw):
     return ufm.Hyper(**(base | kw))
 
 
-def _c_L(loss, alpha=0.2, gamma=2.0):
-    if loss == "ls":
-        return 1 - alpha
-    if loss == "focal":
-        return (1 - 1 / K) ** (gamma - 1) * ((1 - 1 / K) + gamma / K * math.log(K))
-    return 1.0
-
-
 def _random_point(prob, seed=0):
     return theory._params(*ufm.init(prob, seed))  # a random non-critical point, float64
 
@@ -84,8 +76,12 @@ def test_lanczos_restarts_after_breakdown(x64):
 def test_origin_spectrum_and_phase_transition(loss):
     prob, hyp = _problem(loss), _hyper(loss)
     p = landscape.probe(prob, hyp, theory.origin(prob, hyp))
-    sigma = _c_L(loss) / (K * math.sqrt(N_PER))
+    sigma = theory.origin_singular_value(prob, hyp)
+    c_L = {"ce": 1.0, "mse": 1.0, "ls": 0.8,  # alpha = 0.2; focal with gamma = 2:
+           "focal": (1 - 1 / K) * ((1 - 1 / K) + 2 / K * math.log(K))}[loss]
+    assert sigma == pytest.approx(c_L / (K * math.sqrt(N_PER)), rel=1e-14)
     expected = LAM_BAR - math.sqrt(DLAM**2 + sigma**2)
+    assert theory.origin_eig_min(prob, hyp) == pytest.approx(expected, rel=1e-14)
     assert p.grad_norm < 1e-12 and p.sigma_G == pytest.approx(sigma, rel=1e-10)
     assert p.eig_min == pytest.approx(expected, rel=1e-10)
     with jax.enable_x64(True):

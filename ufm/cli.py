@@ -17,17 +17,72 @@ def _fmt(value) -> str:
     return str(value)
 
 
-def summary(table: dict) -> str:
-    """One line per configuration (seeds pooled): status counts and the worst final metrics."""
+def _format_table(header, lines) -> list[str]:
+    widths = [max(len(r[j]) for r in [header] + lines) for j in range(len(header))]
+    out = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
+    return out + ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in lines]
+
+
+def _counts(values) -> str:
+    values = [str(v) for v in values]
+    return ", ".join(f"{values.count(v)} {v}" for v in dict.fromkeys(values))
+
+
+def _landscape_summary(table: dict, kind: str) -> str:
     from ufm.plots import series_labels
 
+    labels, _ = series_labels(table)
+    lines = []
+    if kind == "benign":
+        header = ["configuration", "start", "runs", "reached f*", "end-point verdicts"]
+        keys = list(dict.fromkeys(zip(labels, table["start"])))
+        for label, start in keys:
+            rows = [i for i, lab in enumerate(labels) if lab == label and table["start"][i] == start]
+            reached = np.mean(np.asarray(table["reached"])[rows])
+            lines.append([label, str(start), str(len(rows)), f"{reached:.0%}",
+                          _counts(table["end_verdict"][i] for i in rows)])
+        note = "(reached: |f - f*| <= reach_rtol |f*|, f* the closed form or the best found)"
+    elif kind == "origin_phase":
+        header = ["configuration", "ratio", "eig_min", "formula", "origin verdict",
+                  "runs end at", "f - f*"]
+        for label, ratio in dict.fromkeys(zip(labels, table["ratio"])):
+            rows = [i for i, lab in enumerate(labels) if lab == label and table["ratio"][i] == ratio]
+            i = rows[0]
+            ends = ["zero" if table["w_norm"][k] < 1e-4 else "collapse" for k in rows]
+            gap = np.max(np.abs(np.asarray(table["objective"])[rows] - table["f_star"][i]))
+            lines.append([label, f"{ratio:g}", _fmt(table["origin_eig_min"][i]),
+                          _fmt(table["origin_eig_min_formula"][i]),
+                          str(table["origin_verdict"][i]), _counts(ends), _fmt(gap)])
+        note = "(ratio = sqrt(lam_W lam_H) / (c_L / (K sqrt n)); the origin flips at 1)"
+    else:
+        header = ["configuration", "epsilon", "saddle eig_min", "plateau (median)",
+                  "predicted", "escaped"]
+        for label, eps in dict.fromkeys(zip(labels, table["epsilon"])):
+            rows = [i for i, lab in enumerate(labels) if lab == label and table["epsilon"][i] == eps]
+            plateau = np.asarray(table["plateau"], float)[rows]
+            lines.append([label, f"{eps:g}", _fmt(table["saddle_eig_min"][rows[0]]),
+                          f"{np.nanmedian(plateau):.0f}" if not np.all(np.isnan(plateau)) else "-",
+                          f"{table['predicted_plateau'][rows[0]]:.0f}",
+                          f"{int(np.sum(np.asarray(table['escaped'])[rows]))}/{len(rows)}"])
+        note = ("(predicted: ln(drop |f(saddle)| / epsilon) / ln(1 + lr |eig_min|), linear escape; "
+                "compare slopes in epsilon)")
+    return "\n".join(_format_table(header, lines) + [note])
+
+
+def summary(table: dict, kind: str = "solve") -> str:
+    """One line per configuration (seeds pooled): status counts and the worst final metrics;
+    landscape kinds get their own columns."""
+    from ufm.plots import series_labels
+
+    if kind != "solve":
+        return _landscape_summary(table, kind)
     labels, _ = series_labels(table)
     header = ["configuration", "runs", "status", *SUMMARY_METRICS, "steps", "s/run"]
     lines = []
     for label in dict.fromkeys(labels):
         rows = [i for i, lab in enumerate(labels) if lab == label]
         statuses = [str(table["status"][i]) for i in rows]
-        status = ", ".join(f"{statuses.count(s)} {s}" for s in dict.fromkeys(statuses))
+        status = _counts(statuses)
         worst = []
         for key in SUMMARY_METRICS:
             values = np.abs(np.asarray(table[key], dtype=float)[rows]) if key in table else [np.nan]
@@ -35,9 +90,7 @@ def summary(table: dict) -> str:
         steps = int(np.max(np.asarray(table["steps"])[rows]))
         seconds = float(np.mean(np.asarray(table["seconds"], dtype=float)[rows]))
         lines.append([label, str(len(rows)), status, *worst, str(steps), f"{seconds:.2f}"])
-    widths = [max(len(r[j]) for r in [header] + lines) for j in range(len(header))]
-    out = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
-    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in lines]
+    out = _format_table(header, lines)
     out.append("(worst over seeds of the final values; rel_gap = |f - f*|/|f*|, '-' where no "
                "closed form is known)")
     return "\n".join(out)
@@ -61,7 +114,7 @@ def _cmd_run(args) -> int:
         plots.plot_results(out)
     from ufm import io
 
-    print(summary(io.read_table(out / io.RESULTS)))
+    print(summary(io.read_table(out / io.RESULTS), experiment.kind))
     print(f"wall time {result.seconds:.1f} s; results in {out}/")
     return 0
 
@@ -81,7 +134,9 @@ def _cmd_show(args) -> int:
         for i in range(len(table["row"])):
             print(",".join(_fmt(table[c][i]) for c in columns))
     else:
-        print(summary(table))
+        from ufm.plots import results_kind
+
+        print(summary(table, results_kind(Path(args.dir))))
     return 0
 
 

@@ -10,6 +10,8 @@ An experiment file has four tables (all optional; every key has a default):
     [solver]    name ("gd" | "momentum" | "nesterov" | "adam" | "lbfgs"), steps, log_every, tol,
                 init_scale
     [run]       seeds (a list of ints)
+    kind = "solve" (default) or a landscape experiment: "benign", "origin_phase",
+                "saddle_escape", configured by a [landscape] table (see LANDSCAPE_DEFAULTS)
 
 A list in [problem] or [hyper] is a grid axis; the grid is the Cartesian product of the axes
 and the seeds (class_counts is a list of per-class counts; a list of such lists is an axis).
@@ -49,8 +51,26 @@ HYPER_DEFAULTS = dict(Hyper()._asdict())
 SOLVER_DEFAULTS = {"name": "gd", "steps": 10_000, "log_every": 100, "tol": None, "init_scale": 1.0}
 SOLVER_TYPES = {"name": str, "steps": int, "log_every": int, "tol": float, "init_scale": float}
 RUN_DEFAULTS = {"seeds": [0]}
-SECTIONS = ("problem", "hyper", "solver", "run")
-TOP_LEVEL = ("name", "description") + SECTIONS
+# kind = "solve" runs the grid; the landscape kinds run `ufm.landscape` experiments on every
+# configuration of the grid, with the [landscape] table's settings.
+KINDS = ("solve", "benign", "origin_phase", "saddle_escape")
+LANDSCAPE_DEFAULTS = {
+    "random_starts": 200,  # benign: random starts per configuration
+    "saddle_starts": 10,  # benign: starts near each constructed saddle
+    "epsilon": [1e-3],  # distance of starts from a saddle (benign: the first; escape: each)
+    "ranks": [],  # rank-r saddles to build; empty: every r < min(K-1, d)
+    "reach_rtol": 1e-6,  # benign: a start reached f* when |f - f*| <= reach_rtol |f*|
+    "ratios": [0.5, 0.8, 0.9, 0.95, 1.05, 1.1, 1.25, 1.5, 2.0],  # origin_phase
+    "saddle": "origin",  # saddle_escape: "origin", "rank r" or "collapsed"
+    "drop": 1e-2,  # saddle_escape: escaped when f < f(saddle) - drop |f(saddle)|
+    "method": "auto",  # probe: "auto", "dense" or "lanczos"
+}
+LANDSCAPE_TYPES = {"random_starts": int, "saddle_starts": int, "epsilon": float, "ranks": int,
+                   "reach_rtol": float, "ratios": float, "saddle": str, "drop": float,
+                   "method": str}
+LIST_KEYS = ("epsilon", "ranks", "ratios")
+SECTIONS = ("problem", "hyper", "solver", "run", "landscape")
+TOP_LEVEL = ("name", "description", "kind") + SECTIONS
 
 
 @dataclasses.dataclass
@@ -63,10 +83,13 @@ class Experiment:
     hyper: dict  # Hyper fields; a list value is a grid axis
     solver: dict
     run: dict
+    kind: str = "solve"
+    landscape: dict = dataclasses.field(default_factory=lambda: dict(LANDSCAPE_DEFAULTS))
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "description": self.description, "problem": self.problem,
-                "hyper": self.hyper, "solver": self.solver, "run": self.run}
+        return {"name": self.name, "description": self.description, "kind": self.kind,
+                "problem": self.problem, "hyper": self.hyper, "solver": self.solver,
+                "run": self.run, "landscape": self.landscape}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,9 +203,48 @@ def resolve(raw: dict) -> Experiment:
         run["seeds"] = seeds
     _check_hyper_ranges(hyper)
     _check_solver(solver)
-    experiment = Experiment(name, description, problem, hyper, solver, run)
+    kind = _check_type("kind", raw.get("kind", "solve"), str)
+    if kind not in KINDS:
+        raise ConfigError(f"kind={kind!r} is not allowed: one of {list(KINDS)}")
+    landscape = _resolve_landscape(_check_type("[landscape]", raw.get("landscape", {}), dict))
+    experiment = Experiment(name, description, problem, hyper, solver, run, kind, landscape)
     configurations(experiment)  # builds every Problem: its errors surface here, not mid-run
     return experiment
+
+
+def _resolve_landscape(given: dict) -> dict:
+    resolved = {k: (list(v) if isinstance(v, list) else v) for k, v in LANDSCAPE_DEFAULTS.items()}
+    for key, value in given.items():
+        if key not in LANDSCAPE_DEFAULTS:
+            raise _unknown("landscape.", key, LANDSCAPE_DEFAULTS)
+        where = f"landscape.{key}"
+        if key in LIST_KEYS:
+            values = value if isinstance(value, list) else [value]
+            resolved[key] = [_check_type(where, v, LANDSCAPE_TYPES[key]) for v in values]
+        else:
+            resolved[key] = _check_type(where, value, LANDSCAPE_TYPES[key])
+    for key in ("random_starts", "saddle_starts"):
+        if resolved[key] < 0:
+            raise ConfigError(f"landscape.{key}={resolved[key]!r} is not allowed: an integer >= 0")
+    for key in ("epsilon", "ratios"):
+        bad = [v for v in resolved[key] if not v > 0]
+        if bad or not resolved[key]:
+            raise ConfigError(f"landscape.{key}={resolved[key]!r} is not allowed: a non-empty "
+                              "list of numbers > 0")
+    if any(r < 1 for r in resolved["ranks"]):
+        raise ConfigError(f"landscape.ranks={resolved['ranks']!r} is not allowed: integers >= 1")
+    for key in ("reach_rtol", "drop"):
+        if not resolved[key] > 0:
+            raise ConfigError(f"landscape.{key}={resolved[key]!r} is not allowed: a number > 0")
+    if resolved["method"] not in ("auto", "dense", "lanczos"):
+        raise ConfigError(f"landscape.method={resolved['method']!r} is not allowed: one of "
+                          "['auto', 'dense', 'lanczos']")
+    saddle = resolved["saddle"]
+    if not (saddle in ("origin", "collapsed") or (saddle.startswith("rank ") and
+                                                  saddle[5:].isdigit() and int(saddle[5:]) >= 1)):
+        raise ConfigError(f"landscape.saddle={saddle!r} is not allowed: 'origin', 'collapsed' "
+                          "or 'rank r' with an integer r >= 1")
+    return resolved
 
 
 def load(path) -> Experiment:
@@ -216,7 +278,7 @@ def apply_overrides(experiment: Experiment, overrides: list[str]) -> Experiment:
             value = text
         if "." in key:
             section, field = key.split(".", 1)
-        elif key in ("name", "description"):
+        elif key in ("name", "description", "kind"):
             raw[key] = value
             continue
         else:
@@ -277,8 +339,11 @@ def dumps(experiment: Experiment) -> str:
     """The experiment as TOML with every key written out (None values, meaning 'the default
     rule', are written as comments)."""
     lines = [f"name = {_toml_value(experiment.name)}",
-             f"description = {_toml_value(experiment.description)}"]
+             f"description = {_toml_value(experiment.description)}",
+             f"kind = {_toml_value(experiment.kind)}"]
     for section in SECTIONS:
+        if section == "landscape" and experiment.kind == "solve":
+            continue  # only landscape experiments read it
         lines += ["", f"[{section}]"]
         for key, value in getattr(experiment, section).items():
             if value is None:

@@ -49,11 +49,8 @@ def _groups(configs) -> dict[Problem, list[int]]:
 
 
 def _row(index, group, cfg, solver, status, steps, diverged_at, optimum, history, seconds):
-    row = {"row": index, "group": group}
-    for name in io.PROBLEM_COLUMNS:
-        row[name] = getattr(cfg.problem, name)
-    row.update(cfg.hyper._asdict())
-    row.update({"solver": solver, "seed": cfg.seed, "status": status, "steps": int(steps),
+    row = {"row": index, "group": group, **_config_columns(cfg.problem, cfg.hyper, solver)}
+    row.update({"seed": cfg.seed, "status": status, "steps": int(steps),
                 "diverged_at": None if diverged_at < 0 else int(diverged_at),
                 "f_star": None if optimum is None else optimum.objective,
                 "optimum_is_zero": None if optimum is None else optimum.is_zero})
@@ -64,6 +61,50 @@ def _row(index, group, cfg, solver, status, steps, diverged_at, optimum, history
     return row
 
 
+def _config_columns(problem: Problem, hyper: Hyper, solver: str) -> dict:
+    row = {name: getattr(problem, name) for name in io.PROBLEM_COLUMNS}
+    row.update(hyper._asdict())
+    row["solver"] = solver
+    return row
+
+
+def _run_landscape(experiment, configs, progress):
+    """Landscape experiments: one `ufm.landscape` experiment per (Problem, Hyper) of the grid."""
+    from ufm import landscape
+
+    settings, solver, seeds = experiment.landscape, experiment.solver, experiment.run["seeds"]
+    pairs = list(dict.fromkeys((c.problem, c.hyper) for c in configs))
+    rows, histories, spectra = [], [], {}
+    for index, (problem, hyper) in enumerate(pairs):
+        base = {"config": index, **_config_columns(problem, hyper, solver["name"])}
+        common = dict(steps=solver["steps"], log_every=solver["log_every"], progress=progress)
+        if experiment.kind == "benign":
+            found, spectra_here, saddle_probes = landscape.benign_landscape(
+                problem, hyper, random_starts=settings["random_starts"],
+                saddle_starts=settings["saddle_starts"], epsilon=settings["epsilon"][0],
+                ranks=settings["ranks"] or None, solver=solver["name"], tol=solver["tol"],
+                reach_rtol=settings["reach_rtol"], seed=seeds[0], method=settings["method"],
+                **common)
+            for name, eigs in spectra_here.items():
+                spectra[f"{index}|{name}"] = eigs
+            for name, p in saddle_probes.items():
+                spectra[f"{index}|{name}|verdict"] = np.array(p.verdict)
+        elif experiment.kind == "origin_phase":
+            found = landscape.origin_phase(problem, hyper, ratios=settings["ratios"], seeds=seeds,
+                                           solver=solver["name"], tol=solver["tol"],
+                                           method=settings["method"], **common)
+        else:
+            found, history = landscape.saddle_escape(
+                problem, hyper, saddle=settings["saddle"], epsilons=settings["epsilon"],
+                seeds=seeds, drop=settings["drop"], **common)
+            for k in range(len(found)):
+                histories.append({key: (v if key == "iteration" else v[k])
+                                  for key, v in history.items()})
+        rows += [{"row": len(rows) + i, **base, **r} for i, r in enumerate(found)]
+    arrays = {"spectra.npz": spectra} if spectra else None
+    return rows, histories, arrays, len(pairs)
+
+
 def run(config_or_path=None, out=None, *, overrides=(), progress=None) -> GridResult:
     """Run an experiment (a path to a TOML file, an `Experiment`, or None for the built-in
     default) and, when `out` is given, write the results folder there.
@@ -72,6 +113,17 @@ def run(config_or_path=None, out=None, *, overrides=(), progress=None) -> GridRe
     """
     experiment = _as_experiment(config_or_path, overrides)
     configs = _config.configurations(experiment)
+    if experiment.kind != "solve":
+        t0 = time.perf_counter()
+        rows, histories, arrays, n_pairs = _run_landscape(experiment, configs, progress)
+        seconds = time.perf_counter() - t0
+        result = GridResult(experiment, rows, histories, seconds)
+        if out is not None:
+            result.out = io.write_results(
+                out, _config.dumps(experiment), rows, histories,
+                io.manifest(seconds, experiment=experiment.name, kind=experiment.kind,
+                            configurations=n_pairs), arrays)
+        return result
     solver = experiment.solver
     rows: list = [None] * len(configs)
     histories: list = [None] * len(configs)

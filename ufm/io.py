@@ -100,13 +100,18 @@ def manifest(wall_seconds: float, **extra) -> dict:
     }
 
 
-def write_results(out, config_text: str, rows: list[dict], histories: list[dict],
-                  manifest_dict: dict) -> Path:
+def write_results(out, config_text: str, rows: list[dict], histories: list[dict] | None,
+                  manifest_dict: dict, arrays: dict[str, dict] | None = None) -> Path:
+    """Write a results folder; `arrays` maps extra file names (e.g. "spectra.npz") to dicts of
+    arrays."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / CONFIG).write_text(config_text)
     write_table(out / RESULTS, rows)
-    write_history(out / HISTORY, histories)
+    if histories:
+        write_history(out / HISTORY, histories)
+    for name, content in (arrays or {}).items():
+        np.savez_compressed(out / name, **content)
     (out / MANIFEST).write_text(json.dumps(manifest_dict, indent=2) + "\n")
     return out
 
@@ -137,8 +142,8 @@ def read_table(path) -> dict:
         values = [row[j] for row in cells]
         if all(isinstance(v, bool) for v in values):
             table[name] = np.array(values, dtype=bool)
-        elif all(isinstance(v, (int, float)) and not isinstance(v, bool) or v is None
-                 for v in values):
+        elif all((isinstance(v, (int, float)) and not isinstance(v, bool)) or v is None
+                 for v in values) and any(v is not None for v in values):
             table[name] = np.array([math.nan if v is None else v for v in values])
             if all(isinstance(v, int) for v in values):
                 table[name] = table[name].astype(np.int64)
@@ -160,6 +165,8 @@ def load_results(directory):
         pass
     else:
         table = pandas.DataFrame(table)
-    with np.load(directory / HISTORY) as data:
-        history = {k: data[k] for k in data.files}
+    history = {}
+    if (directory / HISTORY).is_file():
+        with np.load(directory / HISTORY) as data:
+            history = {k: data[k] for k in data.files}
     return table, history

@@ -2,6 +2,7 @@
 iteration, log scale, one line per configuration (median over seeds, min-max band)."""
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
@@ -67,14 +68,29 @@ def _legend(fig, ax, n_series):
                    ncols=1 + n_series // 30)
 
 
-def plot_results(directory, metrics=None) -> list[Path]:
-    """Draw the figures of a results folder into it; returns the files written."""
+def results_kind(directory: Path) -> str:
+    manifest = directory / io.MANIFEST
+    if manifest.is_file():
+        return json.loads(manifest.read_text()).get("kind", "solve")
+    return "solve"
+
+
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_results(directory, metrics=None) -> list[Path]:
+    """Draw the figures of a results folder into it; returns the files written."""
     directory = Path(directory)
+    kind = results_kind(directory)
+    if kind != "solve":
+        return LANDSCAPE_FIGURES[kind](directory)
+    plt = _pyplot()
     table = io.read_table(directory / io.RESULTS)
     with np.load(directory / io.HISTORY) as data:
         history = {k: data[k] for k in data.files}
@@ -110,3 +126,141 @@ def plot_results(directory, metrics=None) -> list[Path]:
         plt.close(fig)
         written.append(path)
     return written
+
+
+# ----------------------------------------------------------------------------- landscape kinds
+
+
+def _save(fig, path):
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    return path
+
+
+def _rows_by_label(table):
+    labels, _ = series_labels(table)
+    return labels, list(dict.fromkeys(labels))
+
+
+def plot_benign(directory: Path) -> list[Path]:
+    """Fraction of starts reaching f* per start kind, and Hessian spectra at the saddles and
+    at the optimum (symmetric-log axis: the saddles' negative eigenvalues left of zero)."""
+    plt = _pyplot()
+    table = io.read_table(directory / io.RESULTS)
+    labels, series = _rows_by_label(table)
+    starts = list(dict.fromkeys(table["start"]))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(series) * len(starts) / 3), 4.0),
+                           layout="constrained")
+    width = 0.8 / len(starts)
+    for j, start in enumerate(starts):
+        fractions = []
+        for label in series:
+            rows = [i for i, lab in enumerate(labels) if lab == label and table["start"][i] == start]
+            fractions.append(np.mean(np.asarray(table["reached"])[rows]) if rows else np.nan)
+        ax.bar(np.arange(len(series)) + j * width, fractions, width, label=start)
+    ax.set_xticks(np.arange(len(series)) + 0.4 - width / 2, series, rotation=20, ha="right",
+                  fontsize=8)
+    ax.set_ylabel("fraction of starts reaching f*")
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=7, ncols=2)
+    written = [_save(fig, directory / "benign_reached.png")]
+
+    spectra_path = directory / "spectra.npz"
+    if spectra_path.is_file():
+        with np.load(spectra_path) as data:
+            spectra = {k: data[k] for k in data.files if not k.endswith("|verdict")}
+        configs = sorted({int(k.split("|")[0]) for k in spectra})
+        config_label = {int(c): lab for c, lab in zip(table["config"], labels)}
+        cols = min(4, len(configs))
+        rows_n = -(-len(configs) // cols)
+        fig, axes = plt.subplots(rows_n, cols, figsize=(4.2 * cols, 3.2 * rows_n),
+                                 layout="constrained", squeeze=False)
+        for ax, c in zip(axes.flat, configs):
+            for key in [k for k in spectra if int(k.split("|")[0]) == c]:
+                eigs = spectra[key]
+                ax.hist(eigs, bins=60, histtype="step", label=key.split("|")[1])
+            ax.set_xscale("symlog", linthresh=1e-3)
+            ax.set_yscale("log")
+            ax.set_title(config_label.get(c, str(c)), fontsize=9)
+            ax.set_xlabel("Hessian eigenvalue")
+            ax.legend(fontsize=6)
+        for ax in list(axes.flat)[len(configs):]:
+            ax.axis("off")
+        written.append(_save(fig, directory / "benign_spectra.png"))
+    return written
+
+
+def plot_origin_phase(directory: Path) -> list[Path]:
+    """Smallest eigenvalue at the origin (measured and formula) and where random starts end,
+    against sqrt(lam_W lam_H) / (c_L / (K sqrt n))."""
+    plt = _pyplot()
+    table = io.read_table(directory / io.RESULTS)
+    labels, series = _rows_by_label(table)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
+    for label in series:
+        rows = [i for i, lab in enumerate(labels) if lab == label]
+        ratio = np.asarray(table["ratio"])[rows]
+        (line,) = ax1.plot(ratio, np.asarray(table["origin_eig_min_formula"])[rows], "-",
+                           label=f"{label} formula")
+        ax1.plot(ratio, np.asarray(table["origin_eig_min"])[rows], "o", color=line.get_color(),
+                 mfc="none", label=f"{label} measured")
+        ax2.plot(ratio, np.asarray(table["w_norm"])[rows], "o", color=line.get_color(), label=label)
+    for ax in (ax1, ax2):
+        ax.axvline(1.0, color="k", lw=0.8, ls="--")
+        ax.set_xlabel("sqrt(lam_W lam_H) / (c_L / (K sqrt n))")
+        ax.grid(alpha=0.3)
+    ax1.axhline(0.0, color="k", lw=0.8)
+    ax1.set_ylabel("smallest Hessian eigenvalue at the origin")
+    ax2.set_ylabel("||W||_F at the end of a random-start run")
+    ax1.legend(fontsize=7)
+    return [_save(fig, directory / "origin_phase.png")]
+
+
+def plot_saddle_escape(directory: Path) -> list[Path]:
+    """Plateau length against the start's distance from the saddle and against 1/|eig_min|;
+    objective trajectories."""
+    plt = _pyplot()
+    table = io.read_table(directory / io.RESULTS)
+    labels, series = _rows_by_label(table)
+    eps = np.asarray(table["epsilon"], float)
+    plateau = np.asarray(table["plateau"], float)
+    predicted = np.asarray(table["predicted_plateau"], float)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
+    for label in series:
+        rows = np.array([i for i, lab in enumerate(labels) if lab == label])
+        (line,) = ax1.plot(eps[rows], plateau[rows], "o", mfc="none", label=f"{label} measured")
+        order = np.argsort(eps[rows])
+        # The linear phase sets the slope; the nonlinear exit adds a constant: fit only that.
+        offset = np.nanmedian(plateau[rows] - predicted[rows])
+        ax1.plot(eps[rows][order], predicted[rows][order] + offset, "-", color=line.get_color(),
+                 label=f"{label} linear prediction + {offset:.0f}")
+    ax1.set_xscale("log")
+    ax1.set_xlabel("distance of the start from the saddle (epsilon)")
+    ax1.set_ylabel("plateau length (iterations)")
+    ax1.legend(fontsize=6)
+    inv = 1.0 / np.abs(np.asarray(table["saddle_eig_min"], float))
+    sc = ax2.scatter(inv, plateau, c=np.log10(eps), cmap="viridis")
+    fig.colorbar(sc, ax=ax2, label="log10 epsilon")
+    ax2.set_xlabel("1 / |smallest eigenvalue at the saddle|")
+    ax2.set_ylabel("plateau length (iterations)")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+    written = [_save(fig, directory / "saddle_escape.png")]
+    if (directory / io.HISTORY).is_file():
+        with np.load(directory / io.HISTORY) as data:
+            objective, iteration = data["objective"], data["iteration"]
+        fig, ax = plt.subplots(figsize=(6, 3.8), layout="constrained")
+        cmap = plt.get_cmap("viridis")
+        span = np.ptp(np.log10(eps)) or 1.0
+        for k in range(objective.shape[0]):
+            ax.plot(iteration, objective[k], color=cmap((np.log10(eps[k]) - np.log10(eps).min()) / span),
+                    lw=0.8)
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("objective (colour: log10 epsilon)")
+        ax.grid(alpha=0.3)
+        written.append(_save(fig, directory / "escape_trajectories.png"))
+    return written
+
+
+LANDSCAPE_FIGURES = {"benign": plot_benign, "origin_phase": plot_origin_phase,
+                     "saddle_escape": plot_saddle_escape}

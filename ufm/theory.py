@@ -320,3 +320,33 @@ def negative_curvature_direction(problem: Problem, hyper: Hyper, params: Params)
     scale = 1.0 / math.sqrt(1.0 + c**2)
     direction = _params(scale * np.outer(u, a), scale * c * np.outer(a, v), np.zeros(K))
     return direction, curvature
+
+
+def origin_singular_value(problem: Problem, hyper: Hyper) -> float | None:
+    """sigma = c_L / (K sqrt(n)), the (K-1)-fold singular value of G = dL/dZ at the origin of a
+    balanced weight-decay UFM with tau = 1 (SCIENCE.md section 5): c_L = 1 for CE and MSE,
+    1 - alpha for label smoothing, (1-1/K)^(gamma-1) [(1-1/K) + (gamma/K) ln K] for focal.
+    None where no formula is known. The origin is a strict saddle iff sqrt(lam_W lam_H) < sigma."""
+    if not problem.balanced or problem.geometry != "wd" or float(hyper.tau) != 1.0:
+        return None
+    K, n = problem.num_classes, problem.n_per_class
+    if problem.loss in ("ce", "mse"):
+        c_L = 1.0
+    elif problem.loss == "ls":
+        c_L = 1.0 - float(hyper.alpha)
+    elif problem.loss == "focal":
+        g = float(hyper.gamma)
+        c_L = (1 - 1 / K) ** (g - 1) * ((1 - 1 / K) + g / K * math.log(K))
+    else:
+        return None
+    return c_L / (K * math.sqrt(n))
+
+
+def origin_eig_min(problem: Problem, hyper: Hyper) -> float | None:
+    """Smallest Hessian eigenvalue at the origin, lam_bar - sqrt(dlam^2 + sigma^2), multiplicity
+    d (K-1); None where sigma has no formula."""
+    sigma = origin_singular_value(problem, hyper)
+    if sigma is None:
+        return None
+    lam_W, lam_H = float(hyper.lam_W), float(hyper.lam_H)
+    return (lam_W + lam_H) / 2 - math.sqrt(((lam_W - lam_H) / 2) ** 2 + sigma**2)
