@@ -227,3 +227,36 @@ def test_lanczos_probe_agrees_with_dense_probe():
     assert sparse.verdict == dense.verdict == "strict saddle"
     assert sparse.eig_min == pytest.approx(dense.eig_min, rel=1e-8)
     assert sparse.n_negative == -1 and np.isnan(sparse.eig_min_off_symmetry)
+
+
+def test_extreme_eigenvalues_dense_and_lanczos_agree():
+    prob, hyp = _problem(), _hyper()
+    point = theory.rank_r_critical_point(prob, hyp, 1)
+    dense = landscape.extreme_eigenvalues(prob, hyp, point, k=3, method="dense")
+    sparse = landscape.extreme_eigenvalues(prob, hyp, point, k=3, method="lanczos",
+                                           num_iters=80)
+    assert dense.method == "dense" and sparse.method == "lanczos"
+    np.testing.assert_allclose(sparse.smallest[0], dense.smallest[0], rtol=1e-9)
+    np.testing.assert_allclose(sparse.largest[0], dense.largest[0], rtol=1e-9)
+    assert sparse.smallest_residuals[0] < 1e-6
+    assert np.all(np.diff(dense.smallest) >= 0) and np.all(np.diff(dense.largest) <= 0)
+
+
+def test_robust_eigh_survives_a_lapack_failure(x64):
+    """A float64 MSE Hessian (near the optimum, clustered zero eigenvalues) on which LAPACK's
+    eigvalsh returns NaN on CPU; the shifted retry recovers the spectrum."""
+    from pathlib import Path
+
+    prob = ufm.Problem(num_classes=4, feature_dim=5, n_per_class=5, loss="mse", dtype="float64")
+    hyp = ufm.Hyper(lam_W=5e-3, lam_H=5e-3, lam_b=0.0).astype(jnp.float64)
+    v = np.load(Path(__file__).parent / "data" / "mse_optimum_eigh_nan.npy")
+    point = ufm.Params(jnp.asarray(v[:20].reshape(4, 5)), jnp.asarray(v[20:120].reshape(5, 20)),
+                       jnp.asarray(v[120:]))
+    D = landscape.dense_hessian(prob, hyp, point)
+    values, vectors = landscape.robust_eigh(D)
+    assert np.all(np.isfinite(values))
+    np.testing.assert_allclose(D @ vectors, vectors * values[None, :], atol=1e-12)
+    batch = jax.vmap(lambda M: landscape.robust_eigh(M, vectors=False))(
+        jnp.stack([D, jnp.full_like(D, jnp.nan)]))
+    np.testing.assert_allclose(batch[0], values, atol=1e-12)
+    assert np.all(np.isnan(batch[1]))  # a diverged point's Hessian: NaN, not a hang

@@ -142,23 +142,42 @@ def dense_hessian(problem: Problem, hyper: Hyper, params: Params) -> jax.Array:
 # ----------------------------------------------------------------------------- eigensolvers
 
 
-def robust_eigh(A):
-    """jnp.linalg.eigh that survives LAPACK's rare convergence failures on CPU.
+def robust_eigh(A, vectors: bool = True):
+    """jnp.linalg.eigh (eigvalsh when vectors=False) that survives LAPACK's failures on CPU.
 
     XLA reports a failed symmetric eigensolve as all-NaN output (jax-ml/jax#1628); we met it on
     well-conditioned float64 Hessians with clustered eigenvalues. A shift A + c I has the same
     eigenvectors and eigenvalues moved by exactly c, but takes another path through the QR
-    iterations, so on NaN we retry with two shifts of about 1e-3 ||A||."""
+    iterations, so on NaN we retry with two shifts of about 1e-3 ||A||. A non-finite A (a
+    diverged point) is never handed to LAPACK, which can hang on it; its eigenvalues are NaN."""
+    finite = jnp.all(jnp.isfinite(A))
+    A = jnp.where(finite, A, 0.0)
     eye = jnp.eye(A.shape[0], dtype=A.dtype)
     scale = jnp.linalg.norm(A) + jnp.finfo(A.dtype).tiny
-    values, vectors = jnp.linalg.eigh(A)
-    for factor in (1.37e-3, -3.1e-3):
-        failed = jnp.any(jnp.isnan(values))
-        shift = factor * scale
-        retry_values, retry_vectors = jnp.linalg.eigh(A + shift * eye)
-        values = jnp.where(failed, retry_values - shift, values)
-        vectors = jnp.where(failed, retry_vectors, vectors)
-    return values, vectors
+
+    def solve(M):
+        return jnp.linalg.eigh(M) if vectors else (jnp.linalg.eigvalsh(M), None)
+
+    values, vecs = solve(A)
+    if not vectors:
+        vecs = jnp.zeros((), A.dtype)
+    shifts = jnp.asarray([1.37e-3, -3.1e-3], A.dtype) * scale
+
+    # A while_loop, not two unconditional retries: under vmap it iterates only while some
+    # matrix of the batch still has NaN eigenvalues (usually never).
+    def failed(state):
+        attempt, values, _ = state
+        return (attempt < 2) & jnp.any(jnp.isnan(values))
+
+    def retry(state):
+        attempt, _, _ = state
+        shift = shifts[attempt]
+        new_values, new_vecs = solve(A + shift * eye)
+        return attempt + 1, new_values - shift, new_vecs if vectors else jnp.zeros((), A.dtype)
+
+    _, values, vecs = jax.lax.while_loop(failed, retry, (0, values, vecs))
+    values = jnp.where(finite, values, jnp.nan)
+    return (values, vecs) if vectors else values
 
 
 # ----------------------------------------------------------------------------- Lanczos
@@ -216,6 +235,37 @@ def lanczos(matvec: Callable, v0: jax.Array, num_iters: int, *, key=None) -> Lan
     T = jnp.diag(alphas) + jnp.diag(betas[:-1], 1) + jnp.diag(betas[:-1], -1)
     theta, S = robust_eigh(T)
     return LanczosResult(theta, Q[:m].T @ S, jnp.abs(betas[-1] * S[-1, :]), alphas, betas)
+
+
+class Extremes(NamedTuple):
+    """The k smallest and k largest Hessian eigenvalues with residual bounds (0 when dense)."""
+
+    smallest: np.ndarray  # (k,) ascending
+    smallest_residuals: np.ndarray  # (k,)
+    largest: np.ndarray  # (k,) descending
+    largest_residuals: np.ndarray  # (k,)
+    method: str
+
+
+def extreme_eigenvalues(problem: Problem, hyper: Hyper, params: Params, k: int = 6, *,
+                        method: str = "auto", num_iters: int | None = None, key=0) -> Extremes:
+    """The k most negative and k most positive eigenvalues of the (Riemannian) Hessian, float64:
+    dense eigh below DENSE_MAX_DIM coordinates, Lanczos (num_iters HVPs, default 200) above;
+    `method` overrides. Lanczos residuals bound each Ritz value's distance to the spectrum."""
+    method, num_iters, dim = _choose_method(problem, method, num_iters)
+    k = min(k, dim)
+    with x64_scope("float64"):
+        point, hyper64 = _as64(params), hyper.astype(jnp.float64)
+        if method == "dense":
+            eigs = np.asarray(robust_eigh(dense_hessian(problem, hyper64, point), vectors=False))
+            zeros = np.zeros(k)
+            return Extremes(eigs[:k], zeros, eigs[::-1][:k], zeros, method)
+        chart, matvec = hessian_operator(problem, hyper64, point)
+        key = jax.random.key(key) if isinstance(key, int) else key
+        v0 = jax.random.normal(key, (chart.dim,), jnp.float64)
+        result = jax.jit(lambda v: lanczos(matvec, v, num_iters, key=key))(v0)
+        theta, res = np.asarray(result.ritz_values), np.asarray(result.residuals)
+    return Extremes(theta[:k], res[:k], theta[::-1][:k], res[::-1][:k], method)
 
 
 # ----------------------------------------------------------------------------- probe
@@ -298,7 +348,7 @@ def _probe_arrays(problem, hyper, params, key, *, method, num_iters, grad_rtol, 
     n_symmetry = symmetry_dimension(problem, hyper, params)
     if method == "dense":
         Hess = jax.vmap(matvec)(jnp.eye(chart.dim, dtype=params.H.dtype))
-        eigs = robust_eigh(0.5 * (Hess + Hess.T))[0]
+        eigs = robust_eigh(0.5 * (Hess + Hess.T), vectors=False)
         eig_min, eig_max, residual = eigs[0], eigs[-1], jnp.zeros((), eigs.dtype)
     else:
         v0 = jax.random.normal(key, (chart.dim,), params.H.dtype)
