@@ -172,3 +172,15 @@ def test_a_run_can_start_from_a_given_point():
     batch = ufm.solve_batch(prob, hyp, [5, 6], start=starts, steps=100)
     np.testing.assert_array_equal(batch.params.W[0], from_seed.params.W)
     assert batch.history["objective"][1, 0] != batch.history["objective"][0, 0]
+
+
+def test_sphere_lbfgs_convergence_is_judged_on_the_riemannian_gradient():
+    """L-BFGS on the sphere moves unnormalized V; its Euclidean gradient shrinks like 1/||v||,
+    so a start with ||v|| = 1e8 must not count as converged before it reaches f*."""
+    prob = ufm.Problem(num_classes=4, feature_dim=6, n_per_class=5, geometry="sphere",
+                       dtype="float64")
+    start = jax.tree.map(lambda x: 1e8 * np.asarray(x), ufm.init(prob, 0))
+    res = ufm.solve(prob, ufm.Hyper(tau=0.5), start=start, solver="lbfgs", steps=3000,
+                    log_every=50)
+    assert res.status == "converged" and res.steps > 5
+    assert abs(res.history["rel_gap"][-1]) < 1e-6

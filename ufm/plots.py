@@ -142,6 +142,14 @@ def _rows_by_label(table):
     return labels, list(dict.fromkeys(labels))
 
 
+def _symlog_edges(top: float, linthresh: float, per_side: int = 24) -> np.ndarray:
+    """Histogram bins of equal width on a symmetric-log axis: log-spaced on each side of a
+    linear band [-linthresh, linthresh] that holds the (numerically) zero eigenvalues."""
+    top = max(top * 1.05, 10 * linthresh)
+    side = np.geomspace(linthresh, top, per_side)
+    return np.concatenate([-side[::-1], [0.0], side])
+
+
 def plot_benign(directory: Path) -> list[Path]:
     """Fraction of starts reaching f* per start kind, and Hessian spectra at the saddles and
     at the optimum (symmetric-log axis: the saddles' negative eigenvalues left of zero)."""
@@ -176,10 +184,12 @@ def plot_benign(directory: Path) -> list[Path]:
         fig, axes = plt.subplots(rows_n, cols, figsize=(4.2 * cols, 3.2 * rows_n),
                                  layout="constrained", squeeze=False)
         for ax, c in zip(axes.flat, configs):
-            for key in [k for k in spectra if int(k.split("|")[0]) == c]:
-                eigs = spectra[key]
-                ax.hist(eigs, bins=60, histtype="step", label=key.split("|")[1])
-            ax.set_xscale("symlog", linthresh=1e-3)
+            keys = [k for k in spectra if int(k.split("|")[0]) == c]
+            top = max(float(np.nanmax(np.abs(spectra[k]))) for k in keys)
+            edges = _symlog_edges(top, linthresh=1e-4)
+            for key in keys:
+                ax.hist(spectra[key], bins=edges, histtype="step", label=key.split("|")[1])
+            ax.set_xscale("symlog", linthresh=1e-4)
             ax.set_yscale("log")
             ax.set_title(config_label.get(c, str(c)), fontsize=9)
             ax.set_xlabel("Hessian eigenvalue")

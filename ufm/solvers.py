@@ -5,7 +5,8 @@ Solvers (optax): "gd", "momentum" (heavy ball), "nesterov", "adam", "lbfgs" (zoo
 projected to the tangent space, the optimizer's update is projected again (Adam's per-coordinate
 scaling leaves the tangent space) and the step is retracted by normalization. L-BFGS on the
 sphere minimizes the pullback f(normalize(V)) over unconstrained V, whose Euclidean gradient is
-the Riemannian gradient divided by the row/column norms of V (Absil et al. 2008, Sec. 4.1).
+the Riemannian gradient divided by the row/column norms of V (Absil et al. 2008, Sec. 4.1); the
+convergence test uses the Riemannian gradient norm in both cases.
 
 A run is a nested `lax.scan`: the outer scan over log points, the inner over `log_every` steps.
 `solve` executes the outer scan in a few jitted chunks so a progress bar can advance and a run
@@ -99,9 +100,15 @@ def _make_step(problem: Problem, solver: str, hyper: Hyper) -> tuple[optax.Gradi
         else:
             value, egrad = jax.value_and_grad(value_fn)(variables)
         grad = _trainable_mask(problem, egrad)
-        if not pullback:  # the pullback's Euclidean gradient is already tangent
+        if pullback:
+            # d/dV f(normalize(V)) is the Riemannian gradient at normalize(V) divided by the
+            # row/column norms of V; undo that, or a V that has grown would look converged.
+            grad_norm = _tree_norm(Params(grad.W * jnp.linalg.norm(variables.W, axis=1, keepdims=True),
+                                          grad.H * jnp.linalg.norm(variables.H, axis=0, keepdims=True),
+                                          grad.b))
+        else:
             grad = manifolds.riemannian_grad(problem, variables, grad)
-        grad_norm = _tree_norm(grad)
+            grad_norm = _tree_norm(grad)
         if solver == "lbfgs":
             updates, opt_state = tx.update(
                 grad, state.opt_state, variables, value=value, grad=grad, value_fn=value_fn
