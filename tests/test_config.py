@@ -94,3 +94,61 @@ def test_overrides():
         config.apply_overrides(exp, ["lam_W=-1"])
     with pytest.raises(config.ConfigError, match="unknown key"):
         config.apply_overrides(exp, ["nonsense=1"])
+
+
+def test_spaced_axes_zip_and_solver_axis(tmp_path):
+    exp = config.load(_write(tmp_path, """
+        [problem]
+        num_classes = 3
+        feature_dim = 4
+        n_per_class = 2
+        [hyper]
+        lam_W = {logspace = [1e-4, 1e-2, 3]}
+        tau = {linspace = [0.5, 1.0, 2]}
+        [solver]
+        name = ["gd", "adam"]
+        [[zip]]
+        loss = ["ce", "mse"]
+        lam_b = [5e-4, 0.0]
+        """))
+    np_ = __import__("numpy")
+    np_.testing.assert_allclose(exp.hyper["lam_W"], [1e-4, 1e-3, 1e-2])
+    assert exp.hyper["tau"] == [0.5, 1.0]
+    configs = config.configurations(exp)
+    assert len(configs) == 3 * 2 * 2 * 2  # lam_W x tau x solver x zip(loss, lam_b)
+    pairs = {(c.problem.loss, c.hyper.lam_b) for c in configs}
+    assert pairs == {("ce", 5e-4), ("mse", 0.0)}  # zipped, not crossed
+    assert {c.solver for c in configs} == {"gd", "adam"}
+    assert dict(configs[0].axes).keys() == {"lam_W", "tau", "solver", "loss", "lam_b"}
+    again = config.load(_write(tmp_path, config.dumps(exp)))
+    assert again.to_dict() == exp.to_dict()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[hyper]\nlr = {linspace = [0.1, 1.0]}", "hyper.lr.linspace=[0.1, 1.0] is not allowed"),
+    ("[hyper]\nlr = {range = [1, 2, 3]}", "hyper.lr={'range': [1, 2, 3]} is not allowed"),
+    ("[hyper]\nlr = {logspace = [0.0, 1.0, 3]}", "start and stop > 0"),
+    ("[problem]\nnum_classes = {linspace = [2, 4, 3]}", "problem.num_classes="),
+    ("[[zip]]\nloss = [\"ce\", \"mse\"]\nlr = [0.1]", "equal lengths"),
+    ("[[zip]]\nlosses = [\"ce\"]", "unknown key zip.'losses'"),
+    ("[problem]\nloss = \"ce\"\n[[zip]]\nloss = [\"ce\", \"mse\"]", "zip.loss is not allowed"),
+    ("[[zip]]\nlr = [0.1, -1.0]", "hyper.lr=-1.0 is not allowed"),
+    ("[solver]\nname = [\"gd\", \"sgd\"]", "solver.name='sgd' is not allowed"),
+])
+def test_bad_grid_axes(tmp_path, text, message):
+    with pytest.raises(config.ConfigError) as err:
+        config.load(_write(tmp_path, text))
+    assert message in str(err.value)
+
+
+def test_solver_can_advance_in_a_zip(tmp_path):
+    exp = config.load(_write(tmp_path, """
+        [[zip]]
+        solver = ["gd", "adam"]
+        lr = [1.0, 0.01]
+        """))
+    assert {(c.solver, c.hyper.lr) for c in config.configurations(exp)} == {("gd", 1.0),
+                                                                            ("adam", 0.01)}
+    assert config.load(_write(tmp_path, config.dumps(exp))).to_dict() == exp.to_dict()
+    with pytest.raises(config.ConfigError, match="solver.name='sgd'"):
+        config.load(_write(tmp_path, '[[zip]]\nsolver = ["gd", "sgd"]\nlr = [1.0, 1.0]'))

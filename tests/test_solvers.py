@@ -167,10 +167,11 @@ def test_a_run_can_start_from_a_given_point():
     start = ufm.init(prob, 0)
     from_point = ufm.solve(prob, hyp, start=start, steps=100)
     from_seed = ufm.solve(prob, hyp, key=0, steps=100)
-    np.testing.assert_array_equal(from_point.params.W, from_seed.params.W)
+    # init outside jit and inside may round the last bit differently (XLA fusion, jax 0.12)
+    np.testing.assert_allclose(from_point.params.W, from_seed.params.W, rtol=1e-12, atol=1e-14)
     starts = jax.tree.map(lambda x: np.stack([np.asarray(x), 2 * np.asarray(x)]), start)
     batch = ufm.solve_batch(prob, hyp, [5, 6], start=starts, steps=100)
-    np.testing.assert_array_equal(batch.params.W[0], from_seed.params.W)
+    np.testing.assert_allclose(batch.params.W[0], from_seed.params.W, rtol=1e-12, atol=1e-14)
     assert batch.history["objective"][1, 0] != batch.history["objective"][0, 0]
 
 

@@ -10,11 +10,14 @@ An experiment file has four tables (all optional; every key has a default):
     [solver]    name ("gd" | "momentum" | "nesterov" | "adam" | "lbfgs"), steps, log_every, tol,
                 init_scale
     [run]       seeds (a list of ints)
+    [[zip]]     fields (problem, hyper, or "solver") whose lists advance together
     kind = "solve" (default) or a landscape experiment: "benign", "origin_phase",
                 "saddle_escape", configured by a [landscape] table (see LANDSCAPE_DEFAULTS)
 
-A list in [problem] or [hyper] is a grid axis; the grid is the Cartesian product of the axes
-and the seeds (class_counts is a list of per-class counts; a list of such lists is an axis).
+A list in [problem] or [hyper] (or solver.name) is a grid axis; a number field may also be
+{linspace = [start, stop, num]} or {logspace = [start, stop, num]} (end values, geometric
+spacing). The grid is the Cartesian product of the axes, the [[zip]] tables and the seeds
+(class_counts is a list of per-class counts; a list of such lists is an axis).
 Everything is checked here, before anything compiles: an unknown key, a wrong type or an
 out-of-range value raises `ConfigError` naming the key, the value and what is allowed.
 """
@@ -70,7 +73,7 @@ LANDSCAPE_TYPES = {"random_starts": int, "saddle_starts": int, "epsilon": float,
                    "method": str}
 LIST_KEYS = ("epsilon", "ranks", "ratios")
 SECTIONS = ("problem", "hyper", "solver", "run", "landscape")
-TOP_LEVEL = ("name", "description", "kind") + SECTIONS
+TOP_LEVEL = ("name", "description", "kind", "zip") + SECTIONS
 
 
 @dataclasses.dataclass
@@ -85,11 +88,12 @@ class Experiment:
     run: dict
     kind: str = "solve"
     landscape: dict = dataclasses.field(default_factory=lambda: dict(LANDSCAPE_DEFAULTS))
+    zips: list = dataclasses.field(default_factory=list)  # [[zip]] tables: field -> list
 
     def to_dict(self) -> dict:
         return {"name": self.name, "description": self.description, "kind": self.kind,
                 "problem": self.problem, "hyper": self.hyper, "solver": self.solver,
-                "run": self.run, "landscape": self.landscape}
+                "run": self.run, "landscape": self.landscape, "zip": self.zips}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +104,7 @@ class Configuration:
     hyper: Hyper
     seed: int
     axes: tuple  # ((field, value), ...) of the grid axes, for labels and tables
+    solver: str = "gd"
 
 
 def _type_name(t) -> str:
@@ -139,6 +144,29 @@ def _axis_values(field: str, value) -> list:
     return value if isinstance(value, list) else [value]
 
 
+SPACINGS = ("linspace", "logspace")
+
+
+def _spaced(where: str, value) -> list:
+    """{linspace = [start, stop, num]} or {logspace = [start, stop, num]} as a list of floats;
+    logspace takes the end values themselves (geometric spacing), not their exponents."""
+    if len(value) != 1 or next(iter(value)) not in SPACINGS:
+        raise ConfigError(f"{where}={value!r} is not allowed: a value, a list, "
+                          "{linspace = [start, stop, num]} or {logspace = [start, stop, num]}")
+    (kind, spec), = value.items()
+    if not (isinstance(spec, list) and len(spec) == 3 and isinstance(spec[2], int)
+            and not isinstance(spec[2], bool) and spec[2] >= 1
+            and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in spec[:2])):
+        raise ConfigError(f"{where}.{kind}={spec!r} is not allowed: [start, stop, num] with an "
+                          "integer num >= 1")
+    start, stop, num = float(spec[0]), float(spec[1]), spec[2]
+    if kind == "logspace":
+        if not (start > 0 and stop > 0):
+            raise ConfigError(f"{where}.logspace={spec!r} is not allowed: start and stop > 0")
+        return [float(v) for v in np.geomspace(start, stop, num)]
+    return [float(v) for v in np.linspace(start, stop, num)]
+
+
 def _resolve_section(section: str, given: dict, defaults: dict, types: dict) -> dict:
     if not isinstance(given, dict):
         raise ConfigError(f"[{section}] must be a table, got {given!r}")
@@ -146,6 +174,11 @@ def _resolve_section(section: str, given: dict, defaults: dict, types: dict) -> 
     for key, value in given.items():
         if key not in defaults:
             raise _unknown(f"{section}.", key, defaults)
+        if isinstance(value, dict):
+            if types[key] is not float:
+                raise ConfigError(f"{section}.{key}={value!r} is not allowed: "
+                                  f"{_type_name(types[key])} or a list of them")
+            value = _spaced(f"{section}.{key}", value)
         values = _axis_values(key, value)
         if not values:
             raise ConfigError(f"{section}.{key}=[] is not allowed: a value or a non-empty list")
@@ -166,9 +199,54 @@ def _check_hyper_ranges(hyper: dict) -> None:
                                   f"{describe_range(lo, lo_ok, hi, hi_ok)}")
 
 
+def _resolve_zips(given, raw: dict) -> list[dict]:
+    """[[zip]] tables: every field listed in one table advances together (equal lengths)."""
+    if isinstance(given, dict):
+        given = [given]
+    if not isinstance(given, list) or not all(isinstance(t, dict) for t in given):
+        raise ConfigError(f"zip={given!r} is not allowed: [[zip]] tables of field = [values]")
+    zips, seen = [], set()
+    for table in given:
+        resolved = {}
+        for key, value in table.items():
+            if key == "solver":  # the solver name may advance with its learning rate
+                if key in seen or isinstance(raw.get("solver", {}).get("name"), list):
+                    raise ConfigError("zip.solver is not allowed: solver.name is already a list")
+                names = value if isinstance(value, list) else [value]
+                _check_solver(dict(SOLVER_DEFAULTS) | {"name": names})
+                seen.add(key)
+                resolved[key] = list(names)
+                continue
+            section = ("problem" if key in PROBLEM_DEFAULTS else
+                       "hyper" if key in HYPER_DEFAULTS else None)
+            if section is None:
+                raise _unknown("zip.", key,
+                               list(PROBLEM_DEFAULTS) + list(HYPER_DEFAULTS) + ["solver"])
+            if key in seen or key in raw.get(section, {}):
+                raise ConfigError(f"zip.{key} is not allowed: {key} is already set elsewhere "
+                                  "(in its section or another [[zip]])")
+            seen.add(key)
+            defaults = PROBLEM_DEFAULTS if section == "problem" else HYPER_DEFAULTS
+            types = PROBLEM_TYPES if section == "problem" else {k: float for k in HYPER_DEFAULTS}
+            checked = _resolve_section(section, {key: value}, defaults, types)[key]
+            if not isinstance(checked, list) or (key == "class_counts" and
+                                                 not isinstance(checked[0], list)):
+                raise ConfigError(f"zip.{key}={value!r} is not allowed: a list of values")
+            if section == "hyper":
+                _check_hyper_ranges({key: checked})
+            resolved[key] = checked
+        lengths = {k: len(v) for k, v in resolved.items()}
+        if len(set(lengths.values())) > 1:
+            raise ConfigError(f"zip lists must have equal lengths, got {lengths}")
+        if resolved:
+            zips.append(resolved)
+    return zips
+
+
 def _check_solver(solver: dict) -> None:
-    if solver["name"] not in SOLVERS:
-        raise ConfigError(f"solver.name={solver['name']!r} is not allowed: one of {list(SOLVERS)}")
+    for name in _axis_values("name", solver["name"]):
+        if name not in SOLVERS:
+            raise ConfigError(f"solver.name={name!r} is not allowed: one of {list(SOLVERS)}")
     for key in ("steps", "log_every"):
         if solver[key] < 1:
             raise ConfigError(f"solver.{key}={solver[key]!r} is not allowed: an integer >= 1")
@@ -191,6 +269,7 @@ def resolve(raw: dict) -> Experiment:
     hyper = _resolve_section("hyper", raw.get("hyper", {}), HYPER_DEFAULTS,
                              {k: float for k in HYPER_DEFAULTS})
     solver = _resolve_section("solver", raw.get("solver", {}), SOLVER_DEFAULTS, SOLVER_TYPES)
+    zips = _resolve_zips(raw.get("zip", []), raw)
     run = dict(RUN_DEFAULTS)
     for key, value in _check_type("[run]", raw.get("run", {}), dict).items():
         if key not in RUN_DEFAULTS:
@@ -207,7 +286,8 @@ def resolve(raw: dict) -> Experiment:
     if kind not in KINDS:
         raise ConfigError(f"kind={kind!r} is not allowed: one of {list(KINDS)}")
     landscape = _resolve_landscape(_check_type("[landscape]", raw.get("landscape", {}), dict))
-    experiment = Experiment(name, description, problem, hyper, solver, run, kind, landscape)
+    experiment = Experiment(name, description, problem, hyper, solver, run, kind, landscape,
+                            zips)
     configurations(experiment)  # builds every Problem: its errors surface here, not mid-run
     return experiment
 
@@ -302,21 +382,42 @@ def _problem_kwargs(problem_values: dict) -> dict:
 
 
 def configurations(experiment: Experiment) -> list[Configuration]:
-    """Expand the grid: Cartesian product of every axis, then the seeds (innermost)."""
-    fields = [("problem", k, _axis_values(k, v)) for k, v in experiment.problem.items()]
-    fields += [("hyper", k, _axis_values(k, v)) for k, v in experiment.hyper.items()]
-    axes = tuple(k for _, k, values in fields if len(values) > 1)
+    """Expand the grid: the Cartesian product of every list axis, every [[zip]] (its fields
+    advance together) and the solver names, then the seeds (innermost)."""
+    zipped = {k for table in experiment.zips for k in table}
+    fields = [("problem", k, _axis_values(k, v)) for k, v in experiment.problem.items()
+              if k not in zipped]
+    fields += [("hyper", k, _axis_values(k, v)) for k, v in experiment.hyper.items()
+               if k not in zipped]
+    if "solver" not in zipped:
+        fields += [("solver", "solver", _axis_values("name", experiment.solver["name"]))]
+    for table in experiment.zips:
+        length = len(next(iter(table.values())))
+        fields.append(("zip", tuple(table), [tuple(table[k][i] for k in table)
+                                             for i in range(length)]))
+    varying = {k for _, k, values in fields if len(values) > 1}
     configs = []
     for combo in itertools.product(*(values for _, _, values in fields)):
-        problem_kwargs = {k: v for (sec, k, _), v in zip(fields, combo) if sec == "problem"}
-        hyper_kwargs = {k: v for (sec, k, _), v in zip(fields, combo) if sec == "hyper"}
+        chosen = {}
+        for (section, key, _), value in zip(fields, combo):
+            if section == "zip":
+                chosen.update(zip(key, value))
+            else:
+                chosen[key] = value
+        problem_kwargs = {k: chosen[k] for k in PROBLEM_DEFAULTS}
+        hyper_kwargs = {k: chosen[k] for k in HYPER_DEFAULTS}
         try:
             problem = Problem(**_problem_kwargs(problem_kwargs))
         except ValueError as err:
             raise ConfigError(f"problem.{err}") from None
-        axis_values = tuple((k, v) for (_, k, _), v in zip(fields, combo) if k in axes)
+        axis_values = []
+        for section, key, _ in fields:
+            if key in varying:
+                keys = key if section == "zip" else (key,)
+                axis_values += [(k, chosen[k]) for k in keys]
         for seed in experiment.run["seeds"]:
-            configs.append(Configuration(problem, Hyper(**hyper_kwargs), seed, axis_values))
+            configs.append(Configuration(problem, Hyper(**hyper_kwargs), seed,
+                                         tuple(axis_values), chosen["solver"]))
     return configs
 
 
@@ -341,12 +442,18 @@ def dumps(experiment: Experiment) -> str:
     lines = [f"name = {_toml_value(experiment.name)}",
              f"description = {_toml_value(experiment.description)}",
              f"kind = {_toml_value(experiment.kind)}"]
+    for table in experiment.zips:
+        lines += ["", "[[zip]]"] + [f"{k} = {_toml_value(v)}" for k, v in table.items()]
     for section in SECTIONS:
         if section == "landscape" and experiment.kind == "solve":
             continue  # only landscape experiments read it
         lines += ["", f"[{section}]"]
+        zipped = {k for table in experiment.zips for k in table}
         for key, value in getattr(experiment, section).items():
-            if value is None:
+            if (section in ("problem", "hyper") and key in zipped) or (
+                    section == "solver" and key == "name" and "solver" in zipped):
+                lines.append(f"# {key}: see [[zip]]")
+            elif value is None:
                 lines.append(f"# {key} is unset (its default rule applies)")
             else:
                 lines.append(f"{key} = {_toml_value(value)}")

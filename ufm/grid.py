@@ -41,10 +41,11 @@ def _as_experiment(config_or_path, overrides) -> _config.Experiment:
     return _config.apply_overrides(experiment, list(overrides)) if overrides else experiment
 
 
-def _groups(configs) -> dict[Problem, list[int]]:
-    groups: dict[Problem, list[int]] = {}
+def _groups(configs) -> dict[tuple[Problem, str], list[int]]:
+    """Configurations by static signature (Problem, solver): each group compiles once."""
+    groups: dict[tuple[Problem, str], list[int]] = {}
     for index, cfg in enumerate(configs):
-        groups.setdefault(cfg.problem, []).append(index)
+        groups.setdefault((cfg.problem, cfg.solver), []).append(index)
     return groups
 
 
@@ -73,16 +74,16 @@ def _run_landscape(experiment, configs, progress):
     from ufm import landscape
 
     settings, solver, seeds = experiment.landscape, experiment.solver, experiment.run["seeds"]
-    pairs = list(dict.fromkeys((c.problem, c.hyper) for c in configs))
+    pairs = list(dict.fromkeys((c.problem, c.hyper, c.solver) for c in configs))
     rows, histories, spectra = [], [], {}
-    for index, (problem, hyper) in enumerate(pairs):
-        base = {"config": index, **_config_columns(problem, hyper, solver["name"])}
+    for index, (problem, hyper, solver_name) in enumerate(pairs):
+        base = {"config": index, **_config_columns(problem, hyper, solver_name)}
         common = dict(steps=solver["steps"], log_every=solver["log_every"], progress=progress)
         if experiment.kind == "benign":
             found, spectra_here, saddle_probes = landscape.benign_landscape(
                 problem, hyper, random_starts=settings["random_starts"],
                 saddle_starts=settings["saddle_starts"], epsilon=settings["epsilon"][0],
-                ranks=settings["ranks"] or None, solver=solver["name"], tol=solver["tol"],
+                ranks=settings["ranks"] or None, solver=solver_name, tol=solver["tol"],
                 reach_rtol=settings["reach_rtol"], seed=seeds[0], method=settings["method"],
                 **common)
             for name, eigs in spectra_here.items():
@@ -91,7 +92,7 @@ def _run_landscape(experiment, configs, progress):
                 spectra[f"{index}|{name}|verdict"] = np.array(p.verdict)
         elif experiment.kind == "origin_phase":
             found = landscape.origin_phase(problem, hyper, ratios=settings["ratios"], seeds=seeds,
-                                           solver=solver["name"], tol=solver["tol"],
+                                           solver=solver_name, tol=solver["tol"],
                                            method=settings["method"], **common)
         else:
             found, history = landscape.saddle_escape(
@@ -129,20 +130,20 @@ def run(config_or_path=None, out=None, *, overrides=(), progress=None) -> GridRe
     histories: list = [None] * len(configs)
     t0 = time.perf_counter()
     groups = _groups(configs)
-    for group_index, (problem, indices) in enumerate(groups.items()):
+    for group_index, ((problem, solver_name), indices) in enumerate(groups.items()):
         hypers = Hyper(*(np.array([getattr(configs[i].hyper, f) for i in indices])
                          for f in Hyper._fields))
         seeds = [configs[i].seed for i in indices]
-        desc = f"group {group_index + 1}/{len(groups)}: {problem.loss} {problem.geometry}"
+        desc = f"group {group_index + 1}/{len(groups)}: {problem.loss} {problem.geometry} {solver_name}"
         batch = solve_batch(problem, hypers, seeds, steps=solver["steps"],
                             log_every=solver["log_every"], tol=solver["tol"],
-                            solver=solver["name"], init_scale=solver["init_scale"],
+                            solver=solver_name, init_scale=solver["init_scale"],
                             progress=progress, desc=desc)
         per_config_seconds = batch.seconds / len(indices)
         for j, i in enumerate(indices):
             history = {k: (v if k == "iteration" else v[j]) for k, v in batch.history.items()}
             histories[i] = history
-            rows[i] = _row(i, group_index, configs[i], solver["name"], batch.status[j],
+            rows[i] = _row(i, group_index, configs[i], solver_name, batch.status[j],
                            batch.steps[j], batch.diverged_at[j], batch.optimum[j], history,
                            per_config_seconds)
     seconds = time.perf_counter() - t0
