@@ -32,3 +32,72 @@ def test_grid_groups_by_problem_and_solver_and_keeps_zip_pairs(tmp_path):
                        solver=cfg.solver, tol=exp.solver["tol"] or 1e-6)
     np.testing.assert_allclose(table["objective"][i], single.history["objective"][-1], rtol=1e-5)
     assert result.rows[i]["solver"] == cfg.solver
+
+
+def _tiny_grid():
+    return config.resolve({
+        "name": "resume",
+        "problem": {"num_classes": 3, "feature_dim": 3, "n_per_class": 2,
+                    "loss": ["ce", "ls", "mse"]},
+        "hyper": {"lam_W": [1e-2, 2e-2], "lam_H": 1e-2, "lam_b": 0.0},
+        "solver": {"steps": 60, "log_every": 20},
+        "run": {"seeds": [0, 1]},
+    })
+
+
+def _table_without_timings(path):
+    table = io.read_table(path / io.RESULTS)
+    table.pop("seconds")
+    return table
+
+
+def test_an_interrupted_grid_resumes_without_recomputing(tmp_path, monkeypatch):
+    exp = _tiny_grid()
+    grid.run(exp, out=tmp_path / "straight")
+
+    calls = []
+    real = grid.solve_batch
+
+    def flaky(*args, **kwargs):
+        calls.append(kwargs.get("desc"))
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # killed while the second group runs
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(grid, "solve_batch", flaky)
+    out = tmp_path / "interrupted"
+    try:
+        grid.run(exp, out=out)
+    except KeyboardInterrupt:
+        pass
+    partial = io.read_table(out / io.RESULTS)
+    assert sorted(set(partial["loss"])) == ["ce"]  # the finished group is already on disk
+    assert len(partial["row"]) == 4
+
+    calls.clear()
+    monkeypatch.setattr(grid, "solve_batch", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    grid.run(exp, out=out)
+    assert len(calls) == 2  # the ce group was read back, not recomputed
+    straight, resumed = _table_without_timings(tmp_path / "straight"), _table_without_timings(out)
+    assert straight.keys() == resumed.keys()
+    for key in straight:
+        np.testing.assert_array_equal(straight[key], resumed[key], err_msg=key)
+    _, h1 = io.load_results(tmp_path / "straight")
+    _, h2 = io.load_results(out)
+    for key in h1:
+        np.testing.assert_array_equal(h1[key], h2[key], err_msg=key)
+    manifest = json.loads((out / io.MANIFEST).read_text())
+    assert manifest["groups_resumed"] == 1
+
+
+def test_a_folder_of_another_configuration_is_refused(tmp_path):
+    exp = _tiny_grid()
+    grid.run(config.apply_overrides(exp, ["solver.steps=20"]), out=tmp_path / "a")
+    import pytest
+
+    with pytest.raises(grid.ResultsFolderError, match="different configuration"):
+        grid.run(exp, out=tmp_path / "a")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "notes.txt").write_text("mine")
+    with pytest.raises(grid.ResultsFolderError, match="not a ufm results folder"):
+        grid.run(exp, out=tmp_path / "b")

@@ -109,7 +109,11 @@ def _cmd_run(args) -> int:
     out = Path(args.out) if args.out else Path("runs") / experiment.name
     n_configs = len(config.configurations(experiment))
     print(f"ufm run: {experiment.name}: {n_configs} runs -> {out}", file=sys.stderr)
-    result = grid.run(experiment, out=out, progress=not args.no_progress)
+    try:
+        result = grid.run(experiment, out=out, progress=not args.no_progress)
+    except grid.ResultsFolderError as err:
+        print(f"ufm run: {err}", file=sys.stderr)
+        return 2
     if not args.no_plots:
         plots.plot_results(out)
     from ufm import io

@@ -7,6 +7,7 @@ once however many configurations it holds.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from pathlib import Path
 
@@ -106,14 +107,83 @@ def _run_landscape(experiment, configs, progress):
     return rows, histories, arrays, len(pairs)
 
 
+class ResultsFolderError(ValueError):
+    """The output folder holds something that is not this experiment's results."""
+
+
+CHECKPOINTS = "checkpoints"
+
+
+def _claim_folder(out: Path, config_text: str) -> None:
+    """Refuse a folder that holds another configuration's results; write config.toml first so
+    an interrupted run can be recognised and resumed."""
+    existing = out / io.CONFIG
+    if existing.is_file():
+        old = existing.read_text()
+        if old != config_text:
+            diff = next((f"{a!r} != {b!r}" for a, b in zip(old.splitlines(),
+                                                             config_text.splitlines()) if a != b),
+                        "different length")
+            raise ResultsFolderError(
+                f"{out} holds results of a different configuration (first difference: {diff}); "
+                "choose another --out or remove the folder")
+    elif out.is_dir() and any(out.iterdir()):
+        raise ResultsFolderError(f"{out} is not empty and is not a ufm results folder "
+                                 f"({io.CONFIG} is missing); choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    existing.write_text(config_text)
+
+
+def _checkpoint_paths(out: Path, group_index: int) -> tuple[Path, Path]:
+    stem = out / CHECKPOINTS / f"group-{group_index:05d}"
+    return stem.with_suffix(".json"), stem.with_suffix(".npz")
+
+
+def _save_group(out: Path, group_index: int, indices, rows, histories) -> None:
+    """Checkpoint one finished group (rows as JSON, histories as npz), then append its rows to
+    results.csv so the table grows as the grid runs."""
+    rows_path, hist_path = _checkpoint_paths(out, group_index)
+    rows_path.parent.mkdir(exist_ok=True)
+    group_rows = [rows[i] for i in indices]
+    stacked = {k: np.stack([histories[i][k] for i in indices]) for k in histories[indices[0]]
+               if k != "iteration"}
+    np.savez_compressed(hist_path, iteration=histories[indices[0]]["iteration"], **stacked)
+    tmp = rows_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(group_rows, default=list))
+    tmp.replace(rows_path)  # the JSON appears last: a group counts as done only when complete
+    io.append_table(out / io.RESULTS, group_rows)
+
+
+def _load_group(out: Path, group_index: int, indices, rows, histories) -> bool:
+    rows_path, hist_path = _checkpoint_paths(out, group_index)
+    if not (rows_path.is_file() and hist_path.is_file()):
+        return False
+    for row in json.loads(rows_path.read_text()):
+        if row.get("class_counts") is not None:
+            row["class_counts"] = tuple(row["class_counts"])
+        rows[row["row"]] = row
+    with np.load(hist_path) as data:
+        for j, i in enumerate(indices):
+            histories[i] = {k: (data[k] if k == "iteration" else data[k][j]) for k in data.files}
+    return True
+
+
 def run(config_or_path=None, out=None, *, overrides=(), progress=None) -> GridResult:
     """Run an experiment (a path to a TOML file, an `Experiment`, or None for the built-in
     default) and, when `out` is given, write the results folder there.
 
-    Every configuration is validated (and its Problem built) before anything compiles.
+    Every configuration is validated (and its Problem built) before anything compiles. With
+    `out`, every finished group is checkpointed and appended to results.csv at once; running
+    the same experiment into the same folder again resumes: finished groups are read back, not
+    recomputed, and the final folder equals an uninterrupted run's (timings aside). A folder
+    holding another configuration is refused (`ResultsFolderError`).
     """
     experiment = _as_experiment(config_or_path, overrides)
     configs = _config.configurations(experiment)
+    config_text = _config.dumps(experiment)
+    out = None if out is None else Path(out)
+    if out is not None:
+        _claim_folder(out, config_text)
     if experiment.kind != "solve":
         t0 = time.perf_counter()
         rows, histories, arrays, n_pairs = _run_landscape(experiment, configs, progress)
@@ -121,7 +191,7 @@ def run(config_or_path=None, out=None, *, overrides=(), progress=None) -> GridRe
         result = GridResult(experiment, rows, histories, seconds)
         if out is not None:
             result.out = io.write_results(
-                out, _config.dumps(experiment), rows, histories,
+                out, config_text, rows, histories,
                 io.manifest(seconds, experiment=experiment.name, kind=experiment.kind,
                             configurations=n_pairs), arrays)
         return result
@@ -130,7 +200,14 @@ def run(config_or_path=None, out=None, *, overrides=(), progress=None) -> GridRe
     histories: list = [None] * len(configs)
     t0 = time.perf_counter()
     groups = _groups(configs)
+    if out is not None and (out / io.RESULTS).is_file():
+        (out / io.RESULTS).unlink()  # rebuilt from the checkpoints below, in group order
+    resumed = 0
     for group_index, ((problem, solver_name), indices) in enumerate(groups.items()):
+        if out is not None and _load_group(out, group_index, indices, rows, histories):
+            io.append_table(out / io.RESULTS, [rows[i] for i in indices])
+            resumed += 1
+            continue
         hypers = Hyper(*(np.array([getattr(configs[i].hyper, f) for i in indices])
                          for f in Hyper._fields))
         seeds = [configs[i].seed for i in indices]
@@ -146,11 +223,13 @@ def run(config_or_path=None, out=None, *, overrides=(), progress=None) -> GridRe
             rows[i] = _row(i, group_index, configs[i], solver_name, batch.status[j],
                            batch.steps[j], batch.diverged_at[j], batch.optimum[j], history,
                            per_config_seconds)
+        if out is not None:
+            _save_group(out, group_index, indices, rows, histories)
     seconds = time.perf_counter() - t0
     result = GridResult(experiment, rows, histories, seconds)
     if out is not None:
         result.out = io.write_results(
-            out, _config.dumps(experiment), rows, histories,
+            out, config_text, rows, histories,
             io.manifest(seconds, experiment=experiment.name, configurations=len(configs),
-                        groups=len(groups)))
+                        groups=len(groups), groups_resumed=resumed))
     return result

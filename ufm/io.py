@@ -50,6 +50,20 @@ def write_table(path: Path, rows: list[dict]) -> None:
             writer.writerow([_cell(row[c]) for c in columns])
 
 
+def append_table(path: Path, rows: list[dict]) -> None:
+    """Append rows to a CSV table, writing the header when the file is new."""
+    if not rows:
+        return
+    new = not path.is_file()
+    columns = list(rows[0])
+    with open(path, "a", newline="") as handle:
+        writer = csv.writer(handle)
+        if new:
+            writer.writerow(columns)
+        for row in rows:
+            writer.writerow([_cell(row[c]) for c in columns])
+
+
 def write_history(path: Path, histories: list[dict]) -> None:
     """Stack per-row histories (dicts of 1-D arrays, possibly of different lengths: a batch that
     finished early logged fewer points) into (rows, T) arrays padded with NaN."""
