@@ -295,9 +295,30 @@ def _as_key(key):
     return key
 
 
+def _shard_over_devices(tree, batch: int):
+    """Pad the leading (configuration) axis to a multiple of the local device count and shard
+    it over a 1-D mesh "grid" (DESIGN.md: scaling out). Padding repeats the last configuration;
+    callers drop it. One device: unchanged."""
+    n_dev = jax.local_device_count()
+    if n_dev == 1:
+        return tree
+    padded = -(-batch // n_dev) * n_dev
+
+    def pad(x):
+        x = jnp.asarray(x)
+        if padded == batch:
+            return x
+        return jnp.concatenate([x, jnp.repeat(x[-1:], padded - batch, axis=0)])
+
+    mesh = jax.make_mesh((n_dev,), ("grid",), (jax.sharding.AxisType.Auto,))
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("grid"))
+    return jax.device_put(jax.tree.map(pad, tree), sharding)
+
+
 def _execute(problem, hyper, keys, f_star, *, solver, steps, log_every, tol, init_scale,
              start_params, progress, batched, batch_size, desc=None):
-    """Host loop over jitted chunks; returns host arrays of everything."""
+    """Host loop over jitted chunks; returns host arrays of everything (a batch is sharded over
+    the local devices and trimmed back to `batch_size`)."""
     num_logs = math.ceil(steps / log_every)
     per_chunk, n_chunks = _chunking(num_logs)
     start, chunk = _compiled_chunk(problem, solver, log_every, per_chunk, batched)
@@ -305,29 +326,39 @@ def _execute(problem, hyper, keys, f_star, *, solver, steps, log_every, tol, ini
     tol_arr, steps_arr = jnp.asarray(tol, dtype), jnp.asarray(steps, jnp.int32)
     if start_params is not None:
         start_params = Params(*(jnp.asarray(x, dtype) for x in start_params))
+    if batched:
+        hyper, keys, f_star, start_params = _shard_over_devices(
+            (hyper, keys, f_star, start_params), batch_size)
     state, first = start(hyper, keys, f_star, jnp.asarray(init_scale, dtype), start_params)
-    records = [jax.tree.map(lambda a: np.asarray(a)[..., None], first)]
-    bar = _progress_bar(progress, total=steps * batch_size, desc=desc or f"{problem.loss} {solver}")
+    trim = (lambda a: np.asarray(a)[:batch_size]) if batched else np.asarray
+    records = [jax.tree.map(lambda a: trim(a)[..., None], first)]
+    own_bar = not hasattr(progress, "update")
+    bar = (_progress_bar(progress, total=steps * batch_size, desc=desc or f"{problem.loss} {solver}")
+           if own_bar else progress)
     done_steps = 0
     for _ in range(n_chunks):
         state, history = chunk(hyper, state, f_star, tol_arr, steps_arr)
-        records.append(jax.tree.map(np.asarray, history))  # (T,) or, vmapped, (B, T)
-        status = np.asarray(state.status)
+        records.append(jax.tree.map(trim, history))  # (T,) or, vmapped, (B, T)
+        status = trim(state.status)
         finished = int(np.sum(status != RUNNING))
         now = min(len(records) - 1, n_chunks) * per_chunk * log_every
         advance = min(now, steps) * batch_size
         if bar is not None:
             bar.update(advance - done_steps)
-            bar.set_postfix(finished=f"{finished}/{batch_size}")
+            if own_bar:
+                bar.set_postfix(finished=f"{finished}/{batch_size}")
         done_steps = advance
         if finished == batch_size or now >= steps:
             break
     if bar is not None:
         bar.update(steps * batch_size - done_steps)
-        bar.close()
+        if own_bar:
+            bar.close()
     n_logged = min(num_logs, (len(records) - 1) * per_chunk) + 1
     history = {k: np.concatenate([r[k] for r in records], axis=-1)[..., :n_logged] for k in records[0]}
     history["iteration"] = np.minimum(np.arange(n_logged) * log_every, steps)
+    if batched:
+        state = jax.tree.map(lambda a: a[:batch_size], state)
     return state, history
 
 
@@ -356,7 +387,8 @@ def solve(problem: Problem, hyper: Hyper = Hyper(), *, key=0, steps: int = 10_00
       tol: stop when the (Riemannian) gradient norm is <= tol; default `default_tol(problem)`.
       solver: one of SOLVERS.  init_scale: norm scale of the random start.
       start: a point (Params) to start from instead of a random one (e.g. near a saddle).
-      progress: show a progress bar (default: when stderr is a terminal).
+      progress: show a progress bar (default: when stderr is a terminal), or a tqdm-like bar
+        to advance (how `ufm.grid` keeps one bar over a whole grid).
     Returns:
       `Result` (params, history, steps, status, diverged_at, optimum, seconds).
 
