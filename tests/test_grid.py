@@ -87,7 +87,7 @@ def test_an_interrupted_grid_resumes_without_recomputing(tmp_path, monkeypatch):
     for key in h1:
         np.testing.assert_array_equal(h1[key], h2[key], err_msg=key)
     manifest = json.loads((out / io.MANIFEST).read_text())
-    assert manifest["groups_resumed"] == 1
+    assert manifest["chunks_resumed"] == 1
 
 
 def test_a_folder_of_another_configuration_is_refused(tmp_path):
@@ -101,3 +101,26 @@ def test_a_folder_of_another_configuration_is_refused(tmp_path):
     (tmp_path / "b" / "notes.txt").write_text("mine")
     with pytest.raises(grid.ResultsFolderError, match="not a ufm results folder"):
         grid.run(exp, out=tmp_path / "b")
+
+
+def test_chunked_groups_equal_one_batch_and_padding_is_dropped(tmp_path):
+    exp = _tiny_grid()  # 3 groups of 4 configurations
+    whole = grid.run(config.apply_overrides(exp, ["run.batch=4"]), out=tmp_path / "whole")
+    cut = grid.run(config.apply_overrides(exp, ["run.batch=3"]), out=tmp_path / "cut")
+    manifest = json.loads((tmp_path / "cut" / io.MANIFEST).read_text())
+    assert manifest["batch_widths"] == [3, 3, 3] and manifest["chunks"] == 6
+    a, b = _table_without_timings(tmp_path / "whole"), _table_without_timings(tmp_path / "cut")
+    for key in ("row", "loss", "lam_W", "seed", "status", "steps"):
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    np.testing.assert_allclose(a["objective"], b["objective"], rtol=1e-6)
+    assert len(whole.rows) == len(cut.rows) == 12
+
+
+def test_batch_width_follows_problem_size():
+    from ufm.problem import Problem
+
+    small = Problem(num_classes=10, feature_dim=64, n_per_class=100)
+    large = Problem(num_classes=10, feature_dim=512, n_per_class=500)
+    assert grid.batch_width(small, 16) == 16  # ~1 MB a configuration: vmap all 16
+    assert grid.batch_width(large, 16) == 1  # ~40 MB: one at a time on this CPU
+    assert grid.config_bytes(large) > grid.CPU_BATCH_BYTES > 16 * grid.config_bytes(small)

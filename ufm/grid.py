@@ -11,6 +11,7 @@ import json
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 
 from ufm import config as _config
@@ -61,6 +62,49 @@ def _row(index, group, cfg, solver, status, steps, diverged_at, optimum, history
             row["mean_loss" if key == "loss" else key] = float(values[-1])
     row["seconds"] = seconds
     return row
+
+
+# Working set under which a vmapped batch stays fast. CPU: measured on the 2-core development
+# machine, 16 configurations of (K, d, n) = (10, 64, 100) (~1 MB each) vmap well while one of
+# (10, 512, 500) (~40 MB) already runs 1.9x slower vmapped than one after another.
+CPU_BATCH_BYTES = 32 * 2**20
+ACCELERATOR_MEMORY_FRACTION = 0.5
+
+
+def config_bytes(problem: Problem) -> int:
+    """Approximate bytes one configuration touches per step: W, H, b with their gradients and
+    two optimizer moments, plus the logits, probabilities and dL/dZ (K x N each)."""
+    K, d, N = problem.num_classes, problem.feature_dim, problem.num_samples
+    itemsize = 8 if problem.dtype == "float64" else 4
+    return itemsize * (4 * (K * d + d * N + K) + 3 * K * N)
+
+
+def batch_width(problem: Problem, n_configs: int) -> int:
+    """Configurations per vmapped call from the problem size and the device: as many as fit the
+    working-set budget (the cache on a CPU, a fraction of memory on an accelerator), times the
+    number of local devices the batch is sharded over."""
+    device = jax.local_devices()[0]
+    n_dev = jax.local_device_count()
+    if device.platform == "cpu":
+        budget = CPU_BATCH_BYTES
+    else:
+        stats = device.memory_stats() or {}
+        budget = ACCELERATOR_MEMORY_FRACTION * stats.get("bytes_limit", 8 * 2**30)
+    per_device = max(1, int(budget // config_bytes(problem)))
+    return max(1, min(n_configs, per_device * n_dev))
+
+
+def _timed_trial(problem, solver_name, solver, hypers, seeds, width) -> int:
+    """Keep `width` only if a short vmapped trial beats running its configurations one after
+    another (both compiled first); otherwise run them one at a time."""
+    steps = min(solver["steps"], 50)
+    kwargs = dict(steps=steps, log_every=steps, tol=0.0, solver=solver_name,
+                  init_scale=solver["init_scale"], progress=False)
+    take = lambda tree, n: Hyper(*(np.asarray(v)[:n] for v in tree))
+    for _ in range(2):  # the first call of each compiles
+        batched = solve_batch(problem, take(hypers, width), seeds[:width], **kwargs).seconds
+        single = solve_batch(problem, take(hypers, 1), seeds[:1], **kwargs).seconds
+    return width if batched <= single * width else 1
 
 
 def _config_columns(problem: Problem, hyper: Hyper, solver: str) -> dict:
@@ -134,28 +178,28 @@ def _claim_folder(out: Path, config_text: str) -> None:
     existing.write_text(config_text)
 
 
-def _checkpoint_paths(out: Path, group_index: int) -> tuple[Path, Path]:
-    stem = out / CHECKPOINTS / f"group-{group_index:05d}"
+def _checkpoint_paths(out: Path, tag: str) -> tuple[Path, Path]:
+    stem = out / CHECKPOINTS / tag
     return stem.with_suffix(".json"), stem.with_suffix(".npz")
 
 
-def _save_group(out: Path, group_index: int, indices, rows, histories) -> None:
-    """Checkpoint one finished group (rows as JSON, histories as npz), then append its rows to
+def _save_chunk(out: Path, tag: str, indices, rows, histories) -> None:
+    """Checkpoint one finished chunk (rows as JSON, histories as npz), then append its rows to
     results.csv so the table grows as the grid runs."""
-    rows_path, hist_path = _checkpoint_paths(out, group_index)
+    rows_path, hist_path = _checkpoint_paths(out, tag)
     rows_path.parent.mkdir(exist_ok=True)
-    group_rows = [rows[i] for i in indices]
+    chunk_rows = [rows[i] for i in indices]
     stacked = {k: np.stack([histories[i][k] for i in indices]) for k in histories[indices[0]]
                if k != "iteration"}
     np.savez_compressed(hist_path, iteration=histories[indices[0]]["iteration"], **stacked)
     tmp = rows_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(group_rows, default=list))
-    tmp.replace(rows_path)  # the JSON appears last: a group counts as done only when complete
-    io.append_table(out / io.RESULTS, group_rows)
+    tmp.write_text(json.dumps(chunk_rows, default=list))
+    tmp.replace(rows_path)  # the JSON appears last: a chunk counts as done only when complete
+    io.append_table(out / io.RESULTS, chunk_rows)
 
 
-def _load_group(out: Path, group_index: int, indices, rows, histories) -> bool:
-    rows_path, hist_path = _checkpoint_paths(out, group_index)
+def _load_chunk(out: Path, tag: str, indices, rows, histories) -> bool:
+    rows_path, hist_path = _checkpoint_paths(out, tag)
     if not (rows_path.is_file() and hist_path.is_file()):
         return False
     for row in json.loads(rows_path.read_text()):
@@ -166,6 +210,48 @@ def _load_group(out: Path, group_index: int, indices, rows, histories) -> bool:
         for j, i in enumerate(indices):
             histories[i] = {k: (data[k] if k == "iteration" else data[k][j]) for k in data.files}
     return True
+
+
+def _group_hypers(configs, indices) -> Hyper:
+    return Hyper(*(np.array([getattr(configs[i].hyper, f) for i in indices]) for f in Hyper._fields))
+
+
+def _plan(experiment, configs, groups, out) -> list[int]:
+    """Configurations per vmapped call, one width per group: the file's run.batch, or
+    `batch_width` confirmed by `_timed_trial` when the group is worth a trial. Saved with the
+    checkpoints, so a resumed run cuts its groups exactly as the first run did."""
+    plan_path = None if out is None else out / CHECKPOINTS / "plan.json"
+    if plan_path is not None and plan_path.is_file():
+        return json.loads(plan_path.read_text())
+    widths = []
+    for (problem, solver_name), indices in groups.items():
+        if experiment.run["batch"]:
+            widths.append(min(experiment.run["batch"], len(indices)))
+            continue
+        width = batch_width(problem, len(indices))
+        if width > 1 and experiment.solver["steps"] >= 500:
+            seeds = [configs[i].seed for i in indices]
+            width = _timed_trial(problem, solver_name, experiment.solver,
+                                 _group_hypers(configs, indices), seeds, width)
+        widths.append(width)
+    if plan_path is not None:
+        plan_path.parent.mkdir(exist_ok=True)
+        plan_path.write_text(json.dumps(widths))
+    return widths
+
+
+def _grid_bar(progress, total_steps, n_configs):
+    """One progress bar over the whole grid (configuration-steps, ETA)."""
+    import sys
+
+    if progress is None:
+        progress = sys.stderr.isatty()
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total_steps, unit="step", unit_scale=True,
+                desc=f"{n_configs} configurations")
 
 
 def run(config_or_path=None, out=None, *, overrides=(), progress=None) -> GridResult:
@@ -200,36 +286,49 @@ def run(config_or_path=None, out=None, *, overrides=(), progress=None) -> GridRe
     histories: list = [None] * len(configs)
     t0 = time.perf_counter()
     groups = _groups(configs)
+    widths = _plan(experiment, configs, groups, out)
     if out is not None and (out / io.RESULTS).is_file():
-        (out / io.RESULTS).unlink()  # rebuilt from the checkpoints below, in group order
+        (out / io.RESULTS).unlink()  # rebuilt from the checkpoints below, in run order
+    chunks = []  # (group index, chunk index, problem, solver, indices, width)
+    for g, (((problem, solver_name), indices), width) in enumerate(zip(groups.items(), widths)):
+        for c, first in enumerate(range(0, len(indices), width)):
+            chunks.append((g, c, problem, solver_name, indices[first:first + width], width))
+    bar = _grid_bar(progress, sum(w for *_, w in chunks) * solver["steps"], len(configs))
     resumed = 0
-    for group_index, ((problem, solver_name), indices) in enumerate(groups.items()):
-        if out is not None and _load_group(out, group_index, indices, rows, histories):
+    for g, c, problem, solver_name, indices, width in chunks:
+        tag = f"group-{g:05d}-chunk-{c:05d}"
+        if out is not None and _load_chunk(out, tag, indices, rows, histories):
             io.append_table(out / io.RESULTS, [rows[i] for i in indices])
             resumed += 1
+            if bar is not None:
+                bar.update(width * solver["steps"])
             continue
-        hypers = Hyper(*(np.array([getattr(configs[i].hyper, f) for i in indices])
-                         for f in Hyper._fields))
-        seeds = [configs[i].seed for i in indices]
-        desc = f"group {group_index + 1}/{len(groups)}: {problem.loss} {problem.geometry} {solver_name}"
-        batch = solve_batch(problem, hypers, seeds, steps=solver["steps"],
+        # Pad a short last chunk with copies of its last configuration: same shape, no
+        # recompilation; the copies' results are dropped.
+        padded = indices + [indices[-1]] * (width - len(indices))
+        if bar is not None:
+            bar.set_description(f"group {g + 1}/{len(groups)} {problem.loss} {solver_name}")
+        batch = solve_batch(problem, _group_hypers(configs, padded),
+                            [configs[i].seed for i in padded], steps=solver["steps"],
                             log_every=solver["log_every"], tol=solver["tol"],
                             solver=solver_name, init_scale=solver["init_scale"],
-                            progress=progress, desc=desc)
-        per_config_seconds = batch.seconds / len(indices)
+                            progress=bar if bar is not None else False)
+        per_config_seconds = batch.seconds / len(padded)
         for j, i in enumerate(indices):
             history = {k: (v if k == "iteration" else v[j]) for k, v in batch.history.items()}
             histories[i] = history
-            rows[i] = _row(i, group_index, configs[i], solver_name, batch.status[j],
-                           batch.steps[j], batch.diverged_at[j], batch.optimum[j], history,
-                           per_config_seconds)
+            rows[i] = _row(i, g, configs[i], solver_name, batch.status[j], batch.steps[j],
+                           batch.diverged_at[j], batch.optimum[j], history, per_config_seconds)
         if out is not None:
-            _save_group(out, group_index, indices, rows, histories)
+            _save_chunk(out, tag, indices, rows, histories)
+    if bar is not None:
+        bar.close()
     seconds = time.perf_counter() - t0
     result = GridResult(experiment, rows, histories, seconds)
     if out is not None:
         result.out = io.write_results(
             out, config_text, rows, histories,
             io.manifest(seconds, experiment=experiment.name, configurations=len(configs),
-                        groups=len(groups), groups_resumed=resumed))
+                        groups=len(groups), batch_widths=widths, chunks=len(chunks),
+                        chunks_resumed=resumed))
     return result
