@@ -124,3 +124,17 @@ def test_batch_width_follows_problem_size():
     assert grid.batch_width(small, 16) == 16  # ~1 MB a configuration: vmap all 16
     assert grid.batch_width(large, 16) == 1  # ~40 MB: one at a time on this CPU
     assert grid.config_bytes(large) > grid.CPU_BATCH_BYTES > 16 * grid.config_bytes(small)
+
+
+def test_grid_figures_pick_their_axes(tmp_path):
+    from ufm import plots
+
+    exp = config.resolve({
+        "problem": {"num_classes": 3, "feature_dim": 3, "n_per_class": 2, "loss": ["ce", "mse"]},
+        "hyper": {"lam_W": [1e-2, 2e-2], "lam_H": [1e-2, 3e-2], "lam_b": 0.0},
+        "solver": {"steps": 20, "log_every": 10}, "run": {"seeds": [0, 1]}})
+    grid.run(exp, out=tmp_path)
+    names = {p.name for p in plots.plot_results(tmp_path)}
+    assert "grid_nc1_lam_W_lam_H.png" in names and "overview.png" in names
+    names = {p.name for p in plots.plot_results(tmp_path, metrics=["nc1"], x="lam_H", y=None)}
+    assert "grid_nc1_lam_H_lam_W.png" in names

@@ -151,7 +151,7 @@ def _cmd_plot(args) -> int:
         print(f"ufm plot: {args.dir} is not a results folder ({io.RESULTS} is missing)",
               file=sys.stderr)
         return 2
-    for path in plots.plot_results(args.dir, metrics=args.metric):
+    for path in plots.plot_results(args.dir, metrics=args.metric, x=args.x, y=args.y):
         print(path)
     return 0
 
@@ -174,7 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     show.set_defaults(func=_cmd_show)
     plot = sub.add_parser("plot", help="redraw the figures of a results folder")
     plot.add_argument("dir")
-    plot.add_argument("--metric", action="append", help="only this history key (repeatable)")
+    plot.add_argument("--metric", action="append", help="only this metric (repeatable)")
+    plot.add_argument("--x", help="grid figures: the axis along x (a configuration column)")
+    plot.add_argument("--y", help="grid figures: the axis along y (heatmaps)")
     plot.set_defaults(func=_cmd_plot)
     return parser
 

@@ -84,7 +84,88 @@ def _pyplot():
     return plt
 
 
-def plot_results(directory, metrics=None) -> list[Path]:
+GRID_METRICS = ("nc1", "nc2_W", "nc3", "rel_gap")
+
+
+def _numeric_axes(table: dict) -> list[str]:
+    """Configuration columns that vary across the table and hold numbers (seeds excluded)."""
+    axes = []
+    for c in io.CONFIG_COLUMNS:
+        if c in table and len(set(map(str, table[c]))) > 1 and np.issubdtype(
+                np.asarray(table[c]).dtype, np.number):
+            axes.append(c)
+    return axes
+
+
+def _final(table, metric, rows):
+    values = np.asarray(table[metric], float)[rows]
+    return np.abs(values) if metric == "rel_gap" else values
+
+
+def plot_grid(directory, table, metrics=None, x=None, y=None) -> list[Path]:
+    """Final metrics over the grid's numeric axes: heatmaps over two axes (median over seeds;
+    one panel per value of the other varying fields), or lines over one axis with a min-max
+    band over seeds. Axes are chosen from the grid unless x / y name them."""
+    plt = _pyplot()
+    axes = _numeric_axes(table)
+    x = x or (axes[0] if axes else None)
+    if x is None:
+        return []
+    # A y that is a function of x (zipped with it) adds no second dimension: skip it.
+    independent = lambda a: len(set(zip(map(str, table[x]), map(str, table[a])))) > len(
+        set(map(str, table[x])))
+    y = y or next((a for a in axes if a != x and independent(a)), None)
+    others = [c for c in io.CONFIG_COLUMNS if c in table and c not in (x, y)
+              and len(set(map(str, table[c]))) > 1 and (c not in axes or independent(c))]
+    n_rows = len(table["row"])
+    panel_of = [", ".join(f"{c}={table[c][i]}" for c in others) or "all" for i in range(n_rows)]
+    panels = list(dict.fromkeys(panel_of))
+    written = []
+    for metric in [m for m in (metrics or GRID_METRICS) if m in table]:
+        if np.all(np.isnan(np.asarray(table[metric], float))):
+            continue
+        if y is not None:
+            xs = sorted(set(np.asarray(table[x], float)))
+            ys = sorted(set(np.asarray(table[y], float)))
+            fig, axs = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.8),
+                                    layout="constrained", squeeze=False)
+            for ax, panel in zip(axs.flat, panels):
+                grid_values = np.full((len(ys), len(xs)), np.nan)
+                for iy, yv in enumerate(ys):
+                    for ix, xv in enumerate(xs):
+                        rows = [i for i in range(n_rows) if panel_of[i] == panel
+                                and table[x][i] == xv and table[y][i] == yv]
+                        if rows:
+                            grid_values[iy, ix] = np.nanmedian(_final(table, metric, rows))
+                shown = np.log10(np.where(grid_values > 0, grid_values, np.nan))
+                im = ax.imshow(shown, origin="lower", aspect="auto", cmap="viridis")
+                ax.set_xticks(range(len(xs)), [f"{v:.3g}" for v in xs], rotation=45, fontsize=7)
+                ax.set_yticks(range(len(ys)), [f"{v:.3g}" for v in ys], fontsize=7)
+                ax.set_xlabel(x)
+                ax.set_ylabel(y)
+                ax.set_title(panel, fontsize=8)
+                fig.colorbar(im, ax=ax, label=f"log10 {metric}")
+            written.append(_save(fig, Path(directory) / f"grid_{metric}_{x}_{y}.png"))
+        else:
+            fig, ax = plt.subplots(figsize=(5.5, 3.8), layout="constrained")
+            for panel in panels:
+                rows = [i for i in range(n_rows) if panel_of[i] == panel]
+                xs = sorted(set(np.asarray(table[x], float)[rows]))
+                per_x = [_final(table, metric, [i for i in rows if table[x][i] == xv]) for xv in xs]
+                mid = [np.nanmedian(v) for v in per_x]
+                (line,) = ax.plot(xs, mid, "o-", label=panel)
+                ax.fill_between(xs, [np.nanmin(v) for v in per_x], [np.nanmax(v) for v in per_x],
+                                color=line.get_color(), alpha=0.2, lw=0)
+            ax.set_xscale("log" if min(np.asarray(table[x], float)) > 0 else "linear")
+            ax.set_yscale("log")
+            ax.set_xlabel(x)
+            ax.set_ylabel(f"final {metric} (median, min-max over seeds)")
+            ax.legend(fontsize=7)
+            written.append(_save(fig, Path(directory) / f"grid_{metric}_{x}.png"))
+    return written
+
+
+def plot_results(directory, metrics=None, x=None, y=None) -> list[Path]:
     """Draw the figures of a results folder into it; returns the files written."""
     directory = Path(directory)
     kind = results_kind(directory)
@@ -92,6 +173,7 @@ def plot_results(directory, metrics=None) -> list[Path]:
         return LANDSCAPE_FIGURES[kind](directory)
     plt = _pyplot()
     table = io.read_table(directory / io.RESULTS)
+    grid_written = plot_grid(directory, table, metrics, x, y)
     with np.load(directory / io.HISTORY) as data:
         history = {k: data[k] for k in data.files}
     labels, _ = series_labels(table)
@@ -125,7 +207,7 @@ def plot_results(directory, metrics=None) -> list[Path]:
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)
-    return written
+    return written + grid_written
 
 
 # ----------------------------------------------------------------------------- landscape kinds
