@@ -229,7 +229,10 @@ def _plan(experiment, configs, groups, out) -> list[int]:
             widths.append(min(experiment.run["batch"], len(indices)))
             continue
         width = batch_width(problem, len(indices))
-        if width > 1 and experiment.solver["steps"] >= 500:
+        # A trial costs two compilations: worth it only for long runs of batches whose working
+        # set comes near the budget, where vmap can lose to a loop.
+        near_budget = width * config_bytes(problem) > CPU_BATCH_BYTES / 4
+        if width > 1 and near_budget and experiment.solver["steps"] >= 500:
             seeds = [configs[i].seed for i in indices]
             width = _timed_trial(problem, solver_name, experiment.solver,
                                  _group_hypers(configs, indices), seeds, width)
