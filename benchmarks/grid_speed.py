@@ -36,11 +36,22 @@ def _hypers(n_configs):
 
 
 def time_ufm(K, d, n, steps, n_configs):
+    """The grid runner's way: vmapped calls of `grid.batch_width` configurations each."""
+    from ufm import grid
+
     prob = ufm.Problem(num_classes=K, feature_dim=d, n_per_class=n)
+    width = grid.batch_width(prob, n_configs)
+    hypers = _hypers(n_configs)
     kwargs = dict(steps=steps, log_every=steps, tol=0.0, progress=False)
-    ufm.solve_batch(prob, _hypers(n_configs), list(range(n_configs)), **kwargs)  # compile
-    result = ufm.solve_batch(prob, _hypers(n_configs), list(range(n_configs)), **kwargs)
-    return result.seconds
+    def chunk(lo):  # padded to the width like the runner's last chunk: no recompilation
+        idx = list(range(lo, min(lo + width, n_configs)))
+        idx += [idx[-1]] * (width - len(idx))
+        return ufm.Hyper(*(np.broadcast_to(v, (n_configs,))[idx] for v in hypers)), idx
+
+    ufm.solve_batch(prob, *chunk(0), **kwargs)  # compile
+    seconds = sum(ufm.solve_batch(prob, *chunk(lo), **kwargs).seconds
+                  for lo in range(0, n_configs, width))
+    return seconds, width
 
 
 def time_torch(K, d, n, steps, n_configs):
@@ -114,13 +125,13 @@ def main():
         has_torch = False
         print("torch is not installed: the PyTorch arm is skipped (pip install torch==2.13.0)")
     print(f"device: {jax.devices()[0]}, float32, CE, GD")
-    print(f"{'(K, d, n)':>15} {'configs':>7} {'steps':>5} {'ufm cfg-steps/s':>15} "
+    print(f"{'(K, d, n)':>15} {'configs':>7} {'width':>5} {'steps':>5} {'ufm cfg-steps/s':>15} "
           f"{'torch cfg-steps/s':>17} {'ratio':>6} {'ufm GFLOP/s':>11} {'of matmul':>9}")
     sizes = SIZES[:1] if args.quick else SIZES
     grids = GRIDS[:1] if args.quick else GRIDS
     for K, d, n, steps in sizes:
         for n_configs in grids:
-            seconds = time_ufm(K, d, n, steps, n_configs)
+            seconds, width = time_ufm(K, d, n, steps, n_configs)
             rate = n_configs * steps / seconds
             gflops = 6 * K * d * K * n * rate / 1e9
             peak = matmul_gflops(K, d, n, n_configs)
@@ -129,7 +140,7 @@ def main():
                 torch_text, ratio = f"{torch_rate:17.0f}", f"{rate / torch_rate:6.1f}"
             else:
                 torch_text, ratio = f"{'-':>17}", f"{'-':>6}"
-            print(f"{str((K, d, n)):>15} {n_configs:>7} {steps:>5} {rate:15.0f} {torch_text} "
+            print(f"{str((K, d, n)):>15} {n_configs:>7} {width:>5} {steps:>5} {rate:15.0f} {torch_text} "
                   f"{ratio} {gflops:11.1f} {gflops / peak:9.0%}")
     print("\ntime to the optimum (float64 CE, (10, 32, 50), lam = 5e-4, |f - f*| < 1e-6 f*):")
     for solver, (seconds, iteration) in time_to_optimum().items():
