@@ -17,7 +17,7 @@ import numpy as np
 from ufm import config as _config
 from ufm import io
 from ufm.problem import Hyper, Problem
-from ufm.solvers import solve_batch
+from ufm.solvers import progress_bar, solve_batch
 
 
 
@@ -243,20 +243,6 @@ def _plan(experiment, configs, groups, out) -> list[int]:
     return widths
 
 
-def _grid_bar(progress, total_steps, n_configs):
-    """One progress bar over the whole grid (configuration-steps, ETA)."""
-    import sys
-
-    if progress is None:
-        progress = sys.stderr.isatty()
-    if not progress:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total_steps, unit="step", unit_scale=True,
-                desc=f"{n_configs} configurations")
-
-
 def run(config_or_path=None, out=None, *, overrides=(), progress=None) -> GridResult:
     """Run an experiment (a path to a TOML file, an `Experiment`, or None for the built-in
     default) and, when `out` is given, write the results folder there.
@@ -296,7 +282,9 @@ def run(config_or_path=None, out=None, *, overrides=(), progress=None) -> GridRe
     for g, (((problem, solver_name), indices), width) in enumerate(zip(groups.items(), widths)):
         for c, first in enumerate(range(0, len(indices), width)):
             chunks.append((g, c, problem, solver_name, indices[first:first + width], width))
-    bar = _grid_bar(progress, sum(w for *_, w in chunks) * solver["steps"], len(configs))
+    # One bar over the whole grid (configuration-steps, ETA); solve_batch advances it.
+    bar = progress_bar(progress, sum(w for *_, w in chunks) * solver["steps"],
+                       f"{len(configs)} configurations")
     resumed = 0
     for g, c, problem, solver_name, indices, width in chunks:
         tag = f"group-{g:05d}-chunk-{c:05d}"

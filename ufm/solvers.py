@@ -333,7 +333,7 @@ def _execute(problem, hyper, keys, f_star, *, solver, steps, log_every, tol, ini
     trim = (lambda a: np.asarray(a)[:batch_size]) if batched else np.asarray
     records = [jax.tree.map(lambda a: trim(a)[..., None], first)]
     own_bar = not hasattr(progress, "update")
-    bar = (_progress_bar(progress, total=steps * batch_size, desc=desc or f"{problem.loss} {solver}")
+    bar = (progress_bar(progress, total=steps * batch_size, desc=desc or f"{problem.loss} {solver}")
            if own_bar else progress)
     done_steps = 0
     for _ in range(n_chunks):
@@ -362,7 +362,7 @@ def _execute(problem, hyper, keys, f_star, *, solver, steps, log_every, tol, ini
     return state, history
 
 
-def _progress_bar(progress, total, desc):
+def progress_bar(progress, total, desc):
     import sys
 
     if progress is None:
