@@ -106,7 +106,8 @@ def test_a_folder_of_another_configuration_is_refused(tmp_path):
 def test_chunked_groups_equal_one_batch_and_padding_is_dropped(tmp_path):
     exp = _tiny_grid()  # 3 groups of 4 configurations
     whole = grid.run(config.apply_overrides(exp, ["run.batch=4"]), out=tmp_path / "whole")
-    cut = grid.run(config.apply_overrides(exp, ["run.batch=3"]), out=tmp_path / "cut")
+    cut = grid.run(config.apply_overrides(exp, ["run.batch=3", "run.chunk=3"]),
+                   out=tmp_path / "cut")
     manifest = json.loads((tmp_path / "cut" / io.MANIFEST).read_text())
     assert manifest["batch_widths"] == [3, 3, 3] and manifest["chunks"] == 6
     a, b = _table_without_timings(tmp_path / "whole"), _table_without_timings(tmp_path / "cut")
@@ -114,9 +115,19 @@ def test_chunked_groups_equal_one_batch_and_padding_is_dropped(tmp_path):
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
     np.testing.assert_allclose(a["objective"], b["objective"], rtol=1e-6)
     assert len(whole.rows) == len(cut.rows) == 12
+    # Slices of one under lax.map inside chunks of two: the same results again.
+    mapped = grid.run(config.apply_overrides(exp, ["run.batch=1", "run.chunk=2"]),
+                      out=tmp_path / "mapped")
+    manifest = json.loads((tmp_path / "mapped" / io.MANIFEST).read_text())
+    assert manifest["batch_widths"] == [1, 1, 1] and manifest["chunk_sizes"] == [2, 2, 2]
+    c = _table_without_timings(tmp_path / "mapped")
+    for key in ("row", "status", "steps"):
+        np.testing.assert_array_equal(a[key], c[key], err_msg=key)
+    np.testing.assert_allclose(a["objective"], c["objective"], rtol=1e-6)
+    assert len(mapped.rows) == 12
 
 
-def test_batch_width_follows_problem_size():
+def test_batch_width_follows_problem_size(monkeypatch):
     from ufm.problem import Problem
 
     small = Problem(num_classes=10, feature_dim=64, n_per_class=100)
@@ -124,6 +135,12 @@ def test_batch_width_follows_problem_size():
     assert grid.batch_width(small, 16) == 16  # ~1 MB a configuration: vmap all 16
     assert grid.batch_width(large, 16) == 1  # ~40 MB: one at a time on this CPU
     assert grid.config_bytes(large) > grid.CPU_BATCH_BYTES > 16 * grid.config_bytes(small)
+    # Chunks: whole groups while memory allows (a multiple of the width), cut beyond it.
+    assert grid.chunk_size(small, 10, width=4) == 12
+    assert grid.chunk_size(small, 10**6) == grid.MAX_CHUNK
+    assert grid.chunk_size(large, 10**6) * grid.config_bytes(large) <= grid._memory_bytes(None)
+    monkeypatch.setattr(grid, "_memory_bytes", lambda device: 5.5 * grid.config_bytes(large))
+    assert grid.chunk_size(large, 100) == 5 and grid.chunk_size(large, 100, width=2) == 4
 
 
 def test_grid_figures_pick_their_axes(tmp_path):

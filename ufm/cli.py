@@ -97,8 +97,15 @@ def summary(table: dict, kind: str = "solve") -> str:
 
 
 def _cmd_run(args) -> int:
-    from ufm import config, grid, plots
+    from ufm import config, grid, multihost, plots
 
+    if args.distributed or args.coordinator or multihost.requested_by_environment():
+        try:
+            multihost.initialize(args.coordinator, args.num_processes, args.process_id)
+        except ValueError as err:
+            print(f"ufm run: {err}", file=sys.stderr)
+            return 2
+    main = multihost.is_main()
     try:
         experiment = config.load(args.config) if args.config else config.load_default()
         if args.set:
@@ -108,12 +115,16 @@ def _cmd_run(args) -> int:
         return 2
     out = Path(args.out) if args.out else Path("runs") / experiment.name
     n_configs = len(config.configurations(experiment))
-    print(f"ufm run: {experiment.name}: {n_configs} runs -> {out}", file=sys.stderr)
+    if main:
+        hosts = f" on {multihost.count()} processes" if multihost.count() > 1 else ""
+        print(f"ufm run: {experiment.name}: {n_configs} runs{hosts} -> {out}", file=sys.stderr)
     try:
         result = grid.run(experiment, out=out, progress=not args.no_progress)
     except grid.ResultsFolderError as err:
         print(f"ufm run: {err}", file=sys.stderr)
         return 2
+    if not main:
+        return 0  # process 0 writes the folder, the figures and the summary
     if not args.no_plots:
         plots.plot_results(out)
     from ufm import io
@@ -167,6 +178,17 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override a key, e.g. --set problem.loss=mse --set steps=1000")
     run.add_argument("--no-plots", action="store_true", help="skip the figures")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    hosts = run.add_argument_group(
+        "several hosts", "run one process per host (or per GPU); each runs a share of the grid "
+        "and process 0 writes the results. SLURM / TPU pod slices: --distributed alone. "
+        "Elsewhere: the three options below, or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, "
+        "JAX_PROCESS_ID")
+    hosts.add_argument("--distributed", action="store_true",
+                       help="call jax.distributed.initialize() (cluster from the environment)")
+    hosts.add_argument("--coordinator", metavar="HOST:PORT",
+                       help="address of process 0's coordination service")
+    hosts.add_argument("--num-processes", type=int, help="number of processes in all")
+    hosts.add_argument("--process-id", type=int, help="this process's index, 0 .. N-1")
     run.set_defaults(func=_cmd_run)
     show = sub.add_parser("show", help="print the results table of a results folder")
     show.add_argument("dir")

@@ -9,7 +9,8 @@ An experiment file has four tables (all optional; every key has a default):
                 beta1, beta2
     [solver]    name ("gd" | "momentum" | "nesterov" | "adam" | "lbfgs"), steps, log_every, tol,
                 init_scale
-    [run]       seeds (a list of ints), batch (configurations per vmapped call; 0 = auto)
+    [run]       seeds (a list of ints), batch (configurations per vmapped slice; 0 = auto),
+                chunk (configurations per compiled call and checkpoint; 0 = auto, from memory)
     [[zip]]     fields (problem, hyper, or "solver") whose lists advance together
     kind = "solve" (default) or a landscape experiment: "benign", "origin_phase",
                 "saddle_escape", configured by a [landscape] table (see LANDSCAPE_DEFAULTS)
@@ -53,7 +54,8 @@ PROBLEM_TYPES = {
 HYPER_DEFAULTS = dict(Hyper()._asdict())
 SOLVER_DEFAULTS = {"name": "gd", "steps": 10_000, "log_every": 100, "tol": None, "init_scale": 1.0}
 SOLVER_TYPES = {"name": str, "steps": int, "log_every": int, "tol": float, "init_scale": float}
-RUN_DEFAULTS = {"seeds": [0], "batch": 0}  # batch: configurations per vmapped call, 0 = auto
+# batch: configurations per vmapped slice; chunk: per compiled call and checkpoint; 0 = auto
+RUN_DEFAULTS = {"seeds": [0], "batch": 0, "chunk": 0}
 # kind = "solve" runs the grid; the landscape kinds run `ufm.landscape` experiments on every
 # configuration of the grid, with the [landscape] table's settings.
 KINDS = ("solve", "benign", "origin_phase", "saddle_escape")
@@ -274,11 +276,11 @@ def resolve(raw: dict) -> Experiment:
     for key, value in _check_type("[run]", raw.get("run", {}), dict).items():
         if key not in RUN_DEFAULTS:
             raise _unknown("run.", key, RUN_DEFAULTS)
-        if key == "batch":
+        if key in ("batch", "chunk"):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigError(f"run.batch={value!r} is not allowed: an integer >= 0 "
+                raise ConfigError(f"run.{key}={value!r} is not allowed: an integer >= 0 "
                                   "(0 chooses from the problem size and the device)")
-            run["batch"] = value
+            run[key] = value
             continue
         seeds = value if isinstance(value, list) else [value]
         if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0

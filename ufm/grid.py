@@ -15,9 +15,9 @@ import jax
 import numpy as np
 
 from ufm import config as _config
-from ufm import io
+from ufm import io, multihost
 from ufm.problem import Hyper, Problem
-from ufm.solvers import progress_bar, solve_batch
+from ufm.solvers import STATUSES, progress_bar, solve_batch
 
 
 
@@ -51,12 +51,13 @@ def _groups(configs) -> dict[tuple[Problem, str], list[int]]:
     return groups
 
 
-def _row(index, group, cfg, solver, status, steps, diverged_at, optimum, history, seconds):
+def _row(index, group, cfg, solver, status, steps, diverged_at, f_star, is_zero, history,
+         seconds):
     row = {"row": index, "group": group, **_config_columns(cfg.problem, cfg.hyper, solver)}
     row.update({"seed": cfg.seed, "status": status, "steps": int(steps),
                 "diverged_at": None if diverged_at < 0 else int(diverged_at),
-                "f_star": None if optimum is None else optimum.objective,
-                "optimum_is_zero": None if optimum is None else optimum.is_zero})
+                "f_star": None if np.isnan(f_star) else float(f_star),
+                "optimum_is_zero": None if np.isnan(f_star) else bool(is_zero)})
     for key, values in history.items():  # final values; "loss" names the loss function here
         if key != "iteration":
             row["mean_loss" if key == "loss" else key] = float(values[-1])
@@ -66,9 +67,16 @@ def _row(index, group, cfg, solver, status, steps, diverged_at, optimum, history
 
 # Working set under which a vmapped batch stays fast. CPU: measured on the 2-core development
 # machine, 16 configurations of (K, d, n) = (10, 64, 100) (~1 MB each) vmap well while one of
-# (10, 512, 500) (~40 MB) already runs 1.9x slower vmapped than one after another.
+# (10, 512, 500) (~40 MB) runs several times slower vmapped than unbatched (a batched matmul
+# misses the fast path), so large problems go one configuration at a time under `lax.map`.
 CPU_BATCH_BYTES = 32 * 2**20
+# Share of memory one compiled call may fill with configurations' state: host memory on a CPU,
+# device memory on an accelerator (the rest is for XLA's temporaries and the histories).
+HOST_MEMORY_FRACTION = 0.25
 ACCELERATOR_MEMORY_FRACTION = 0.5
+# Configurations per compiled call at most, whatever the memory: one chunk is also one
+# checkpoint, so this bounds the work an interruption can lose.
+MAX_CHUNK = 4096
 
 
 def config_bytes(problem: Problem) -> int:
@@ -79,32 +87,57 @@ def config_bytes(problem: Problem) -> int:
     return itemsize * (4 * (K * d + d * N + K) + 3 * K * N)
 
 
-def batch_width(problem: Problem, n_configs: int) -> int:
-    """Configurations per vmapped call from the problem size and the device: as many as fit the
-    working-set budget (the cache on a CPU, a fraction of memory on an accelerator), times the
-    number of local devices the batch is sharded over."""
-    device = jax.local_devices()[0]
-    n_dev = jax.local_device_count()
-    if device.platform == "cpu":
-        budget = CPU_BATCH_BYTES
-    else:
+def _accelerator(device) -> bool:
+    return device.platform != "cpu"
+
+
+def _memory_bytes(device=None) -> float:
+    """Memory one compiled call may use on `device` (default: the host; see the fractions)."""
+    if device is not None and _accelerator(device):
         stats = device.memory_stats() or {}
-        budget = ACCELERATOR_MEMORY_FRACTION * stats.get("bytes_limit", 8 * 2**30)
-    per_device = max(1, int(budget // config_bytes(problem)))
-    return max(1, min(n_configs, per_device * n_dev))
+        return ACCELERATOR_MEMORY_FRACTION * stats.get("bytes_limit", 8 * 2**30)
+    try:
+        import os
+
+        host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        host = 8 * 2**30
+    return HOST_MEMORY_FRACTION * host
+
+
+def batch_width(problem: Problem, n_configs: int) -> int:
+    """Configurations per vmapped slice. CPU: as many as fit the cache-sized working-set budget
+    (1 for large problems: one at a time, the fast way there); accelerator: the whole chunk
+    (vmap fills the device). Times the local device count the batch is sharded over."""
+    device = jax.local_devices()[0]
+    if _accelerator(device):
+        return chunk_size(problem, n_configs)
+    per_device = max(1, int(CPU_BATCH_BYTES // config_bytes(problem)))
+    return max(1, min(n_configs, per_device * jax.local_device_count()))
+
+
+def chunk_size(problem: Problem, n_configs: int, width: int = 1) -> int:
+    """Configurations per compiled call (and per checkpoint): as many as fit the memory of the
+    local devices, at most MAX_CHUNK, a multiple of `width`; a grid larger than memory runs as
+    several chunks."""
+    device = jax.local_devices()[0]
+    fits = int(_memory_bytes(device) * jax.local_device_count() // config_bytes(problem))
+    fits = max(width, min(fits, MAX_CHUNK) // width * width)
+    return min(fits, -(-n_configs // width) * width)
 
 
 def _timed_trial(problem, solver_name, solver, hypers, seeds, width) -> int:
-    """Keep `width` only if a short vmapped trial beats running its configurations one after
-    another (both compiled first); otherwise run them one at a time."""
+    """Keep `width` only if a short vmapped trial beats running its configurations one at a
+    time (both compiled first); otherwise run them one at a time."""
     steps = min(solver["steps"], 50)
     kwargs = dict(steps=steps, log_every=steps, tol=0.0, solver=solver_name,
                   init_scale=solver["init_scale"], progress=False)
     take = lambda tree, n: Hyper(*(np.asarray(v)[:n] for v in tree))
     for _ in range(2):  # the first call of each compiles
         batched = solve_batch(problem, take(hypers, width), seeds[:width], **kwargs).seconds
-        single = solve_batch(problem, take(hypers, 1), seeds[:1], **kwargs).seconds
-    return width if batched <= single * width else 1
+        single = solve_batch(problem, take(hypers, width), seeds[:width], width=1,
+                             **kwargs).seconds
+    return width if batched <= single else 1
 
 
 def _config_columns(problem: Problem, hyper: Hyper, solver: str) -> dict:
@@ -212,35 +245,76 @@ def _load_chunk(out: Path, tag: str, indices, rows, histories) -> bool:
     return True
 
 
+def _run_chunk(configs, solver, problem, solver_name, indices, size, width, bar) -> dict:
+    """Run one chunk as one compiled call; its results as plain arrays (what is gathered from
+    other hosts)."""
+    # Pad a short last chunk with copies of its last configuration: same shape, no
+    # recompilation; the copies' results are dropped.
+    padded = indices + [indices[-1]] * (size - len(indices))
+    batch = solve_batch(problem, _group_hypers(configs, padded),
+                        [configs[i].seed for i in padded], steps=solver["steps"],
+                        log_every=solver["log_every"], tol=solver["tol"], solver=solver_name,
+                        init_scale=solver["init_scale"],
+                        progress=bar if bar is not None else False, width=width)
+    n = len(indices)
+    arrays = {f"history/{k}": (v if k == "iteration" else np.asarray(v)[:n])
+              for k, v in batch.history.items()}
+    arrays.update(
+        steps=np.asarray(batch.steps)[:n],
+        status=np.array([STATUSES.index(s) for s in batch.status[:n]]),
+        diverged_at=np.asarray(batch.diverged_at)[:n],
+        f_star=np.array([np.nan if o is None else o.objective for o in batch.optimum[:n]]),
+        is_zero=np.array([False if o is None else o.is_zero for o in batch.optimum[:n]]),
+        seconds=np.full(n, batch.seconds / len(padded)))
+    return arrays
+
+
+def _apply_chunk(arrays, group, solver_name, indices, configs, rows, histories) -> None:
+    """Rows and histories of a finished chunk from its arrays."""
+    for j, i in enumerate(indices):
+        history = {k.split("/", 1)[1]: (v if k == "history/iteration" else v[j])
+                   for k, v in arrays.items() if k.startswith("history/")}
+        histories[i] = history
+        rows[i] = _row(i, group, configs[i], solver_name, STATUSES[int(arrays["status"][j])],
+                       arrays["steps"][j], arrays["diverged_at"][j], arrays["f_star"][j],
+                       arrays["is_zero"][j], history, float(arrays["seconds"][j]))
+
+
 def _group_hypers(configs, indices) -> Hyper:
     return Hyper(*(np.array([getattr(configs[i].hyper, f) for i in indices]) for f in Hyper._fields))
 
 
-def _plan(experiment, configs, groups, out) -> list[int]:
-    """Configurations per vmapped call, one width per group: the file's run.batch, or
-    `batch_width` confirmed by `_timed_trial` when the group is worth a trial. Saved with the
-    checkpoints, so a resumed run cuts its groups exactly as the first run did."""
+def _plan(experiment, configs, groups, out) -> list[tuple[int, int]]:
+    """(vmapped width, chunk) per group: the file's run.batch / run.chunk, or `batch_width`
+    (confirmed by `_timed_trial` when the group is worth a trial) and `chunk_size`. Saved with
+    the checkpoints, so a resumed run cuts its groups exactly as the first run did."""
     plan_path = None if out is None else out / CHECKPOINTS / "plan.json"
     if plan_path is not None and plan_path.is_file():
-        return json.loads(plan_path.read_text())
-    widths = []
+        return [tuple(p) if isinstance(p, list) else (p, p)
+                for p in json.loads(plan_path.read_text())]
+    plan = []
     for (problem, solver_name), indices in groups.items():
         if experiment.run["batch"]:
-            widths.append(min(experiment.run["batch"], len(indices)))
-            continue
-        width = batch_width(problem, len(indices))
-        # A trial costs two compilations: worth it only for long runs of batches whose working
-        # set comes near the budget, where vmap can lose to a loop.
-        near_budget = width * config_bytes(problem) > CPU_BATCH_BYTES / 4
-        if width > 1 and near_budget and experiment.solver["steps"] >= 500:
-            seeds = [configs[i].seed for i in indices]
-            width = _timed_trial(problem, solver_name, experiment.solver,
-                                 _group_hypers(configs, indices), seeds, width)
-        widths.append(width)
+            width = min(experiment.run["batch"], len(indices))
+        else:
+            width = batch_width(problem, len(indices))
+            # A trial costs two compilations: worth it only for long runs of batches whose
+            # working set comes near the budget, where vmap can lose to one at a time.
+            near_budget = width * config_bytes(problem) > CPU_BATCH_BYTES / 4
+            if (width > 1 and near_budget and experiment.solver["steps"] >= 500
+                    and not _accelerator(jax.local_devices()[0])):
+                seeds = [configs[i].seed for i in indices]
+                width = _timed_trial(problem, solver_name, experiment.solver,
+                                     _group_hypers(configs, indices), seeds, width)
+        if experiment.run["chunk"]:
+            chunk = max(width, experiment.run["chunk"] // width * width)
+        else:
+            chunk = chunk_size(problem, len(indices), width)
+        plan.append((width, min(chunk, -(-len(indices) // width) * width)))
     if plan_path is not None:
         plan_path.parent.mkdir(exist_ok=True)
-        plan_path.write_text(json.dumps(widths))
-    return widths
+        plan_path.write_text(json.dumps(plan))
+    return plan
 
 
 def run(config_or_path=None, out=None, *, overrides=(), progress=None) -> GridResult:
@@ -252,19 +326,23 @@ def run(config_or_path=None, out=None, *, overrides=(), progress=None) -> GridRe
     the same experiment into the same folder again resumes: finished groups are read back, not
     recomputed, and the final folder equals an uninterrupted run's (timings aside). A folder
     holding another configuration is refused (`ResultsFolderError`).
+
+    Several processes (after `ufm.multihost.initialize()`): each runs its share of the chunks,
+    in rounds of one chunk per process; every round's results are gathered to all processes and
+    process 0 alone writes the folder. Landscape kinds run whole on every process.
     """
     experiment = _as_experiment(config_or_path, overrides)
     configs = _config.configurations(experiment)
     config_text = _config.dumps(experiment)
     out = None if out is None else Path(out)
-    if out is not None:
+    if out is not None and multihost.is_main():
         _claim_folder(out, config_text)
     if experiment.kind != "solve":
         t0 = time.perf_counter()
         rows, histories, arrays, n_pairs = _run_landscape(experiment, configs, progress)
         seconds = time.perf_counter() - t0
         result = GridResult(experiment, rows, histories, seconds)
-        if out is not None:
+        if out is not None and multihost.is_main():
             result.out = io.write_results(
                 out, config_text, rows, histories,
                 io.manifest(seconds, experiment=experiment.name, kind=experiment.kind,
@@ -275,51 +353,65 @@ def run(config_or_path=None, out=None, *, overrides=(), progress=None) -> GridRe
     histories: list = [None] * len(configs)
     t0 = time.perf_counter()
     groups = _groups(configs)
-    widths = _plan(experiment, configs, groups, out)
-    if out is not None and (out / io.RESULTS).is_file():
-        (out / io.RESULTS).unlink()  # rebuilt from the checkpoints below, in run order
-    chunks = []  # (group index, chunk index, problem, solver, indices, width)
-    for g, (((problem, solver_name), indices), width) in enumerate(zip(groups.items(), widths)):
-        for c, first in enumerate(range(0, len(indices), width)):
-            chunks.append((g, c, problem, solver_name, indices[first:first + width], width))
+    main = multihost.is_main()
+    writer = out if main else None  # only process 0 writes
+    # Every process must cut the grid the same way: process 0's plan (it may have timed trials).
+    plan = [tuple(p) for p in multihost.broadcast_json(
+        [list(p) for p in _plan(experiment, configs, groups, writer)] if main else None)]
+    if writer is not None and (writer / io.RESULTS).is_file():
+        (writer / io.RESULTS).unlink()  # rebuilt from the checkpoints below, in run order
+    chunks = []  # (group index, chunk index, problem, solver, indices, chunk size, width)
+    for g, (((problem, solver_name), indices), (width, size)) in enumerate(zip(groups.items(),
+                                                                              plan)):
+        for c, first in enumerate(range(0, len(indices), size)):
+            chunks.append((g, c, problem, solver_name, indices[first:first + size], size, width))
+    tags = [f"group-{g:05d}-chunk-{c:05d}" for g, c, *_ in chunks]
     # One bar over the whole grid (configuration-steps, ETA); solve_batch advances it.
-    bar = progress_bar(progress, sum(w for *_, w in chunks) * solver["steps"],
+    bar = progress_bar(progress if main else False,
+                       sum(size for *_, size, _ in chunks) * solver["steps"],
                        f"{len(configs)} configurations")
-    resumed = 0
-    for g, c, problem, solver_name, indices, width in chunks:
-        tag = f"group-{g:05d}-chunk-{c:05d}"
-        if out is not None and _load_chunk(out, tag, indices, rows, histories):
-            io.append_table(out / io.RESULTS, [rows[i] for i in indices])
-            resumed += 1
+    # Finished chunks (checkpoints of an interrupted run), as process 0 sees them.
+    done = [k for k, (tag, chunk) in enumerate(zip(tags, chunks))
+            if writer is not None and _load_chunk(writer, tag, chunk[4], rows, histories)]
+    done = multihost.broadcast_json(done)
+    if writer is not None:
+        io.append_table(writer / io.RESULTS, [rows[i] for k in done for i in chunks[k][4]])
+    todo = [k for k in range(len(chunks)) if k not in set(done)]
+    n_proc, me = multihost.count(), multihost.index()
+    if bar is not None:
+        bar.update(sum(chunks[k][5] for k in done) * solver["steps"])
+    for first in range(0, len(todo), n_proc):
+        # One round: process p runs chunk todo[first + p]; then every process gets every result.
+        round_chunks = todo[first:first + n_proc]
+        mine = round_chunks[me] if me < len(round_chunks) else None
+        blob = b""
+        if mine is not None:
+            g, c, problem, solver_name, indices, size, width = chunks[mine]
             if bar is not None:
-                bar.update(width * solver["steps"])
-            continue
-        # Pad a short last chunk with copies of its last configuration: same shape, no
-        # recompilation; the copies' results are dropped.
-        padded = indices + [indices[-1]] * (width - len(indices))
-        if bar is not None:
-            bar.set_description(f"group {g + 1}/{len(groups)} {problem.loss} {solver_name}")
-        batch = solve_batch(problem, _group_hypers(configs, padded),
-                            [configs[i].seed for i in padded], steps=solver["steps"],
-                            log_every=solver["log_every"], tol=solver["tol"],
-                            solver=solver_name, init_scale=solver["init_scale"],
-                            progress=bar if bar is not None else False)
-        per_config_seconds = batch.seconds / len(padded)
-        for j, i in enumerate(indices):
-            history = {k: (v if k == "iteration" else v[j]) for k, v in batch.history.items()}
-            histories[i] = history
-            rows[i] = _row(i, g, configs[i], solver_name, batch.status[j], batch.steps[j],
-                           batch.diverged_at[j], batch.optimum[j], history, per_config_seconds)
-        if out is not None:
-            _save_chunk(out, tag, indices, rows, histories)
+                bar.set_description(f"group {g + 1}/{len(groups)} {problem.loss} {solver_name}")
+            blob = multihost.pack_arrays(_run_chunk(configs, solver, problem, solver_name,
+                                                    indices, size, width,
+                                                    bar if n_proc == 1 else None))
+        for k, got in zip(round_chunks, multihost.allgather_bytes(blob)):
+            g, c, problem, solver_name, indices, size, width = chunks[k]
+            _apply_chunk(multihost.unpack_arrays(got), g, solver_name, indices, configs, rows,
+                         histories)
+            if n_proc > 1 and bar is not None:
+                bar.update(size * solver["steps"])
+        if writer is not None:
+            for k in round_chunks:  # checkpoint and append to results.csv as soon as done
+                _save_chunk(writer, tags[k], chunks[k][4], rows, histories)
+    resumed = len(done)
     if bar is not None:
         bar.close()
     seconds = time.perf_counter() - t0
     result = GridResult(experiment, rows, histories, seconds)
-    if out is not None:
+    if writer is not None:
         result.out = io.write_results(
             out, config_text, rows, histories,
             io.manifest(seconds, experiment=experiment.name, configurations=len(configs),
-                        groups=len(groups), batch_widths=widths, chunks=len(chunks),
+                        processes=n_proc,
+                        groups=len(groups), batch_widths=[w for w, _ in plan],
+                        chunk_sizes=[c for _, c in plan], chunks=len(chunks),
                         chunks_resumed=resumed))
     return result

@@ -1,0 +1,86 @@
+"""Two processes on 127.0.0.1 (JAX's multi-controller runtime, gloo collectives on CPU) run a
+grid between them; process 0's table equals a one-process run's."""
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from ufm import io, multihost
+
+GRID = """
+name = "two_hosts"
+[problem]
+num_classes = 3
+feature_dim = 4
+n_per_class = 2
+loss = ["ce", "mse"]
+dtype = "float64"
+[hyper]
+lam_W = [1e-2, 2e-2, 3e-2]
+lam_H = 1e-2
+lr = [0.5, 1e4]
+[solver]
+steps = 200
+log_every = 50
+[run]
+seeds = [0, 1]
+chunk = 4
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _ufm(args, **kwargs):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)
+    return subprocess.Popen([sys.executable, "-m", "ufm", "run", *args, "--no-plots",
+                             "--no-progress"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def _table(path):
+    table = io.read_table(path / io.RESULTS)
+    return {k: v for k, v in table.items() if k != "seconds"}
+
+
+def test_two_processes_write_the_one_process_table(tmp_path):
+    exp = tmp_path / "grid.toml"
+    exp.write_text(GRID)
+    port = _free_port()
+    procs = [_ufm([str(exp), "--out", str(tmp_path / "two"), "--coordinator",
+                   f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)])
+             for i in range(2)]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, outputs):
+        assert p.returncode == 0, err
+    assert "on 2 processes" in outputs[0][1]
+    single = _ufm([str(exp), "--out", str(tmp_path / "one")])
+    _, err = single.communicate(timeout=300)
+    assert single.returncode == 0, err
+    one, two = _table(tmp_path / "one"), _table(tmp_path / "two")
+    assert list(one) == list(two) and len(one["row"]) == 24
+    for key in one:
+        a, b = [list(map(str, t[key])) for t in (one, two)]  # exact, NaN == NaN, None == None
+        assert a == b, key
+    assert list(two["status"]).count("diverged") == 12  # lr = 1e4, flagged in its own rows
+    h1, h2 = io.load_results(tmp_path / "one")[1], io.load_results(tmp_path / "two")[1]
+    for key in h1:
+        np.testing.assert_array_equal(h1[key], h2[key], err_msg=key)
+
+
+def test_initialize_names_what_is_missing(monkeypatch):
+    monkeypatch.setattr(multihost.initialize, "_done", False, raising=False)
+    with pytest.raises(ValueError, match="needs num_processes and process_id"):
+        multihost.initialize("127.0.0.1:1234")
+    with pytest.raises(ValueError, match="process_id=2 is not allowed"):
+        multihost.initialize("127.0.0.1:1234", 2, 2)
+    monkeypatch.setenv("JAX_NUM_PROCESSES", "two")
+    with pytest.raises(ValueError, match="JAX_NUM_PROCESSES='two' is not allowed"):
+        multihost.initialize("127.0.0.1:1234")
