@@ -25,7 +25,7 @@ import numpy as np
 import ufm
 
 # (K, d, n, steps): fewer steps for the large shapes keep each arm to seconds on 2 cores.
-SIZES = [(10, 64, 100, 2000), (10, 512, 500, 20), (100, 256, 50, 10)]
+SIZES = [(10, 64, 100, 2000), (10, 512, 500, 40), (100, 256, 50, 20)]
 GRIDS = [16, 64]
 LAM, LR = 5e-4, 0.5
 
@@ -36,22 +36,25 @@ def _hypers(n_configs):
 
 
 def time_ufm(K, d, n, steps, n_configs):
-    """The grid runner's way: vmapped calls of `grid.batch_width` configurations each."""
+    """The grid runner's way: chunks of `grid.chunk_size` configurations, each one compiled call
+    over vmapped slices of `grid.batch_width` (lax.map over the slices)."""
     from ufm import grid
 
     prob = ufm.Problem(num_classes=K, feature_dim=d, n_per_class=n)
     width = grid.batch_width(prob, n_configs)
+    size = grid.chunk_size(prob, n_configs, width)
     hypers = _hypers(n_configs)
-    kwargs = dict(steps=steps, log_every=steps, tol=0.0, progress=False)
-    def chunk(lo):  # padded to the width like the runner's last chunk: no recompilation
-        idx = list(range(lo, min(lo + width, n_configs)))
-        idx += [idx[-1]] * (width - len(idx))
+    kwargs = dict(steps=steps, log_every=steps, tol=0.0, progress=False, width=width)
+
+    def chunk(lo):  # padded to the chunk size like the runner's last chunk: no recompilation
+        idx = list(range(lo, min(lo + size, n_configs)))
+        idx += [idx[-1]] * (size - len(idx))
         return ufm.Hyper(*(np.broadcast_to(v, (n_configs,))[idx] for v in hypers)), idx
 
     ufm.solve_batch(prob, *chunk(0), **kwargs)  # compile
     seconds = sum(ufm.solve_batch(prob, *chunk(lo), **kwargs).seconds
-                  for lo in range(0, n_configs, width))
-    return seconds, width
+                  for lo in range(0, n_configs, size))
+    return seconds, width, size
 
 
 def time_torch(K, d, n, steps, n_configs):
@@ -77,19 +80,34 @@ def time_torch(K, d, n, steps, n_configs):
     return time.perf_counter() - t0
 
 
-def matmul_gflops(K, d, n, n_configs):
-    """GFLOP/s of a plain jitted batched matmul W H at the same shapes (float32)."""
+def matmul_gflops(K, d, n, n_configs, precision="highest"):
+    """GFLOP/s of a plain jitted matmul W H at the same shapes (float32, at the precision ufm
+    uses, "highest": no TF32 on GPUs; "default" gives the TF32 rate where there is one):
+    the better of one batched einsum over all configurations and one configuration at a time
+    (a batched matmul can be far slower than the plain one on a CPU)."""
     N = K * n
     key = jax.random.key(0)
-    W = jax.random.normal(key, (n_configs, K, d))
-    H = jax.random.normal(key, (n_configs, d, N))
-    f = jax.jit(lambda W, H: jnp.einsum("bkd,bdn->bkn", W, H))
-    f(W, H).block_until_ready()
-    reps = max(3, int(2e9 / (2 * K * d * N * n_configs)))
-    t0 = time.perf_counter()
-    for _ in range(reps):
+    batch = min(n_configs, max(1, int(2**31 // (4 * (K * d + d * N + K * N)))))
+    W = jax.random.normal(key, (batch, K, d))
+    H = jax.random.normal(key, (batch, d, N))
+    rates = []
+    with jax.default_matmul_precision(precision):
+        rates = _matmul_rates(K, d, N, W, H, batch)
+    return max(rates)
+
+
+def _matmul_rates(K, d, N, W, H, batch):
+    rates = []
+    for f, count in ((jax.jit(lambda W, H: jnp.einsum("bkd,bdn->bkn", W, H)), batch),
+                     (jax.jit(lambda W, H: W[0] @ H[0]), 1)):
         f(W, H).block_until_ready()
-    return 2 * K * d * N * n_configs * reps / (time.perf_counter() - t0) / 1e9
+        reps = max(3, int(2e9 / (2 * K * d * N * count)))
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            out = f(W, H)
+        out.block_until_ready()
+        rates.append(2 * K * d * N * count * reps / (time.perf_counter() - t0) / 1e9)
+    return rates
 
 
 def time_to_optimum():
@@ -112,10 +130,31 @@ def time_to_optimum():
     return out
 
 
+def precision_check():
+    """float32 CE at (10, 32, 50), lam = 5e-4, GD: relative gap to f* with ufm's full-precision
+    matmuls and with JAX's default precision (TF32 on recent NVIDIA GPUs)."""
+    prob = ufm.Problem(num_classes=10, feature_dim=32, n_per_class=50)
+    hyp = ufm.Hyper(lam_W=LAM, lam_H=LAM, lam_b=LAM, lr=1.0)
+    steps = 30_000
+    out = {"highest": float(ufm.solve(prob, hyp, steps=steps, log_every=steps).history["rel_gap"][-1])}
+    run = jax.jit(ufm.solvers.make_run(prob, steps=steps, log_every=steps, tol=1e-6))
+    f_star = ufm.theory.optimum(prob, hyp).objective
+    with jax.default_matmul_precision("default"):  # outside ufm's scope: JAX's default
+        _, history, _, _ = run(hyp.astype(jnp.float32), jax.random.key(0), jnp.float32(f_star))
+    out["default"] = float(history["rel_gap"][-1])
+    return out
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="smallest size and grid only")
+    parser.add_argument("--grids", type=int, nargs="+", help="grid sizes (default: 16 64 on "
+                        "a CPU, 256 1024 4096 on an accelerator)")
+    parser.add_argument("--steps-scale", type=float, default=None,
+                        help="multiply every size's step count (default 1 on a CPU, 10 on an "
+                        "accelerator, where steps are fast)")
     args = parser.parse_args()
+    accelerator = jax.default_backend() != "cpu"
     try:
         import torch
 
@@ -124,24 +163,40 @@ def main():
     except ImportError:
         has_torch = False
         print("torch is not installed: the PyTorch arm is skipped (pip install torch==2.13.0)")
-    print(f"device: {jax.devices()[0]}, float32, CE, GD")
-    print(f"{'(K, d, n)':>15} {'configs':>7} {'width':>5} {'steps':>5} {'ufm cfg-steps/s':>15} "
+    device = jax.devices()[0]
+    print(f"device: {getattr(device, 'device_kind', device)} ({device.platform}), float32, CE, GD; "
+          "matmuls at precision 'highest' (ufm's setting) in both ufm and the matmul reference")
+    print(f"{'(K, d, n)':>15} {'configs':>7} {'width':>5} {'chunk':>5} {'steps':>5} "
+          f"{'ufm cfg-steps/s':>15} "
           f"{'torch cfg-steps/s':>17} {'ratio':>6} {'ufm GFLOP/s':>11} {'of matmul':>9}")
     sizes = SIZES[:1] if args.quick else SIZES
-    grids = GRIDS[:1] if args.quick else GRIDS
+    grids = args.grids or ([256, 1024, 4096] if accelerator else GRIDS)
+    grids = grids[:1] if args.quick else grids
+    scale = args.steps_scale or (10 if accelerator else 1)
     for K, d, n, steps in sizes:
+        steps = max(1, int(steps * scale))
         for n_configs in grids:
-            seconds, width = time_ufm(K, d, n, steps, n_configs)
+            seconds, width, size = time_ufm(K, d, n, steps, n_configs)
             rate = n_configs * steps / seconds
             gflops = 6 * K * d * K * n * rate / 1e9
             peak = matmul_gflops(K, d, n, n_configs)
-            if has_torch:
+            if has_torch and not accelerator:
                 torch_rate = n_configs * steps / time_torch(K, d, n, steps, n_configs)
                 torch_text, ratio = f"{torch_rate:17.0f}", f"{rate / torch_rate:6.1f}"
             else:
                 torch_text, ratio = f"{'-':>17}", f"{'-':>6}"
-            print(f"{str((K, d, n)):>15} {n_configs:>7} {width:>5} {steps:>5} {rate:15.0f} {torch_text} "
-                  f"{ratio} {gflops:11.1f} {gflops / peak:9.0%}")
+            print(f"{str((K, d, n)):>15} {n_configs:>7} {width:>5} {size:>5} {steps:>5} "
+                  f"{rate:15.0f} {torch_text} "
+                  f"{ratio} {gflops:11.1f} {gflops / peak:9.0%}", flush=True)
+        if accelerator:
+            print(f"{'':>15} matmul GFLOP/s at these shapes: {peak:.0f} (highest), "
+                  f"{matmul_gflops(K, d, n, n_configs, 'default'):.0f} (default, TF32 where "
+                  "the card has it)", flush=True)
+    if accelerator:
+        gaps = precision_check()
+        print(f"\nfloat32 CE (10, 32, 50), GD 30k steps, relative gap to f*: "
+              f"{gaps['highest']:.1e} (ufm, precision highest), {gaps['default']:.1e} "
+              "(JAX default precision)")
     print("\ntime to the optimum (float64 CE, (10, 32, 50), lam = 5e-4, |f - f*| < 1e-6 f*):")
     for solver, (seconds, iteration) in time_to_optimum().items():
         print(f"  {solver:>6}: {seconds:6.2f} s ({iteration} iterations)")

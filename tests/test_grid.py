@@ -132,11 +132,13 @@ def test_batch_width_follows_problem_size(monkeypatch):
 
     small = Problem(num_classes=10, feature_dim=64, n_per_class=100)
     large = Problem(num_classes=10, feature_dim=512, n_per_class=500)
-    assert grid.batch_width(small, 16) == 16  # ~1 MB a configuration: vmap all 16
+    assert grid.batch_width(small, 16) == 8  # ~1 MB a configuration: slices of 8
+    assert grid.batch_width(small, 12) == 6  # equal slices, no padding
+    assert grid.batch_width(small, 5) == 5
     assert grid.batch_width(large, 16) == 1  # ~40 MB: one at a time on this CPU
-    assert grid.config_bytes(large) > grid.CPU_BATCH_BYTES > 16 * grid.config_bytes(small)
+    assert grid.config_bytes(large) > grid.CPU_BATCH_BYTES > 8 * grid.config_bytes(small)
     # Chunks: whole groups while memory allows (a multiple of the width), cut beyond it.
-    assert grid.chunk_size(small, 10, width=4) == 12
+    assert grid.chunk_size(small, 10, width=4) == 12  # whole group, padded to the width
     assert grid.chunk_size(small, 10**6) == grid.MAX_CHUNK
     assert grid.chunk_size(large, 10**6) * grid.config_bytes(large) <= grid._memory_bytes(None)
     monkeypatch.setattr(grid, "_memory_bytes", lambda device: 5.5 * grid.config_bytes(large))

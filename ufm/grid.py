@@ -65,11 +65,12 @@ def _row(index, group, cfg, solver, status, steps, diverged_at, f_star, is_zero,
     return row
 
 
-# Working set under which a vmapped batch stays fast. CPU: measured on the 2-core development
-# machine, 16 configurations of (K, d, n) = (10, 64, 100) (~1 MB each) vmap well while one of
-# (10, 512, 500) (~40 MB) runs several times slower vmapped than unbatched (a batched matmul
-# misses the fast path), so large problems go one configuration at a time under `lax.map`.
-CPU_BATCH_BYTES = 32 * 2**20
+# Working set under which a vmapped slice stays fast on a CPU. Measured on the 2-core
+# development machine at (K, d, n) = (10, 64, 100) (~1.1 MB a configuration), 64 configurations,
+# GD: slices of 1/2/4/8/16/32/64 ran 5975/6269/8121/8617/8108/5905/4875 configuration-steps/s;
+# at (10, 512, 500) (~40 MB) one vmapped configuration runs several times slower than an
+# unbatched one (a batched matmul misses the fast path), so large problems go one at a time.
+CPU_BATCH_BYTES = 10 * 2**20
 # Share of memory one compiled call may fill with configurations' state: host memory on a CPU,
 # device memory on an accelerator (the rest is for XLA's temporaries and the histories).
 HOST_MEMORY_FRACTION = 0.25
@@ -113,7 +114,8 @@ def batch_width(problem: Problem, n_configs: int) -> int:
     if _accelerator(device):
         return chunk_size(problem, n_configs)
     per_device = max(1, int(CPU_BATCH_BYTES // config_bytes(problem)))
-    return max(1, min(n_configs, per_device * jax.local_device_count()))
+    widest = max(1, min(n_configs, per_device * jax.local_device_count()))
+    return -(-n_configs // -(-n_configs // widest))  # equal slices: the least padding
 
 
 def chunk_size(problem: Problem, n_configs: int, width: int = 1) -> int:
