@@ -139,7 +139,7 @@ def test_batch_width_follows_problem_size(monkeypatch):
     assert grid.config_bytes(large) > grid.CPU_BATCH_BYTES > 8 * grid.config_bytes(small)
     # Chunks: whole groups while memory allows (a multiple of the width), cut beyond it.
     assert grid.chunk_size(small, 10, width=4) == 12  # whole group, padded to the width
-    assert grid.chunk_size(small, 10**6) == grid.MAX_CHUNK
+    assert grid.chunk_size(small, 10**6) == 4082  # 245 equal chunks of at most MAX_CHUNK
     assert grid.chunk_size(large, 10**6) * grid.config_bytes(large) <= grid._memory_bytes(None)
     monkeypatch.setattr(grid, "_memory_bytes", lambda device: 5.5 * grid.config_bytes(large))
     assert grid.chunk_size(large, 100) == 5 and grid.chunk_size(large, 100, width=2) == 4

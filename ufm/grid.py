@@ -125,7 +125,9 @@ def chunk_size(problem: Problem, n_configs: int, width: int = 1) -> int:
     device = jax.local_devices()[0]
     fits = int(_memory_bytes(device) * jax.local_device_count() // config_bytes(problem))
     fits = max(width, min(fits, MAX_CHUNK) // width * width)
-    return min(fits, -(-n_configs // width) * width)
+    n_chunks = -(-n_configs // fits)
+    per_chunk = -(-n_configs // n_chunks)  # equal chunks: the least padding
+    return -(-per_chunk // width) * width
 
 
 def _timed_trial(problem, solver_name, solver, hypers, seeds, width) -> int:

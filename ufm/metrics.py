@@ -56,9 +56,10 @@ def _gram_to_etf(G, E):
     return jnp.linalg.norm(G / jnp.linalg.norm(G) - E)
 
 
-def _nc_metrics(W, H, labels, b, global_mean):
-    K, d = W.shape
-    N = H.shape[1]
+def _class_statistics(H, labels, K, global_mean):
+    """One-hot Y, counts, class means, M, within-class deviations and NC1 (Papyan's
+    tr(Sigma_W Sigma_B^+)) of features H (d, N)."""
+    d, N = H.shape
     dtype = H.dtype
     Y = jax.nn.one_hot(labels, K, dtype=dtype).T  # (K, N)
     counts = jnp.sum(Y, axis=1)  # (K,)
@@ -76,6 +77,24 @@ def _nc_metrics(W, H, labels, b, global_mean):
     defined = S[0] > 0
     nan = jnp.asarray(jnp.nan, dtype)
     nc1_papyan = jnp.where(defined, (K / N) * jnp.sum(inv_sq * projected_sq), nan)
+    return Y, counts, means, M, within, defined, nan, nc1_papyan
+
+
+def nc1(H, labels, num_classes: int, *, global_mean: str = "class_means"):
+    """NC1 = (1/K) tr(Sigma_W Sigma_B^+) of features H (d, N) alone (no classifier needed): the
+    layer-wise NC1 of a network's intermediate representations (Papyan et al. 2020; He & Su
+    2023, "progressive separation"). d may be large: no d x d matrix is formed."""
+    if global_mean not in GLOBAL_MEANS:
+        raise ValueError(f"global_mean={global_mean!r} is not allowed: one of {list(GLOBAL_MEANS)}")
+    return _class_statistics(H, jnp.asarray(labels), int(num_classes), global_mean)[-1] / num_classes
+
+
+def _nc_metrics(W, H, labels, b, global_mean):
+    K, d = W.shape
+    N = H.shape[1]
+    dtype = H.dtype
+    Y, counts, means, M, within, defined, nan, nc1_papyan = _class_statistics(H, labels, K,
+                                                                             global_mean)
     trace_W = jnp.sum(within**2) / N
     trace_B = jnp.sum(M**2) / K
     nc1_trace = jnp.where(defined, trace_W / jnp.where(defined, trace_B, 1.0), nan)
