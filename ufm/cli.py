@@ -74,6 +74,10 @@ def summary(table: dict, kind: str = "solve") -> str:
     landscape kinds get their own columns."""
     from ufm.plots import series_labels
 
+    if kind == "net":
+        from ufm.nets.experiment import summary as net_summary
+
+        return net_summary(table)
     if kind != "solve":
         return _landscape_summary(table, kind)
     labels, _ = series_labels(table)
@@ -96,6 +100,45 @@ def summary(table: dict, kind: str = "solve") -> str:
     return "\n".join(out)
 
 
+def _is_net_file(path) -> bool:
+    import tomllib
+
+    try:
+        return tomllib.loads(Path(path).read_text()).get("kind") == "net"
+    except (OSError, tomllib.TOMLDecodeError):
+        return False  # config.load reports it
+
+
+def _run_net(args) -> int:
+    """`ufm run` on a network experiment (kind = "net", see ufm.nets.experiment)."""
+    import tomllib
+
+    from ufm import config, grid, io, plots
+    from ufm.nets import data as _data
+    from ufm.nets import experiment as net_experiment
+
+    try:
+        experiment = net_experiment.resolve(tomllib.loads(Path(args.config).read_text()))
+        if args.set:
+            experiment = net_experiment.apply_overrides(experiment, args.set)
+    except (config.ConfigError, ValueError) as err:
+        print(f"ufm run: {err}", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else Path("runs") / experiment.name
+    n_configs = len(net_experiment.configurations(experiment))
+    print(f"ufm run: {experiment.name}: {n_configs} trainings -> {out}", file=sys.stderr)
+    try:
+        result = net_experiment.run(experiment, out=out, progress=not args.no_progress)
+    except (grid.ResultsFolderError, _data.DatasetFilesMissing, ValueError) as err:
+        print(f"ufm run: {err}", file=sys.stderr)
+        return 2
+    if not args.no_plots:
+        plots.plot_results(out)
+    print(summary(io.read_table(out / io.RESULTS), "net"))
+    print(f"wall time {result.seconds:.1f} s; results in {out}/")
+    return 0
+
+
 def _cmd_run(args) -> int:
     from ufm import config, grid, multihost, plots
 
@@ -106,6 +149,8 @@ def _cmd_run(args) -> int:
             print(f"ufm run: {err}", file=sys.stderr)
             return 2
     main = multihost.is_main()
+    if args.config and _is_net_file(args.config):
+        return _run_net(args)
     try:
         experiment = config.load(args.config) if args.config else config.load_default()
         if args.set:

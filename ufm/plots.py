@@ -354,5 +354,57 @@ def plot_saddle_escape(directory: Path) -> list[Path]:
     return written
 
 
+def _net_labels(table):
+    """Per-row labels from the net experiment's columns that vary (seeds pooled)."""
+    varying = [c for c in table if c.split(".")[0] in ("data", "model", "train")
+               and len({str(v) for v in table[c]}) > 1]
+    labels = [", ".join(f"{c.split('.')[-1]}={table[c][i]}" for c in varying) or "run"
+              for i in range(len(table["row"]))]
+    return labels, list(dict.fromkeys(labels))
+
+
+NET_FIGURES = (("nc1", "NC1", True), ("nc2_W", "NC2 (W)", True), ("nc2_H", "NC2 (H)", True),
+               ("nc3", "NC3", True), ("train_acc", "train accuracy", False),
+               ("test_acc", "test accuracy", False))
+
+
+def plot_net(directory: Path) -> list[Path]:
+    """Network experiments: NC metrics and accuracies over epochs (median and range over
+    seeds), and the final NC1 of every layer (progressive separation, log scale)."""
+    plt = _pyplot()
+    table = io.read_table(directory / io.RESULTS)
+    with np.load(directory / io.HISTORY) as data:
+        history = {k: data[k] for k in data.files}
+    labels, series = _net_labels(table)
+    epochs = history["iteration"]
+    fig, axes = plt.subplots(2, 3, figsize=(13, 6.8), layout="constrained")
+    for ax, (key, title, log) in zip(axes.flat, NET_FIGURES):
+        if key in history:
+            _draw(ax, epochs, history[key], labels, key, log)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("epoch")
+    _legend(fig, axes.flat[0], len(series))
+    written = [_save(fig, directory / "net_training.png")]
+    layer_keys = sorted((k for k in history if k.startswith("layer_nc1_")),
+                        key=lambda k: int(k.rsplit("_", 1)[1]))
+    if layer_keys:
+        fig, ax = plt.subplots(figsize=(5.8, 3.8), layout="constrained")
+        final = np.array([[table[k][i] if k in table else np.nan for k in layer_keys]
+                          for i in range(len(table["row"]))], dtype=float)
+        for label in series:
+            rows = [i for i, lab in enumerate(labels) if lab == label]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                ax.plot(np.arange(1, len(layer_keys) + 1), np.nanmedian(final[rows], axis=0),
+                        "o-", label=label)
+        ax.set_yscale("log")
+        ax.set_xlabel("layer")
+        ax.set_ylabel("NC1 at the end of training")
+        ax.grid(True, which="major", alpha=0.3)
+        _legend(fig, ax, len(series))
+        written.append(_save(fig, directory / "layer_nc1.png"))
+    return written
+
+
 LANDSCAPE_FIGURES = {"benign": plot_benign, "origin_phase": plot_origin_phase,
-                     "saddle_escape": plot_saddle_escape}
+                     "saddle_escape": plot_saddle_escape, "net": plot_net}

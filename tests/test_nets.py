@@ -1,0 +1,228 @@
+"""The flax path: models, heads, losses, data readers, training, checkpoints, experiments."""
+import gzip
+import pickle
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import ufm
+from ufm import losses, metrics, theory
+from ufm.nets import data as nets_data
+from ufm.nets import experiment, models
+from ufm.nets.train import TrainSettings, make_train_step, train
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return nets_data.load("digits")
+
+
+def _tiny_gaussian(shape=(12,), K=4, n=8):
+    return nets_data.gaussian(num_classes=K, n_train=n, n_test=4, shape=shape, seed=1)
+
+
+@pytest.mark.parametrize("name,shape,options", [
+    ("mlp", (12,), dict(width=16, depth=2)),
+    ("mlp", (12,), dict(width=16, depth=2, batchnorm=True, normalize=True)),
+    ("resnet", (32, 32, 3), dict(width=4, blocks=1)),
+])
+@pytest.mark.parametrize("head", models.HEADS)
+def test_one_step_runs_for_every_model_and_head(name, shape, options, head):
+    data = _tiny_gaussian(shape)
+    model = models.build(name, input_shape=shape, num_classes=4, head=head, **options)
+    settings = TrainSettings(epochs=1, batch_size=16, lr=0.01)
+    optimizer = nnx.Optimizer(model, optax_sgd(), wrt=nnx.Param)
+    step = make_train_step(settings, len(data.y_train), 4)
+    before = jax.tree.map(np.asarray, nnx.state(model, nnx.Param))
+    W_before = np.asarray(model.head.weight())
+    loss, correct = step(model, optimizer, jnp.asarray(data.x_train[:16]),
+                         jnp.asarray(data.y_train[:16]))
+    assert np.isfinite(float(loss)) and 0 <= int(correct) <= 16
+    after = jax.tree.map(np.asarray, nnx.state(model, nnx.Param))
+    assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before),
+                                                        jax.tree.leaves(after)))
+    if head == "etf":  # the fixed ETF head stays fixed, and is a simplex ETF
+        W = np.asarray(model.head.weight())
+        np.testing.assert_array_equal(W, W_before)
+        np.testing.assert_allclose(W @ W.T, np.asarray(theory.simplex_etf(4, W.shape[1]))
+                                   @ np.asarray(theory.simplex_etf(4, W.shape[1])).T, atol=1e-6)
+
+
+def optax_sgd():
+    import optax
+
+    return optax.sgd(0.01)
+
+
+@pytest.mark.parametrize("loss", list(losses.LOSSES))
+def test_one_step_runs_for_every_loss(loss):
+    data = _tiny_gaussian()
+    model = models.build("mlp", input_shape=(12,), num_classes=4, width=16, depth=2)
+    settings = TrainSettings(loss=loss, epochs=1, batch_size=32,
+                             hyper=ufm.Hyper(tau=0.5, lam_W=1e-3, lam_H=1e-4, lam_b=1e-3))
+    step = make_train_step(settings, len(data.y_train), 4)
+    optimizer = nnx.Optimizer(model, optax_sgd(), wrt=nnx.Param)
+    loss_value, _ = step(model, optimizer, jnp.asarray(data.x_train), jnp.asarray(data.y_train))
+    assert np.isfinite(float(loss_value))
+
+
+def test_cmf_head_equals_the_class_means():
+    data = _tiny_gaussian()
+    model = models.build("mlp", input_shape=(12,), num_classes=4, width=16, depth=2, head="cmf")
+    settings = TrainSettings(epochs=1, batch_size=32, cmf_momentum=0.0)
+    step = make_train_step(settings, len(data.y_train), 4)
+    optimizer = nnx.Optimizer(model, optax_sgd(), wrt=nnx.Param)
+    x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
+    for _ in range(3):
+        model.eval()
+        H = np.asarray(model.features(x))  # the features this step sees (no BatchNorm here)
+        model.train()
+        step(model, optimizer, x, y)
+        means = np.stack([H[data.y_train == k].mean(0) for k in range(4)])
+        np.testing.assert_allclose(np.asarray(model.head.weight()),
+                                   means - means.mean(0), rtol=1e-5, atol=1e-6)
+
+
+def test_mlp_on_digits_collapses(digits):
+    """To zero training error, then NC1 < 1e-2 and NC2 < 0.1; layer-wise NC1 decreases."""
+    model = models.build("mlp", input_shape=digits.input_shape, num_classes=10)
+    result = train(model, digits, TrainSettings(epochs=300, eval_every=100), progress=False)
+    final = result.final
+    assert final["train_acc"] == 1.0 and final["test_acc"] > 0.95
+    assert final["nc1"] < 1e-2
+    assert final["nc2_W"] < 0.1 and final["nc2_H"] < 0.1
+    assert final["nc3"] < 0.1
+    layer_nc1 = final["layer_nc1"]
+    assert np.all(np.diff(layer_nc1) < 0), layer_nc1
+    # The penultimate layer's NC1 from metrics.nc1 is the nc_metrics NC1.
+    assert layer_nc1[-1] == pytest.approx(final["nc1"], rel=0.3)  # a stratified subset
+    assert result.history["nc1"][0] > 1.0  # it started uncollapsed
+
+
+def test_training_resumes_from_its_checkpoint(tmp_path):
+    data = _tiny_gaussian()
+
+    def fresh():
+        return models.build("mlp", input_shape=(12,), num_classes=4, width=16, depth=2)
+
+    settings = TrainSettings(epochs=6, eval_every=2, checkpoint_every=2, batch_size=8)
+    whole = train(fresh(), data, settings, progress=False)
+    # An interrupted run (killed right after epoch 4's checkpoint), then the same call again.
+    _interrupt_after(fresh(), data, settings, tmp_path, epochs=4)
+    resumed = train(fresh(), data, settings, out=tmp_path, progress=False)
+    for key in ("nc1", "train_loss", "train_acc"):
+        np.testing.assert_allclose(resumed.history[key], whole.history[key], rtol=1e-5, err_msg=key)
+    np.testing.assert_array_equal(resumed.history["iteration"], [0, 2, 4, 6])
+    with pytest.raises(ValueError, match="checkpoint of other settings"):
+        train(fresh(), data, TrainSettings(epochs=6, lr=0.5, batch_size=8), out=tmp_path,
+              progress=False)
+
+
+def _interrupt_after(model, data, settings, out, epochs):
+    """Run `settings` into `out` and stop (as a kill would) right after epoch `epochs`."""
+    train_module = sys.modules["ufm.nets.train"]  # ufm.nets.train is also the function
+
+    original = train_module._save_checkpoint
+
+    def save_then_stop(path, settings_json, epoch, *args):
+        original(path, settings_json, epoch, *args)
+        if epoch >= epochs:
+            raise KeyboardInterrupt
+
+    train_module._save_checkpoint = save_then_stop
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(model, data, settings, out=out, progress=False)
+    finally:
+        train_module._save_checkpoint = original
+
+
+def test_missing_dataset_files_are_named(tmp_path):
+    with pytest.raises(nets_data.DatasetFilesMissing, match="train-images-idx3-ubyte"):
+        nets_data.load("mnist", path=tmp_path)
+    with pytest.raises(nets_data.DatasetFilesMissing, match="data_batch_1"):
+        nets_data.load("cifar10", path=tmp_path)
+    with pytest.raises(ValueError, match="needs data.path"):
+        nets_data.load("cifar10")
+    with pytest.raises(ValueError, match="data.name='svhn' is not allowed"):
+        nets_data.load("svhn")
+
+
+def _write_idx(path, array, gz=False):
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(s).to_bytes(4, "big")
+                                                         for s in array.shape)
+    opener = gzip.open if gz else open
+    with opener(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_mnist_and_cifar_readers_read_the_standard_formats(tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (20, 28, 28))
+    labels = np.arange(20) % 10
+    _write_idx(tmp_path / "train-images-idx3-ubyte.gz", images, gz=True)
+    _write_idx(tmp_path / "train-labels-idx1-ubyte", labels)
+    _write_idx(tmp_path / "t10k-images-idx3-ubyte", images[:10])
+    _write_idx(tmp_path / "t10k-labels-idx1-ubyte", labels[:10])
+    mnist = nets_data.load("mnist", path=tmp_path)
+    assert mnist.x_train.shape == (20, 784) and mnist.x_test.shape == (10, 784)
+    np.testing.assert_array_equal(mnist.y_train, labels)
+    np.testing.assert_allclose(nets_data.read_idx(tmp_path / "train-images-idx3-ubyte.gz"), images)
+    pixels = rng.integers(0, 256, (6, 3 * 32 * 32), dtype=np.uint8)
+    for name in nets_data.CIFAR_FILES:
+        with open(tmp_path / name, "wb") as f:
+            pickle.dump({b"data": pixels, b"labels": list(range(6))}, f)
+    cifar = nets_data.load("cifar10", path=tmp_path)
+    assert cifar.x_train.shape == (30, 32, 32, 3) and cifar.x_test.shape == (6, 32, 32, 3)
+    # Channel-last from CIFAR's channel-first rows: the red plane is the first 1024 bytes.
+    red = cifar.x_train[:6, :, :, 0].reshape(6, -1)
+    assert np.corrcoef(red.ravel(), pixels[:, :1024].astype(float).ravel())[0, 1] > 0.9999
+
+
+def test_variants():
+    base = nets_data.load("digits")
+    shuffled = nets_data.load("digits", variant="random_labels")
+    assert np.mean(shuffled.y_train == base.y_train) < 0.2
+    np.testing.assert_array_equal(shuffled.y_test, base.y_test)  # the test split is untouched
+    noise = nets_data.load("digits", variant="random_inputs")
+    assert noise.x_train.shape == base.x_train.shape
+    assert abs(np.corrcoef(noise.x_train.ravel(), base.x_train.ravel())[0, 1]) < 0.05
+
+
+def test_nc1_of_features_alone_matches_nc_metrics():
+    rng = np.random.default_rng(0)
+    H = rng.standard_normal((7, 30))
+    labels = np.arange(30) % 5
+    W = rng.standard_normal((5, 7))
+    with jax.enable_x64(True):
+        full = metrics.nc_metrics(jnp.asarray(W), jnp.asarray(H), jnp.asarray(labels))["nc1"]
+        alone = metrics.nc1(jnp.asarray(H), jnp.asarray(labels), 5)
+        assert float(alone) == pytest.approx(float(full), rel=1e-12)
+        # Zero on collapsed features
+        means = rng.standard_normal((7, 5))
+        assert float(metrics.nc1(jnp.asarray(means[:, labels]), jnp.asarray(labels), 5)) < 1e-20
+
+
+def test_net_experiment_file_errors_and_run(tmp_path):
+    with pytest.raises(ufm.config.ConfigError, match="model.head='foo' is not allowed"):
+        experiment.resolve({"kind": "net", "model": {"head": "foo"}})
+    with pytest.raises(ufm.config.ConfigError, match="train.lrr is not allowed"):
+        experiment.resolve({"kind": "net", "train": {"lrr": 0.1}})
+    with pytest.raises(ValueError, match="train.epochs=0 is not allowed"):
+        experiment.resolve({"kind": "net", "train": {"epochs": 0}})
+    file = tmp_path / "net.toml"
+    file.write_text('kind = "net"\nname = "tiny"\n[data]\nname = "gaussian"\ngaussian_dim = 12\n'
+                    '[model]\nwidth = 16\ndepth = 2\nhead = ["learned", "etf"]\n'
+                    '[train]\nepochs = 4\neval_every = 2\nbatch_size = 32\n')
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "ufm", "run", str(file), "--out", str(out),
+                           "--no-progress"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "head=etf" in proc.stdout and (out / "layer_nc1.png").is_file()
+    table, history = ufm.io.load_results(out)
+    assert len(table["row"]) == 2 and history["nc1"].shape == (2, 3)

@@ -1,0 +1,13 @@
+"""The flax (NNX) path: real networks whose last layer is the UFM, measured with the same
+metrics (`ufm.metrics`), losses (`ufm.losses`), results folders, plots and CLI.
+
+    from ufm import nets
+    data = nets.data.load("digits")
+    model = nets.models.build("mlp", input_shape=data.input_shape, num_classes=10)
+    result = nets.train(model, data, nets.TrainSettings(epochs=50))
+"""
+from ufm.nets import data, models
+from ufm.nets.train import TrainResult, TrainSettings, evaluate, representations, train
+
+__all__ = ["data", "models", "train", "TrainSettings", "TrainResult", "evaluate",
+           "representations"]

@@ -1,0 +1,204 @@
+"""Datasets for the flax path; nothing is downloaded.
+
+  "digits"    scikit-learn's bundled handwritten digits (1,797 8x8 images, 10 classes): the
+              default that runs anywhere. Standardized; a fixed stratified 80/20 split.
+  "mnist"     the four IDX files a user already has (train-images-idx3-ubyte, ...; .gz or
+              not) in `path`.
+  "cifar10"   the python-pickle batches (data_batch_1..5, test_batch) in `path` (the folder
+              cifar-10-batches-py).
+  "gaussian"  a synthetic Gaussian mixture: K class means on a sphere of radius `separation`,
+              unit-variance noise, inputs of any `shape` (e.g. (32, 32, 3) for the ResNet).
+
+Variants (the seed's random-label experiments, Zhang et al. 2017): "random_labels" replaces
+the training labels by uniformly random ones (fixed by the seed); "random_inputs" replaces the
+training inputs by Gaussian noise of the same mean and scale.
+"""
+from __future__ import annotations
+
+import gzip
+import pickle
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+DATASETS = ("digits", "mnist", "cifar10", "gaussian")
+VARIANTS = ("none", "random_labels", "random_inputs")
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+               "t10k-labels-idx1-ubyte")
+CIFAR_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
+
+
+class Dataset(NamedTuple):
+    """Train and test arrays (inputs float32 (N, ...), labels int32 (N,)) and the class count."""
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+
+    @property
+    def input_shape(self) -> tuple:
+        return self.x_train.shape[1:]
+
+
+class DatasetFilesMissing(FileNotFoundError):
+    """The files of a dataset the user must provide are not where they were looked for."""
+
+
+def _split(x, y, test_fraction, seed):
+    """Stratified split, the same for a given seed."""
+    rng = np.random.default_rng(seed)
+    test = np.zeros(len(y), bool)
+    for k in np.unique(y):
+        idx = np.flatnonzero(y == k)
+        test[rng.permutation(idx)[:int(round(test_fraction * len(idx)))]] = True
+    return x[~test], y[~test], x[test], y[test]
+
+
+def _standardize(x_train, x_test):
+    mean, std = x_train.mean(0), x_train.std(0)
+    std = np.where(std > 0, std, 1.0)
+    return ((x_train - mean) / std).astype(np.float32), ((x_test - mean) / std).astype(np.float32)
+
+
+def digits(seed: int = 0, image: bool = False) -> Dataset:
+    """scikit-learn's digits, standardized per pixel; (N, 64), or (N, 8, 8, 1) with image."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = bunch.images.astype(np.float64)
+    x = x[..., None] if image else x.reshape(len(x), -1)
+    x_tr, y_tr, x_te, y_te = _split(x, bunch.target.astype(np.int32), 0.2, seed)
+    x_tr, x_te = _standardize(x_tr, x_te)
+    return Dataset("digits", x_tr, y_tr, x_te, y_te, 10)
+
+
+def _find(path: Path, stem: str) -> Path | None:
+    for name in (stem, stem + ".gz", stem.replace("-idx", ".idx")):
+        if (path / name).is_file():
+            return path / name
+    return None
+
+
+def read_idx(file: Path) -> np.ndarray:
+    """An IDX file (MNIST's format: magic 0x00000803 / 0x00000801, big-endian sizes)."""
+    opener = gzip.open if str(file).endswith(".gz") else open
+    with opener(file, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise ValueError(f"{file} is not an unsigned-byte IDX file (bad magic number)")
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+    array = np.frombuffer(data, np.uint8, offset=4 + 4 * ndim)
+    if array.size != int(np.prod(shape)):
+        raise ValueError(f"{file}: header says shape {shape} but holds {array.size} bytes")
+    return array.reshape(shape)
+
+
+def mnist(path, image: bool = False) -> Dataset:
+    """MNIST (or Fashion-MNIST) from its four IDX files in `path`."""
+    path = Path(path)
+    files = [_find(path, stem) for stem in MNIST_FILES]
+    if any(f is None for f in files):
+        missing = [s for s, f in zip(MNIST_FILES, files) if f is None]
+        raise DatasetFilesMissing(
+            f"dataset 'mnist' needs the IDX files {list(MNIST_FILES)} (optionally .gz) in "
+            f"{path}; missing: {missing}. ufm downloads nothing: copy them there or set "
+            "data.path")
+    x_tr, y_tr, x_te, y_te = (read_idx(f) for f in files)
+    x_tr, x_te = (x.astype(np.float32) / 255.0 for x in (x_tr, x_te))
+    if image:
+        x_tr, x_te = x_tr[..., None], x_te[..., None]
+    else:
+        x_tr, x_te = x_tr.reshape(len(x_tr), -1), x_te.reshape(len(x_te), -1)
+    x_tr, x_te = _standardize(x_tr, x_te)
+    return Dataset("mnist", x_tr, y_tr.astype(np.int32), x_te, y_te.astype(np.int32), 10)
+
+
+def _cifar_batch(file: Path):
+    with open(file, "rb") as f:
+        batch = pickle.load(f, encoding="bytes")
+    data = batch.get(b"data", batch.get("data"))
+    labels = batch.get(b"labels", batch.get("labels"))
+    if data is None or labels is None:
+        raise ValueError(f"{file} is not a CIFAR-10 python batch (no 'data'/'labels' keys)")
+    x = np.asarray(data, np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return x, np.asarray(labels, np.int32)
+
+
+def cifar10(path) -> Dataset:
+    """CIFAR-10 from the python-pickle batches in `path` (cifar-10-batches-py); images
+    (N, 32, 32, 3), standardized per channel."""
+    path = Path(path)
+    missing = [name for name in CIFAR_FILES if not (path / name).is_file()]
+    if missing:
+        raise DatasetFilesMissing(
+            f"dataset 'cifar10' needs the python batches {list(CIFAR_FILES)} in {path}; "
+            f"missing: {missing}. ufm downloads nothing: unpack cifar-10-python.tar.gz there "
+            "or set data.path")
+    train = [_cifar_batch(path / name) for name in CIFAR_FILES[:-1]]
+    x_tr, y_tr = np.concatenate([t[0] for t in train]), np.concatenate([t[1] for t in train])
+    x_te, y_te = _cifar_batch(path / "test_batch")
+    x_tr, x_te = x_tr.astype(np.float32) / 255.0, x_te.astype(np.float32) / 255.0
+    mean, std = x_tr.mean((0, 1, 2)), x_tr.std((0, 1, 2))
+    return Dataset("cifar10", (x_tr - mean) / std, y_tr, (x_te - mean) / std, y_te, 10)
+
+
+def gaussian(num_classes: int = 10, n_train: int = 100, n_test: int = 20, shape=(32,),
+             separation: float = 3.0, seed: int = 0) -> Dataset:
+    """K Gaussian classes in R^shape: means of norm `separation` in random directions, unit
+    noise; n_train and n_test samples per class."""
+    rng = np.random.default_rng(seed)
+    dim = int(np.prod(shape))
+    means = rng.standard_normal((num_classes, dim))
+    means *= separation / np.linalg.norm(means, axis=1, keepdims=True)
+
+    def draw(n):
+        y = np.repeat(np.arange(num_classes, dtype=np.int32), n)
+        x = means[y] + rng.standard_normal((len(y), dim))
+        return x.reshape((len(y),) + tuple(shape)).astype(np.float32), y
+
+    (x_tr, y_tr), (x_te, y_te) = draw(n_train), draw(n_test)
+    return Dataset("gaussian", x_tr, y_tr, x_te, y_te, num_classes)
+
+
+def apply_variant(data: Dataset, variant: str, seed: int = 0) -> Dataset:
+    """The random-labels / random-inputs versions of a dataset (training split only)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"data.variant={variant!r} is not allowed: one of {list(VARIANTS)}")
+    rng = np.random.default_rng(seed + 7919)
+    if variant == "random_labels":
+        y = rng.integers(0, data.num_classes, len(data.y_train)).astype(np.int32)
+        return data._replace(y_train=y)
+    if variant == "random_inputs":
+        x = rng.standard_normal(data.x_train.shape) * data.x_train.std() + data.x_train.mean()
+        return data._replace(x_train=x.astype(np.float32))
+    return data
+
+
+def load(name: str = "digits", *, path=None, variant: str = "none", seed: int = 0,
+         image: bool = False, n_train: int | None = None, **gaussian_options) -> Dataset:
+    """A dataset by name (see the module docstring), with its variant applied. `image` gives
+    image-shaped inputs for digits/MNIST; `n_train` keeps the first n_train training samples
+    per class (a balanced subset)."""
+    if name not in DATASETS:
+        raise ValueError(f"data.name={name!r} is not allowed: one of {list(DATASETS)}")
+    if name in ("mnist", "cifar10") and path is None:
+        raise ValueError(f"data.name={name!r} needs data.path: the folder holding its files "
+                         "(nothing is downloaded)")
+    if name == "digits":
+        data = digits(seed, image)
+    elif name == "mnist":
+        data = mnist(path, image)
+    elif name == "cifar10":
+        data = cifar10(path)
+    else:
+        data = gaussian(seed=seed, **gaussian_options)
+    if n_train is not None:
+        keep = np.concatenate([np.flatnonzero(data.y_train == k)[:n_train]
+                               for k in range(data.num_classes)])
+        data = data._replace(x_train=data.x_train[np.sort(keep)], y_train=data.y_train[np.sort(keep)])
+    return apply_variant(data, variant, seed)

@@ -1,0 +1,307 @@
+"""Training a network whose last layer is the UFM, measuring NC with `ufm.metrics`.
+
+Objective per minibatch B of a training set of N samples (SCIENCE.md section 1, with the
+feature penalty rescaled by N/B so that one epoch estimates the UFM objective):
+
+    (1/B) sum_{i in B} L(z_i / tau, y_i) + lam_W/2 ||W||^2 + lam_b/2 ||b||^2
+        + lam_H/2 (N/B) sum_{i in B} ||h_i||^2 + weight_decay/2 ||theta_body||^2
+
+with z_i = W h_i + b and L any loss of `ufm.losses` (alpha, gamma, kappa, M from Hyper). On the
+sphere (normalized features) lam_W and lam_H do not apply. A fixed ETF head has no lam_W term;
+a CMF head (class means) neither.
+
+Every `eval_every` epochs: the NC metrics of the penultimate features on the training set
+(`ufm.metrics.nc_metrics`), train and test accuracy, and the NC1 of every layer's
+representation on up to `layer_samples` training samples (progressive separation). With `out`,
+a checkpoint (model, optimizer, history) is written every `checkpoint_every` epochs; calling
+`train` again with the same settings and `out` resumes from it and ends where an uninterrupted
+run would (minibatch order depends only on the seed and the epoch).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from ufm import losses as _losses
+from ufm import metrics
+from ufm.problem import Hyper
+
+OPTIMIZERS = ("sgd", "momentum", "adam")
+SCHEDULES = ("constant", "cosine", "step")
+CHECKPOINT = "checkpoint.npz"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSettings:
+    """How to train. `hyper` carries the UFM penalties and loss parameters (lam_W, lam_H,
+    lam_b, tau, alpha, gamma, kappa, M); the optimizer fields are here."""
+
+    # Defaults: an MLP on the digits reaches NC1 ~ 6e-3, NC2_W ~ 0.04 in 300 epochs (~13 s on
+    # 2 CPU cores); the feature penalty lam_H is what drives the collapse this far (without it
+    # NC1 stalls near 0.13).
+    loss: str = "ce"
+    hyper: Hyper = Hyper(lam_W=2e-3, lam_H=1e-4, lam_b=2e-3)
+    weight_decay: float = 2e-3
+    optimizer: str = "momentum"
+    lr: float = 0.1
+    momentum: float = 0.9
+    schedule: str = "cosine"
+    epochs: int = 300
+    batch_size: int = 128
+    eval_every: int = 25
+    seed: int = 0
+    cmf_momentum: float = 0.9
+    layer_samples: int = 1000
+    checkpoint_every: int = 25
+
+    def check(self) -> None:
+        """Raise ValueError naming the field, the value and what is allowed."""
+        allowed = {"loss": _losses.LOSSES, "optimizer": OPTIMIZERS, "schedule": SCHEDULES}
+        for name, options in allowed.items():
+            if getattr(self, name) not in options:
+                raise ValueError(f"train.{name}={getattr(self, name)!r} is not allowed: one of "
+                                 f"{list(options)}")
+        for name in ("epochs", "batch_size", "eval_every", "layer_samples", "checkpoint_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"train.{name}={value!r} is not allowed: an integer >= 1")
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
+            raise ValueError(f"train.lr={self.lr!r} is not allowed: a number > 0")
+        for name in ("weight_decay",):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"train.{name}={getattr(self, name)!r} is not allowed: >= 0")
+        for name in ("momentum", "cmf_momentum"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"train.{name}={getattr(self, name)!r} is not allowed: in [0, 1)")
+        from ufm.problem import validate_hyper
+
+        validate_hyper(self.hyper)
+
+    def to_json(self) -> str:
+        fields = dataclasses.asdict(self)
+        fields["hyper"] = {k: float(v) for k, v in self.hyper._asdict().items()}
+        return json.dumps(fields, sort_keys=True)
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """The trained model, its history (dict of arrays, one entry per evaluation; "iteration"
+    counts epochs; "layer_nc1" is (evaluations, layers)) and the final evaluation."""
+
+    model: nnx.Module
+    history: dict
+    final: dict
+    seconds: float
+
+
+def _schedule(s: TrainSettings, steps_per_epoch: int):
+    total = s.epochs * steps_per_epoch
+    if s.schedule == "cosine":
+        return optax.cosine_decay_schedule(s.lr, total)
+    if s.schedule == "step":  # /10 at 1/3 and 2/3 of training (Papyan et al. 2020 use 1/3, 2/3)
+        return optax.piecewise_constant_schedule(
+            s.lr, {total // 3: 0.1, 2 * total // 3: 0.1})
+    return optax.constant_schedule(s.lr)
+
+
+def _optimizer(s: TrainSettings, steps_per_epoch: int) -> optax.GradientTransformation:
+    lr = _schedule(s, steps_per_epoch)
+    if s.optimizer == "sgd":
+        return optax.sgd(lr)
+    if s.optimizer == "momentum":
+        return optax.sgd(lr, momentum=s.momentum)
+    return optax.adam(lr)
+
+
+def _sum_sq(tree) -> jax.Array:
+    return sum((jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)), jnp.zeros(()))
+
+
+def _objective(model, x, y, s: TrainSettings, n_total: int, num_classes: int):
+    hyper = s.hyper
+    h = model.features(x)
+    head = model.head
+    W, b = head.weight(), head.bias()
+    Z = (h @ W.T + (0.0 if b is None else b[None, :])).T / hyper.tau  # (K, B)
+    Y = jax.nn.one_hot(y, num_classes, dtype=Z.dtype).T
+    loss = jnp.mean(_losses.LOSSES[s.loss](Z, Y, hyper))
+    penalty = jnp.zeros(())
+    if not model.normalize:
+        if head.kind == "learned":
+            penalty += 0.5 * hyper.lam_W * jnp.sum(W**2)
+        penalty += 0.5 * hyper.lam_H * (n_total / x.shape[0]) * jnp.sum(h**2)
+    if b is not None:
+        penalty += 0.5 * hyper.lam_b * jnp.sum(b**2)
+    body = _sum_sq(nnx.state(model, nnx.Param)) - _sum_sq(nnx.state(head, nnx.Param))
+    penalty += 0.5 * s.weight_decay * body
+    correct = jnp.sum(jnp.argmax(Z, axis=0) == y)
+    return loss + penalty, (loss, correct, h)
+
+
+def make_train_step(s: TrainSettings, n_total: int, num_classes: int):
+    """One jitted optimizer step on a minibatch: (model, optimizer, x, y) -> (loss, correct);
+    updates the model (and a CMF head's class means) in place."""
+
+    @nnx.jit
+    def step(model, optimizer, x, y):
+        grad_fn = nnx.value_and_grad(_objective, has_aux=True)
+        (_, (loss, correct, h)), grads = grad_fn(model, x, y, s, n_total, num_classes)
+        optimizer.update(model, grads)
+        if model.head.kind == "cmf":
+            model.head.update_class_means(h, y, s.cmf_momentum)
+        return loss, correct
+
+    return step
+
+
+@nnx.jit
+def _representations(model, x):
+    return model.representations(x)
+
+
+def representations(model, x, batch: int = 1000) -> list[np.ndarray]:
+    """Every layer's representation of `x` in evaluation mode, flattened to (N, features)."""
+    model.eval()
+    parts = [_representations(model, jnp.asarray(x[i:i + batch])) for i in range(0, len(x), batch)]
+    model.train()
+    return [np.concatenate([np.asarray(p[j]).reshape(len(p[j]), -1) for p in parts])
+            for j in range(len(parts[0]))]
+
+
+def evaluate(model, data, layer_samples: int = 1000) -> dict:
+    """Accuracy on both splits, the NC metrics of the penultimate features on the training set,
+    and the NC1 of every layer on the first `layer_samples` training samples (class-stratified
+    by taking the same share of every class)."""
+    K = data.num_classes
+    head = model.head
+    W = np.asarray(head.weight())
+    b = None if head.bias() is None else np.asarray(head.bias())
+    out = {}
+    feats = {}
+    for split, x, y in (("train", data.x_train, data.y_train), ("test", data.x_test, data.y_test)):
+        H = representations(model, x)[-1]
+        logits = H @ W.T + (0.0 if b is None else b[None, :])
+        out[f"{split}_acc"] = float(np.mean(np.argmax(logits, 1) == y))
+        feats[split] = H
+    nc = metrics.nc_metrics(jnp.asarray(W), jnp.asarray(feats["train"].T),
+                            jnp.asarray(data.y_train), None if b is None else jnp.asarray(b))
+    out.update({k: float(v) for k, v in nc.items()})
+    take = _stratified(data.y_train, layer_samples, K)
+    layers = representations(model, data.x_train[take])
+    out["layer_nc1"] = np.array([float(metrics.nc1(jnp.asarray(r.T), jnp.asarray(data.y_train[take]),
+                                                   K)) for r in layers])
+    return out
+
+
+def _stratified(y, n, K) -> np.ndarray:
+    per = max(1, n // K)
+    return np.sort(np.concatenate([np.flatnonzero(y == k)[:per] for k in range(K)]))
+
+
+def _save_checkpoint(path: Path, settings_json: str, epoch: int, model, optimizer, history):
+    arrays = {f"model_{i}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(nnx.state(model)))}
+    arrays.update({f"opt_{i}": np.asarray(x)
+                   for i, x in enumerate(jax.tree.leaves(nnx.state(optimizer)))})
+    meta = json.dumps({"settings": settings_json, "epoch": epoch,
+                       "history": {k: np.asarray(v).tolist() for k, v in history.items()}})
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, meta=np.array(meta), **arrays)
+    tmp.replace(path)
+
+
+def _load_checkpoint(path: Path, settings_json: str, model, optimizer):
+    """(epoch, history) from a checkpoint of the same settings, or None."""
+    if not path.is_file():
+        return None
+    with np.load(path) as data:
+        meta = json.loads(str(data["meta"]))
+        if meta["settings"] != settings_json:
+            raise ValueError(f"{path} is a checkpoint of other settings; remove it or choose "
+                             "another out folder")
+        for obj, prefix in ((model, "model"), (optimizer, "opt")):
+            state = nnx.state(obj)
+            leaves, treedef = jax.tree.flatten(state)
+            new = [jnp.asarray(data[f"{prefix}_{i}"], dtype=leaf.dtype)
+                   for i, leaf in enumerate(leaves)]
+            nnx.update(obj, jax.tree.unflatten(treedef, new))
+    history = {k: np.asarray(v) for k, v in meta["history"].items()}
+    return meta["epoch"], history
+
+
+def train(model: nnx.Module, data, settings: TrainSettings = TrainSettings(), *, out=None,
+          progress: bool | None = None, model_description: str = "") -> TrainResult:
+    """Train `model` on `data` (a `ufm.nets.data.Dataset`), evaluating NC as it goes.
+
+    Example:
+      >>> data = ufm.nets.data.load("digits")
+      >>> model = ufm.nets.models.build("mlp", input_shape=data.input_shape, num_classes=10)
+      >>> result = ufm.nets.train(model, data, ufm.nets.TrainSettings(epochs=50))
+      >>> result.final["nc1"], result.final["train_acc"]
+    """
+    settings.check()
+    t0 = time.perf_counter()
+    n = len(data.y_train)
+    batch = min(settings.batch_size, n)
+    steps_per_epoch = n // batch  # drop the last partial batch: one compiled step shape
+    optimizer = nnx.Optimizer(model, _optimizer(settings, steps_per_epoch), wrt=nnx.Param)
+    step = make_train_step(settings, n, data.num_classes)
+    settings_json = settings.to_json() + model_description
+    history: dict = {}
+    first_epoch = 1
+    ckpt = None if out is None else Path(out) / CHECKPOINT
+    if ckpt is not None:
+        ckpt.parent.mkdir(parents=True, exist_ok=True)
+        loaded = _load_checkpoint(ckpt, settings_json, model, optimizer)
+        if loaded is not None:
+            done, history = loaded
+            first_epoch = done + 1
+    from ufm.solvers import progress_bar
+
+    bar = progress_bar(progress, settings.epochs, "train")
+    if bar is not None:
+        bar.update(first_epoch - 1)
+    x_all, y_all = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
+    if first_epoch == 1:
+        _record(history, 0, float("nan"), evaluate(model, data, settings.layer_samples))
+    for epoch in range(first_epoch, settings.epochs + 1):
+        order = np.random.default_rng((settings.seed, epoch)).permutation(n)
+        total_loss = 0.0
+        for i in range(steps_per_epoch):
+            idx = order[i * batch:(i + 1) * batch]
+            loss, _ = step(model, optimizer, x_all[idx], y_all[idx])
+            total_loss += float(loss)
+        if not math.isfinite(total_loss):
+            raise FloatingPointError(f"training diverged at epoch {epoch} (loss {total_loss}); "
+                                     f"lower train.lr={settings.lr}")
+        if epoch % settings.eval_every == 0 or epoch == settings.epochs:
+            _record(history, epoch, total_loss / steps_per_epoch,
+                    evaluate(model, data, settings.layer_samples))
+        if ckpt is not None and (epoch % settings.checkpoint_every == 0 or epoch == settings.epochs):
+            _save_checkpoint(ckpt, settings_json, epoch, model, optimizer, history)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{total_loss / steps_per_epoch:.3g}")
+    if bar is not None:
+        bar.close()
+    history = {k: np.asarray(v) for k, v in history.items()}
+    final = {k: (v[-1] if k != "layer_nc1" else v[-1]) for k, v in history.items()}
+    return TrainResult(model, history, final, time.perf_counter() - t0)
+
+
+def _record(history: dict, epoch: int, train_loss: float, evaluation: dict) -> None:
+    def push(key, value):
+        history[key] = list(history.get(key, [])) + [value]
+
+    push("iteration", epoch)
+    push("train_loss", train_loss)
+    for key, value in evaluation.items():
+        push(key, np.asarray(value).tolist() if key == "layer_nc1" else value)
