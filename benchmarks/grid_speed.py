@@ -150,6 +150,8 @@ def main():
     parser.add_argument("--quick", action="store_true", help="smallest size and grid only")
     parser.add_argument("--grids", type=int, nargs="+", help="grid sizes (default: 16 64 on "
                         "a CPU, 256 1024 4096 on an accelerator)")
+    parser.add_argument("--sizes", type=int, nargs="+", help="indices into SIZES to run "
+                        "(default: all)")
     parser.add_argument("--steps-scale", type=float, default=None,
                         help="multiply every size's step count (default 1 on a CPU, 10 on an "
                         "accelerator, where steps are fast)")
@@ -169,7 +171,8 @@ def main():
     print(f"{'(K, d, n)':>15} {'configs':>7} {'width':>5} {'chunk':>5} {'steps':>5} "
           f"{'ufm cfg-steps/s':>15} "
           f"{'torch cfg-steps/s':>17} {'ratio':>6} {'ufm GFLOP/s':>11} {'of matmul':>9}")
-    sizes = SIZES[:1] if args.quick else SIZES
+    sizes = [SIZES[i] for i in args.sizes] if args.sizes else SIZES
+    sizes = sizes[:1] if args.quick else sizes
     grids = args.grids or ([256, 1024, 4096] if accelerator else GRIDS)
     grids = grids[:1] if args.quick else grids
     scale = args.steps_scale or (10 if accelerator else 1)

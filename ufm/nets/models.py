@@ -100,22 +100,25 @@ class Head(nnx.Module):
 
 
 class MLP(nnx.Module):
-    """x (B, ...) flattened -> `depth` Linear+ReLU (optionally BatchNorm) layers of `width`, the
-    last of `feature_dim` (default: width) -> head."""
+    """x (B, ...) flattened -> `depth` Linear+ReLU (optionally BatchNorm) layers of `width` ->
+    head. With `feature_dim`, a Linear projection to that many features (no activation, like
+    the ResNet's) follows: nonnegative ReLU features in as few as K dimensions leave a fixed ETF
+    head little room (measured on the digits with d = K = 10: 82% train accuracy with a ReLU
+    last layer)."""
 
     def __init__(self, in_features: int, num_classes: int, *, width: int = 256, depth: int = 3,
                  feature_dim: int | None = None, head: str = "learned", bias: bool = True,
                  normalize: bool = False, batchnorm: bool = False, rngs: nnx.Rngs):
         if depth < 1:
             raise ValueError(f"depth={depth!r} is not allowed: an integer >= 1")
-        feature_dim = feature_dim or width
-        dims = [in_features] + [width] * (depth - 1) + [feature_dim]
+        dims = [in_features] + [width] * depth
         self.layers = _module_list([nnx.Linear(a, b, rngs=rngs) for a, b in zip(dims, dims[1:])])
         self.norms = (_module_list([nnx.BatchNorm(b, rngs=rngs) for b in dims[1:]])
                       if batchnorm else None)
+        self.project = nnx.Linear(width, feature_dim, rngs=rngs) if feature_dim else None
         self.normalize = normalize
-        self.head = Head(feature_dim, num_classes, kind=head, bias=bias, normalize=normalize,
-                         rngs=rngs)
+        self.head = Head(feature_dim or width, num_classes, kind=head, bias=bias,
+                         normalize=normalize, rngs=rngs)
 
     def representations(self, x) -> list:
         h = x.reshape(x.shape[0], -1)
@@ -126,6 +129,8 @@ class MLP(nnx.Module):
                 h = self.norms[i](h)
             h = jax.nn.relu(h)
             out.append(h)
+        if self.project is not None:
+            out.append(self.project(h))
         if self.normalize:
             out[-1] = _normalize_rows(out[-1])
         return out
