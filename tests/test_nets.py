@@ -226,3 +226,16 @@ def test_net_experiment_file_errors_and_run(tmp_path):
     assert "head=etf" in proc.stdout and (out / "layer_nc1.png").is_file()
     table, history = ufm.io.load_results(out)
     assert len(table["row"]) == 2 and history["nc1"].shape == (2, 3)
+
+
+def test_net_zip_advances_fields_together():
+    exp = experiment.resolve({"kind": "net", "zip": [{"train.loss": ["ce", "mse"],
+                                                      "train.lr": [0.1, 0.01]}],
+                              "run": {"seeds": [0, 1]}})
+    pairs = [(c["train.loss"], c["train.lr"], c["seed"]) for c in experiment.configurations(exp)]
+    assert pairs == [("ce", 0.1, 0), ("ce", 0.1, 1), ("mse", 0.01, 0), ("mse", 0.01, 1)]
+    import tomllib
+
+    assert experiment.resolve(tomllib.loads(exp.dumps())) == exp  # config.toml round-trips
+    with pytest.raises(ufm.config.ConfigError, match="one length"):
+        experiment.resolve({"kind": "net", "zip": [{"train.loss": ["ce"], "train.lr": [1, 2]}]})

@@ -100,7 +100,7 @@ def read_idx(file: Path) -> np.ndarray:
 
 def mnist(path, image: bool = False) -> Dataset:
     """MNIST (or Fashion-MNIST) from its four IDX files in `path`."""
-    path = Path(path)
+    path = Path(path).expanduser()
     files = [_find(path, stem) for stem in MNIST_FILES]
     if any(f is None for f in files):
         missing = [s for s, f in zip(MNIST_FILES, files) if f is None]
@@ -132,7 +132,7 @@ def _cifar_batch(file: Path):
 def cifar10(path) -> Dataset:
     """CIFAR-10 from the python-pickle batches in `path` (cifar-10-batches-py); images
     (N, 32, 32, 3), standardized per channel."""
-    path = Path(path)
+    path = Path(path).expanduser()
     missing = [name for name in CIFAR_FILES if not (path / name).is_file()]
     if missing:
         raise DatasetFilesMissing(

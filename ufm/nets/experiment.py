@@ -11,6 +11,8 @@
              weight_decay, lam_W, lam_H, lam_b, tau, alpha, gamma, kappa, M, cmf_momentum,
              layer_samples, checkpoint_every
     [run]    seeds (list)
+    [[zip]]  "section.key" = [...] lists of one length that advance together (e.g. a loss with
+             its learning rate)
 
 Any value may be a list: a grid axis (the Cartesian product is trained one configuration after
 another). Every finished configuration is saved at once (checkpoints/config-NNNNN.json); an
@@ -53,6 +55,7 @@ class NetExperiment:
     description: str
     sections: dict  # section -> key -> value or list of values (an axis)
     seeds: list
+    zips: list = dataclasses.field(default_factory=list)  # [{"section.key": [values]}]
 
     def dumps(self) -> str:
         lines = ['kind = "net"', f"name = {json.dumps(self.name)}",
@@ -62,6 +65,9 @@ class NetExperiment:
             lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
         lines.append("\n[run]")
         lines.append(f"seeds = {_toml_value(self.seeds)}")
+        for table in self.zips:
+            lines.append("\n[[zip]]")
+            lines += [f"{json.dumps(k)} = {_toml_value(v)}" for k, v in table.items()]
         return "\n".join(lines) + "\n"
 
 
@@ -107,7 +113,7 @@ def _check(section, key, value):
 
 def resolve(raw: dict) -> NetExperiment:
     """Validate a parsed net experiment file; every default written out."""
-    known = {"kind", "name", "description", "run", *SECTIONS}
+    known = {"kind", "name", "description", "run", "zip", *SECTIONS}
     for key in raw:
         if key not in known:
             raise ConfigError(f"{key!r} is not allowed in a net experiment: one of {sorted(known)}")
@@ -132,7 +138,24 @@ def resolve(raw: dict) -> NetExperiment:
     name = raw.get("name", "net")
     if not isinstance(name, str) or not name:
         raise ConfigError(f"name={name!r} is not allowed: a non-empty string")
-    experiment = NetExperiment(name, str(raw.get("description", "")), sections, seeds)
+    zips = []
+    for table in raw.get("zip", []):
+        lengths = set()
+        for key, values in table.items():
+            section, _, field = key.partition(".")
+            if section not in SECTIONS or field not in SECTIONS[section]:
+                raise ConfigError(f"zip key {key!r} is not allowed: section.key with a key of "
+                                  f"{sorted(SECTIONS)}")
+            if not isinstance(values, list) or not values:
+                raise ConfigError(f"zip {key}={values!r} is not allowed: a non-empty list")
+            _check(section, field, values)
+            if isinstance(sections[section][field], list):
+                raise ConfigError(f"{key} is both a list in [{section}] and in a [[zip]]")
+            lengths.add(len(values))
+        if len(lengths) > 1:
+            raise ConfigError(f"zip lists must have one length, got {sorted(lengths)}")
+        zips.append(dict(table))
+    experiment = NetExperiment(name, str(raw.get("description", "")), sections, seeds, zips)
     for cfg in configurations(experiment):  # settings that only fail in combination
         _settings(cfg).check()
     return experiment
@@ -143,7 +166,7 @@ def apply_overrides(experiment: NetExperiment, overrides) -> NetExperiment:
     import tomllib
 
     raw = {"kind": "net", "name": experiment.name, "description": experiment.description,
-           "run": {"seeds": list(experiment.seeds)},
+           "run": {"seeds": list(experiment.seeds)}, "zip": [dict(t) for t in experiment.zips],
            **{s: dict(v) for s, v in experiment.sections.items()}}
     for item in overrides:
         if "=" not in item:
@@ -164,11 +187,14 @@ def apply_overrides(experiment: NetExperiment, overrides) -> NetExperiment:
 def configurations(experiment: NetExperiment) -> list[dict]:
     """Every configuration (flat dict "section.key" -> value, plus "seed"), axes in file order."""
     flat = {f"{s}.{k}": v for s, values in experiment.sections.items() for k, v in values.items()}
-    axes = {k: v for k, v in flat.items() if isinstance(v, list)}
+    axes = [[{k: x} for x in v] for k, v in flat.items() if isinstance(v, list)]
+    axes += [[dict(zip(table, values)) for values in zip(*table.values())]
+             for table in experiment.zips]
     out = []
-    for combo in itertools.product(*axes.values(), experiment.seeds):
+    for combo in itertools.product(*axes, experiment.seeds):
         cfg = dict(flat)
-        cfg.update(zip(axes, combo[:-1]))
+        for part in combo[:-1]:
+            cfg.update(part)
         cfg["seed"] = combo[-1]
         out.append(cfg)
     return out
