@@ -111,14 +111,12 @@ def _is_net_file(path) -> bool:
 
 def _run_net(args) -> int:
     """`ufm run` on a network experiment (kind = "net", see ufm.nets.experiment)."""
-    import tomllib
-
     from ufm import config, grid, io, plots
     from ufm.nets import data as _data
     from ufm.nets import experiment as net_experiment
 
     try:
-        experiment = net_experiment.resolve(tomllib.loads(Path(args.config).read_text()))
+        experiment = net_experiment.load(args.config)
         if args.set:
             experiment = net_experiment.apply_overrides(experiment, args.set)
     except (config.ConfigError, ValueError) as err:

@@ -260,6 +260,9 @@ def _check_solver(solver: dict) -> None:
 
 def resolve(raw: dict) -> Experiment:
     """Check a parsed experiment file and fill in every default."""
+    if raw.get("kind") == "net":
+        raise ConfigError('kind = "net" is a network experiment: read it with '
+                          "ufm.nets.experiment.load (ufm run picks it up by itself)")
     for key in raw:
         if key not in TOP_LEVEL:
             raise _unknown("", key, TOP_LEVEL)

@@ -161,6 +161,22 @@ def resolve(raw: dict) -> NetExperiment:
     return experiment
 
 
+def load(path) -> NetExperiment:
+    """Read and resolve a network experiment file."""
+    import tomllib
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"experiment file {str(path)!r} does not exist")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML: {err}") from None
+    if not is_net_file(raw):
+        raise ConfigError(f'{path} is not a network experiment (kind = "net" is missing)')
+    return resolve(raw)
+
+
 def apply_overrides(experiment: NetExperiment, overrides) -> NetExperiment:
     """`--set section.key=value` (TOML value syntax)."""
     import tomllib
