@@ -160,3 +160,80 @@ def nc_metrics(W, H, labels, b=None, *, global_mean: str = "class_means") -> dic
         W, H = jnp.asarray(W, dtype), jnp.asarray(H, dtype)
         b = None if b is None else jnp.asarray(b, dtype)
         return _nc_metrics_jit(W, H, jnp.asarray(labels), b, global_mean)
+
+
+# ----------------------------------------------------------------------- generalized NC (d < K-1)
+
+
+def min_norm_point(P: np.ndarray, tol: float = 1e-12, max_iter: int = 10_000):
+    """The point of conv{columns of P} nearest the origin, exactly (Wolfe 1976, "Finding the
+    nearest point in a polytope"): a finite active-set method, not projected gradient.
+    Returns (x, weights) with x = P @ weights, weights >= 0 summing to 1."""
+    P = np.asarray(P, np.float64)
+    m = P.shape[1]
+    scale = max(1.0, float(np.max(np.sum(P**2, axis=0))))
+    active = [int(np.argmin(np.sum(P**2, axis=0)))]
+    weights = np.zeros(m)
+    weights[active[0]] = 1.0
+    x = P[:, active[0]].copy()
+    for _ in range(max_iter):
+        j = int(np.argmin(P.T @ x))
+        if x @ x - P[:, j] @ x <= tol * scale or j in active:
+            break
+        active.append(j)
+        while True:  # minor cycle: the affine min-norm point of the active set
+            Q = P[:, active]
+            k = len(active)
+            A = np.block([[Q.T @ Q, np.ones((k, 1))], [np.ones((1, k)), np.zeros((1, 1))]])
+            rhs = np.concatenate([np.zeros(k), [1.0]])
+            alpha = np.linalg.lstsq(A, rhs, rcond=None)[0][:k]
+            if np.all(alpha > tol):
+                weights[:] = 0.0
+                weights[active] = alpha
+                break
+            current = weights[active]
+            shrink = alpha <= tol
+            theta = np.min(current[shrink] / np.maximum(current[shrink] - alpha[shrink], 1e-300))
+            new = current + min(theta, 1.0) * (alpha - current)
+            keep = new > tol
+            weights[:] = 0.0
+            active = [a for a, kept in zip(active, keep) if kept]
+            weights[active] = new[keep] / np.sum(new[keep])
+        x = P @ weights
+    return x, weights
+
+
+def one_vs_rest_margins(W) -> np.ndarray:
+    """dist(w_k, conv{w_j : j != k}) for every row of W (K, d), each an exact small QP
+    (`min_norm_point` of {w_j - w_k}); 0 where w_k lies inside the hull of the others. The
+    GNC margin is their minimum (Jiang et al. 2024). Host-side numpy (an active-set method)."""
+    W = np.asarray(W, np.float64)
+    K = W.shape[0]
+    out = np.empty(K)
+    for k in range(K):
+        others = np.delete(W, k, axis=0)
+        x, _ = min_norm_point((others - W[k]).T)
+        out[k] = np.linalg.norm(x)
+    return out
+
+
+def gnc_metrics(W, H, labels) -> dict:
+    """Generalized-NC metrics (SCIENCE.md section 3) on row-normalized W and column-normalized
+    H: gnc1 (NC1 of the normalized features), gnc2_margin (min one-vs-rest distance, exact QP
+    per class), gnc2_tammes (min pairwise distance between classifiers), gnc3 ((1/K) sum_k
+    (1 - cos(w_k, mu_k - mu_G)), self-duality)."""
+    W = np.asarray(W, np.float64)
+    H = np.asarray(H, np.float64)
+    labels = np.asarray(labels)
+    K = W.shape[0]
+    Wn = W / np.linalg.norm(W, axis=1, keepdims=True)
+    Hn = H / np.linalg.norm(H, axis=0, keepdims=True)
+    means = np.stack([Hn[:, labels == k].mean(1) for k in range(K)])  # (K, d)
+    M = means - means.mean(0)
+    cos = np.sum(Wn * M, axis=1) / np.maximum(np.linalg.norm(M, axis=1), 1e-300)
+    gram = Wn @ Wn.T
+    pair = np.sqrt(np.maximum(2.0 - 2.0 * gram[~np.eye(K, dtype=bool)], 0.0))
+    with x64_scope("float64"):
+        gnc1 = float(nc1(jnp.asarray(Hn), jnp.asarray(labels), K))
+    return {"gnc1": gnc1, "gnc2_margin": float(np.min(one_vs_rest_margins(Wn))),
+            "gnc2_tammes": float(np.min(pair)), "gnc3": float(np.mean(1.0 - cos))}

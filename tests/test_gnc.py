@@ -1,0 +1,81 @@
+"""Generalized NC (d < K-1): the exact one-vs-rest margin QP, the softmax and Tammes codes
+against configurations known exactly."""
+import itertools
+
+import numpy as np
+import pytest
+
+from ufm import metrics, theory
+
+
+def _brute_force_distance(P):
+    """Distance from the origin to conv{columns of P}: the affine min-norm point of every
+    subset of at most d + 1 columns, kept where its weights are >= 0 (exact for small m)."""
+    d, m = P.shape
+    best = np.inf
+    for size in range(1, min(m, d + 1) + 1):
+        for subset in itertools.combinations(range(m), size):
+            Q = P[:, subset]
+            A = np.block([[Q.T @ Q, np.ones((size, 1))], [np.ones((1, size)), np.zeros((1, 1))]])
+            alpha = np.linalg.lstsq(A, np.r_[np.zeros(size), 1.0], rcond=None)[0][:size]
+            if np.all(alpha >= -1e-12):
+                best = min(best, np.linalg.norm(Q @ alpha))
+    return best
+
+
+@pytest.mark.parametrize("K,d", [(5, 2), (6, 3), (7, 3), (6, 4)])
+def test_margin_qp_equals_brute_force_on_random_frames(K, d):
+    rng = np.random.default_rng(K * 10 + d)
+    for _ in range(3):
+        W = rng.standard_normal((K, d))
+        W /= np.linalg.norm(W, axis=1, keepdims=True)
+        margins = metrics.one_vs_rest_margins(W)
+        for k in range(K):
+            exact = _brute_force_distance((np.delete(W, k, 0) - W[k]).T)
+            assert margins[k] == pytest.approx(exact, abs=1e-10)
+
+
+def test_margins_of_known_frames():
+    np.testing.assert_allclose(metrics.one_vs_rest_margins(theory.simplex_etf(5, 7)), 5 / 4,
+                               rtol=1e-12)
+    angles = 2 * np.pi * np.arange(7) / 7
+    polygon = np.stack([np.cos(angles), np.sin(angles)], 1)
+    np.testing.assert_allclose(metrics.one_vs_rest_margins(polygon), 1 - np.cos(2 * np.pi / 7),
+                               rtol=1e-12)
+    octahedron = np.concatenate([np.eye(3), -np.eye(3)])
+    np.testing.assert_allclose(metrics.one_vs_rest_margins(octahedron), 1.0, rtol=1e-12)
+    inside = np.array([[1.0, 0], [0, 1], [-1, -1], [0.1, 0.1]])  # the last inside the others
+    assert metrics.one_vs_rest_margins(inside)[3] < 1e-12
+
+
+def test_gnc_metrics_vanish_or_match_on_a_collapsed_polygon():
+    angles = 2 * np.pi * np.arange(5) / 5
+    W = np.stack([np.cos(angles), np.sin(angles)], 1)
+    labels = np.repeat(np.arange(5), 3)
+    H = 2.0 * W[labels].T  # collapsed, self-dual features (any norm: GNC normalizes)
+    m = metrics.gnc_metrics(W, H, labels)
+    assert m["gnc1"] < 1e-20 and m["gnc3"] < 1e-12
+    assert m["gnc2_margin"] == pytest.approx(1 - np.cos(2 * np.pi / 5), rel=1e-12)
+    assert m["gnc2_tammes"] == pytest.approx(2 * np.sin(np.pi / 5), rel=1e-12)
+
+
+@pytest.mark.parametrize("K,d,margin", [(4, 3, 4 / 3), (5, 2, 1 - np.cos(2 * np.pi / 5)),
+                                        (6, 3, 1.0)])
+def test_softmax_code_is_the_known_optimum(K, d, margin):
+    code = theory.softmax_code(K, d, starts=4, taus=(0.1, 0.01, 0.003))
+    assert code.margin == pytest.approx(margin, rel=1e-6)
+    gram = code.W @ code.W.T
+    if K <= d + 1:  # the simplex ETF
+        np.testing.assert_allclose(gram, (K / (K - 1)) * (np.eye(K) - 1 / K), atol=1e-5)
+    if (K, d) == (6, 3):  # the octahedron: every pair orthogonal or antipodal
+        off = np.abs(gram[~np.eye(6, dtype=bool)])
+        assert np.all((off < 1e-4) | (off > 1 - 1e-4))
+
+
+def test_tammes_code_for_twelve_points_is_the_icosahedron():
+    code = theory.tammes_code(12, 3, starts=16)
+    angle = 2 * np.arcsin(code.tammes / 2)
+    assert angle == pytest.approx(np.arctan(2.0), abs=1e-6)
+    # Every point has five nearest neighbours at that angle.
+    cos = code.W @ code.W.T
+    assert np.all(np.sum(np.abs(cos - np.cos(angle)) < 1e-4, axis=1) == 5)
