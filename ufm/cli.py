@@ -101,11 +101,11 @@ def summary(table: dict, kind: str = "solve") -> str:
 
 
 def _is_net_file(path) -> bool:
-    import tomllib
+    from ufm import config
 
     try:
-        return tomllib.loads(Path(path).read_text()).get("kind") == "net"
-    except (OSError, tomllib.TOMLDecodeError):
+        return config.read_toml(path).get("kind") == "net"
+    except config.ConfigError:
         return False  # config.load reports it
 
 

@@ -338,16 +338,20 @@ def _resolve_landscape(given: dict) -> dict:
     return resolved
 
 
-def load(path) -> Experiment:
-    """Read and resolve an experiment file."""
+def read_toml(path) -> dict:
+    """A parsed experiment file (any kind); ConfigError when missing or not TOML."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"experiment file {str(path)!r} does not exist")
     try:
-        raw = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: not valid TOML: {err}") from None
-    return resolve(raw)
+
+
+def load(path) -> Experiment:
+    """Read and resolve an experiment file."""
+    return resolve(read_toml(path))
 
 
 def load_default() -> Experiment:

@@ -217,6 +217,16 @@ def one_vs_rest_margins(W) -> np.ndarray:
     return out
 
 
+def min_pairwise_distance(W) -> float:
+    """min_{j != k} ||w_j - w_k|| over the rows of W after normalizing them (the one-vs-one,
+    Tammes, value)."""
+    W = np.asarray(W, np.float64)
+    W = W / np.linalg.norm(W, axis=1, keepdims=True)
+    gram = W @ W.T
+    off = ~np.eye(W.shape[0], dtype=bool)
+    return float(np.sqrt(max(2.0 - 2.0 * np.max(gram[off]), 0.0)))
+
+
 def gnc_metrics(W, H, labels) -> dict:
     """Generalized-NC metrics (SCIENCE.md section 3) on row-normalized W and column-normalized
     H: gnc1 (NC1 of the normalized features), gnc2_margin (min one-vs-rest distance, exact QP
@@ -231,9 +241,7 @@ def gnc_metrics(W, H, labels) -> dict:
     means = np.stack([Hn[:, labels == k].mean(1) for k in range(K)])  # (K, d)
     M = means - means.mean(0)
     cos = np.sum(Wn * M, axis=1) / np.maximum(np.linalg.norm(M, axis=1), 1e-300)
-    gram = Wn @ Wn.T
-    pair = np.sqrt(np.maximum(2.0 - 2.0 * gram[~np.eye(K, dtype=bool)], 0.0))
     with x64_scope("float64"):
         gnc1 = float(nc1(jnp.asarray(Hn), jnp.asarray(labels), K))
     return {"gnc1": gnc1, "gnc2_margin": float(np.min(one_vs_rest_margins(Wn))),
-            "gnc2_tammes": float(np.min(pair)), "gnc3": float(np.mean(1.0 - cos))}
+            "gnc2_tammes": min_pairwise_distance(Wn), "gnc3": float(np.mean(1.0 - cos))}

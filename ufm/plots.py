@@ -356,8 +356,9 @@ def plot_saddle_escape(directory: Path) -> list[Path]:
 
 def _net_labels(table):
     """Per-row labels from the net experiment's columns that vary (seeds pooled)."""
-    varying = [c for c in table if c.split(".")[0] in ("data", "model", "train")
-               and len({str(v) for v in table[c]}) > 1]
+    from ufm.nets.experiment import varying_columns
+
+    varying = varying_columns(table)
     labels = [", ".join(f"{c.split('.')[-1]}={table[c][i]}" for c in varying) or "run"
               for i in range(len(table["row"]))]
     return labels, list(dict.fromkeys(labels))

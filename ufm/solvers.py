@@ -81,10 +81,6 @@ def _tree_norm(tree) -> jax.Array:
     return jnp.sqrt(sum(jnp.sum(x**2) for x in jax.tree.leaves(tree)))
 
 
-def _all_finite(tree) -> jax.Array:
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
-
-
 def _make_step(problem: Problem, solver: str, hyper: Hyper) -> tuple[optax.GradientTransformation, Callable]:
     """The optimizer and one masked step: state -> state (frozen once converged or diverged)."""
     tx = _optimizer(solver, hyper)
@@ -332,26 +328,27 @@ def _as_key(key):
     return key
 
 
-def _shard_over_devices(tree, batch: int):
-    """Pad the leading (configuration) axis to a multiple of the local device count and shard
-    it over a 1-D mesh "grid" (DESIGN.md: scaling out). Padding repeats the last configuration;
-    callers drop it. One device: unchanged."""
+def _pad_batch(tree, batch: int, multiple: int):
+    """Pad the leading (configuration) axis to a multiple of `multiple` by repeating the last
+    configuration; callers drop the copies."""
+    padded = -(-batch // multiple) * multiple
+    if padded == batch:
+        return tree
+    return jax.tree.map(
+        lambda x: jnp.concatenate([x, jnp.repeat(x[-1:], padded - batch, axis=0)]), tree)
+
+
+def _shard_over_devices(tree):
+    """Shard the leading (configuration) axis, already a multiple of the local device count,
+    over a 1-D mesh "grid" (DESIGN.md: scaling out). One device: unchanged."""
     n_dev = jax.local_device_count()
     if n_dev == 1:
         return tree
-    padded = -(-batch // n_dev) * n_dev
-
-    def pad(x):
-        x = jnp.asarray(x)
-        if padded == batch:
-            return x
-        return jnp.concatenate([x, jnp.repeat(x[-1:], padded - batch, axis=0)])
-
     # This process's devices only: with several hosts each process shards its own chunk.
     mesh = jax.make_mesh((n_dev,), ("grid",), (jax.sharding.AxisType.Auto,),
                          devices=jax.local_devices())
     sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("grid"))
-    return jax.device_put(jax.tree.map(pad, tree), sharding)
+    return jax.device_put(tree, sharding)
 
 
 def _execute(problem, hyper, keys, f_star, *, solver, steps, log_every, tol, init_scale,
@@ -360,21 +357,17 @@ def _execute(problem, hyper, keys, f_star, *, solver, steps, log_every, tol, ini
     the local devices and trimmed back to `batch_size`)."""
     num_logs = math.ceil(steps / log_every)
     per_chunk, n_chunks = _chunking(num_logs)
-    if batched and jax.local_device_count() > 1:
+    n_dev = jax.local_device_count()
+    if batched and n_dev > 1:
         width = None  # the configuration axis is sharded over devices: one vmap over it
-    padded = batch_size if width is None else -(-batch_size // width) * width
     start, chunk = _compiled_chunk(problem, solver, log_every, per_chunk, batched, width)
     dtype = problem.jnp_dtype
     tol_arr, steps_arr = jnp.asarray(tol, dtype), jnp.asarray(steps, jnp.int32)
     if start_params is not None:
         start_params = Params(*(jnp.asarray(x, dtype) for x in start_params))
-    if batched:
-        if padded > batch_size:  # repeat the last configuration up to a multiple of width
-            hyper, keys, f_star, start_params = jax.tree.map(
-                lambda x: jnp.concatenate([x, jnp.repeat(x[-1:], padded - batch_size, axis=0)]),
-                (hyper, keys, f_star, start_params))
-        hyper, keys, f_star, start_params = _shard_over_devices(
-            (hyper, keys, f_star, start_params), batch_size)
+    if batched:  # pad to whole slices (one device) or to a multiple of the devices, then shard
+        hyper, keys, f_star, start_params = _shard_over_devices(_pad_batch(
+            (hyper, keys, f_star, start_params), batch_size, width or n_dev))
     state, first = start(hyper, keys, f_star, jnp.asarray(init_scale, dtype), start_params)
     trim = (lambda a: np.asarray(a)[:batch_size]) if batched else np.asarray
     records = [jax.tree.map(lambda a: trim(a)[..., None], first)]

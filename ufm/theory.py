@@ -369,10 +369,8 @@ def _code(W) -> Code:
 
     W = np.asarray(W, np.float64)
     W = W / np.linalg.norm(W, axis=1, keepdims=True)
-    K = W.shape[0]
-    gram = W @ W.T
-    pair = np.sqrt(np.maximum(2.0 - 2.0 * gram[~np.eye(K, dtype=bool)], 0.0))
-    return Code(W, float(np.min(metrics.one_vs_rest_margins(W))), float(np.min(pair)))
+    return Code(W, float(np.min(metrics.one_vs_rest_margins(W))),
+                metrics.min_pairwise_distance(W))
 
 
 def softmax_code(K: int, d: int, *, starts: int = 16, seed: int = 0,

@@ -7,7 +7,8 @@ metrics (`ufm.metrics`), losses (`ufm.losses`), results folders, plots and CLI.
     result = nets.train(model, data, nets.TrainSettings(epochs=50))
 """
 from ufm.nets import data, models
-from ufm.nets.train import TrainResult, TrainSettings, evaluate, representations, train
+from ufm.nets.train import (TrainResult, TrainSettings, evaluate, features, representations,
+                             train)
 
-__all__ = ["data", "models", "train", "TrainSettings", "TrainResult", "evaluate",
+__all__ = ["data", "models", "train", "TrainSettings", "TrainResult", "evaluate", "features",
            "representations"]

@@ -163,15 +163,9 @@ def resolve(raw: dict) -> NetExperiment:
 
 def load(path) -> NetExperiment:
     """Read and resolve a network experiment file."""
-    import tomllib
+    from ufm.config import read_toml
 
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"experiment file {str(path)!r} does not exist")
-    try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{path}: not valid TOML: {err}") from None
+    raw = read_toml(path)
     if not is_net_file(raw):
         raise ConfigError(f'{path} is not a network experiment (kind = "net" is missing)')
     return resolve(raw)
@@ -307,12 +301,17 @@ def run(experiment: NetExperiment, out=None, progress=None):
     return result
 
 
+def varying_columns(table: dict, seeds: bool = False) -> list[str]:
+    """The configuration columns ("section.key", and "seed" if asked) that differ across rows."""
+    prefixes = ("data", "model", "train") + (("seed",) if seeds else ())
+    return [c for c in table if c.split(".")[0] in prefixes and len({str(v) for v in table[c]}) > 1]
+
+
 def summary(table: dict) -> str:
     """One line per configuration: what varies, accuracies, NC metrics, layer-wise NC1."""
     from ufm.cli import _format_table, _fmt
 
-    varying = [c for c in table if c.split(".")[0] in ("data", "model", "train", "seed")
-               and len({str(v) for v in table[c]}) > 1]
+    varying = varying_columns(table, seeds=True)
     header = ["configuration", "train acc", "test acc", "nc1", "nc2_W", "nc2_H", "nc3", "nc4",
               "layer nc1 (first -> last)"]
     lines = []

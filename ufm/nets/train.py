@@ -76,9 +76,8 @@ class TrainSettings:
                 raise ValueError(f"train.{name}={value!r} is not allowed: an integer >= 1")
         if not (isinstance(self.lr, (int, float)) and self.lr > 0):
             raise ValueError(f"train.lr={self.lr!r} is not allowed: a number > 0")
-        for name in ("weight_decay",):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"train.{name}={getattr(self, name)!r} is not allowed: >= 0")
+        if not self.weight_decay >= 0:
+            raise ValueError(f"train.weight_decay={self.weight_decay!r} is not allowed: >= 0")
         for name in ("momentum", "cmf_momentum"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"train.{name}={getattr(self, name)!r} is not allowed: in [0, 1)")
@@ -122,6 +121,9 @@ def _optimizer(s: TrainSettings, steps_per_epoch: int) -> optax.GradientTransfor
     return optax.adam(lr)
 
 
+_BODY_PARAMS = nnx.All(nnx.Param, nnx.Not(nnx.PathContains("head")))  # weight decay's share
+
+
 def _sum_sq(tree) -> jax.Array:
     return sum((jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)), jnp.zeros(()))
 
@@ -141,8 +143,7 @@ def _objective(model, x, y, s: TrainSettings, n_total: int, num_classes: int):
         penalty += 0.5 * hyper.lam_H * (n_total / x.shape[0]) * jnp.sum(h**2)
     if b is not None:
         penalty += 0.5 * hyper.lam_b * jnp.sum(b**2)
-    body = _sum_sq(nnx.state(model, nnx.Param)) - _sum_sq(nnx.state(head, nnx.Param))
-    penalty += 0.5 * s.weight_decay * body
+    penalty += 0.5 * s.weight_decay * _sum_sq(nnx.state(model, _BODY_PARAMS))
     correct = jnp.sum(jnp.argmax(Z, axis=0) == y)
     return loss + penalty, (loss, correct, h)
 
@@ -168,13 +169,28 @@ def _representations(model, x):
     return model.representations(x)
 
 
-def representations(model, x, batch: int = 1000) -> list[np.ndarray]:
-    """Every layer's representation of `x` in evaluation mode, flattened to (N, features)."""
+@nnx.jit
+def _features(model, x):
+    return [model.features(x)]
+
+
+def _in_batches(forward, model, x, batch):
     model.eval()
-    parts = [_representations(model, jnp.asarray(x[i:i + batch])) for i in range(0, len(x), batch)]
+    parts = [forward(model, jnp.asarray(x[i:i + batch])) for i in range(0, len(x), batch)]
     model.train()
     return [np.concatenate([np.asarray(p[j]).reshape(len(p[j]), -1) for p in parts])
             for j in range(len(parts[0]))]
+
+
+def representations(model, x, batch: int = 1000) -> list[np.ndarray]:
+    """Every layer's representation of `x` in evaluation mode, flattened to (N, features)."""
+    return _in_batches(_representations, model, x, batch)
+
+
+def features(model, x, batch: int = 1000) -> np.ndarray:
+    """The penultimate features of `x` in evaluation mode, (N, d), without keeping the other
+    layers' (large, for a ResNet) activations."""
+    return _in_batches(_features, model, x, batch)[0]
 
 
 def evaluate(model, data, layer_samples: int = 1000) -> dict:
@@ -188,7 +204,7 @@ def evaluate(model, data, layer_samples: int = 1000) -> dict:
     out = {}
     feats = {}
     for split, x, y in (("train", data.x_train, data.y_train), ("test", data.x_test, data.y_test)):
-        H = representations(model, x)[-1]
+        H = features(model, x)
         logits = H @ W.T + (0.0 if b is None else b[None, :])
         out[f"{split}_acc"] = float(np.mean(np.argmax(logits, 1) == y))
         feats[split] = H
@@ -274,11 +290,12 @@ def train(model: nnx.Module, data, settings: TrainSettings = TrainSettings(), *,
         _record(history, 0, float("nan"), evaluate(model, data, settings.layer_samples))
     for epoch in range(first_epoch, settings.epochs + 1):
         order = np.random.default_rng((settings.seed, epoch)).permutation(n)
-        total_loss = 0.0
-        for i in range(steps_per_epoch):
-            idx = order[i * batch:(i + 1) * batch]
-            loss, _ = step(model, optimizer, x_all[idx], y_all[idx])
-            total_loss += float(loss)
+        # One gather per epoch; the step losses stay on the device until the epoch ends (no
+        # host round-trip per step, so dispatch runs ahead of the device).
+        take = jnp.asarray(order[:steps_per_epoch * batch].reshape(steps_per_epoch, batch))
+        xs, ys = x_all[take], y_all[take]
+        losses = [step(model, optimizer, xs[i], ys[i])[0] for i in range(steps_per_epoch)]
+        total_loss = float(jnp.sum(jnp.stack(losses)))
         if not math.isfinite(total_loss):
             raise FloatingPointError(f"training diverged at epoch {epoch} (loss {total_loss}); "
                                      f"lower train.lr={settings.lr}")
@@ -293,7 +310,7 @@ def train(model: nnx.Module, data, settings: TrainSettings = TrainSettings(), *,
     if bar is not None:
         bar.close()
     history = {k: np.asarray(v) for k, v in history.items()}
-    final = {k: (v[-1] if k != "layer_nc1" else v[-1]) for k, v in history.items()}
+    final = {k: v[-1] for k, v in history.items()}
     return TrainResult(model, history, final, time.perf_counter() - t0)
 
 
