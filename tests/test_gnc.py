@@ -79,3 +79,28 @@ def test_tammes_code_for_twelve_points_is_the_icosahedron():
     # Every point has five nearest neighbours at that angle.
     cos = code.W @ code.W.T
     assert np.all(np.sum(np.abs(cos - np.cos(angle)) < 1e-4, axis=1) == 5)
+
+
+def test_grid_rows_carry_gnc_columns_that_reach_the_known_codes(tmp_path):
+    """A sphere grid with d < K-1: every row gets the exact-QP margin, and at a small
+    temperature the learned classifiers reach the softmax code (d = 2: the regular K-gon)."""
+    from ufm import config, grid, io, plots
+
+    exp = config.resolve({
+        "name": "gnc-grid",
+        "problem": {"num_classes": 6, "feature_dim": 2, "n_per_class": 2, "geometry": "sphere", "dtype": "float64"},
+        "hyper": {"tau": [0.5, 0.05]},
+        "solver": {"name": "lbfgs", "steps": 200, "log_every": 50, "tol": 1e-14},
+        "run": {"seeds": [0]},
+    })
+    grid.run(exp, out=tmp_path, progress=False)
+    table = io.read_table(tmp_path / io.RESULTS)
+    for i in range(len(table["row"])):
+        K, d = table["num_classes"][i], table["feature_dim"][i]
+        assert table["code_margin"][i] == pytest.approx(theory.known_code_margin(K, d))
+        assert table["gnc1"][i] < 1e-8  # the two features of a class coincide
+        if table["tau"][i] == 0.05:
+            assert table["gnc2_margin"][i] == pytest.approx(table["code_margin"][i], rel=1e-6)
+    assert theory.known_code_margin(6, 2) == pytest.approx(0.5)
+    assert theory.known_code_margin(4, 3) == pytest.approx(4 / 3)  # the simplex ETF
+    assert plots.plot_gnc_margin(tmp_path, table) == [tmp_path / "gnc_margin.png"]

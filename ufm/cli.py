@@ -9,6 +9,10 @@ from pathlib import Path
 import numpy as np
 
 SUMMARY_METRICS = ("nc1", "nc2_W", "nc2_H", "nc3", "nc4", "rel_gap")
+# Tables with GNC columns (d < K-1, or the sphere) show those instead of the ETF distances;
+# margins are "worst" at their smallest.
+GNC_SUMMARY_METRICS = ("nc1", "gnc2_margin", "code_margin", "gnc2_tammes", "gnc3", "rel_gap")
+LARGER_IS_BETTER = ("gnc2_margin", "gnc2_tammes", "code_margin")
 
 
 def _fmt(value) -> str:
@@ -81,22 +85,29 @@ def summary(table: dict, kind: str = "solve") -> str:
     if kind != "solve":
         return _landscape_summary(table, kind)
     labels, _ = series_labels(table)
-    header = ["configuration", "runs", "status", *SUMMARY_METRICS, "steps", "s/run"]
+    metrics = GNC_SUMMARY_METRICS if "gnc2_margin" in table else SUMMARY_METRICS
+    header = ["configuration", "runs", "status", *metrics, "steps", "s/run"]
     lines = []
     for label in dict.fromkeys(labels):
         rows = [i for i, lab in enumerate(labels) if lab == label]
         statuses = [str(table["status"][i]) for i in rows]
         status = _counts(statuses)
         worst = []
-        for key in SUMMARY_METRICS:
-            values = np.abs(np.asarray(table[key], dtype=float)[rows]) if key in table else [np.nan]
-            worst.append(_fmt(float(np.nanmax(values))) if not np.all(np.isnan(values)) else "-")
+        for key in metrics:
+            values = (np.array([np.nan if v in ("", None) else abs(float(v))
+                                for v in np.asarray(table[key])[rows]])
+                      if key in table else np.array([np.nan]))
+            pick = np.nanmin if key in LARGER_IS_BETTER else np.nanmax
+            worst.append(_fmt(float(pick(values))) if not np.all(np.isnan(values)) else "-")
         steps = int(np.max(np.asarray(table["steps"])[rows]))
         seconds = float(np.mean(np.asarray(table["seconds"], dtype=float)[rows]))
         lines.append([label, str(len(rows)), status, *worst, str(steps), f"{seconds:.2f}"])
     out = _format_table(header, lines)
     out.append("(worst over seeds of the final values; rel_gap = |f - f*|/|f*|, '-' where no "
                "closed form is known)")
+    if "gnc2_margin" in table:
+        out.append("(gnc2_margin: min one-vs-rest distance of the normalized classifiers; "
+                   "code_margin: the softmax code's, where known exactly)")
     return "\n".join(out)
 
 

@@ -146,6 +146,8 @@ def _timed_trial(problem, solver_name, solver, hypers, seeds, width) -> int:
 
 def _config_columns(problem: Problem, hyper: Hyper, solver: str) -> dict:
     row = {name: getattr(problem, name) for name in io.PROBLEM_COLUMNS}
+    if problem.balanced:
+        row["class_counts"] = None  # n_per_class says it; a K-long list would only repeat it
     row.update(hyper._asdict())
     row["solver"] = solver
     return row
@@ -270,6 +272,67 @@ def _run_chunk(configs, solver, problem, solver_name, indices, size, width, bar)
         f_star=np.array([np.nan if o is None else o.objective for o in batch.optimum[:n]]),
         is_zero=np.array([False if o is None else o.is_zero for o in batch.optimum[:n]]),
         seconds=np.full(n, batch.seconds / len(padded)))
+    hypers = _group_hypers(configs, indices)
+    arrays.update(_extra_arrays(problem, hypers, batch.params, n,
+                                np.asarray(batch.history["objective"])[:n, -1]))
+    return arrays
+
+
+def _extra_arrays(problem: Problem, hypers: Hyper, params, n: int, objective) -> dict:
+    """Columns beyond the history's metrics, from the final points (host side): GNC metrics
+    (`reports_gnc`), and for imbalanced classes the minority-collapse metrics and, for a convex
+    loss, the convex oracle's global optimum next to the solver's value (`ufm.oracle`)."""
+    from ufm import metrics, oracle
+
+    arrays = {}
+    if reports_gnc(problem):
+        arrays.update(_gnc_arrays(problem, params, n))
+    if not problem.balanced and problem.geometry == "wd":
+        W, H = np.asarray(params.W), np.asarray(params.H)
+        found = [metrics.imbalance_metrics(W[j], H[j], problem.labels, problem.class_counts)
+                 for j in range(n)]
+        arrays.update({f"extra/{k}": np.array([f[k] for f in found]) for k in found[0]})
+        hyper_list = [Hyper(*(float(np.asarray(v)[j]) for v in hypers)) for j in range(n)]
+        if (problem.loss in oracle.CONVEX_LOSSES and problem.classifier == "learned"
+                and all(h.lam_W > 0 and h.lam_H > 0 for h in hyper_list)):
+            optima = [oracle.convex_oracle(problem, h) for h in hyper_list]
+            value = np.array([o.objective for o in optima])
+            arrays["extra/oracle_objective"] = value
+            arrays["extra/oracle_gap"] = (np.asarray(objective, np.float64) - value) / np.abs(value)
+            arrays["extra/oracle_rank"] = np.array([o.rank for o in optima], float)
+            minority = np.flatnonzero(np.asarray(problem.class_counts)
+                                      < max(problem.class_counts))
+            arrays["extra/oracle_minority_cos"] = np.array(
+                [metrics.imbalance_metrics(o.W, o.H_bar, np.arange(problem.num_classes),
+                                           problem.class_counts)["minority_cos"]
+                 for o in optima]) if minority.size >= 2 else np.full(n, np.nan)
+            levels = sorted(set(problem.class_counts))
+            if len(levels) == 2 and minority.size >= 2:
+                # Two count levels: the ratio n_major/n_minor at which the minority collapses.
+                arrays["extra/collapse_ratio"] = np.array([
+                    oracle.minority_collapse_threshold(problem, h, minority_classes=minority.size,
+                                                       n_minority=levels[0],
+                                                       minority_indices=minority)
+                    for h in hyper_list])
+    return arrays
+
+
+def reports_gnc(problem: Problem) -> bool:
+    """GNC columns (SCIENCE.md section 3) for the generalized-NC regime d < K-1 and for every
+    sphere problem (where the margin of the ETF, K/(K-1), checks the metric)."""
+    return problem.feature_dim < problem.num_classes - 1 or problem.geometry == "sphere"
+
+
+def _gnc_arrays(problem: Problem, params, n: int) -> dict:
+    """gnc1, gnc2_margin (exact QP), gnc2_tammes, gnc3 of each final point (host numpy), and
+    the margin of the softmax code where it is known exactly (`theory.known_code_margin`)."""
+    from ufm import metrics, theory
+
+    W, H = np.asarray(params.W), np.asarray(params.H)
+    found = [metrics.gnc_metrics(W[j], H[j], problem.labels) for j in range(n)]
+    arrays = {f"extra/{k}": np.array([f[k] for f in found]) for k in found[0]}
+    known = theory.known_code_margin(problem.num_classes, problem.feature_dim)
+    arrays["extra/code_margin"] = np.full(n, np.nan if known is None else known)
     return arrays
 
 
@@ -282,6 +345,10 @@ def _apply_chunk(arrays, group, solver_name, indices, configs, rows, histories) 
         rows[i] = _row(i, group, configs[i], solver_name, STATUSES[int(arrays["status"][j])],
                        arrays["steps"][j], arrays["diverged_at"][j], arrays["f_star"][j],
                        arrays["is_zero"][j], history, float(arrays["seconds"][j]))
+        for key, values in arrays.items():
+            if key.startswith("extra/"):
+                value = float(values[j])
+                rows[i][key.split("/", 1)[1]] = None if np.isnan(value) else value
 
 
 def _group_hypers(configs, indices) -> Hyper:

@@ -174,6 +174,10 @@ def plot_results(directory, metrics=None, x=None, y=None) -> list[Path]:
     plt = _pyplot()
     table = io.read_table(directory / io.RESULTS)
     grid_written = plot_grid(directory, table, metrics, x, y)
+    if "gnc2_margin" in table and len(set(map(str, table["tau"]))) > 1:
+        grid_written += plot_gnc_margin(directory, table)
+    if "minority_cos" in table:
+        grid_written += plot_imbalance(directory, table)
     with np.load(directory / io.HISTORY) as data:
         history = {k: data[k] for k in data.files}
     labels, _ = series_labels(table)
@@ -208,6 +212,78 @@ def plot_results(directory, metrics=None, x=None, y=None) -> list[Path]:
         plt.close(fig)
         written.append(path)
     return written + grid_written
+
+
+def plot_gnc_margin(directory, table) -> list[Path]:
+    """GNC margin (min one-vs-rest distance of the normalized classifiers) against tau: one
+    panel per feature dimension d, one line per K (best over seeds), the softmax code's margin
+    dashed where it is known exactly."""
+    plt = _pyplot()
+    K_col, d_col = np.asarray(table["num_classes"], int), np.asarray(table["feature_dim"], int)
+    tau = np.asarray(table["tau"], float)
+    margin = np.asarray(table["gnc2_margin"], float)
+    code = np.array([np.nan if v in ("", None) else float(v)
+                     for v in table.get("code_margin", [None] * len(tau))])
+    dims = sorted(set(d_col))
+    fig, axes = plt.subplots(1, len(dims), figsize=(3.6 * len(dims), 3.4), layout="constrained",
+                             squeeze=False)
+    for ax, d in zip(axes.flat, dims):
+        for K in sorted(set(K_col[d_col == d])):
+            rows = (d_col == d) & (K_col == K)
+            taus = sorted(set(tau[rows]))
+            best = [np.nanmax(margin[rows & (tau == t)]) for t in taus]
+            (line,) = ax.plot(taus, best, "o-", label=f"K={K}")
+            known = code[rows]
+            if np.isfinite(known).any():
+                ax.axhline(np.nanmax(known), color=line.get_color(), ls="--", lw=1)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("tau")
+        ax.set_title(f"d = {d}", fontsize=9)
+        ax.legend(fontsize=7)
+    axes.flat[0].set_ylabel("one-vs-rest margin (dashed: softmax code)")
+    return [_save(fig, Path(directory) / "gnc_margin.png")]
+
+
+def _numbers(table, key):
+    return np.array([np.nan if v in ("", None) else float(v)
+                     for v in table.get(key, [None] * len(table["row"]))])
+
+
+def plot_imbalance(directory, table) -> list[Path]:
+    """Minority collapse against the imbalance ratio n_max/n_min: mean cosine between minority
+    classifiers (solver: markers per seed; convex oracle: line) with the oracle's collapse
+    threshold dashed; minority/majority norm ratios; |f - f_oracle|/|f_oracle|."""
+    plt = _pyplot()
+    counts = [np.array(str(c).split(), float) for c in table["class_counts"]]
+    ratio = np.array([c.max() / c.min() if c.size else 1.0 for c in counts])
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), layout="constrained")
+    order = np.argsort(ratio, kind="stable")
+    axes[0].plot(ratio[order], _numbers(table, "minority_cos")[order], "o", ms=4,
+                 label="solver (each seed)")
+    oracle_cos = _numbers(table, "oracle_minority_cos")
+    if np.isfinite(oracle_cos).any():
+        axes[0].plot(ratio[order], oracle_cos[order], "-", label="convex oracle")
+    threshold = _numbers(table, "collapse_ratio")
+    for value in sorted(set(threshold[np.isfinite(threshold)])):
+        axes[0].axvline(value, color="k", ls="--", lw=1)
+        axes[0].text(value, -0.05, f" R*={value:.3g}", fontsize=7)
+    axes[0].axhline(1.0, color="gray", lw=0.5)
+    axes[0].set_ylabel("mean cos between minority classifiers")
+    axes[0].legend(fontsize=7)
+    axes[1].plot(ratio[order], _numbers(table, "w_norm_ratio")[order], "o-", ms=3,
+                 label="||w|| minority / majority")
+    axes[1].plot(ratio[order], _numbers(table, "h_norm_ratio")[order], "s-", ms=3,
+                 label="||mu - mu_G|| minority / majority")
+    axes[1].legend(fontsize=7)
+    gap = np.abs(_numbers(table, "oracle_gap"))
+    if np.isfinite(gap).any():
+        axes[2].semilogy(ratio[order], np.maximum(gap[order], 1e-17), "o", ms=4)
+        axes[2].set_ylabel("|f - f_oracle| / |f_oracle|")
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.set_xlabel("imbalance ratio n_max / n_min")
+    return [_save(fig, Path(directory) / "imbalance.png")]
 
 
 # ----------------------------------------------------------------------------- landscape kinds

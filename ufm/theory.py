@@ -373,6 +373,17 @@ def _code(W) -> Code:
                 metrics.min_pairwise_distance(W))
 
 
+def known_code_margin(K: int, d: int) -> float | None:
+    """The softmax code's margin where it is known exactly (Jiang et al. 2024): K/(K-1) for
+    K <= d + 1 (the simplex ETF), 1 - cos(2 pi/K) for d = 2 (the regular K-gon: a vertex's
+    distance to the chord of its two neighbours); None otherwise (use `softmax_code`)."""
+    if K <= d + 1:
+        return K / (K - 1)
+    if d == 2:
+        return 1.0 - math.cos(2.0 * math.pi / K)
+    return None
+
+
 def softmax_code(K: int, d: int, *, starts: int = 16, seed: int = 0,
                  taus=(0.1, 0.03, 0.01, 0.003), steps: int = 1500) -> Code:
     """The softmax code (Jiang et al. 2024): K unit vectors in R^d maximizing the minimum
