@@ -12,6 +12,8 @@ SUMMARY_METRICS = ("nc1", "nc2_W", "nc2_H", "nc3", "nc4", "rel_gap")
 # Tables with GNC columns (d < K-1, or the sphere) show those instead of the ETF distances;
 # margins are "worst" at their smallest.
 GNC_SUMMARY_METRICS = ("nc1", "gnc2_margin", "code_margin", "gnc2_tammes", "gnc3", "rel_gap")
+# Multi-label tables: NC1 over label sets, the single-label ETF, and NC_m.
+MULTILABEL_SUMMARY_METRICS = ("nc1", "nc2_W", "nc2_H", "nc3", "nc_m", "rel_gap")
 LARGER_IS_BETTER = ("gnc2_margin", "gnc2_tammes", "code_margin")
 
 
@@ -85,7 +87,8 @@ def summary(table: dict, kind: str = "solve") -> str:
     if kind != "solve":
         return _landscape_summary(table, kind)
     labels, _ = series_labels(table)
-    metrics = GNC_SUMMARY_METRICS if "gnc2_margin" in table else SUMMARY_METRICS
+    metrics = (GNC_SUMMARY_METRICS if "gnc2_margin" in table
+               else MULTILABEL_SUMMARY_METRICS if "nc_m" in table else SUMMARY_METRICS)
     header = ["configuration", "runs", "status", *metrics, "steps", "s/run"]
     lines = []
     for label in dict.fromkeys(labels):

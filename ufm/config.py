@@ -3,8 +3,8 @@
 An experiment file has four tables (all optional; every key has a default):
 
     name = "my-experiment"
-    [problem]   Problem fields: num_classes, feature_dim, n_per_class | class_counts, loss,
-                geometry, bias, classifier, dtype
+    [problem]   Problem fields: num_classes, feature_dim, n_per_class | class_counts |
+                multiplicity_counts, loss, geometry, bias, classifier, dtype
     [hyper]     Hyper fields: lam_W, lam_H, lam_b, tau, alpha, gamma, kappa, M, lr, momentum,
                 beta1, beta2
     [solver]    name ("gd" | "momentum" | "nesterov" | "adam" | "lbfgs"), steps, log_every, tol,
@@ -18,7 +18,9 @@ An experiment file has four tables (all optional; every key has a default):
 A list in [problem] or [hyper] (or solver.name) is a grid axis; a number field may also be
 {linspace = [start, stop, num]} or {logspace = [start, stop, num]} (end values, geometric
 spacing). The grid is the Cartesian product of the axes, the [[zip]] tables and the seeds
-(class_counts is a list of per-class counts; a list of such lists is an axis).
+(class_counts is a list of per-class counts; a list of such lists is an axis;
+multiplicity_counts = [n_1, n_2, ...] makes multi-label data, n_m samples on every set of m
+classes, see `ufm.problem.multilabel_sets`; a list of such lists is an axis).
 Everything is checked here, before anything compiles: an unknown key, a wrong type or an
 out-of-range value raises `ConfigError` naming the key, the value and what is allowed.
 """
@@ -46,11 +48,15 @@ class ConfigError(ValueError):
 PROBLEM_DEFAULTS = {
     "num_classes": 10, "feature_dim": 32, "n_per_class": 50, "class_counts": None, "loss": "ce",
     "geometry": "wd", "bias": None, "classifier": "learned", "dtype": "float32",
+    "multiplicity_counts": None,
 }
 PROBLEM_TYPES = {
     "num_classes": int, "feature_dim": int, "n_per_class": int, "class_counts": list,
     "loss": str, "geometry": str, "bias": bool, "classifier": str, "dtype": str,
+    "multiplicity_counts": list,
 }
+# Problem fields whose value is a list (so a list of lists is an axis).
+LIST_FIELDS = ("class_counts", "multiplicity_counts")
 HYPER_DEFAULTS = dict(Hyper()._asdict())
 SOLVER_DEFAULTS = {"name": "gd", "steps": 10_000, "log_every": 100, "tol": None, "init_scale": 1.0}
 SOLVER_TYPES = {"name": str, "steps": int, "log_every": int, "tol": float, "init_scale": float}
@@ -139,7 +145,7 @@ def _unknown(where: str, key: str, allowed) -> ConfigError:
 
 def _axis_values(field: str, value) -> list:
     """The values of a field: a list is an axis (class_counts: a list of lists)."""
-    if field == "class_counts":
+    if field in LIST_FIELDS:
         if isinstance(value, list) and value and all(isinstance(v, list) for v in value):
             return value
         return [value]
@@ -186,7 +192,7 @@ def _resolve_section(section: str, given: dict, defaults: dict, types: dict) -> 
             raise ConfigError(f"{section}.{key}=[] is not allowed: a value or a non-empty list")
         checked = [None if v is None else _check_type(f"{section}.{key}", v, types[key])
                    for v in values]
-        is_axis = len(values) != 1 or (isinstance(value, list) and key != "class_counts")
+        is_axis = len(values) != 1 or (isinstance(value, list) and key not in LIST_FIELDS)
         resolved[key] = checked if is_axis else checked[0]
     return resolved
 
@@ -231,7 +237,7 @@ def _resolve_zips(given, raw: dict) -> list[dict]:
             defaults = PROBLEM_DEFAULTS if section == "problem" else HYPER_DEFAULTS
             types = PROBLEM_TYPES if section == "problem" else {k: float for k in HYPER_DEFAULTS}
             checked = _resolve_section(section, {key: value}, defaults, types)[key]
-            if not isinstance(checked, list) or (key == "class_counts" and
+            if not isinstance(checked, list) or (key in LIST_FIELDS and
                                                  not isinstance(checked[0], list)):
                 raise ConfigError(f"zip.{key}={value!r} is not allowed: a list of values")
             if section == "hyper":
@@ -269,7 +275,8 @@ def resolve(raw: dict) -> Experiment:
     name = _check_type("name", raw.get("name", "experiment"), str)
     description = _check_type("description", raw.get("description", ""), str)
     problem = _resolve_section("problem", raw.get("problem", {}), PROBLEM_DEFAULTS, PROBLEM_TYPES)
-    if "class_counts" in raw.get("problem", {}) and "n_per_class" not in raw.get("problem", {}):
+    given = raw.get("problem", {})
+    if any(k in given for k in LIST_FIELDS) and "n_per_class" not in given:
         problem["n_per_class"] = None
     hyper = _resolve_section("hyper", raw.get("hyper", {}), HYPER_DEFAULTS,
                              {k: float for k in HYPER_DEFAULTS})
@@ -392,6 +399,13 @@ def _problem_kwargs(problem_values: dict) -> dict:
     kwargs = dict(problem_values)
     if kwargs.get("class_counts") is not None:
         kwargs["class_counts"] = tuple(kwargs["class_counts"])
+        kwargs["n_per_class"] = None
+    multiplicity = kwargs.pop("multiplicity_counts", None)
+    if multiplicity is not None:
+        from ufm.problem import multilabel_sets
+
+        kwargs["label_sets"], kwargs["set_counts"] = multilabel_sets(kwargs["num_classes"],
+                                                                     multiplicity)
         kwargs["n_per_class"] = None
     return kwargs
 

@@ -146,8 +146,8 @@ def _timed_trial(problem, solver_name, solver, hypers, seeds, width) -> int:
 
 def _config_columns(problem: Problem, hyper: Hyper, solver: str) -> dict:
     row = {name: getattr(problem, name) for name in io.PROBLEM_COLUMNS}
-    if problem.balanced:
-        row["class_counts"] = None  # n_per_class says it; a K-long list would only repeat it
+    if problem.multilabel:  # compact: "0 1 2 0+1 0+2 1+2"
+        row["label_sets"] = " ".join("+".join(map(str, s)) for s in problem.label_sets)
     row.update(hyper._asdict())
     row["solver"] = solver
     return row
@@ -287,7 +287,7 @@ def _extra_arrays(problem: Problem, hypers: Hyper, params, n: int, objective) ->
     arrays = {}
     if reports_gnc(problem):
         arrays.update(_gnc_arrays(problem, params, n))
-    if not problem.balanced and problem.geometry == "wd":
+    if not problem.balanced and not problem.multilabel and problem.geometry == "wd":
         W, H = np.asarray(params.W), np.asarray(params.H)
         found = [metrics.imbalance_metrics(W[j], H[j], problem.labels, problem.class_counts)
                  for j in range(n)]
@@ -320,6 +320,8 @@ def _extra_arrays(problem: Problem, hypers: Hyper, params, n: int, objective) ->
 def reports_gnc(problem: Problem) -> bool:
     """GNC columns (SCIENCE.md section 3) for the generalized-NC regime d < K-1 and for every
     sphere problem (where the margin of the ETF, K/(K-1), checks the metric)."""
+    if problem.multilabel:
+        return False
     return problem.feature_dim < problem.num_classes - 1 or problem.geometry == "sphere"
 
 

@@ -24,7 +24,7 @@ from ufm.problem import Hyper
 
 CONFIG, RESULTS, HISTORY, MANIFEST = "config.toml", "results.csv", "history.npz", "manifest.json"
 PROBLEM_COLUMNS = ("num_classes", "feature_dim", "n_per_class", "class_counts", "loss",
-                   "geometry", "bias", "classifier", "dtype")
+                   "geometry", "bias", "classifier", "dtype", "label_sets", "set_counts")
 # The columns of results.csv that describe a configuration (besides its seed).
 CONFIG_COLUMNS = PROBLEM_COLUMNS + Hyper._fields + ("solver",)
 
@@ -41,27 +41,38 @@ def _cell(value) -> str:
     return str(value)
 
 
+def _columns(rows: list[dict]) -> list[str]:
+    """Every key of every row, in first-seen order (rows of different problems may carry
+    different extra columns, e.g. GNC or imbalance metrics); a missing cell is empty."""
+    return list(dict.fromkeys(key for row in rows for key in row))
+
+
 def write_table(path: Path, rows: list[dict]) -> None:
-    columns = list(rows[0]) if rows else []
+    columns = _columns(rows)
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(columns)
         for row in rows:
-            writer.writerow([_cell(row[c]) for c in columns])
+            writer.writerow([_cell(row.get(c)) for c in columns])
 
 
 def append_table(path: Path, rows: list[dict]) -> None:
-    """Append rows to a CSV table, writing the header when the file is new."""
+    """Append rows to a CSV table, writing the header when the file is new (a running grid's
+    table: columns first seen later are added when the finished table is rewritten)."""
     if not rows:
         return
     new = not path.is_file()
-    columns = list(rows[0])
+    if new:
+        columns = _columns(rows)
+    else:
+        with open(path, newline="") as handle:
+            columns = next(csv.reader(handle), [])
     with open(path, "a", newline="") as handle:
         writer = csv.writer(handle)
         if new:
             writer.writerow(columns)
         for row in rows:
-            writer.writerow([_cell(row[c]) for c in columns])
+            writer.writerow([_cell(row.get(c)) for c in columns])
 
 
 def write_history(path: Path, histories: list[dict]) -> None:
@@ -70,12 +81,13 @@ def write_history(path: Path, histories: list[dict]) -> None:
     length = max(len(h["iteration"]) for h in histories)
     iteration = max((h["iteration"] for h in histories), key=len)
     arrays = {"iteration": np.asarray(iteration)}
-    for key in histories[0]:
+    for key in dict.fromkeys(k for h in histories for k in h):  # NaN where a row lacks a key
         if key == "iteration":
             continue
         stacked = np.full((len(histories), length), np.nan)
         for i, h in enumerate(histories):
-            stacked[i, : len(h[key])] = h[key]
+            if key in h:
+                stacked[i, : len(h[key])] = h[key]
         arrays[key] = stacked
     np.savez_compressed(path, **arrays)
 

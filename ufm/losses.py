@@ -58,4 +58,5 @@ LOSSES = {
     "focal": focal,
     "mse": mse,
     "mse_rescaled": mse_rescaled,
+    "pick_all_label": pick_all_label,
 }

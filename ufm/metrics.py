@@ -56,9 +56,9 @@ def _gram_to_etf(G, E):
     return jnp.linalg.norm(G / jnp.linalg.norm(G) - E)
 
 
-def _class_statistics(H, labels, K, global_mean):
+def _class_statistics(H, labels, K, global_mean, max_rank=None):
     """One-hot Y, counts, class means, M, within-class deviations and NC1 (Papyan's
-    tr(Sigma_W Sigma_B^+)) of features H (d, N)."""
+    tr(Sigma_W Sigma_B^+)) of features H (d, N); Sigma_B^+ at rank K-1 (or `max_rank`)."""
     d, N = H.shape
     dtype = H.dtype
     Y = jax.nn.one_hot(labels, K, dtype=dtype).T  # (K, N)
@@ -71,7 +71,8 @@ def _class_statistics(H, labels, K, global_mean):
     # NC1 through the SVD of M, truncated at rank min(K-1, d) and at round-off.
     U, S, _ = jnp.linalg.svd(M, full_matrices=False)
     eps = jnp.finfo(dtype).eps
-    keep = (jnp.arange(S.shape[0]) < K - 1) & (S > eps * max(d, K) * S[0])
+    rank = K - 1 if max_rank is None else max_rank
+    keep = (jnp.arange(S.shape[0]) < rank) & (S > eps * max(d, K) * S[0])
     inv_sq = jnp.where(keep, 1.0 / jnp.where(keep, S, 1.0) ** 2, 0.0)
     projected_sq = jnp.sum((U.T @ within) ** 2, axis=1)  # (r,)
     defined = S[0] > 0
@@ -162,6 +163,74 @@ def nc_metrics(W, H, labels, b=None, *, global_mean: str = "class_means") -> dic
         return _nc_metrics_jit(W, H, jnp.asarray(labels), b, global_mean)
 
 
+# ------------------------------------------------------------ multi-label (pick-all-label) metrics
+
+
+def _angle(a, b):
+    """Angle between the columns of a and b (d, m), stable near 0: 2 atan2(|u - v|, |u + v|)
+    for unit u, v."""
+    u = a / jnp.linalg.norm(a, axis=0, keepdims=True)
+    v = b / jnp.linalg.norm(b, axis=0, keepdims=True)
+    return 2.0 * jnp.arctan2(jnp.linalg.norm(u - v, axis=0), jnp.linalg.norm(u + v, axis=0))
+
+
+def multilabel_metrics(W, H, sample_sets, label_sets, b=None) -> dict:
+    """NC metrics of a multi-label UFM point (Li et al. 2024, "Neural collapse in multi-label
+    learning with pick-all-label loss"). `sample_sets` (N,) indexes each sample's label set in
+    `label_sets` (a static tuple of sorted class tuples holding every singleton (k,)).
+
+    nc1: NC1 with each label set as a class (within-set variability; Sigma_B^+ at rank K-1,
+    the dimension the set means span at collapse); nc1_single: NC1 of the
+    single-label samples; nc2_W, nc2_H, nc3, nc4 and the rest of `nc_metrics`: on the
+    single-label samples (the ETF geometry of the single-label means); nc_m: mean over label
+    sets S with |S| >= 2 of the angle (radians) between mu_S - mu_G and sum_{k in S}
+    (mu_k - mu_G), mu_G the mean of the single-label means (0 when every multi-label mean is
+    a scaled sum of its classes' means). Jittable (label_sets and sample_sets are static);
+    from Python, float64 inputs are computed in float64."""
+    if isinstance(H, jax.core.Tracer) or isinstance(W, jax.core.Tracer):
+        return _multilabel_metrics(W, H, sample_sets, label_sets, b)
+    dtype = np.promote_types(*(getattr(x, "dtype", None) or np.asarray(x).dtype for x in (W, H)))
+    with x64_scope(dtype):
+        W, H = jnp.asarray(W, dtype), jnp.asarray(H, dtype)
+        b = None if b is None else jnp.asarray(b, dtype)
+        return {k: float(v) for k, v in _multilabel_metrics(W, H, sample_sets, label_sets,
+                                                              b).items()}
+
+
+def _multilabel_metrics(W, H, sample_sets, label_sets, b):
+    sample_sets = np.asarray(sample_sets)
+    K = W.shape[0]
+    index = {s: i for i, s in enumerate(label_sets)}
+    singles = np.array([index[(k,)] for k in range(K)])
+    single_class = {int(i): k for k, i in enumerate(singles)}
+    keep = np.flatnonzero(np.isin(sample_sets, singles))
+    labels_single = np.array([single_class[int(i)] for i in sample_sets[keep]], np.int32)
+    found = dict(_nc_metrics(W, H[:, keep], jnp.asarray(labels_single), b, "class_means"))
+    S = len(label_sets)
+    found["nc1_single"] = found["nc1"]
+    # The set means of a collapsed point span the K-1 dimensions of the single-label means:
+    # Sigma_B^+ at rank K-1, so round-off directions do not divide the within-set spread.
+    found["nc1"] = _class_statistics(H, jnp.asarray(sample_sets), S, "class_means",
+                                     max_rank=K - 1)[-1] / S
+    one_hot = jax.nn.one_hot(jnp.asarray(sample_sets), S, dtype=H.dtype).T  # (S, N)
+    means = (H @ one_hot.T) / jnp.sum(one_hot, axis=1)[None, :]  # (d, S)
+    single_means = means[:, singles]
+    mu_G = jnp.mean(single_means, axis=1, keepdims=True)
+    multi = [i for i, s in enumerate(label_sets) if len(s) >= 2]
+    if multi:
+        members = np.zeros((K, len(multi)))
+        for j, i in enumerate(multi):
+            members[list(label_sets[i]), j] = 1.0
+        summed = (single_means - mu_G) @ jnp.asarray(members, H.dtype)
+        found["nc_m"] = jnp.mean(_angle(means[:, np.array(multi)] - mu_G, summed))
+    else:
+        found["nc_m"] = jnp.asarray(jnp.nan, H.dtype)
+    return found
+
+
+MULTILABEL_METRIC_NAMES = ("nc1_single", "nc_m")
+
+
 # ----------------------------------------------------------------------- generalized NC (d < K-1)
 
 
@@ -250,6 +319,10 @@ def gnc_metrics(W, H, labels) -> dict:
 # ------------------------------------------------------------------ imbalanced classes (minority)
 
 
+# Minority classifiers closer than this (relative to the largest ||w_k||) have collapsed.
+COLLAPSED_SPREAD = 1e-6
+
+
 def minority_spread(W, minority) -> float:
     """max ||w_j - w_k|| over pairs of minority classifiers, relative to max ||w_k||: 0 when
     the minority classifiers have collapsed onto one vector (Fang et al. 2021)."""
@@ -272,7 +345,8 @@ def imbalance_metrics(W, H, labels, class_counts) -> dict:
     are those with the largest count, minority all others.
 
     minority_cos / majority_cos: mean cosine between distinct minority (majority) classifiers
-    (1 at minority collapse; -1/(K-1) on a simplex ETF); minority_spread: max distance between
+    (-1/(K-1) on a simplex ETF; 1 at minority collapse, also when they collapse to zero, which
+    the weight-decay UFM does past a second, larger ratio); minority_spread: max distance between
     minority classifiers relative to the largest ||w_k||; w_norm_ratio / h_norm_ratio: mean
     minority over mean majority ||w_k|| and ||mu_k - mu_G|| (mu_G the mean of class means)."""
     W = np.asarray(W, np.float64)
@@ -288,7 +362,10 @@ def imbalance_metrics(W, H, labels, class_counts) -> dict:
     nan = float("nan")
     ratio = lambda x: (float(np.mean(x[minority]) / max(np.mean(x[majority]), 1e-300))
                        if minority.size else nan)
-    return {"minority_cos": _mean_pair_cosine(W[minority]),
+    spread = minority_spread(W, minority) if minority.size >= 2 else nan
+    # Coincident minority classifiers (also all zero, the extreme imbalance) count as cos = 1.
+    minority_cos = 1.0 if spread < COLLAPSED_SPREAD else _mean_pair_cosine(W[minority])
+    return {"minority_cos": minority_cos,
             "majority_cos": _mean_pair_cosine(W[majority]),
-            "minority_spread": minority_spread(W, minority) if minority.size >= 2 else nan,
+            "minority_spread": spread,
             "w_norm_ratio": ratio(w_norms), "h_norm_ratio": ratio(centred)}

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ufm import losses as _losses
-from ufm.metrics import minority_spread
+from ufm.metrics import COLLAPSED_SPREAD, minority_spread
 from ufm.problem import Hyper, Problem, validate_hyper, x64_scope
 
 CONVEX_LOSSES = ("ce", "ls", "mse", "mse_rescaled")
@@ -175,7 +175,7 @@ def convex_oracle(problem: Problem, hyper: Hyper, *, counts=None, max_iter: int 
 def minority_collapse_threshold(problem: Problem, hyper: Hyper, *, minority_classes: int,
                                 n_minority: float = 1.0, minority_indices=None,
                                 max_ratio: float = 1e4, rtol: float = 1e-3,
-                                collapsed_below: float = 1e-6) -> float:
+                                collapsed_below: float = COLLAPSED_SPREAD) -> float:
     """The smallest majority/minority count ratio R at which the minority classifiers collapse
     onto one vector (spread < `collapsed_below`) at the global optimum, with n_k = R n_minority
     for the majority and n_minority for the minority classes (the last `minority_classes`

@@ -18,10 +18,17 @@ TRAJECTORY_FIGURES = (
     ("nc2_H", "NC2 (features)  ‖MᵀM/‖MᵀM‖ − E‖", True),
     ("nc3", "NC3  ‖WM/‖WM‖ − E‖", True),
     ("nc4", "NC4  NCC disagreement", False),
+    ("nc_m", "NC_m  angle(μ_S − μ_G, Σ_{k∈S} (μ_k − μ_G))", True),
     ("objective", "objective f", True),
 )
 IGNORED_COLUMNS = {"row", "group", "seed", "status", "steps", "diverged_at", "seconds", "f_star",
                    "optimum_is_zero"}
+
+
+def _all_balanced(table) -> bool:
+    n = table.get("n_per_class")
+    return n is not None and np.issubdtype(np.asarray(n).dtype, np.number) and not np.any(
+        np.isnan(np.asarray(n, float)))
 
 
 def series_labels(table: dict) -> tuple[list[str], list[str]]:
@@ -30,6 +37,8 @@ def series_labels(table: dict) -> tuple[list[str], list[str]]:
     n_rows = len(table["row"])
     candidates = [c for c in io.CONFIG_COLUMNS if c in table]
     varying = [c for c in candidates if len({str(v) for v in table[c]}) > 1]
+    if "class_counts" in varying and _all_balanced(table):
+        varying.remove("class_counts")  # n_per_class and num_classes already tell them apart
     labels = [", ".join(f"{c}={table[c][i]}" for c in varying) or "run" for i in range(n_rows)]
     if varying == ["loss"]:
         labels = [str(v) for v in table["loss"]]
@@ -92,7 +101,8 @@ def _numeric_axes(table: dict) -> list[str]:
     axes = []
     for c in io.CONFIG_COLUMNS:
         if c in table and len(set(map(str, table[c]))) > 1 and np.issubdtype(
-                np.asarray(table[c]).dtype, np.number):
+                np.asarray(table[c]).dtype, np.number) and not np.any(
+                np.isnan(np.asarray(table[c], float))):  # an axis only where every row has it
             axes.append(c)
     return axes
 
@@ -116,7 +126,8 @@ def plot_grid(directory, table, metrics=None, x=None, y=None) -> list[Path]:
         set(map(str, table[x])))
     y = y or next((a for a in axes if a != x and independent(a)), None)
     others = [c for c in io.CONFIG_COLUMNS if c in table and c not in (x, y)
-              and len(set(map(str, table[c]))) > 1 and (c not in axes or independent(c))]
+              and len(set(map(str, table[c]))) > 1 and (c not in axes or independent(c))
+              and not (c == "class_counts" and _all_balanced(table))]
     n_rows = len(table["row"])
     panel_of = [", ".join(f"{c}={table[c][i]}" for c in others) or "all" for i in range(n_rows)]
     panels = list(dict.fromkeys(panel_of))
@@ -276,10 +287,14 @@ def plot_imbalance(directory, table) -> list[Path]:
     axes[1].plot(ratio[order], _numbers(table, "h_norm_ratio")[order], "s-", ms=3,
                  label="||mu - mu_G|| minority / majority")
     axes[1].legend(fontsize=7)
+    axes[1].set_yscale("log")
+    axes[2].semilogy(ratio[order], np.maximum(_numbers(table, "minority_spread")[order], 1e-17),
+                     "o", ms=4, label="minority spread (solver)")
     gap = np.abs(_numbers(table, "oracle_gap"))
     if np.isfinite(gap).any():
-        axes[2].semilogy(ratio[order], np.maximum(gap[order], 1e-17), "o", ms=4)
-        axes[2].set_ylabel("|f - f_oracle| / |f_oracle|")
+        axes[2].semilogy(ratio[order], np.maximum(gap[order], 1e-17), "x", ms=4,
+                         label="|f - f_oracle| / |f_oracle|")
+    axes[2].legend(fontsize=7)
     for ax in axes:
         ax.set_xscale("log")
         ax.set_xlabel("imbalance ratio n_max / n_min")

@@ -29,6 +29,8 @@ from ufm import losses as _losses
 GEOMETRIES = ("wd", "sphere")
 CLASSIFIERS = ("learned", "fixed_etf")
 DTYPES = ("float32", "float64")
+# Losses defined for multi-hot targets: CE on a multi-hot Y is pick-all-label.
+MULTILABEL_LOSSES = ("ce", "pick_all_label", "mse")
 
 
 def x64_scope(dtype):
@@ -65,6 +67,11 @@ class Problem:
       bias: learn a bias b; defaults to True for "wd" and False for "sphere".
       classifier: "learned" or "fixed_etf" (W frozen at the unit-norm simplex ETF).
       dtype: "float32" or "float64"; a float64 problem runs in float64 without global flags.
+      label_sets, set_counts: multi-label data (Li et al. 2024) instead of class counts: each
+        sample carries a set of classes (a sorted tuple), set_counts[s] samples carry
+        label_sets[s]; the targets are multi-hot and CE on them is the pick-all-label loss
+        sum_{k in S} CE(z, k). `multilabel_sets(K, counts_by_size)` builds every set of each
+        size. Samples are ordered by label set (`Problem.sample_sets`).
     """
 
     num_classes: int
@@ -76,6 +83,8 @@ class Problem:
     bias: bool | None = None
     classifier: str = "learned"
     dtype: str = "float32"
+    label_sets: tuple[tuple[int, ...], ...] | None = None
+    set_counts: tuple[int, ...] | None = None
 
     def __post_init__(self):
         K, d = self.num_classes, self.feature_dim
@@ -83,7 +92,9 @@ class Problem:
             _fail("num_classes", K, "an integer >= 2")
         if not _is_int(d) or d < 1:
             _fail("feature_dim", d, "an integer >= 1")
-        if self.class_counts is None:
+        if self.label_sets is not None or self.set_counts is not None:
+            self._check_label_sets()
+        elif self.class_counts is None:
             n = 1 if self.n_per_class is None else self.n_per_class
             if not _is_int(n) or n < 1:
                 _fail("n_per_class", n, "an integer >= 1")
@@ -103,6 +114,9 @@ class Problem:
             object.__setattr__(self, "n_per_class", counts[0] if balanced else None)
         if self.loss not in _losses.LOSSES:
             _fail("loss", self.loss, f"one of {sorted(_losses.LOSSES)}")
+        if self.multilabel and self.loss not in MULTILABEL_LOSSES:
+            _fail("loss", self.loss, f"one of {list(MULTILABEL_LOSSES)} with label_sets "
+                  "(losses defined for multi-hot targets)")
         if self.geometry not in GEOMETRIES:
             _fail("geometry", self.geometry, f"one of {list(GEOMETRIES)}")
         if self.bias is None:
@@ -117,10 +131,44 @@ class Problem:
         if self.dtype not in DTYPES:
             _fail("dtype", self.dtype, f"one of {list(DTYPES)}")
 
+    def _check_label_sets(self) -> None:
+        K = self.num_classes
+        if self.n_per_class is not None or self.class_counts is not None:
+            _fail("class_counts" if self.class_counts is not None else "n_per_class",
+                  self.class_counts if self.class_counts is not None else self.n_per_class,
+                  "omitted when label_sets is given")
+        if self.label_sets is None or self.set_counts is None:
+            _fail("label_sets" if self.label_sets is None else "set_counts", None,
+                  "label_sets and set_counts are given together")
+        sets = []
+        for label_set in self.label_sets:
+            members = tuple(label_set) if isinstance(label_set, (tuple, list)) else (label_set,)
+            if (not members or not all(_is_int(k) and 0 <= k < K for k in members)
+                    or len(set(members)) != len(members)):
+                _fail("label_sets", self.label_sets,
+                      f"non-empty sets of distinct classes in 0..{K - 1}")
+            sets.append(tuple(sorted(int(k) for k in members)))
+        if len(set(sets)) != len(sets):
+            _fail("label_sets", self.label_sets, "distinct sets")
+        counts = tuple(self.set_counts)
+        if len(counts) != len(sets) or not all(_is_int(c) and c >= 1 for c in counts):
+            _fail("set_counts", self.set_counts,
+                  f"{len(sets)} integers >= 1 (one per label set)")
+        singles = {s[0] for s in sets if len(s) == 1}
+        if singles != set(range(K)):
+            _fail("label_sets", self.label_sets, "a single-label set (k,) for every class k "
+                  "(the class means the multi-label geometry is measured against)")
+        object.__setattr__(self, "label_sets", tuple(sets))
+        object.__setattr__(self, "set_counts", tuple(int(c) for c in counts))
+
+    @property
+    def multilabel(self) -> bool:
+        return self.label_sets is not None
+
     @property
     def num_samples(self) -> int:
-        """N = sum_k n_k."""
-        return sum(self.class_counts)
+        """N = sum_k n_k (or the sum of set_counts)."""
+        return sum(self.set_counts if self.multilabel else self.class_counts)
 
     @property
     def balanced(self) -> bool:
@@ -128,8 +176,38 @@ class Problem:
 
     @property
     def labels(self) -> np.ndarray:
-        """Class of each column of H, class-sorted: [0]*n_0 + [1]*n_1 + ... (int32, (N,))."""
+        """Class of each column of H, class-sorted: [0]*n_0 + [1]*n_1 + ... (int32, (N,)).
+        Multi-label problems have label sets instead (`sample_sets`, `targets`)."""
+        if self.multilabel:
+            raise ValueError("a multi-label problem has label sets, not one label per sample: "
+                             "use Problem.sample_sets / Problem.targets()")
         return np.repeat(np.arange(self.num_classes, dtype=np.int32), self.class_counts)
+
+    @property
+    def sample_sets(self) -> np.ndarray:
+        """Index of each sample's label set (into label_sets), set-sorted (int32, (N,)); the
+        class itself for single-label problems."""
+        if not self.multilabel:
+            return self.labels
+        return np.repeat(np.arange(len(self.label_sets), dtype=np.int32), self.set_counts)
+
+    def single_label_equivalent(self) -> "Problem | None":
+        """For multi-label data whose sets are all single labels: the same problem with class
+        counts (pick-all-label is CE there); None when some sample carries several labels."""
+        if not self.multilabel or any(len(s) != 1 for s in self.label_sets):
+            return None
+        counts = [0] * self.num_classes
+        for (k,), c in zip(self.label_sets, self.set_counts):
+            counts[k] = c
+        loss = "ce" if self.loss == "pick_all_label" else self.loss
+        return dataclasses.replace(self, label_sets=None, set_counts=None,
+                                   class_counts=tuple(counts), loss=loss)
+
+    @property
+    def single_label_sets(self) -> np.ndarray:
+        """For multi-label problems: the index of the set (k,) of every class k, (K,)."""
+        index = {s: i for i, s in enumerate(self.label_sets)}
+        return np.array([index[(k,)] for k in range(self.num_classes)], np.int32)
 
     @property
     def jnp_dtype(self):
@@ -140,8 +218,35 @@ class Problem:
         return x64_scope(self.dtype)
 
     def targets(self) -> jax.Array:
-        """One-hot targets Y (K, N) in the problem's dtype."""
+        """Targets Y (K, N) in the problem's dtype: one-hot, or multi-hot for label sets."""
+        if self.multilabel:
+            multi_hot = np.zeros((self.num_classes, len(self.label_sets)))
+            for s, label_set in enumerate(self.label_sets):
+                multi_hot[list(label_set), s] = 1.0
+            return jnp.asarray(multi_hot[:, self.sample_sets], self.jnp_dtype)
         return jax.nn.one_hot(self.labels, self.num_classes, dtype=self.jnp_dtype).T
+
+
+def multilabel_sets(num_classes: int, counts_by_size) -> tuple[tuple, tuple]:
+    """(label_sets, set_counts) with every set of m classes carrying counts_by_size[m-1]
+    samples (m = 1, 2, ...; a zero count leaves that size out): Li et al. 2024's data,
+    balanced within each multiplicity."""
+    import itertools
+
+    counts_by_size = list(counts_by_size)
+    if not counts_by_size or not all(_is_int(c) and c >= 0 for c in counts_by_size) \
+            or not _is_int(counts_by_size[0]) or counts_by_size[0] < 1 \
+            or len(counts_by_size) > num_classes:
+        _fail("multiplicity_counts", counts_by_size,
+              f"a list of at most num_classes={num_classes} integers >= 0, the first >= 1 "
+              "(samples per label set of size 1, 2, ...)")
+    sets, counts = [], []
+    for size, count in enumerate(counts_by_size, start=1):
+        if count:
+            for combo in itertools.combinations(range(num_classes), size):
+                sets.append(combo)
+                counts.append(int(count))
+    return tuple(sets), tuple(counts)
 
 
 class Hyper(NamedTuple):

@@ -151,7 +151,11 @@ def _log_record(problem: Problem, solver: str, hyper: Hyper, state: RunState, f_
         "rel_gap": (value - f_star) / jnp.abs(f_star),
     }
     b = point.b if problem.bias else None
-    record.update(metrics.nc_metrics(point.W, point.H, jnp.asarray(problem.labels), b))
+    if problem.multilabel:
+        record.update(metrics.multilabel_metrics(point.W, point.H, problem.sample_sets,
+                                                problem.label_sets, b))
+    else:
+        record.update(metrics.nc_metrics(point.W, point.H, jnp.asarray(problem.labels), b))
     return record
 
 

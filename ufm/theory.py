@@ -122,6 +122,10 @@ def optimum(problem: Problem, hyper: Hyper) -> Optimum | None:
     sphere with CE and no bias. Temperature is folded in exactly: dividing logits by tau is the
     same problem with W' = W / tau and lam_W' = lam_W tau^2.
     """
+    if problem.multilabel:  # single labels written as label sets: the same problem
+        problem = problem.single_label_equivalent()
+        if problem is None:
+            return None
     K, d = problem.num_classes, problem.feature_dim
     if not problem.balanced or problem.classifier != "learned" or d < K - 1:
         return None
@@ -147,6 +151,8 @@ def optimum(problem: Problem, hyper: Hyper) -> Optimum | None:
         return None  # without both penalties the infimum is not attained
 
     b_c = np.zeros(K)
+    if loss == "pick_all_label":  # single labels (multi-label problems are not balanced)
+        loss = "ce"
     if loss in ("ce", "ls"):
         alpha = _scalar(hyper.alpha, "alpha") if loss == "ls" else 0.0
         f_c, w_sq_c, is_zero = _ce_like(K, n, lam_W_c, lam_H_c, alpha)
