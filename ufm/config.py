@@ -4,7 +4,8 @@ An experiment file has four tables (all optional; every key has a default):
 
     name = "my-experiment"
     [problem]   Problem fields: num_classes, feature_dim, n_per_class | class_counts |
-                multiplicity_counts, loss, geometry, bias, classifier, dtype
+                multiplicity_counts, loss, geometry, bias, classifier, dtype, depth,
+                activation
     [hyper]     Hyper fields: lam_W, lam_H, lam_b, tau, alpha, gamma, kappa, M, lr, momentum,
                 beta1, beta2
     [solver]    name ("gd" | "momentum" | "nesterov" | "adam" | "lbfgs"), steps, log_every, tol,
@@ -48,12 +49,12 @@ class ConfigError(ValueError):
 PROBLEM_DEFAULTS = {
     "num_classes": 10, "feature_dim": 32, "n_per_class": 50, "class_counts": None, "loss": "ce",
     "geometry": "wd", "bias": None, "classifier": "learned", "dtype": "float32",
-    "multiplicity_counts": None,
+    "multiplicity_counts": None, "depth": 1, "activation": "linear",
 }
 PROBLEM_TYPES = {
     "num_classes": int, "feature_dim": int, "n_per_class": int, "class_counts": list,
     "loss": str, "geometry": str, "bias": bool, "classifier": str, "dtype": str,
-    "multiplicity_counts": list,
+    "multiplicity_counts": list, "depth": int, "activation": str,
 }
 # Problem fields whose value is a list (so a list of lists is an axis).
 LIST_FIELDS = ("class_counts", "multiplicity_counts")

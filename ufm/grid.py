@@ -285,6 +285,8 @@ def _extra_arrays(problem: Problem, hypers: Hyper, params, n: int, objective) ->
     from ufm import metrics, oracle
 
     arrays = {}
+    if problem.depth > 1:
+        return arrays  # the GNC and imbalance columns (and the oracle) are the UFM's
     if reports_gnc(problem):
         arrays.update(_gnc_arrays(problem, params, n))
     if not problem.balanced and not problem.multilabel and problem.geometry == "wd":

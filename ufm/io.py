@@ -24,7 +24,8 @@ from ufm.problem import Hyper
 
 CONFIG, RESULTS, HISTORY, MANIFEST = "config.toml", "results.csv", "history.npz", "manifest.json"
 PROBLEM_COLUMNS = ("num_classes", "feature_dim", "n_per_class", "class_counts", "loss",
-                   "geometry", "bias", "classifier", "dtype", "label_sets", "set_counts")
+                   "geometry", "bias", "classifier", "dtype", "label_sets", "set_counts",
+                   "depth", "activation")
 # The columns of results.csv that describe a configuration (besides its seed).
 CONFIG_COLUMNS = PROBLEM_COLUMNS + Hyper._fields + ("solver",)
 

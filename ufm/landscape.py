@@ -61,6 +61,10 @@ class Coordinates(NamedTuple):
 def coordinates(problem: Problem, params: Params) -> Coordinates:
     """Coordinates of the trained variables: flat (W, H, b) for weight decay; a tangent basis of
     the oblique manifold on the sphere. Non-trained blocks embed as zeros."""
+    if problem.depth > 1:
+        # The symmetry counts, certificates and constructed saddles here are the UFM's.
+        raise ValueError(f"depth={problem.depth} is not allowed for the Hessian probes: 1 "
+                         "(they check the UFM's landscape facts, SCIENCE.md section 5)")
     K, d = params.W.shape
     N = params.H.shape[1]
     learn_W, learn_b = problem.classifier == "learned", problem.bias

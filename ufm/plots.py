@@ -189,6 +189,8 @@ def plot_results(directory, metrics=None, x=None, y=None) -> list[Path]:
         grid_written += plot_gnc_margin(directory, table)
     if "minority_cos" in table:
         grid_written += plot_imbalance(directory, table)
+    if "nc1_layer0" in table:
+        grid_written += plot_layer_nc1(directory, table)
     with np.load(directory / io.HISTORY) as data:
         history = {k: data[k] for k in data.files}
     labels, _ = series_labels(table)
@@ -254,6 +256,30 @@ def plot_gnc_margin(directory, table) -> list[Path]:
         ax.legend(fontsize=7)
     axes.flat[0].set_ylabel("one-vs-rest margin (dashed: softmax code)")
     return [_save(fig, Path(directory) / "gnc_margin.png")]
+
+
+def plot_layer_nc1(directory, table) -> list[Path]:
+    """Final NC1 of every representation of a deep UFM (layer 0 = the free features, the last
+    = the classifier's input), one line per configuration (median over seeds, min-max band)."""
+    plt = _pyplot()
+    labels, _ = series_labels(table)
+    fig, ax = plt.subplots(figsize=(6, 3.8), layout="constrained")
+    for label in dict.fromkeys(labels):
+        rows = [i for i, lab in enumerate(labels) if lab == label]
+        layers = [k for k in range(64) if f"nc1_layer{k}" in table
+                  and np.isfinite(_numbers(table, f"nc1_layer{k}")[rows]).any()]
+        if not layers:
+            continue
+        values = np.array([_numbers(table, f"nc1_layer{k}")[rows] for k in layers])
+        values = np.maximum(values, 1e-32)
+        (line,) = ax.plot(layers, np.median(values, axis=1), "o-", label=label)
+        ax.fill_between(layers, values.min(axis=1), values.max(axis=1),
+                        color=line.get_color(), alpha=0.2, lw=0)
+    ax.set_yscale("log")
+    ax.set_xlabel("layer (0 = free features)")
+    ax.set_ylabel("final NC1")
+    ax.legend(fontsize=7)
+    return [_save(fig, Path(directory) / "layer_nc1.png")]
 
 
 def _numbers(table, key):

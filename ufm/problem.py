@@ -27,6 +27,7 @@ import numpy as np
 from ufm import losses as _losses
 
 GEOMETRIES = ("wd", "sphere")
+ACTIVATIONS = ("linear", "relu")
 CLASSIFIERS = ("learned", "fixed_etf")
 DTYPES = ("float32", "float64")
 # Losses defined for multi-hot targets: CE on a multi-hot Y is pick-all-label.
@@ -72,6 +73,11 @@ class Problem:
         label_sets[s]; the targets are multi-hot and CE on them is the pick-all-label loss
         sum_{k in S} CE(z, k). `multilabel_sets(K, counts_by_size)` builds every set of each
         size. Samples are ordered by label set (`Problem.sample_sets`).
+      depth: L >= 1 weight matrices from the free features to the logits (the deep UFM of
+        Tirer & Bruna 2022, Dang et al. 2023, Sukenik et al. 2024): Z = W s(A_{L-1} ...
+        s(A_1 H)) + b 1^T with d x d hidden layers A_l (`Params.layers`), every one penalized
+        by lam_W/2 ||A_l||^2 like W. depth = 1 is the UFM. Weight-decay geometry only.
+      activation: s between the layers: "linear" (deep linear UFM) or "relu".
     """
 
     num_classes: int
@@ -85,6 +91,8 @@ class Problem:
     dtype: str = "float32"
     label_sets: tuple[tuple[int, ...], ...] | None = None
     set_counts: tuple[int, ...] | None = None
+    depth: int = 1
+    activation: str = "linear"
 
     def __post_init__(self):
         K, d = self.num_classes, self.feature_dim
@@ -130,6 +138,16 @@ class Problem:
             _fail("feature_dim", d, f"at least num_classes-1={K - 1} with classifier='fixed_etf'")
         if self.dtype not in DTYPES:
             _fail("dtype", self.dtype, f"one of {list(DTYPES)}")
+        if not _is_int(self.depth) or self.depth < 1:
+            _fail("depth", self.depth, "an integer >= 1 (1 is the UFM)")
+        object.__setattr__(self, "depth", int(self.depth))
+        if self.activation not in ACTIVATIONS:
+            _fail("activation", self.activation, f"one of {list(ACTIVATIONS)}")
+        if self.depth == 1:  # no hidden layer, nothing to activate: one Problem, one compile
+            object.__setattr__(self, "activation", "linear")
+        if self.depth > 1 and self.geometry != "wd":
+            _fail("depth", self.depth, "1 with geometry='sphere' (the deep UFM is a "
+                  "weight-decay model)")
 
     def _check_label_sets(self) -> None:
         K = self.num_classes
@@ -326,6 +344,7 @@ class Params(NamedTuple):
     W: jax.Array  # (K, d) classifier, row k = w_k
     H: jax.Array  # (d, N) features, column i = h_i
     b: jax.Array  # (K,) bias (held at zero when Problem.bias is False)
+    layers: jax.Array | None = None  # (L-1, d, d) hidden layers A_1..A_{L-1} of a deep UFM
 
 
 def normalize_rows(W: jax.Array) -> jax.Array:
@@ -363,17 +382,33 @@ def init_traced(problem: Problem, key: jax.Array, scale=1.0) -> Params:
         W, H = normalize_rows(W), normalize_columns(H)
     if problem.classifier == "fixed_etf":
         W = jnp.asarray(simplex_etf(K, d), dtype)
-    return Params(W, H, jnp.zeros((K,), dtype))
+    layers = None
+    if problem.depth > 1:
+        keys = jax.random.split(jax.random.fold_in(key, 1), problem.depth - 1)
+        layers = jnp.stack([std * jax.random.normal(k, (d, d), dtype) for k in keys])
+    return Params(W, H, jnp.zeros((K,), dtype), layers)
 
 
-def logits(params: Params) -> jax.Array:
-    """Z = W H + b 1^T, shape (K, N)."""
-    return params.W @ params.H + params.b[:, None]
+def representations(problem: Problem, params: Params) -> list[jax.Array]:
+    """[H, s(A_1 H), s(A_2 s(A_1 H)), ...]: the features at every depth, the last one the
+    classifier's input (one entry, H, for the UFM)."""
+    reps = [params.H]
+    for l in range(problem.depth - 1):
+        X = params.layers[l] @ reps[-1]
+        reps.append(jax.nn.relu(X) if problem.activation == "relu" else X)
+    return reps
+
+
+def logits(params: Params, problem: Problem | None = None) -> jax.Array:
+    """Z = W H + b 1^T, shape (K, N); through the hidden layers for a deep problem."""
+    features = params.H if problem is None or problem.depth == 1 else representations(
+        problem, params)[-1]
+    return params.W @ features + params.b[:, None]
 
 
 def mean_loss(problem: Problem, hyper: Hyper, params: Params) -> jax.Array:
     """(1/N) sum_i L(z_i / tau, y_i)."""
-    Z = logits(params) / hyper.tau
+    Z = logits(params, problem) / hyper.tau
     return jnp.mean(_losses.LOSSES[problem.loss](Z, problem.targets(), hyper))
 
 
@@ -383,7 +418,10 @@ def penalty(problem: Problem, hyper: Hyper, params: Params) -> jax.Array:
     bias_term = 0.5 * hyper.lam_b * jnp.sum(params.b**2)
     if problem.geometry == "sphere":
         return bias_term
-    return 0.5 * hyper.lam_W * jnp.sum(params.W**2) + 0.5 * hyper.lam_H * jnp.sum(params.H**2) + bias_term
+    weights = jnp.sum(params.W**2)
+    if problem.depth > 1:
+        weights = weights + jnp.sum(params.layers**2)
+    return 0.5 * hyper.lam_W * weights + 0.5 * hyper.lam_H * jnp.sum(params.H**2) + bias_term
 
 
 def logit_gradient(problem: Problem, hyper: Hyper, params: Params) -> jax.Array:
@@ -393,7 +431,7 @@ def logit_gradient(problem: Problem, hyper: Hyper, params: Params) -> jax.Array:
     singular value decides the landscape facts of SCIENCE.md section 5."""
     Y = problem.targets()
     return jax.grad(lambda Z: jnp.mean(_losses.LOSSES[problem.loss](Z / hyper.tau, Y, hyper)))(
-        logits(params))
+        logits(params, problem))
 
 
 def objective(problem: Problem, hyper: Hyper, params: Params) -> jax.Array:

@@ -28,7 +28,8 @@ import numpy as np
 import optax
 
 from ufm import manifolds, metrics, theory
-from ufm.problem import Hyper, Params, Problem, init_traced, mean_loss, objective, validate_hyper
+from ufm.problem import (Hyper, Params, Problem, init_traced, mean_loss, objective,
+                         representations, validate_hyper)
 
 SOLVERS = ("gd", "momentum", "nesterov", "adam", "lbfgs")
 STATUSES = ("running", "converged", "max_steps", "diverged")
@@ -74,7 +75,7 @@ def _trainable_mask(problem: Problem, grads: Params) -> Params:
     """Zero the gradient of what is not trained (a fixed ETF classifier, an absent bias)."""
     W = grads.W if problem.classifier == "learned" else jnp.zeros_like(grads.W)
     b = grads.b if problem.bias else jnp.zeros_like(grads.b)
-    return Params(W, grads.H, b)
+    return grads._replace(W=W, b=b)
 
 
 def _tree_norm(tree) -> jax.Array:
@@ -151,11 +152,17 @@ def _log_record(problem: Problem, solver: str, hyper: Hyper, state: RunState, f_
         "rel_gap": (value - f_star) / jnp.abs(f_star),
     }
     b = point.b if problem.bias else None
+    # The classifier's input: H itself, or the last hidden representation of a deep UFM.
+    reps = representations(problem, point)
     if problem.multilabel:
-        record.update(metrics.multilabel_metrics(point.W, point.H, problem.sample_sets,
+        record.update(metrics.multilabel_metrics(point.W, reps[-1], problem.sample_sets,
                                                 problem.label_sets, b))
     else:
-        record.update(metrics.nc_metrics(point.W, point.H, jnp.asarray(problem.labels), b))
+        record.update(metrics.nc_metrics(point.W, reps[-1], jnp.asarray(problem.labels), b))
+    if problem.depth > 1:  # layer-wise NC1: the free features (layer 0) up to the last layer
+        sets = problem.sample_sets
+        for l, X in enumerate(reps):
+            record[f"nc1_layer{l}"] = metrics.nc1(X, jnp.asarray(sets), int(sets.max()) + 1)
     return record
 
 
@@ -368,7 +375,7 @@ def _execute(problem, hyper, keys, f_star, *, solver, steps, log_every, tol, ini
     dtype = problem.jnp_dtype
     tol_arr, steps_arr = jnp.asarray(tol, dtype), jnp.asarray(steps, jnp.int32)
     if start_params is not None:
-        start_params = Params(*(jnp.asarray(x, dtype) for x in start_params))
+        start_params = jax.tree.map(lambda x: jnp.asarray(x, dtype), start_params)
     if batched:  # pad to whole slices (one device) or to a multiple of the devices, then shard
         hyper, keys, f_star, start_params = _shard_over_devices(_pad_batch(
             (hyper, keys, f_star, start_params), batch_size, width or n_dev))

@@ -113,6 +113,46 @@ def _focal(K, n, lam_W, lam_H, gamma):
     return float(g(best)[0]), float(best), best == 0.0
 
 
+def deep_linear_mse(K: int, n: int, depth: int, lam_W: float, lam_H: float,
+                    bias: bool) -> tuple[float, float, float, bool]:
+    """Global optimum of the balanced deep linear MSE UFM (Dang et al. 2023, "Neural collapse
+    in deep linear networks: from balanced to imbalanced data"; Tirer & Bruna 2022):
+
+        f = (1/2N) ||W A_{L-1} ... A_1 H (+ b 1^T) - Y||^2 + lam_W/2 (||W||^2 + sum ||A_l||^2)
+            + lam_H/2 ||H||^2,    L = depth, unpenalized bias (lam_b = 0) or none.
+
+    At the optimum features collapse and the L + 1 factors of P = W A ... A_1 H_bar are
+    balanced, so their penalty is (L+1)/2 (lam_W^L n lam_H)^(1/(L+1)) sum_i sigma_i(P)^q with
+    q = 2/(L+1) (AM-GM), and the loss is (1/2K) sum_i (sigma_i - 1)^2 over the m unit singular
+    values of the targets (m = K, or K-1 with the bias absorbing the mean, b = 1/K). Each
+    sigma_i minimizes g(s) = (s-1)^2/(2K) + c s^q: a 1-D problem, nonconvex for L >= 2 (s = 0
+    competes with the larger stationary point). depth = 1 gives the UFM's closed form.
+
+    Returns (f*, ||w_k||^2, ||h_i||^2, is_zero)."""
+    m = K - 1 if bias else K
+    L = depth
+    prod = lam_W**L * n * lam_H
+    c = (L + 1) / 2 * prod ** (1 / (L + 1))
+    q = 2 / (L + 1)
+    g = lambda x: (x - 1) ** 2 / (2 * K) + c * x**q
+    slope = lambda x: (x - 1) / K + c * q * x ** (q - 1)
+    candidates = [0.0]
+    if L == 1:
+        candidates.append(max(1.0 - K * c, 0.0))
+    else:
+        grid = np.linspace(0.0, 1.0, 20001)[1:]
+        signs = np.sign(slope(grid))
+        for i in np.flatnonzero((signs[:-1] < 0) & (signs[1:] > 0)):  # local minima of g
+            lo, hi = grid[i], grid[i + 1]
+            for _ in range(100):
+                mid = 0.5 * (lo + hi)
+                lo, hi = (mid, hi) if slope(mid) < 0 else (lo, mid)
+            candidates.append(0.5 * (lo + hi))
+    sigma = min(candidates, key=g)
+    scale = prod ** (1 / (L + 1)) * sigma**q  # lam_l t_l^2 of every factor
+    return m * g(sigma), (m / K) * scale / lam_W, (m / K) * scale / (n * lam_H), sigma == 0.0
+
+
 def optimum(problem: Problem, hyper: Hyper) -> Optimum | None:
     """The closed-form global optimum of SCIENCE.md section 4, or None where none is known.
 
@@ -132,6 +172,16 @@ def optimum(problem: Problem, hyper: Hyper) -> Optimum | None:
     n = problem.n_per_class
     lam_W, lam_H, lam_b = (_scalar(getattr(hyper, f), f) for f in ("lam_W", "lam_H", "lam_b"))
     tau = _scalar(hyper.tau, "tau")
+
+    if problem.depth > 1:  # deep UFM: the deep linear MSE closed form only
+        if (problem.activation != "linear" or problem.loss != "mse" or tau != 1.0
+                or min(lam_W, lam_H) <= 0.0 or (problem.bias and lam_b != 0.0)
+                or (not problem.bias and d < K)):
+            return None
+        f, w_sq, h_sq, is_zero = deep_linear_mse(K, n, problem.depth, lam_W, lam_H,
+                                                 problem.bias)
+        b = np.full(K, 1.0 / K) if problem.bias else np.zeros(K)
+        return Optimum(f, w_sq, h_sq, b, bool(is_zero))
 
     if problem.geometry == "sphere":
         if problem.loss != "ce" or problem.bias:
@@ -301,6 +351,7 @@ def negative_curvature_direction(problem: Problem, hyper: Hyper, params: Params)
     curvature; the Rayleigh quotient along Delta is lam_bar - sqrt(dlam^2 + sigma_1(G)^2).
 
     Returns (direction as Params, predicted curvature)."""
+    import jax
     import jax.numpy as jnp
 
     from ufm.problem import logit_gradient, x64_scope
@@ -310,7 +361,7 @@ def negative_curvature_direction(problem: Problem, hyper: Hyper, params: Params)
     W = np.asarray(params.W, np.float64)
     K, d = W.shape
     with x64_scope("float64"):
-        p64 = Params(*(jnp.asarray(x, jnp.float64) for x in params))
+        p64 = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), params)
         G = np.asarray(logit_gradient(problem, hyper.astype(jnp.float64), p64))
     _, s_W, Vt_W = np.linalg.svd(W)
     rank = int(np.sum(s_W > 1e-8 * max(s_W.max(initial=0.0), 1e-300)))
