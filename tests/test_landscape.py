@@ -126,7 +126,7 @@ def test_negative_curvature_direction_has_the_predicted_rayleigh_quotient(x64):
     Hd = landscape.hvp(prob, hyp.astype(jnp.float64), as_jnp(point), as_jnp(direction))
     quotient = sum(float(jnp.sum(a * b)) for a, b in zip(Hd, as_jnp(direction)))
     assert quotient == pytest.approx(curvature, rel=1e-10) and curvature < 0
-    assert sum(float(np.sum(np.square(x))) for x in direction) == pytest.approx(1.0)
+    assert sum(float(np.sum(np.square(x))) for x in jax.tree.leaves(direction)) == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("loss", ["ce", "ls", "focal", "mse"])

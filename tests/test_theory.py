@@ -63,7 +63,7 @@ def test_closed_form_point_attains_f_star_and_is_critical(x64, prob_kw, hyp_kw):
         grad = ufm.manifolds.riemannian_grad(prob, point, grad)
     if not prob.bias:
         grad = grad._replace(b=jnp.zeros_like(grad.b))
-    assert max(float(jnp.max(jnp.abs(g))) for g in grad) < 1e-10
+    assert max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(grad)) < 1e-10
 
 
 @pytest.mark.parametrize("loss, alpha, c_L", [("ce", 0.0, 1.0), ("ls", 0.3, 0.7), ("mse", 0.0, 1.0)])

@@ -14,6 +14,9 @@ SUMMARY_METRICS = ("nc1", "nc2_W", "nc2_H", "nc3", "nc4", "rel_gap")
 GNC_SUMMARY_METRICS = ("nc1", "gnc2_margin", "code_margin", "gnc2_tammes", "gnc3", "rel_gap")
 # Multi-label tables: NC1 over label sets, the single-label ETF, and NC_m.
 MULTILABEL_SUMMARY_METRICS = ("nc1", "nc2_W", "nc2_H", "nc3", "nc_m", "rel_gap")
+# Imbalanced tables: minority collapse and the convex oracle's gap.
+IMBALANCE_SUMMARY_METRICS = ("nc1", "nc2_W", "minority_cos", "w_norm_ratio", "oracle_gap",
+                             "collapse_ratio")
 LARGER_IS_BETTER = ("gnc2_margin", "gnc2_tammes", "code_margin")
 
 
@@ -88,7 +91,8 @@ def summary(table: dict, kind: str = "solve") -> str:
         return _landscape_summary(table, kind)
     labels, _ = series_labels(table)
     metrics = (GNC_SUMMARY_METRICS if "gnc2_margin" in table
-               else MULTILABEL_SUMMARY_METRICS if "nc_m" in table else SUMMARY_METRICS)
+               else MULTILABEL_SUMMARY_METRICS if "nc_m" in table
+               else IMBALANCE_SUMMARY_METRICS if "minority_cos" in table else SUMMARY_METRICS)
     header = ["configuration", "runs", "status", *metrics, "steps", "s/run"]
     lines = []
     for label in dict.fromkeys(labels):
@@ -108,6 +112,10 @@ def summary(table: dict, kind: str = "solve") -> str:
     out = _format_table(header, lines)
     out.append("(worst over seeds of the final values; rel_gap = |f - f*|/|f*|, '-' where no "
                "closed form is known)")
+    if "minority_cos" in table:
+        out.append("(minority_cos: mean cosine between minority classifiers, 1 at collapse; "
+                   "oracle_gap: (f - f_oracle)/|f_oracle|; collapse_ratio: the n_max/n_min at "
+                   "which the minority collapses, from the convex oracle)")
     if "gnc2_margin" in table:
         out.append("(gnc2_margin: min one-vs-rest distance of the normalized classifiers; "
                    "code_margin: the softmax code's, where known exactly)")

@@ -321,8 +321,11 @@ def plot_imbalance(directory, table) -> list[Path]:
         axes[2].semilogy(ratio[order], np.maximum(gap[order], 1e-17), "x", ms=4,
                          label="|f - f_oracle| / |f_oracle|")
     axes[2].legend(fontsize=7)
+    from matplotlib.ticker import NullFormatter
+
     for ax in axes:
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # the decades only: no crowded labels
         ax.set_xlabel("imbalance ratio n_max / n_min")
     return [_save(fig, Path(directory) / "imbalance.png")]
 
