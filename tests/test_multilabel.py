@@ -104,3 +104,18 @@ def test_grid_axis_over_multiplicity_counts(tmp_path):
     assert list(table["label_sets"]) == ["0 1 2 0+1 0+2 1+2"] * 2
     assert [str(c) for c in table["set_counts"]] == ["2 2 2 2 2 2", "2 2 2 1 1 1"]
     assert np.all(np.asarray(table["nc_m"], float) < 1e-6)
+
+
+@pytest.mark.slow
+def test_multilabel_picture_script(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "experiments" / "multilabel_picture.py"
+    out = subprocess.run([sys.executable, str(script), "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "multilabel_picture.png").is_file()
+    late = [line for line in out.stdout.splitlines() if line.strip().startswith("late")][0]
+    assert float(late.split("NC_m")[1].split()[0]) < 1e-8
