@@ -10,7 +10,7 @@ from ufm import metrics, oracle, theory
 @pytest.mark.parametrize("loss,counts,lam_b", [
     ("ce", (20, 20, 5, 5), 5e-3),
     ("ce", (30, 12, 6, 3, 3), 1e-3),
-    ("ls", (16, 16, 4, 4), 5e-3),
+    pytest.param("ls", (16, 16, 4, 4), 5e-3, marks=pytest.mark.slow),
     ("mse", (12, 6, 6, 3), 0.0),
 ])
 def test_oracle_equals_the_nonconvex_optimum(loss, counts, lam_b):

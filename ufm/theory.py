@@ -233,8 +233,9 @@ def optimum(problem: Problem, hyper: Hyper) -> Optimum | None:
 # Critical points (SCIENCE.md section 5). Each returns float64 Params (host numpy arrays).
 
 
-def _params(W, H, b) -> Params:
-    return Params(np.asarray(W, np.float64), np.asarray(H, np.float64), np.asarray(b, np.float64))
+def _params(W, H, b, layers=None) -> Params:
+    as64 = lambda x: None if x is None else np.asarray(x, np.float64)
+    return Params(as64(W), as64(H), as64(b), as64(layers))
 
 
 def optimum_point(problem: Problem, hyper: Hyper) -> Params | None:
