@@ -50,9 +50,9 @@ def test_oracle_with_balanced_classes_is_the_closed_form(loss, lam_b):
 def test_minority_collapse_threshold_separates_collapsed_from_not():
     problem = ufm.Problem(num_classes=6, feature_dim=8, n_per_class=1, dtype="float64")
     hyper = ufm.Hyper(lam_W=5e-3, lam_H=5e-3, lam_b=5e-3)
-    R = oracle.minority_collapse_threshold(problem, hyper, minority_classes=3, n_minority=5)
-    assert 1 < R < 1e4
     minority = [3, 4, 5]
+    R = oracle.minority_collapse_threshold(problem, hyper, minority=minority, n_minority=5)
+    assert 1 < R < 1e4
     for ratio, collapsed in ((R * 0.9, False), (R * 1.1, True)):
         counts = [ratio * 5] * 3 + [5] * 3
         found = oracle.convex_oracle(problem, hyper, counts=counts)
@@ -90,3 +90,26 @@ def test_oracle_refuses_what_it_cannot_solve():
     problem = ufm.Problem(num_classes=3, feature_dim=3, class_counts=(2, 1, 1))
     with pytest.raises(ValueError, match="lam_H=0.0"):
         oracle.convex_oracle(problem, ufm.Hyper(lam_H=0.0))
+
+
+def test_grid_rows_carry_the_oracle_and_the_collapse_ratio(tmp_path):
+    from ufm import config, grid, io
+
+    exp = config.resolve({
+        "name": "imbalance-grid",
+        "problem": {"num_classes": 4, "feature_dim": 6, "class_counts": [20, 20, 5, 5],
+                    "dtype": "float64"},
+        "hyper": {"lam_W": 5e-3, "lam_H": 5e-3, "lam_b": 5e-3},
+        "solver": {"name": "lbfgs", "steps": 2000, "log_every": 2000, "tol": 1e-12},
+        "run": {"seeds": [0, 1]},
+    })
+    grid.run(exp, out=tmp_path, progress=False)
+    table = io.read_table(tmp_path / io.RESULTS)
+    assert np.all(np.abs(table["oracle_gap"]) < 1e-6)
+    problem = ufm.Problem(num_classes=4, feature_dim=6, n_per_class=1, dtype="float64")
+    hyper = ufm.Hyper(lam_W=5e-3, lam_H=5e-3, lam_b=5e-3)
+    R = oracle.minority_collapse_threshold(problem, hyper, minority=[2, 3], n_minority=5)
+    np.testing.assert_allclose(table["collapse_ratio"], R)
+    # Below the threshold (ratio 4): minority classifiers apart, the oracle agreeing.
+    assert R > 4 and np.all(table["minority_cos"] < 1 - 1e-3)
+    np.testing.assert_allclose(table["minority_cos"], table["oracle_minority_cos"], atol=1e-5)

@@ -81,6 +81,7 @@ def _landscape_summary(table: dict, kind: str) -> str:
 def summary(table: dict, kind: str = "solve") -> str:
     """One line per configuration (seeds pooled): status counts and the worst final metrics;
     landscape kinds get their own columns."""
+    from ufm import io
     from ufm.plots import series_labels
 
     if kind == "net":
@@ -101,9 +102,7 @@ def summary(table: dict, kind: str = "solve") -> str:
         status = _counts(statuses)
         worst = []
         for key in metrics:
-            values = (np.array([np.nan if v in ("", None) else abs(float(v))
-                                for v in np.asarray(table[key])[rows]])
-                      if key in table else np.array([np.nan]))
+            values = np.abs(io.float_column(table, key)[rows])
             pick = np.nanmin if key in LARGER_IS_BETTER else np.nanmax
             worst.append(_fmt(float(pick(values))) if not np.all(np.isnan(values)) else "-")
         steps = int(np.max(np.asarray(table["steps"])[rows]))

@@ -282,40 +282,50 @@ def _extra_arrays(problem: Problem, hypers: Hyper, params, n: int, objective) ->
     """Columns beyond the history's metrics, from the final points (host side): GNC metrics
     (`reports_gnc`), and for imbalanced classes the minority-collapse metrics and, for a convex
     loss, the convex oracle's global optimum next to the solver's value (`ufm.oracle`)."""
-    from ufm import metrics, oracle
-
     arrays = {}
     if problem.depth > 1:
         return arrays  # the GNC and imbalance columns (and the oracle) are the UFM's
     if reports_gnc(problem):
         arrays.update(_gnc_arrays(problem, params, n))
     if not problem.balanced and not problem.multilabel and problem.geometry == "wd":
-        W, H = np.asarray(params.W), np.asarray(params.H)
-        found = [metrics.imbalance_metrics(W[j], H[j], problem.labels, problem.class_counts)
-                 for j in range(n)]
-        arrays.update({f"extra/{k}": np.array([f[k] for f in found]) for k in found[0]})
-        hyper_list = [Hyper(*(float(np.asarray(v)[j]) for v in hypers)) for j in range(n)]
-        if (problem.loss in oracle.CONVEX_LOSSES and problem.classifier == "learned"
-                and all(h.lam_W > 0 and h.lam_H > 0 for h in hyper_list)):
-            optima = [oracle.convex_oracle(problem, h) for h in hyper_list]
-            value = np.array([o.objective for o in optima])
-            arrays["extra/oracle_objective"] = value
-            arrays["extra/oracle_gap"] = (np.asarray(objective, np.float64) - value) / np.abs(value)
-            arrays["extra/oracle_rank"] = np.array([o.rank for o in optima], float)
-            minority = np.flatnonzero(np.asarray(problem.class_counts)
-                                      < max(problem.class_counts))
-            arrays["extra/oracle_minority_cos"] = np.array(
-                [metrics.imbalance_metrics(o.W, o.H_bar, np.arange(problem.num_classes),
-                                           problem.class_counts)["minority_cos"]
-                 for o in optima]) if minority.size >= 2 else np.full(n, np.nan)
-            levels = sorted(set(problem.class_counts))
-            if len(levels) == 2 and minority.size >= 2:
-                # Two count levels: the ratio n_major/n_minor at which the minority collapses.
-                arrays["extra/collapse_ratio"] = np.array([
-                    oracle.minority_collapse_threshold(problem, h, minority_classes=minority.size,
-                                                       n_minority=levels[0],
-                                                       minority_indices=minority)
-                    for h in hyper_list])
+        arrays.update(_imbalance_arrays(problem, hypers, params, n, objective))
+    return arrays
+
+
+def _imbalance_arrays(problem: Problem, hypers: Hyper, params, n: int, objective) -> dict:
+    """Minority-collapse metrics of each final point; for a convex loss the oracle's optimum,
+    its minority cosine and (two count levels) the collapse ratio, once per distinct Hyper
+    (the seeds of a configuration share them)."""
+    from ufm import metrics, oracle
+
+    W, H = np.asarray(params.W), np.asarray(params.H)
+    found = [metrics.imbalance_metrics(W[j], H[j], problem.labels, problem.class_counts)
+             for j in range(n)]
+    arrays = {f"extra/{k}": np.array([f[k] for f in found]) for k in found[0]}
+    hyper_list = [Hyper(*(float(np.asarray(v)[j]) for v in hypers)) for j in range(n)]
+    if (problem.loss not in oracle.CONVEX_LOSSES or problem.classifier != "learned"
+            or not all(h.lam_W > 0 and h.lam_H > 0 for h in hyper_list)):
+        return arrays
+    counts = np.asarray(problem.class_counts)
+    minority = np.flatnonzero(counts < counts.max())
+    two_levels = len(set(problem.class_counts)) == 2 and minority.size >= 2
+    per_hyper = {}
+    for h in dict.fromkeys(hyper_list):
+        optimum = oracle.convex_oracle(problem, h)
+        cos = metrics.imbalance_metrics(optimum.W, optimum.H_bar, np.arange(problem.num_classes),
+                                        problem.class_counts)["minority_cos"]
+        # Two count levels: the ratio n_major/n_minor at which the minority collapses.
+        ratio = (oracle.minority_collapse_threshold(problem, h, minority=minority,
+                                                    n_minority=counts.min())
+                 if two_levels else np.nan)
+        per_hyper[h] = (optimum.objective, float(optimum.rank), cos, ratio)
+    value, rank, cos, ratio = (np.array(column) for column in zip(*map(per_hyper.get,
+                                                                        hyper_list)))
+    arrays.update({"extra/oracle_objective": value,
+                   "extra/oracle_gap": (np.asarray(objective, np.float64) - value) / np.abs(value),
+                   "extra/oracle_rank": rank, "extra/oracle_minority_cos": cos})
+    if two_levels:
+        arrays["extra/collapse_ratio"] = ratio
     return arrays
 
 

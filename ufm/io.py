@@ -179,6 +179,16 @@ def read_table(path) -> dict:
     return table
 
 
+def float_column(table: dict, key: str) -> np.ndarray:
+    """A column of a `read_table` table as floats, NaN for empty cells (a column that is empty
+    throughout reads back as text) or when the table has no such column."""
+    n = len(table["row"])
+    values = table.get(key)
+    if values is None:
+        return np.full(n, np.nan)
+    return np.array([np.nan if v in ("", None) else float(v) for v in values])
+
+
 def load_results(directory):
     """(table, history) of a results folder: the table as a pandas DataFrame when pandas is
     installed, else a dict of numpy columns; history as a dict KEY -> (rows, T) array."""

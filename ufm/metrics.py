@@ -228,9 +228,6 @@ def _multilabel_metrics(W, H, sample_sets, label_sets, b):
     return found
 
 
-MULTILABEL_METRIC_NAMES = ("nc1_single", "nc_m")
-
-
 # ----------------------------------------------------------------------- generalized NC (d < K-1)
 
 

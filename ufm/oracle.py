@@ -172,25 +172,20 @@ def convex_oracle(problem: Problem, hyper: Hyper, *, counts=None, max_iter: int 
                   float(residual), int(k))
 
 
-def minority_collapse_threshold(problem: Problem, hyper: Hyper, *, minority_classes: int,
-                                n_minority: float = 1.0, minority_indices=None,
-                                max_ratio: float = 1e4, rtol: float = 1e-3,
+def minority_collapse_threshold(problem: Problem, hyper: Hyper, *, minority,
+                                n_minority: float = 1.0, max_ratio: float = 1e4,
+                                rtol: float = 1e-3,
                                 collapsed_below: float = COLLAPSED_SPREAD) -> float:
     """The smallest majority/minority count ratio R at which the minority classifiers collapse
-    onto one vector (spread < `collapsed_below`) at the global optimum, with n_k = R n_minority
-    for the majority and n_minority for the minority classes (the last `minority_classes`
-    classes unless `minority_indices` names them; the problem gives K, loss and bias, its
-    counts are ignored). Bisection in log R on the convex oracle, to relative precision `rtol`;
-    inf if no collapse up to `max_ratio`."""
+    onto one vector (spread < `collapsed_below`) at the global optimum, with n_k = n_minority
+    for the classes listed in `minority` and R n_minority for the others (the problem gives K,
+    loss and bias; its counts are ignored). Bisection in log R on the convex oracle, to
+    relative precision `rtol`; inf if no collapse up to `max_ratio`."""
     K = problem.num_classes
-    if not (isinstance(minority_classes, (int, np.integer)) and 2 <= minority_classes < K):
-        raise ValueError(f"minority_classes={minority_classes!r} is not allowed: an integer "
-                         f">= 2 and < num_classes={K}")
-    minority = (list(range(K - minority_classes, K)) if minority_indices is None
-                else [int(k) for k in minority_indices])
-    if len(minority) != minority_classes:
-        raise ValueError(f"minority_indices={minority!r} is not allowed: {minority_classes} "
-                         "class indices")
+    minority = sorted({int(k) for k in minority})
+    if not (2 <= len(minority) < K and all(0 <= k < K for k in minority)):
+        raise ValueError(f"minority={minority!r} is not allowed: at least 2 and fewer than "
+                         f"num_classes={K} class indices in 0..{K - 1}")
 
     def collapsed(ratio):
         counts = np.full(K, ratio * n_minority)

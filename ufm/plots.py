@@ -235,8 +235,7 @@ def plot_gnc_margin(directory, table) -> list[Path]:
     K_col, d_col = np.asarray(table["num_classes"], int), np.asarray(table["feature_dim"], int)
     tau = np.asarray(table["tau"], float)
     margin = np.asarray(table["gnc2_margin"], float)
-    code = np.array([np.nan if v in ("", None) else float(v)
-                     for v in table.get("code_margin", [None] * len(tau))])
+    code = io.float_column(table, "code_margin")
     dims = sorted(set(d_col))
     fig, axes = plt.subplots(1, len(dims), figsize=(3.6 * len(dims), 3.4), layout="constrained",
                              squeeze=False)
@@ -263,14 +262,15 @@ def plot_layer_nc1(directory, table) -> list[Path]:
     = the classifier's input), one line per configuration (median over seeds, min-max band)."""
     plt = _pyplot()
     labels, _ = series_labels(table)
+    logged = sorted(int(key[len("nc1_layer"):]) for key in table if key.startswith("nc1_layer"))
     fig, ax = plt.subplots(figsize=(6, 3.8), layout="constrained")
     for label in dict.fromkeys(labels):
         rows = [i for i, lab in enumerate(labels) if lab == label]
-        layers = [k for k in range(64) if f"nc1_layer{k}" in table
-                  and np.isfinite(_numbers(table, f"nc1_layer{k}")[rows]).any()]
+        layers = [k for k in logged
+                  if np.isfinite(io.float_column(table, f"nc1_layer{k}")[rows]).any()]
         if not layers:
             continue
-        values = np.array([_numbers(table, f"nc1_layer{k}")[rows] for k in layers])
+        values = np.array([io.float_column(table, f"nc1_layer{k}")[rows] for k in layers])
         values = np.maximum(values, 1e-32)
         (line,) = ax.plot(layers, np.median(values, axis=1), "o-", label=label)
         ax.fill_between(layers, values.min(axis=1), values.max(axis=1),
@@ -282,11 +282,6 @@ def plot_layer_nc1(directory, table) -> list[Path]:
     return [_save(fig, Path(directory) / "layer_nc1.png")]
 
 
-def _numbers(table, key):
-    return np.array([np.nan if v in ("", None) else float(v)
-                     for v in table.get(key, [None] * len(table["row"]))])
-
-
 def plot_imbalance(directory, table) -> list[Path]:
     """Minority collapse against the imbalance ratio n_max/n_min: mean cosine between minority
     classifiers (solver: markers per seed; convex oracle: line) with the oracle's collapse
@@ -296,27 +291,27 @@ def plot_imbalance(directory, table) -> list[Path]:
     ratio = np.array([c.max() / c.min() if c.size else 1.0 for c in counts])
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), layout="constrained")
     order = np.argsort(ratio, kind="stable")
-    axes[0].plot(ratio[order], _numbers(table, "minority_cos")[order], "o", ms=4,
+    axes[0].plot(ratio[order], io.float_column(table, "minority_cos")[order], "o", ms=4,
                  label="solver (each seed)")
-    oracle_cos = _numbers(table, "oracle_minority_cos")
+    oracle_cos = io.float_column(table, "oracle_minority_cos")
     if np.isfinite(oracle_cos).any():
         axes[0].plot(ratio[order], oracle_cos[order], "-", label="convex oracle")
-    threshold = _numbers(table, "collapse_ratio")
+    threshold = io.float_column(table, "collapse_ratio")
     for value in sorted(set(threshold[np.isfinite(threshold)])):
         axes[0].axvline(value, color="k", ls="--", lw=1)
         axes[0].text(value, -0.05, f" R*={value:.3g}", fontsize=7)
     axes[0].axhline(1.0, color="gray", lw=0.5)
     axes[0].set_ylabel("mean cos between minority classifiers")
     axes[0].legend(fontsize=7)
-    axes[1].plot(ratio[order], _numbers(table, "w_norm_ratio")[order], "o-", ms=3,
+    axes[1].plot(ratio[order], io.float_column(table, "w_norm_ratio")[order], "o-", ms=3,
                  label="||w|| minority / majority")
-    axes[1].plot(ratio[order], _numbers(table, "h_norm_ratio")[order], "s-", ms=3,
+    axes[1].plot(ratio[order], io.float_column(table, "h_norm_ratio")[order], "s-", ms=3,
                  label="||mu - mu_G|| minority / majority")
     axes[1].legend(fontsize=7)
     axes[1].set_yscale("log")
-    axes[2].semilogy(ratio[order], np.maximum(_numbers(table, "minority_spread")[order], 1e-17),
+    axes[2].semilogy(ratio[order], np.maximum(io.float_column(table, "minority_spread")[order], 1e-17),
                      "o", ms=4, label="minority spread (solver)")
-    gap = np.abs(_numbers(table, "oracle_gap"))
+    gap = np.abs(io.float_column(table, "oracle_gap"))
     if np.isfinite(gap).any():
         axes[2].semilogy(ratio[order], np.maximum(gap[order], 1e-17), "x", ms=4,
                          label="|f - f_oracle| / |f_oracle|")

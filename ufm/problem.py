@@ -222,12 +222,6 @@ class Problem:
                                    class_counts=tuple(counts), loss=loss)
 
     @property
-    def single_label_sets(self) -> np.ndarray:
-        """For multi-label problems: the index of the set (k,) of every class k, (K,)."""
-        index = {s: i for i, s in enumerate(self.label_sets)}
-        return np.array([index[(k,)] for k in range(self.num_classes)], np.int32)
-
-    @property
     def jnp_dtype(self):
         return jnp.float64 if self.dtype == "float64" else jnp.float32
 
