@@ -1,5 +1,7 @@
-"""Sharding a batch over several devices changes nothing in the results (4 simulated CPU
-devices in a subprocess, since the device count is fixed when JAX starts)."""
+"""Sharding a batch over several devices changes the results only by round-off (4 simulated
+CPU devices in a subprocess, since the device count is fixed when JAX starts): a vmapped matmul
+of another batch width may sum in another order, so the last bits can differ; statuses and
+step counts cannot."""
 import os
 import subprocess
 import sys
@@ -32,9 +34,11 @@ def _run(tmp_path, name, devices):
     return np.load(out)
 
 
-def test_results_are_identical_on_one_and_four_devices(tmp_path):
+def test_results_agree_on_one_and_four_devices(tmp_path):
     one, four = _run(tmp_path, "one", 1), _run(tmp_path, "four", 4)
     assert int(one["devices"]) == 1 and int(four["devices"]) == 4
-    for key in ("W", "H", "objective", "steps", "status"):
+    for key in ("steps", "status"):
         np.testing.assert_array_equal(one[key], four[key], err_msg=key)
+    for key in ("W", "H", "objective"):
+        np.testing.assert_allclose(one[key], four[key], rtol=1e-12, atol=1e-14, err_msg=key)
     assert list(four["status"]).count("diverged") == 1

@@ -1,3 +1,4 @@
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -59,3 +60,22 @@ def test_pick_all_label_sums_ce_over_the_labels(x64):
     expected = losses.cross_entropy(Z, np.eye(K)[[0] * N].T) + losses.cross_entropy(
         Z, np.eye(K)[[2] * N].T)
     np.testing.assert_allclose(losses.pick_all_label(Z, Y), expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("name", sorted(losses.LOGIT_GRADIENTS))
+@pytest.mark.parametrize("multi_hot", [False, True])
+def test_closed_form_logit_gradients_equal_autodiff(x64, name, multi_hot):
+    """The fast path's dL/dz (losses.LOGIT_GRADIENTS) against jax.grad of the loss, to
+    round-off; multi-hot targets (label sets of one and two classes) where the loss allows."""
+    if multi_hot and name not in ("ce", "pick_all_label", "mse"):
+        pytest.skip("a single-label loss")
+    Z, labels, Y = _data(4)
+    if multi_hot:
+        Y = Y.copy()
+        Y[(labels + 1) % K, np.arange(N)] = np.arange(N) % 2  # every other sample: two labels
+    loss, grad = losses.LOSSES[name], losses.LOGIT_GRADIENTS[name]
+    for gamma in ((0.0, 0.5, 2.0) if name == "focal" else (HYPER.gamma,)):
+        hyper = HYPER._replace(gamma=gamma).astype(jnp.float64)
+        expected = jax.grad(lambda z: jnp.sum(loss(z, jnp.asarray(Y), hyper)))(jnp.asarray(Z))
+        np.testing.assert_allclose(grad(jnp.asarray(Z), jnp.asarray(Y), hyper), expected,
+                                   rtol=1e-13, atol=1e-15)

@@ -135,7 +135,8 @@ def _timed_trial(problem, solver_name, solver, hypers, seeds, width) -> int:
     time (both compiled first); otherwise run them one at a time."""
     steps = min(solver["steps"], 50)
     kwargs = dict(steps=steps, log_every=steps, tol=0.0, solver=solver_name,
-                  init_scale=solver["init_scale"], progress=False)
+                  init_scale=solver["init_scale"], progress=False, fast=solver["fast"],
+                  check_every=solver["check_every"])
     take = lambda tree, n: Hyper(*(np.asarray(v)[:n] for v in tree))
     for _ in range(2):  # the first call of each compiles
         batched = solve_batch(problem, take(hypers, width), seeds[:width], **kwargs).seconds
@@ -162,7 +163,8 @@ def _run_landscape(experiment, configs, progress):
     rows, histories, spectra = [], [], {}
     for index, (problem, hyper, solver_name) in enumerate(pairs):
         base = {"config": index, **_config_columns(problem, hyper, solver_name)}
-        common = dict(steps=solver["steps"], log_every=solver["log_every"], progress=progress)
+        common = dict(steps=solver["steps"], log_every=solver["log_every"], progress=progress,
+                      fast=solver["fast"], check_every=solver["check_every"])
         if experiment.kind == "benign":
             found, spectra_here, saddle_probes = landscape.benign_landscape(
                 problem, hyper, random_starts=settings["random_starts"],
@@ -260,7 +262,8 @@ def _run_chunk(configs, solver, problem, solver_name, indices, size, width, bar)
     batch = solve_batch(problem, _group_hypers(configs, padded),
                         [configs[i].seed for i in padded], steps=solver["steps"],
                         log_every=solver["log_every"], tol=solver["tol"], solver=solver_name,
-                        init_scale=solver["init_scale"],
+                        init_scale=solver["init_scale"], fast=solver["fast"],
+                        check_every=solver["check_every"],
                         progress=bar if bar is not None else False, width=width)
     n = len(indices)
     arrays = {f"history/{k}": (v if k == "iteration" else np.asarray(v)[:n])

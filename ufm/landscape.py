@@ -24,7 +24,7 @@ import numpy as np
 
 from ufm import manifolds, theory
 from ufm.problem import Hyper, Params, Problem, init_traced, logit_gradient, objective, x64_scope
-from ufm.solvers import solve_batch
+from ufm.solvers import CHECK_EVERY, solve_batch
 
 VERDICTS = ("not critical", "strict saddle", "second-order stationary (local min)",
             "global min (certified)")
@@ -544,7 +544,8 @@ def _python(value):
 def benign_landscape(problem: Problem, hyper: Hyper, *, random_starts: int, saddle_starts: int,
                      epsilon: float, ranks=None, solver: str = "lbfgs", steps: int = 3000,
                      log_every: int = 100, tol: float | None = None, reach_rtol: float = 1e-6,
-                     seed: int = 0, method: str = "auto", progress=None):
+                     seed: int = 0, method: str = "auto", progress=None, fast: bool = True,
+                     check_every: int = CHECK_EVERY):
     """Many random starts plus starts at distance epsilon from every constructed saddle, all
     solved in ONE vmapped batch, every end point probed (vmapped). A start "reached" the optimum
     when |f - f*| <= reach_rtol |f*| + 1e-10 (f* the closed form, or the best value found when
@@ -563,7 +564,8 @@ def benign_landscape(problem: Problem, hyper: Hyper, *, random_starts: int, sadd
     seeds = list(range(seed, seed + len(starts)))
     batch = solve_batch(problem, hyper, seeds, start=_stack(starts), steps=steps,
                         log_every=log_every, tol=tol, solver=solver, progress=progress,
-                        desc=f"benign {problem.loss} {problem.geometry}")
+                        desc=f"benign {problem.loss} {problem.geometry}", fast=fast,
+                        check_every=check_every)
     probes = probe_batch(problem, hyper, batch.params, method=method, seed=seed)
     final = batch.history["objective"][:, -1]
     opt = theory.optimum(problem, hyper)
@@ -590,7 +592,8 @@ def benign_landscape(problem: Problem, hyper: Hyper, *, random_starts: int, sadd
 
 
 def origin_phase(problem: Problem, hyper: Hyper, *, ratios, seeds, solver="lbfgs", steps=3000,
-                 log_every=100, tol=None, method="auto", progress=None):
+                 log_every=100, tol=None, method="auto", progress=None, fast=True,
+                 check_every=CHECK_EVERY):
     """Sweep sqrt(lam_W lam_H) = ratio * sigma across the origin's threshold sigma =
     c_L/(K sqrt(n)) (keeping lam_W/lam_H as in `hyper`): the smallest eigenvalue at the origin,
     measured and by formula, its verdict, and where random starts end (zero or collapse)."""
@@ -614,7 +617,8 @@ def origin_phase(problem: Problem, hyper: Hyper, *, ratios, seeds, solver="lbfgs
     runs_hypers = Hyper(*(np.repeat(np.asarray(v), len(seeds)) for v in stacked_hypers))
     run_seeds = [s for _ in configs for s in seeds]
     batch = solve_batch(problem, runs_hypers, run_seeds, steps=steps, log_every=log_every,
-                        tol=tol, solver=solver, progress=progress, desc="origin phase")
+                        tol=tol, solver=solver, progress=progress, desc="origin phase",
+                        fast=fast, check_every=check_every)
     rows = []
     for i, (ratio, h) in enumerate(zip(ratios, configs)):
         formula = theory.origin_eig_min(problem, h)
@@ -635,7 +639,8 @@ def origin_phase(problem: Problem, hyper: Hyper, *, ratios, seeds, solver="lbfgs
 
 
 def saddle_escape(problem: Problem, hyper: Hyper, *, saddle: str, epsilons, seeds, steps,
-                  log_every, drop: float = 1e-2, progress=None):
+                  log_every, drop: float = 1e-2, progress=None, fast=True,
+                  check_every=CHECK_EVERY):
     """Gradient descent started at distance epsilon from a strict saddle ("origin", "rank r" or
     "collapsed"): the plateau length, i.e. the first logged iteration with
     f < f(saddle) - drop |f(saddle)|, against epsilon and against the measured negative
@@ -661,7 +666,7 @@ def saddle_escape(problem: Problem, hyper: Hyper, *, saddle: str, epsilons, seed
             meta.append((float(eps), s))
     batch = solve_batch(problem, hyper, [s for _, s in meta], start=_stack(starts), steps=steps,
                         log_every=log_every, tol=0.0, solver="gd", progress=progress,
-                        desc=f"escape {saddle}")
+                        desc=f"escape {saddle}", fast=fast, check_every=check_every)
     below = batch.history["objective"] < f_saddle - drop * abs(f_saddle)
     iteration = batch.history["iteration"]
     rows = []

@@ -4,6 +4,10 @@ Every loss has the signature `loss(Z, Y, hyper) -> (N,)` with logits Z (K, N), t
 (one-hot for single labels; label multiplicities for pick-all-label) and the traced `Hyper` for
 alpha, gamma, kappa and M. Temperature is applied by the caller (`ufm.problem.mean_loss` passes
 Z / tau), so every loss takes it the same way.
+
+Each loss also has its gradient with respect to the logits in closed form (`LOGIT_GRADIENTS`,
+same signature, returning dL/dZ of shape (K, N)): the fast path of the first-order solvers
+(`ufm.fused`) uses it instead of autodiff, and the tests hold it to `jax.grad` of the loss.
 """
 from __future__ import annotations
 
@@ -52,6 +56,42 @@ def pick_all_label(Z, Y, hyper=None):
     return cross_entropy(Z, Y)
 
 
+def cross_entropy_grad(Z, Y, hyper=None):
+    """d CE / dz = m softmax(z) - y, m = sum_k y_k (1 for one label; the set size for
+    pick-all-label)."""
+    return jnp.sum(Y, axis=0, keepdims=True) * jax.nn.softmax(Z, axis=0) - Y
+
+
+def label_smoothing_grad(Z, Y, hyper):
+    """d LS / dz = softmax(z) - q with q = (1 - alpha) y + alpha / K (q sums to one)."""
+    K = Z.shape[0]
+    return jax.nn.softmax(Z, axis=0) - ((1.0 - hyper.alpha) * Y + hyper.alpha / K)
+
+
+def focal_grad(Z, Y, hyper):
+    """d focal / dz = c (y - softmax(z)) with l = log p_y and
+    c = gamma p_y (1 - p_y)^(gamma - 1) l - (1 - p_y)^gamma (the gamma = 0 term is zero, as
+    in JAX's derivative of x^gamma)."""
+    log_p = jax.nn.log_softmax(Z, axis=0)
+    log_p_y = jnp.sum(Y * log_p, axis=0, keepdims=True)
+    one_minus_p = -jnp.expm1(log_p_y)
+    slope = jnp.where(hyper.gamma == 0, 0.0,
+                      hyper.gamma * one_minus_p ** (hyper.gamma - 1.0)) * jnp.exp(log_p_y)
+    coefficient = slope * log_p_y - one_minus_p**hyper.gamma
+    return coefficient * (Y - jnp.exp(log_p))
+
+
+def mse_grad(Z, Y, hyper=None):
+    """d MSE / dz = z - y."""
+    return Z - Y
+
+
+def mse_rescaled_grad(Z, Y, hyper):
+    """d rescaled MSE / dz = (2/K) w (z - M y), w = 1 + (kappa - 1) y."""
+    K = Z.shape[0]
+    return (2.0 / K) * (1.0 + (hyper.kappa - 1.0) * Y) * (Z - hyper.M * Y)
+
+
 LOSSES = {
     "ce": cross_entropy,
     "ls": label_smoothing,
@@ -59,4 +99,14 @@ LOSSES = {
     "mse": mse,
     "mse_rescaled": mse_rescaled,
     "pick_all_label": pick_all_label,
+}
+
+
+LOGIT_GRADIENTS = {
+    "ce": cross_entropy_grad,
+    "ls": label_smoothing_grad,
+    "focal": focal_grad,
+    "mse": mse_grad,
+    "mse_rescaled": mse_rescaled_grad,
+    "pick_all_label": cross_entropy_grad,
 }

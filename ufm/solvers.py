@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ufm import manifolds, metrics, theory
+from ufm import fused, manifolds, metrics, theory
 from ufm.problem import (Hyper, Params, Problem, init_traced, mean_loss, objective,
                          representations, validate_hyper)
 
@@ -35,6 +35,8 @@ SOLVERS = ("gd", "momentum", "nesterov", "adam", "lbfgs")
 STATUSES = ("running", "converged", "max_steps", "diverged")
 RUNNING, CONVERGED, MAX_STEPS, DIVERGED = range(4)
 HISTORY_KEYS = ("objective", "loss", "grad_norm", "gap", "rel_gap") + metrics.METRIC_NAMES
+# Steps between convergence / divergence checks on the fast path (`_fast_block`).
+CHECK_EVERY = 25
 
 
 class RunState(NamedTuple):
@@ -78,10 +80,6 @@ def _trainable_mask(problem: Problem, grads: Params) -> Params:
     return grads._replace(W=W, b=b)
 
 
-def _tree_norm(tree) -> jax.Array:
-    return jnp.sqrt(sum(jnp.sum(x**2) for x in jax.tree.leaves(tree)))
-
-
 def _make_step(problem: Problem, solver: str, hyper: Hyper) -> tuple[optax.GradientTransformation, Callable]:
     """The optimizer and one masked step: state -> state (frozen once converged or diverged)."""
     tx = _optimizer(solver, hyper)
@@ -100,12 +98,12 @@ def _make_step(problem: Problem, solver: str, hyper: Hyper) -> tuple[optax.Gradi
         if pullback:
             # d/dV f(normalize(V)) is the Riemannian gradient at normalize(V) divided by the
             # row/column norms of V; undo that, or a V that has grown would look converged.
-            grad_norm = _tree_norm(Params(grad.W * jnp.linalg.norm(variables.W, axis=1, keepdims=True),
+            grad_norm = fused.tree_norm(Params(grad.W * jnp.linalg.norm(variables.W, axis=1, keepdims=True),
                                           grad.H * jnp.linalg.norm(variables.H, axis=0, keepdims=True),
                                           grad.b))
         else:
             grad = manifolds.riemannian_grad(problem, variables, grad)
-            grad_norm = _tree_norm(grad)
+            grad_norm = fused.tree_norm(grad)
         if solver == "lbfgs":
             updates, opt_state = tx.update(
                 grad, state.opt_state, variables, value=value, grad=grad, value_fn=value_fn
@@ -119,7 +117,7 @@ def _make_step(problem: Problem, solver: str, hyper: Hyper) -> tuple[optax.Gradi
         # Finiteness from scalars only: the value, the gradient norm and the update's norm (a
         # reduction XLA fuses into the update's producer), never a separate pass over the
         # new iterate; the frozen branch adds an exact zero, so no select over whole trees.
-        finite = jnp.isfinite(value) & jnp.isfinite(grad_norm) & jnp.isfinite(_tree_norm(updates))
+        finite = jnp.isfinite(value) & jnp.isfinite(grad_norm) & jnp.isfinite(fused.tree_norm(updates))
         move = active & ~converged & finite
         diverged = active & ~converged & ~finite
         moved = jax.tree.map(lambda x, u: x + jnp.where(move, u, jnp.zeros_like(u)), variables, updates)
@@ -167,13 +165,14 @@ def _log_record(problem: Problem, solver: str, hyper: Hyper, state: RunState, f_
 
 
 def _initial_state(problem: Problem, solver: str, hyper: Hyper, key, init_scale,
-                   start: Params | None = None) -> RunState:
-    tx, _ = _make_step(problem, solver, hyper)
+                   start: Params | None = None, fast: bool = False) -> RunState:
+    tx = _optimizer(solver, hyper)
     variables = init_traced(problem, key, init_scale) if start is None else start
     dtype = problem.jnp_dtype
     return RunState(
         variables=variables,
-        opt_state=tx.init(variables),
+        # The fast path keeps optimizer state for the trained leaves only.
+        opt_state=tx.init(fused.trained(problem, variables) if fast else variables),
         step=jnp.zeros((), jnp.int32),
         status=jnp.full((), RUNNING, jnp.int32),
         diverged_at=jnp.full((), -1, jnp.int32),
@@ -181,38 +180,118 @@ def _initial_state(problem: Problem, solver: str, hyper: Hyper, key, init_scale,
     )
 
 
-def _run_logs(problem, solver, log_every, num_logs, hyper, state, f_star, tol, max_steps):
-    """Outer scan over `num_logs` log points of `log_every` inner steps each."""
-    _, step = _make_step(problem, solver, hyper)
+def _fast_block(problem: Problem, solver: str, hyper: Hyper, tol, max_steps, log_every: int,
+                check_every: int) -> Callable:
+    """`block(state, start) -> state`: the fast path's `log_every` steps from global step
+    `start` (the same for every configuration of a batch, so it stays unbatched under vmap).
 
-    def inner(state, _):
-        return step(state, tol, max_steps), None
+    Steps run in intervals of `check_every`: plain steps (`fused.plain_step`: no reductions,
+    no masks), then one checked step that applies the reference's rules at its start point x:
+    gradient norm <= tol: converged, frozen at x; objective or gradient non-finite at x:
+    diverged, frozen at the interval's first point (the last one that passed a check, with
+    `diverged_at` its step: the first non-finite iterate came within check_every steps of it);
+    update non-finite: diverged, frozen at x with `diverged_at` its step (the reference's rule
+    exactly). An interval is cut short at `max_steps`, so runs stop where the reference stops.
+    """
+    tx = _optimizer(solver, hyper)
+    Y = fused.targets(problem, problem.jnp_dtype)
 
-    def outer(state, _):
+    def interval(state: RunState, n) -> RunState:  # n >= 1 steps
+        def plain(_, carry):
+            return fused.plain_step(problem, hyper, tx, Y, *carry)
+
+        variables, opt_state = jax.lax.fori_loop(0, n - 1, plain,
+                                                 (state.variables, state.opt_state))
+        value, grad_norm, updates, new_opt_state = fused.checked_step(problem, hyper, tx, Y,
+                                                                      variables, opt_state)
+        running = state.status == RUNNING
+        converged = running & (grad_norm <= tol)
+        point_finite = jnp.isfinite(value) & jnp.isfinite(grad_norm)
+        # Plain GD's update is -lr grad: its norm is a scalar product, not another pass.
+        update_norm = hyper.lr * grad_norm if solver == "gd" else fused.tree_norm(updates)
+        finite = point_finite & jnp.isfinite(update_norm)
+        move = running & ~converged & finite
+        diverged = running & ~converged & ~finite
+        back = ~running | (diverged & ~point_finite)  # to the interval's first point
+        variables = fused.apply(problem, variables, updates, move)
+        pick = lambda new, old: jax.tree.map(lambda a, b: jnp.where(back, b, a), new, old)
+        last = state.step + n - 1  # the checked point's step
+        return RunState(
+            variables=pick(variables, state.variables),
+            opt_state=pick(jax.tree.map(lambda a, b: jnp.where(move, a, b), new_opt_state,
+                                        opt_state), state.opt_state),
+            step=jnp.where(back, state.step, last + move.astype(jnp.int32)),
+            status=jnp.where(converged, CONVERGED,
+                             jnp.where(diverged, DIVERGED, state.status)).astype(jnp.int32),
+            diverged_at=jnp.where(diverged, jnp.where(point_finite, last, state.step),
+                                  state.diverged_at),
+            grad_norm=jnp.where(running, grad_norm, state.grad_norm),
+        )
+
+    def run_interval(state, first, length):
+        n = jnp.clip(max_steps - first, 0, length)
+        return jax.lax.cond(n > 0, interval, lambda s, _: s, state, n)
+
+    def block(state: RunState, start) -> RunState:
+        full, rest = divmod(log_every, check_every)
+        state = jax.lax.fori_loop(
+            0, full, lambda i, s: run_interval(s, start + i * check_every, check_every), state)
+        return run_interval(state, start + full * check_every, rest) if rest else state
+
+    return block
+
+
+def _run_logs(problem, solver, log_every, num_logs, hyper, state, f_star, tol, max_steps,
+              first_step=0, check_every=None):
+    """Outer scan over `num_logs` log points of `log_every` inner steps each, from global step
+    `first_step`; `check_every` None is the reference path (autodiff, every step checked),
+    an integer the fast path (`_fast_block`)."""
+    if check_every is None:
+        _, step = _make_step(problem, solver, hyper)
+
+        def steps(state, _):
+            return jax.lax.scan(lambda s, _: (step(s, tol, max_steps), None), state, None,
+                                length=log_every)[0]
+    else:
+        steps = _fast_block(problem, solver, hyper, tol, max_steps, log_every, check_every)
+
+    def outer(state, index):
         # A finished run skips its steps (a real branch when unbatched, e.g. one configuration
         # at a time under `lax.map`; under vmap both sides run and the mask keeps it frozen).
-        state = jax.lax.cond(state.status == RUNNING,
-                             lambda s: jax.lax.scan(inner, s, None, length=log_every)[0],
-                             lambda s: s, state)
+        state = jax.lax.cond(state.status == RUNNING, steps, lambda s, _: s, state,
+                             first_step + index * log_every)
         return state, _log_record(problem, solver, hyper, state, f_star)
 
-    return jax.lax.scan(outer, state, None, length=num_logs)
+    return jax.lax.scan(outer, state, jnp.arange(num_logs, dtype=jnp.int32))
+
+
+def _check_every(problem: Problem, solver: str, fast: bool, check_every) -> int | None:
+    """The fast path's check interval, or None for the reference path."""
+    if not isinstance(fast, (bool, np.bool_)):
+        raise ValueError(f"fast={fast!r} is not allowed: true or false")
+    if isinstance(check_every, bool) or not isinstance(check_every, (int, np.integer)) \
+            or check_every < 1:
+        raise ValueError(f"check_every={check_every!r} is not allowed: an integer >= 1")
+    return int(check_every) if fast and fused.supports(problem, solver) else None
 
 
 def make_run(problem: Problem, *, solver: str = "gd", steps: int, log_every: int = 100,
-             tol: float = 0.0, init_scale: float = 1.0) -> Callable:
+             tol: float = 0.0, init_scale: float = 1.0, fast: bool = True,
+             check_every: int = CHECK_EVERY) -> Callable:
     """A whole run as one pure function `run(hyper, key, f_star) -> (params, history, steps,
     status)`, jittable and vmappable over all three arguments (status is an int code into
     `STATUSES`; history holds the initial point and every log point). `f_star` is the
-    closed-form optimum (NaN when unknown); hyper should already be in the problem's dtype."""
+    closed-form optimum (NaN when unknown); hyper should already be in the problem's dtype.
+    `fast`, `check_every`: as in `solve`."""
     _check_run_args(problem, solver, steps, log_every, tol)
+    check = _check_every(problem, solver, fast, check_every)
     num_logs = math.ceil(steps / log_every)
 
     def run(hyper: Hyper, key, f_star):
-        state = _initial_state(problem, solver, hyper, key, init_scale)
+        state = _initial_state(problem, solver, hyper, key, init_scale, fast=check is not None)
         first = _log_record(problem, solver, hyper, state, f_star)
         state, history = _run_logs(problem, solver, log_every, num_logs, hyper, state, f_star,
-                                   tol, steps)
+                                   tol, steps, 0, check)
         history = jax.tree.map(lambda a, h: jnp.concatenate([a[None], h]), first, history)
         status = jnp.where(state.status == RUNNING, MAX_STEPS, state.status)
         return point_of(problem, solver, state.variables), history, state.step, status
@@ -303,20 +382,22 @@ def _over_batch(fn, in_axes, width: int | None):
 
 
 @functools.lru_cache(maxsize=64)
-def _compiled_chunk(problem, solver, log_every, logs_per_chunk, batched, width=None):
+def _compiled_chunk(problem, solver, log_every, logs_per_chunk, batched, width=None,
+                    check_every=None):
     """jit(chunk) (over a configuration axis when `batched`, see `_over_batch`); one
-    compilation per static signature."""
+    compilation per static signature. `check_every`: as in `_run_logs`."""
 
-    def chunk(hyper, state, f_star, tol, max_steps):
+    def chunk(hyper, state, f_star, tol, max_steps, first_step):
         return _run_logs(problem, solver, log_every, logs_per_chunk, hyper, state, f_star, tol,
-                         max_steps)
+                         max_steps, first_step, check_every)
 
     def start(hyper, key, f_star, init_scale, start_params):
-        state = _initial_state(problem, solver, hyper, key, init_scale, start_params)
+        state = _initial_state(problem, solver, hyper, key, init_scale, start_params,
+                               fast=check_every is not None)
         return state, _log_record(problem, solver, hyper, state, f_star)
 
     if batched:
-        chunk = _over_batch(chunk, (0, 0, 0, None, None), width)
+        chunk = _over_batch(chunk, (0, 0, 0, None, None, None), width)
         start = _over_batch(start, (0, 0, 0, None, 0), width)
     return jax.jit(start), jax.jit(chunk)
 
@@ -363,7 +444,8 @@ def _shard_over_devices(tree):
 
 
 def _execute(problem, hyper, keys, f_star, *, solver, steps, log_every, tol, init_scale,
-             start_params, progress, batched, batch_size, desc=None, width=None):
+             start_params, progress, batched, batch_size, desc=None, width=None,
+             check_every=None):
     """Host loop over jitted chunks; returns host arrays of everything (a batch is sharded over
     the local devices and trimmed back to `batch_size`)."""
     num_logs = math.ceil(steps / log_every)
@@ -371,7 +453,8 @@ def _execute(problem, hyper, keys, f_star, *, solver, steps, log_every, tol, ini
     n_dev = jax.local_device_count()
     if batched and n_dev > 1:
         width = None  # the configuration axis is sharded over devices: one vmap over it
-    start, chunk = _compiled_chunk(problem, solver, log_every, per_chunk, batched, width)
+    start, chunk = _compiled_chunk(problem, solver, log_every, per_chunk, batched, width,
+                                   check_every)
     dtype = problem.jnp_dtype
     tol_arr, steps_arr = jnp.asarray(tol, dtype), jnp.asarray(steps, jnp.int32)
     if start_params is not None:
@@ -386,8 +469,9 @@ def _execute(problem, hyper, keys, f_star, *, solver, steps, log_every, tol, ini
     bar = (progress_bar(progress, total=steps * batch_size, desc=desc or f"{problem.loss} {solver}")
            if own_bar else progress)
     done_steps = 0
-    for _ in range(n_chunks):
-        state, history = chunk(hyper, state, f_star, tol_arr, steps_arr)
+    for c in range(n_chunks):
+        first_step = jnp.asarray(c * per_chunk * log_every, jnp.int32)
+        state, history = chunk(hyper, state, f_star, tol_arr, steps_arr, first_step)
         records.append(jax.tree.map(trim, history))  # (T,) or, vmapped, (B, T)
         status = trim(state.status)
         finished = int(np.sum(status != RUNNING))
@@ -427,7 +511,8 @@ def progress_bar(progress, total, desc):
 def solve(problem: Problem, hyper: Hyper = Hyper(), *, key=0, steps: int = 10_000,
           log_every: int = 100, tol: float | None = None, solver: str = "gd",
           init_scale: float = 1.0, start: Params | None = None,
-          progress: bool | None = None) -> Result:
+          progress: bool | None = None, fast: bool = True,
+          check_every: int = CHECK_EVERY) -> Result:
     """Minimize the UFM objective of `problem` from a random start.
 
     Args:
@@ -439,6 +524,11 @@ def solve(problem: Problem, hyper: Hyper = Hyper(), *, key=0, steps: int = 10_00
       start: a point (Params) to start from instead of a random one (e.g. near a saddle).
       progress: show a progress bar (default: when stderr is a terminal), or a tqdm-like bar
         to advance (how `ufm.grid` keeps one bar over a whole grid).
+      fast: take the fast path where it applies (`fused.supports`: the first-order solvers
+        at depth 1): closed-form gradients, convergence and divergence decided every
+        `check_every` steps (`_fast_block`); False: the reference path (autodiff, every step
+        checked). Both give the same iterates to round-off; `steps` and `diverged_at` of a
+        run that stops early agree to within `check_every`.
     Returns:
       `Result` (params, history, steps, status, diverged_at, optimum, seconds).
 
@@ -448,6 +538,7 @@ def solve(problem: Problem, hyper: Hyper = Hyper(), *, key=0, steps: int = 10_00
     """
     tol = default_tol(problem) if tol is None else tol
     _check_run_args(problem, solver, steps, log_every, tol)
+    check = _check_every(problem, solver, fast, check_every)
     validate_hyper(hyper)
     if any(np.ndim(v) for v in hyper):
         raise ValueError("solve() takes one configuration: every Hyper field must be a scalar "
@@ -459,7 +550,8 @@ def solve(problem: Problem, hyper: Hyper = Hyper(), *, key=0, steps: int = 10_00
         state, history = _execute(
             problem, hyper.astype(dtype), _as_key(key), jnp.asarray(f_star[0], dtype),
             solver=solver, steps=steps, log_every=log_every, tol=tol, init_scale=init_scale,
-            start_params=start, progress=progress, batched=False, batch_size=1)
+            start_params=start, progress=progress, batched=False, batch_size=1,
+            check_every=check)
         params = point_of(problem, solver, state.variables)
         jax.block_until_ready(params)
     status = int(state.status)
@@ -473,7 +565,8 @@ def solve_batch(problem: Problem, hypers: Hyper, keys, *, steps: int = 10_000,
                 log_every: int = 100, tol: float | None = None, solver: str = "gd",
                 init_scale: float = 1.0, start: Params | None = None,
                 progress: bool | None = None, desc: str | None = None,
-                width: int | None = None) -> BatchResult:
+                width: int | None = None, fast: bool = True,
+                check_every: int = CHECK_EVERY) -> BatchResult:
     """`solve` for a batch of configurations in ONE jitted, vmapped call.
 
     `width`: configurations per vmapped slice; None vmaps the whole batch, a smaller width runs
@@ -484,10 +577,11 @@ def solve_batch(problem: Problem, hypers: Hyper, keys, *, steps: int = 10_000,
     `hypers` fields are scalars or arrays of a common length B; `keys` is a batch of B keys or
     a list of B int seeds; `start`, if given, is a batch of B starting points (leaves with a
     leading axis B). A diverging configuration is flagged and frozen without touching its
-    neighbours.
+    neighbours. `fast`, `check_every`: as in `solve`.
     """
     tol = default_tol(problem) if tol is None else tol
     _check_run_args(problem, solver, steps, log_every, tol)
+    check = _check_every(problem, solver, fast, check_every)
     validate_hyper(hypers)
     if isinstance(keys, (list, tuple, np.ndarray)) and all(
             isinstance(k, (int, np.integer)) for k in np.asarray(keys).ravel()):
@@ -510,7 +604,8 @@ def solve_batch(problem: Problem, hypers: Hyper, keys, *, steps: int = 10_000,
         state, history = _execute(
             problem, hypers, keys, jnp.asarray(f_star, dtype), solver=solver, steps=steps,
             log_every=log_every, tol=tol, init_scale=init_scale, start_params=start,
-            progress=progress, batched=True, batch_size=batch, desc=desc, width=width)
+            progress=progress, batched=True, batch_size=batch, desc=desc, width=width,
+            check_every=check)
         params = jax.vmap(functools.partial(point_of, problem, solver))(state.variables)
         jax.block_until_ready(params)
     status = np.asarray(state.status)
