@@ -1,21 +1,40 @@
-"""Grid speed: ufm's vmapped, scanned grid against the way UFM experiments are usually run
-(PyTorch on the CPU, autograd, one configuration after another in a Python loop), side by side
-in one process, same losses (CE), sizes, step counts and float32.
+"""Grid speed: ufm's grid runner against the peers a skilled user would write, and against the
+hardware floor, side by side in one process.
 
-For each (K, d, n) and grid size it prints configuration-steps per second for both, their ratio,
-and ufm's achieved GFLOP/s (6 K d N flops per gradient step: Z = W H and the two gradient
-matmuls) as a fraction of a plain jitted matmul's GFLOP/s at the same shapes, measured here.
-Then "time to the optimum": float64 CE, (K, d, n) = (10, 32, 50), lam = 5e-4, seconds until
-the gap to the closed-form f* is below 1e-6 relative, for plain GD and for L-BFGS.
+Arms (float32, CE with bias, plain gradient descent, the same sizes and learning rate; the
+arms alternate within each repetition and the median of `--reps` repetitions is reported;
+compilation and warm-up are excluded):
 
-Compilation is excluded from ufm's timings (each arm is run once to compile, then timed); the
-PyTorch arm is skipped with a message where torch is missing (`pip install torch==2.13.0`).
+  ufm            the grid runner's way: `solve_batch` in chunks of `grid.chunk_size`
+                 configurations, vmapped slices of `grid.batch_width` (the fast path)
+  ufm-ref        the same on the reference path (`fast=False`: autodiff, every step checked),
+                 what ufm ran before the fast path (`--reference`)
+  torch-loop     PyTorch, one configuration after another, autograd, torch.optim.SGD (timed on
+                 up to 4 configurations: its rate does not depend on how many follow)
+  torch-bmm      PyTorch, every configuration batched along a leading axis (`baddbmm`, one
+                 cross entropy over the batch), autograd, one SGD over the stacked tensors
+  torch-compile  torch-bmm with its loss under `torch.compile` (accelerators only)
 
-    python benchmarks/grid_speed.py [--quick]
+ufm logs its metrics at the first and the last step only (`log_every = steps`), so its numbers
+include two log points per run and nothing else that the peers do not do.
+
+The roofline, per configuration-step: FLOPs 6 K d N (Z = W H, G H^T and W^T G; the elementwise
+work is O(K N)); bytes 2 d N x 4 (one read and one write of H: the floor of a one-pass step,
+where the update of column i needs only W, b and column i's logits, and dW accumulates in the
+same sweep). The machine's rates are measured here: copy bandwidth as a jitted read-and-write
+loop over an array the size of one vmapped slice's H (the working set the runner keeps hot), and
+the matmul rate as the three matmuls of a step timed alone at these shapes (the better of
+batched and one at a time). "of floor" is the binding floor's time over ufm's time.
+
+    pip install torch==2.13.0      # the CPU build on a CPU machine (see benchmarks/RESULTS.md)
+    python benchmarks/grid_speed.py [--quick] [--reference] [--grids 16 64] [--sizes 0 1 2]
+
+Without torch the PyTorch arms are skipped with a message.
 """
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import jax
@@ -23,28 +42,29 @@ import jax.numpy as jnp
 import numpy as np
 
 import ufm
+from ufm import grid
 
-# (K, d, n, steps): fewer steps for the large shapes keep each arm to seconds on 2 cores.
-SIZES = [(10, 64, 100, 2000), (10, 512, 500, 40), (100, 256, 50, 20)]
-GRIDS = [16, 64]
+# (K, d, n, ufm steps): steps keep each ufm run to seconds on 2 cores (x10 on an accelerator)
+SIZES = [(10, 64, 100, 2000), (10, 512, 500, 100), (100, 256, 50, 100)]
 LAM, LR = 5e-4, 0.5
+TORCH_SECONDS = 1.5  # each PyTorch run is sized to about this long (at least 3 steps)
 
 
-def _hypers(n_configs):
-    return ufm.Hyper(lam_W=np.full(n_configs, LAM), lam_H=np.geomspace(LAM, 4 * LAM, n_configs),
-                     lam_b=np.full(n_configs, LAM), lr=np.full(n_configs, LR))
+def _lam_H(n_configs):
+    return np.geomspace(LAM, 4 * LAM, n_configs)
 
 
-def time_ufm(K, d, n, steps, n_configs):
-    """The grid runner's way: chunks of `grid.chunk_size` configurations, each one compiled call
-    over vmapped slices of `grid.batch_width` (lax.map over the slices)."""
-    from ufm import grid
+# ---- ufm -------------------------------------------------------------------------------------
 
+def ufm_arm(K, d, n, steps, n_configs, fast=True):
+    """A timed run of the grid runner (compiled and warmed up first); returns a callable that
+    runs the whole grid once and gives its seconds, plus the runner's (width, chunk)."""
     prob = ufm.Problem(num_classes=K, feature_dim=d, n_per_class=n)
     width = grid.batch_width(prob, n_configs)
     size = grid.chunk_size(prob, n_configs, width)
-    hypers = _hypers(n_configs)
-    kwargs = dict(steps=steps, log_every=steps, tol=0.0, progress=False, width=width)
+    hypers = ufm.Hyper(lam_W=np.full(n_configs, LAM), lam_H=_lam_H(n_configs),
+                       lam_b=np.full(n_configs, LAM), lr=np.full(n_configs, LR))
+    kwargs = dict(steps=steps, log_every=steps, tol=0.0, progress=False, width=width, fast=fast)
 
     def chunk(lo):  # padded to the chunk size like the runner's last chunk: no recompilation
         idx = list(range(lo, min(lo + size, n_configs)))
@@ -52,62 +72,230 @@ def time_ufm(K, d, n, steps, n_configs):
         return ufm.Hyper(*(np.broadcast_to(v, (n_configs,))[idx] for v in hypers)), idx
 
     ufm.solve_batch(prob, *chunk(0), **kwargs)  # compile
-    seconds = sum(ufm.solve_batch(prob, *chunk(lo), **kwargs).seconds
-                  for lo in range(0, n_configs, size))
-    return seconds, width, size
+
+    def run():
+        return sum(ufm.solve_batch(prob, *chunk(lo), **kwargs).seconds
+                   for lo in range(0, n_configs, size))
+
+    return run, width, size
 
 
-def time_torch(K, d, n, steps, n_configs):
-    import torch
+# ---- PyTorch ---------------------------------------------------------------------------------
 
-    torch.manual_seed(0)
+def _sync(torch, device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def torch_loop_arm(torch, device, K, d, n, n_configs):
+    """One configuration at a time, autograd: `run(steps) -> seconds` over up to 4 configs."""
     N = K * n
-    labels = torch.arange(K).repeat_interleave(n)
-    lam_H = np.geomspace(LAM, 4 * LAM, n_configs)
-    t0 = time.perf_counter()
-    for c in range(n_configs):
-        W = (torch.randn(K, d) / d**0.5).requires_grad_()
-        H = (torch.randn(d, N) / d**0.5).requires_grad_()
-        b = torch.zeros(K, requires_grad=True)
-        opt = torch.optim.SGD([W, H, b], lr=LR)
+    labels = torch.arange(K, device=device).repeat_interleave(n)
+    lam_H = _lam_H(n_configs)
+    timed = min(n_configs, 4)
+
+    def run(steps):
+        _sync(torch, device)
+        t0 = time.perf_counter()
+        for c in range(timed):
+            W = (torch.randn(K, d, device=device) / d**0.5).requires_grad_()
+            H = (torch.randn(d, N, device=device) / d**0.5).requires_grad_()
+            b = torch.zeros(K, device=device, requires_grad=True)
+            opt = torch.optim.SGD([W, H, b], lr=LR)
+            for _ in range(steps):
+                opt.zero_grad()
+                Z = W @ H + b[:, None]
+                f = (torch.nn.functional.cross_entropy(Z.T, labels) + LAM / 2 * (W**2).sum()
+                     + lam_H[c] / 2 * (H**2).sum() + LAM / 2 * (b**2).sum())
+                f.backward()
+                opt.step()
+        _sync(torch, device)
+        return time.perf_counter() - t0
+
+    return run, timed
+
+
+def torch_batched_arm(torch, device, K, d, n, n_configs, compiled=False):
+    """Every configuration along a leading axis: `run(steps) -> seconds`."""
+    B, N = n_configs, K * n
+    labels = torch.arange(K, device=device).repeat_interleave(n).repeat(B)
+    lam_H = torch.tensor(_lam_H(B), dtype=torch.float32, device=device)[:, None, None]
+
+    def objective(W, H, b):
+        Z = torch.baddbmm(b[:, :, None], W, H)  # (B, K, N)
+        loss = torch.nn.functional.cross_entropy(Z.transpose(1, 2).reshape(B * N, K), labels,
+                                                 reduction="sum") / N  # sum of per-config means
+        return (loss + LAM / 2 * (W**2).sum() + (lam_H / 2 * H**2).sum()
+                + LAM / 2 * (b**2).sum())
+
+    if compiled:
+        objective = torch.compile(objective)
+    W = (torch.randn(B, K, d, device=device) / d**0.5).requires_grad_()
+    H = (torch.randn(B, d, N, device=device) / d**0.5).requires_grad_()
+    b = torch.zeros(B, K, device=device, requires_grad=True)
+    opt = torch.optim.SGD([W, H, b], lr=LR)
+
+    def run(steps):
+        _sync(torch, device)
+        t0 = time.perf_counter()
         for _ in range(steps):
             opt.zero_grad()
-            Z = W @ H + b[:, None]
-            loss = torch.nn.functional.cross_entropy(Z.T, labels)
-            f = loss + LAM / 2 * (W**2).sum() + lam_H[c] / 2 * (H**2).sum() + LAM / 2 * (b**2).sum()
-            f.backward()
+            objective(W, H, b).backward()
             opt.step()
-    return time.perf_counter() - t0
+        _sync(torch, device)
+        return time.perf_counter() - t0
+
+    return run, B
 
 
-def matmul_gflops(K, d, n, n_configs, precision="highest"):
-    """GFLOP/s of a plain jitted matmul W H at the same shapes (float32, at the precision ufm
-    uses, "highest": no TF32 on GPUs; "default" gives the TF32 rate where there is one):
-    the better of one batched einsum over all configurations and one configuration at a time
-    (a batched matmul can be far slower than the plain one on a CPU)."""
-    N = K * n
-    key = jax.random.key(0)
-    batch = min(n_configs, max(1, int(2**31 // (4 * (K * d + d * N + K * N)))))
-    W = jax.random.normal(key, (batch, K, d))
-    H = jax.random.normal(key, (batch, d, N))
-    rates = []
-    with jax.default_matmul_precision(precision):
-        rates = _matmul_rates(K, d, N, W, H, batch)
-    return max(rates)
+def _sized(run, max_steps):
+    """Warm up, then the step count that makes a run last about TORCH_SECONDS."""
+    run(2)
+    per_step = run(3) / 3
+    return int(np.clip(TORCH_SECONDS / max(per_step, 1e-9), 3, max_steps))
 
 
-def _matmul_rates(K, d, N, W, H, batch):
-    rates = []
-    for f, count in ((jax.jit(lambda W, H: jnp.einsum("bkd,bdn->bkn", W, H)), batch),
-                     (jax.jit(lambda W, H: W[0] @ H[0]), 1)):
-        f(W, H).block_until_ready()
-        reps = max(3, int(2e9 / (2 * K * d * N * count)))
+# ---- the machine's floors ----------------------------------------------------------------------
+
+def _best_seconds(fn, args, reps=10):
+    jax.block_until_ready(fn(*args))
+    best = float("inf")
+    for _ in range(reps):
         t0 = time.perf_counter()
-        for _ in range(reps):
-            out = f(W, H)
-        out.block_until_ready()
-        rates.append(2 * K * d * N * count * reps / (time.perf_counter() - t0) / 1e9)
-    return rates
+        jax.block_until_ready(fn(*args))
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def copy_bandwidth(n_bytes: int, passes: int = 50) -> float:
+    """Bytes per second of a jitted read-and-write loop over an array of `n_bytes` (float32),
+    `passes` passes in one call: the bandwidth at that working-set size."""
+    x = jnp.ones((max(n_bytes // 4, 1024),), jnp.float32)
+    loop = jax.jit(lambda x: jax.lax.fori_loop(0, passes, lambda _, y: y * 0.999 + 1e-3, x))
+    return 2 * x.size * 4 * passes / _best_seconds(loop, (x,))
+
+
+def matmul_seconds(K, d, N, width):
+    """Seconds per configuration of a step's three matmuls (Z = W H, G H^T, W^T G) at
+    precision "highest", each timed alone, the better of `width` configurations batched and
+    one configuration at a time."""
+    key = jax.random.key(0)
+    B = max(width, 1)
+    W = jax.random.normal(key, (B, K, d))
+    H = jax.random.normal(key, (B, d, N))
+    G = jax.random.normal(key, (B, K, N))
+    products = [
+        (lambda W, H, G: jnp.einsum("bkd,bdn->bkn", W, H), lambda W, H, G: W[0] @ H[0]),
+        (lambda W, H, G: jnp.einsum("bkn,bdn->bkd", G, H), lambda W, H, G: G[0] @ H[0].T),
+        (lambda W, H, G: jnp.einsum("bkd,bkn->bdn", W, G), lambda W, H, G: W[0].T @ G[0]),
+    ]
+    total = 0.0
+    with jax.default_matmul_precision("highest"):
+        for batched, single in products:
+            total += min(_best_seconds(jax.jit(batched), (W, H, G)) / B,
+                         _best_seconds(jax.jit(single), (W, H, G)))
+    return total
+
+
+# ---- the table ---------------------------------------------------------------------------------
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smallest size and grid only")
+    parser.add_argument("--grids", type=int, nargs="+",
+                        help="grid sizes (default: 16 64 on a CPU, 256 1024 4096 on an accelerator)")
+    parser.add_argument("--sizes", type=int, nargs="+", help="indices into SIZES (default: all)")
+    parser.add_argument("--reps", type=int, default=3, help="alternating repetitions (median)")
+    parser.add_argument("--reference", action="store_true",
+                        help="also time ufm's reference path (autodiff, every step checked)")
+    parser.add_argument("--steps-scale", type=float, default=None,
+                        help="multiply ufm's step counts (default 1 on a CPU, 10 on an accelerator)")
+    args = parser.parse_args()
+    accelerator = jax.default_backend() != "cpu"
+    try:
+        import torch
+
+        device = torch.device("cuda" if accelerator and torch.cuda.is_available() else "cpu")
+        print(f"torch {torch.__version__} on {device}, {torch.get_num_threads()} threads")
+    except ImportError:
+        torch = device = None
+        print("torch is not installed: the PyTorch arms are skipped (pip install torch==2.13.0)")
+    jax_device = jax.devices()[0]
+    print(f"jax {jax.__version__} on {getattr(jax_device, 'device_kind', jax_device)} "
+          f"({jax_device.platform}); float32 CE with bias, plain GD; median of {args.reps} "
+          "alternating repetitions; rates in configuration-steps per second\n")
+    sizes = [SIZES[i] for i in args.sizes] if args.sizes else SIZES
+    grids = args.grids or ([256, 1024, 4096] if accelerator else [16, 64])
+    if args.quick:
+        sizes, grids = sizes[:1], grids[:1]
+    scale = args.steps_scale or (10 if accelerator else 1)
+    rows = []
+    for K, d, n, steps in sizes:
+        steps = max(1, int(steps * scale))
+        N = K * n
+        for n_configs in grids:
+            arms = {}
+            run, width, size = ufm_arm(K, d, n, steps, n_configs)
+            arms["ufm"] = (lambda run=run: n_configs * steps / run())
+            if args.reference:
+                ref_run, _, _ = ufm_arm(K, d, n, steps, n_configs, fast=False)
+                arms["ufm-ref"] = (lambda ref_run=ref_run: n_configs * steps / ref_run())
+            if torch is not None:
+                peers = [("torch-loop", torch_loop_arm(torch, device, K, d, n, n_configs)),
+                         ("torch-bmm", torch_batched_arm(torch, device, K, d, n, n_configs))]
+                if device.type == "cuda":
+                    peers.append(("torch-compile", torch_batched_arm(torch, device, K, d, n,
+                                                                     n_configs, compiled=True)))
+                for name, (peer, count) in peers:
+                    peer_steps = _sized(peer, steps)
+                    arms[name] = (lambda peer=peer, count=count, s=peer_steps:
+                                  count * s / peer(s))
+            rates = {name: [] for name in arms}
+            for _ in range(args.reps):
+                for name, arm in arms.items():
+                    rates[name].append(arm())
+            rate = {name: statistics.median(r) for name, r in rates.items()}
+            slice_bytes = max(1, width) * d * N * 4
+            bandwidth = copy_bandwidth(slice_bytes)
+            mm = matmul_seconds(K, d, N, min(width, 64))
+            flop_floor, byte_floor = mm, 2 * d * N * 4 / bandwidth
+            binding = "matmul" if flop_floor >= byte_floor else "bandwidth"
+            peers = {k: v for k, v in rate.items() if k.startswith("torch")}
+            best_peer = max(peers, key=peers.get) if peers else None
+            rows.append(dict(
+                size=(K, d, n), configs=n_configs, width=width, chunk=size, steps=steps,
+                rates=rate, best_peer=best_peer,
+                ratio=rate["ufm"] / peers[best_peer] if best_peer else None,
+                gflops=6 * K * d * N * rate["ufm"] / 1e9,
+                matmul_gflops=6 * K * d * N / mm / 1e9, bandwidth=bandwidth / 1e9,
+                of_matmul=flop_floor * rate["ufm"], of_bandwidth=byte_floor * rate["ufm"],
+                binding=binding, of_floor=max(flop_floor, byte_floor) * rate["ufm"]))
+            _print_row(rows[-1], list(arms))
+    print("\nFLOPs per configuration-step 6 K d N; bytes 2 d N x 4 (one read and one write of H)."
+          "\nThe matmul rate is a step's three matmuls timed alone at these shapes; the bandwidth a"
+          "\nread-and-write loop over one vmapped slice's H (where it lives: cache or memory).")
+    if accelerator:
+        gaps = precision_check()
+        print(f"\nfloat32 CE (10, 32, 50), GD 30k steps, relative gap to f*: "
+              f"{gaps['highest']:.1e} (ufm, precision highest), {gaps['default']:.1e} "
+              "(JAX default precision: TF32 on recent NVIDIA GPUs)")
+    if not accelerator:
+        print("\ntime to the optimum (float64 CE, (10, 32, 50), lam = 5e-4, |f - f*| < 1e-6 f*):")
+        for solver, (seconds, iteration) in time_to_optimum().items():
+            print(f"  {solver:>6}: {seconds:6.2f} s ({iteration} iterations)")
+
+
+def _print_row(row, arm_names):
+    rate = row["rates"]
+    print(f"(K, d, n) = {row['size']}, {row['configs']} configurations (slice {row['width']}, "
+          f"chunk {row['chunk']}, {row['steps']} ufm steps)")
+    print("  " + "  ".join(f"{name}: {rate[name]:,.0f}" for name in arm_names))
+    if row["best_peer"]:
+        print(f"  ufm / best peer ({row['best_peer']}): {row['ratio']:.2f}x")
+    print(f"  ufm {row['gflops']:.1f} GFLOP/s = {row['of_matmul']:.0%} of the matmul rate "
+          f"({row['matmul_gflops']:.1f} GFLOP/s); {row['of_bandwidth']:.0%} of the bandwidth "
+          f"floor ({row['bandwidth']:.1f} GB/s); binding: {row['binding']}, "
+          f"{row['of_floor']:.0%} of it", flush=True)
 
 
 def time_to_optimum():
@@ -132,77 +320,18 @@ def time_to_optimum():
 
 def precision_check():
     """float32 CE at (10, 32, 50), lam = 5e-4, GD: relative gap to f* with ufm's full-precision
-    matmuls and with JAX's default precision (TF32 on recent NVIDIA GPUs)."""
+    matmuls and with JAX's default precision (TF32 on recent NVIDIA GPUs), the reason ufm
+    forces "highest"."""
     prob = ufm.Problem(num_classes=10, feature_dim=32, n_per_class=50)
     hyp = ufm.Hyper(lam_W=LAM, lam_H=LAM, lam_b=LAM, lr=1.0)
     steps = 30_000
     out = {"highest": float(ufm.solve(prob, hyp, steps=steps, log_every=steps).history["rel_gap"][-1])}
-    run = jax.jit(ufm.solvers.make_run(prob, steps=steps, log_every=steps, tol=1e-6))
+    run = jax.jit(ufm.make_run(prob, steps=steps, log_every=steps, tol=1e-6))
     f_star = ufm.theory.optimum(prob, hyp).objective
     with jax.default_matmul_precision("default"):  # outside ufm's scope: JAX's default
         _, history, _, _ = run(hyp.astype(jnp.float32), jax.random.key(0), jnp.float32(f_star))
     out["default"] = float(history["rel_gap"][-1])
     return out
-
-
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smallest size and grid only")
-    parser.add_argument("--grids", type=int, nargs="+", help="grid sizes (default: 16 64 on "
-                        "a CPU, 256 1024 4096 on an accelerator)")
-    parser.add_argument("--sizes", type=int, nargs="+", help="indices into SIZES to run "
-                        "(default: all)")
-    parser.add_argument("--steps-scale", type=float, default=None,
-                        help="multiply every size's step count (default 1 on a CPU, 10 on an "
-                        "accelerator, where steps are fast)")
-    args = parser.parse_args()
-    accelerator = jax.default_backend() != "cpu"
-    try:
-        import torch
-
-        torch.set_num_threads(max(1, torch.get_num_threads()))
-        has_torch = True
-    except ImportError:
-        has_torch = False
-        print("torch is not installed: the PyTorch arm is skipped (pip install torch==2.13.0)")
-    device = jax.devices()[0]
-    print(f"device: {getattr(device, 'device_kind', device)} ({device.platform}), float32, CE, GD; "
-          "matmuls at precision 'highest' (ufm's setting) in both ufm and the matmul reference")
-    print(f"{'(K, d, n)':>15} {'configs':>7} {'width':>5} {'chunk':>5} {'steps':>5} "
-          f"{'ufm cfg-steps/s':>15} "
-          f"{'torch cfg-steps/s':>17} {'ratio':>6} {'ufm GFLOP/s':>11} {'of matmul':>9}")
-    sizes = [SIZES[i] for i in args.sizes] if args.sizes else SIZES
-    sizes = sizes[:1] if args.quick else sizes
-    grids = args.grids or ([256, 1024, 4096] if accelerator else GRIDS)
-    grids = grids[:1] if args.quick else grids
-    scale = args.steps_scale or (10 if accelerator else 1)
-    for K, d, n, steps in sizes:
-        steps = max(1, int(steps * scale))
-        for n_configs in grids:
-            seconds, width, size = time_ufm(K, d, n, steps, n_configs)
-            rate = n_configs * steps / seconds
-            gflops = 6 * K * d * K * n * rate / 1e9
-            peak = matmul_gflops(K, d, n, n_configs)
-            if has_torch and not accelerator:
-                torch_rate = n_configs * steps / time_torch(K, d, n, steps, n_configs)
-                torch_text, ratio = f"{torch_rate:17.0f}", f"{rate / torch_rate:6.1f}"
-            else:
-                torch_text, ratio = f"{'-':>17}", f"{'-':>6}"
-            print(f"{str((K, d, n)):>15} {n_configs:>7} {width:>5} {size:>5} {steps:>5} "
-                  f"{rate:15.0f} {torch_text} "
-                  f"{ratio} {gflops:11.1f} {gflops / peak:9.0%}", flush=True)
-        if accelerator:
-            print(f"{'':>15} matmul GFLOP/s at these shapes: {peak:.0f} (highest), "
-                  f"{matmul_gflops(K, d, n, n_configs, 'default'):.0f} (default, TF32 where "
-                  "the card has it)", flush=True)
-    if accelerator:
-        gaps = precision_check()
-        print(f"\nfloat32 CE (10, 32, 50), GD 30k steps, relative gap to f*: "
-              f"{gaps['highest']:.1e} (ufm, precision highest), {gaps['default']:.1e} "
-              "(JAX default precision)")
-    print("\ntime to the optimum (float64 CE, (10, 32, 50), lam = 5e-4, |f - f*| < 1e-6 f*):")
-    for solver, (seconds, iteration) in time_to_optimum().items():
-        print(f"  {solver:>6}: {seconds:6.2f} s ({iteration} iterations)")
 
 
 if __name__ == "__main__":
