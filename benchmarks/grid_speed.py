@@ -9,6 +9,8 @@ compilation and warm-up are excluded):
                  configurations, vmapped slices of `grid.batch_width` (the fast path)
   ufm-ref        the same on the reference path (`fast=False`: autodiff, every step checked),
                  what ufm ran before the fast path (`--reference`)
+  ufm-pallas     the same with plain steps through the one-pass Pallas kernel
+                 (`kernel="pallas"`, `ufm.kernels`; GPUs only)
   torch-loop     PyTorch, one configuration after another, autograd, torch.optim.SGD (timed on
                  up to 4 configurations: its rate does not depend on how many follow)
   torch-bmm      PyTorch, every configuration batched along a leading axis (`baddbmm`, one
@@ -28,6 +30,7 @@ batched and one at a time). "of floor" is the binding floor's time over ufm's ti
 
     pip install torch==2.13.0      # the CPU build on a CPU machine (see benchmarks/RESULTS.md)
     python benchmarks/grid_speed.py [--quick] [--reference] [--grids 16 64] [--sizes 0 1 2]
+    python benchmarks/grid_speed.py --sphere     # the sphere geometry: fast path vs reference
 
 Without torch the PyTorch arms are skipped with a message.
 """
@@ -56,15 +59,18 @@ def _lam_H(n_configs):
 
 # ---- ufm -------------------------------------------------------------------------------------
 
-def ufm_arm(K, d, n, steps, n_configs, fast=True):
+def ufm_arm(K, d, n, steps, n_configs, fast=True, kernel="xla", geometry="wd"):
     """A timed run of the grid runner (compiled and warmed up first); returns a callable that
     runs the whole grid once and gives its seconds, plus the runner's (width, chunk)."""
-    prob = ufm.Problem(num_classes=K, feature_dim=d, n_per_class=n)
+    prob = ufm.Problem(num_classes=K, feature_dim=d, n_per_class=n, geometry=geometry)
     width = grid.batch_width(prob, n_configs)
     size = grid.chunk_size(prob, n_configs, width)
     hypers = ufm.Hyper(lam_W=np.full(n_configs, LAM), lam_H=_lam_H(n_configs),
-                       lam_b=np.full(n_configs, LAM), lr=np.full(n_configs, LR))
-    kwargs = dict(steps=steps, log_every=steps, tol=0.0, progress=False, width=width, fast=fast)
+                       lam_b=np.full(n_configs, LAM), lr=np.full(n_configs, LR),
+                       # on the sphere a temperature sweep; CE at tau = 1 like the peers else
+                       tau=np.geomspace(0.1, 1.0, n_configs) if geometry == "sphere" else 1.0)
+    kwargs = dict(steps=steps, log_every=steps, tol=0.0, progress=False, width=width, fast=fast,
+                  kernel=kernel)
 
     def chunk(lo):  # padded to the chunk size like the runner's last chunk: no recompilation
         idx = list(range(lo, min(lo + size, n_configs)))
@@ -208,6 +214,8 @@ def main():
     parser.add_argument("--reps", type=int, default=3, help="alternating repetitions (median)")
     parser.add_argument("--reference", action="store_true",
                         help="also time ufm's reference path (autodiff, every step checked)")
+    parser.add_argument("--sphere", action="store_true",
+                        help="the sphere geometry instead (ufm's fast and reference paths only)")
     parser.add_argument("--steps-scale", type=float, default=None,
                         help="multiply ufm's step counts (default 1 on a CPU, 10 on an accelerator)")
     args = parser.parse_args()
@@ -220,9 +228,12 @@ def main():
     except ImportError:
         torch = device = None
         print("torch is not installed: the PyTorch arms are skipped (pip install torch==2.13.0)")
+    if args.sphere:
+        torch, args.reference = None, True  # PyTorch arms are for the weight-decay UFM
+    geometry = "sphere" if args.sphere else "wd"
     jax_device = jax.devices()[0]
     print(f"jax {jax.__version__} on {getattr(jax_device, 'device_kind', jax_device)} "
-          f"({jax_device.platform}); float32 CE with bias, plain GD; median of {args.reps} "
+          f"({jax_device.platform}); float32 CE, {geometry} geometry, plain GD; median of {args.reps} "
           "alternating repetitions; rates in configuration-steps per second\n")
     sizes = [SIZES[i] for i in args.sizes] if args.sizes else SIZES
     grids = args.grids or ([256, 1024, 4096] if accelerator else [16, 64])
@@ -235,11 +246,17 @@ def main():
         N = K * n
         for n_configs in grids:
             arms = {}
-            run, width, size = ufm_arm(K, d, n, steps, n_configs)
+            run, width, size = ufm_arm(K, d, n, steps, n_configs, geometry=geometry)
             arms["ufm"] = (lambda run=run: n_configs * steps / run())
             if args.reference:
-                ref_run, _, _ = ufm_arm(K, d, n, steps, n_configs, fast=False)
+                ref_run, _, _ = ufm_arm(K, d, n, steps, n_configs, fast=False, geometry=geometry)
                 arms["ufm-ref"] = (lambda ref_run=ref_run: n_configs * steps / ref_run())
+            if accelerator and not args.sphere:
+                try:  # the one-pass kernel; a lowering failure is reported, not fatal
+                    kernel_run, _, _ = ufm_arm(K, d, n, steps, n_configs, kernel="pallas")
+                    arms["ufm-pallas"] = (lambda k=kernel_run: n_configs * steps / k())
+                except Exception as error:  # noqa: BLE001 (any lowering error)
+                    print(f"  ufm-pallas skipped: {type(error).__name__}: {str(error)[:300]}")
             if torch is not None:
                 peers = [("torch-loop", torch_loop_arm(torch, device, K, d, n, n_configs)),
                          ("torch-bmm", torch_batched_arm(torch, device, K, d, n, n_configs))]

@@ -10,7 +10,8 @@ An experiment file has four tables (all optional; every key has a default):
                 beta1, beta2
     [solver]    name ("gd" | "momentum" | "nesterov" | "adam" | "lbfgs"), steps, log_every, tol,
                 init_scale, fast (the first-order solvers' fast path, see `ufm.solve`),
-                check_every (steps between its convergence / divergence checks)
+                check_every (steps between its convergence / divergence checks), kernel
+                ("xla" | "pallas": plain GD's one-pass Pallas kernel, see `ufm.kernels`)
     [run]       seeds (a list of ints), batch (configurations per vmapped slice; 0 = auto),
                 chunk (configurations per compiled call and checkpoint; 0 = auto, from memory)
     [[zip]]     fields (problem, hyper, or "solver") whose lists advance together
@@ -38,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from ufm.problem import HYPER_RANGES, Hyper, Problem, describe_range
+from ufm.kernels import KERNELS
 from ufm.solvers import CHECK_EVERY, SOLVERS
 
 DEFAULT_PATH = Path(__file__).with_name("default.toml")
@@ -61,9 +63,9 @@ PROBLEM_TYPES = {
 LIST_FIELDS = ("class_counts", "multiplicity_counts")
 HYPER_DEFAULTS = dict(Hyper()._asdict())
 SOLVER_DEFAULTS = {"name": "gd", "steps": 10_000, "log_every": 100, "tol": None, "init_scale": 1.0,
-                   "fast": True, "check_every": CHECK_EVERY}
+                   "fast": True, "check_every": CHECK_EVERY, "kernel": "xla"}
 SOLVER_TYPES = {"name": str, "steps": int, "log_every": int, "tol": float, "init_scale": float,
-                "fast": bool, "check_every": int}
+                "fast": bool, "check_every": int, "kernel": str}
 # batch: configurations per vmapped slice; chunk: per compiled call and checkpoint; 0 = auto
 RUN_DEFAULTS = {"seeds": [0], "batch": 0, "chunk": 0}
 # kind = "solve" runs the grid; the landscape kinds run `ufm.landscape` experiments on every
@@ -259,13 +261,16 @@ def _check_solver(solver: dict) -> None:
     for name in _axis_values("name", solver["name"]):
         if name not in SOLVERS:
             raise ConfigError(f"solver.name={name!r} is not allowed: one of {list(SOLVERS)}")
-    for key in ("fast", "check_every", "steps", "log_every", "tol", "init_scale"):
+    for key in ("fast", "check_every", "kernel", "steps", "log_every", "tol", "init_scale"):
         if isinstance(solver[key], list):
             raise ConfigError(f"solver.{key}={solver[key]!r} is not allowed: one value (only "
                               "solver.name may be a grid axis)")
     for key in ("steps", "log_every", "check_every"):
         if solver[key] < 1:
             raise ConfigError(f"solver.{key}={solver[key]!r} is not allowed: an integer >= 1")
+    if solver["kernel"] not in KERNELS:
+        raise ConfigError(f"solver.kernel={solver['kernel']!r} is not allowed: one of "
+                          f"{list(KERNELS)}")
     if solver["tol"] is not None and not solver["tol"] >= 0:
         raise ConfigError(f"solver.tol={solver['tol']!r} is not allowed: a number >= 0")
     if not solver["init_scale"] > 0:

@@ -136,7 +136,7 @@ def _timed_trial(problem, solver_name, solver, hypers, seeds, width) -> int:
     steps = min(solver["steps"], 50)
     kwargs = dict(steps=steps, log_every=steps, tol=0.0, solver=solver_name,
                   init_scale=solver["init_scale"], progress=False, fast=solver["fast"],
-                  check_every=solver["check_every"])
+                  check_every=solver["check_every"], kernel=solver["kernel"])
     take = lambda tree, n: Hyper(*(np.asarray(v)[:n] for v in tree))
     for _ in range(2):  # the first call of each compiles
         batched = solve_batch(problem, take(hypers, width), seeds[:width], **kwargs).seconds
@@ -164,7 +164,8 @@ def _run_landscape(experiment, configs, progress):
     for index, (problem, hyper, solver_name) in enumerate(pairs):
         base = {"config": index, **_config_columns(problem, hyper, solver_name)}
         common = dict(steps=solver["steps"], log_every=solver["log_every"], progress=progress,
-                      fast=solver["fast"], check_every=solver["check_every"])
+                      fast=solver["fast"], check_every=solver["check_every"],
+                      kernel=solver["kernel"])
         if experiment.kind == "benign":
             found, spectra_here, saddle_probes = landscape.benign_landscape(
                 problem, hyper, random_starts=settings["random_starts"],
@@ -263,7 +264,7 @@ def _run_chunk(configs, solver, problem, solver_name, indices, size, width, bar)
                         [configs[i].seed for i in padded], steps=solver["steps"],
                         log_every=solver["log_every"], tol=solver["tol"], solver=solver_name,
                         init_scale=solver["init_scale"], fast=solver["fast"],
-                        check_every=solver["check_every"],
+                        check_every=solver["check_every"], kernel=solver["kernel"],
                         progress=bar if bar is not None else False, width=width)
     n = len(indices)
     arrays = {f"history/{k}": (v if k == "iteration" else np.asarray(v)[:n])

@@ -545,7 +545,7 @@ def benign_landscape(problem: Problem, hyper: Hyper, *, random_starts: int, sadd
                      epsilon: float, ranks=None, solver: str = "lbfgs", steps: int = 3000,
                      log_every: int = 100, tol: float | None = None, reach_rtol: float = 1e-6,
                      seed: int = 0, method: str = "auto", progress=None, fast: bool = True,
-                     check_every: int = CHECK_EVERY):
+                     check_every: int = CHECK_EVERY, kernel: str = "xla"):
     """Many random starts plus starts at distance epsilon from every constructed saddle, all
     solved in ONE vmapped batch, every end point probed (vmapped). A start "reached" the optimum
     when |f - f*| <= reach_rtol |f*| + 1e-10 (f* the closed form, or the best value found when
@@ -565,7 +565,7 @@ def benign_landscape(problem: Problem, hyper: Hyper, *, random_starts: int, sadd
     batch = solve_batch(problem, hyper, seeds, start=_stack(starts), steps=steps,
                         log_every=log_every, tol=tol, solver=solver, progress=progress,
                         desc=f"benign {problem.loss} {problem.geometry}", fast=fast,
-                        check_every=check_every)
+                        check_every=check_every, kernel=kernel)
     probes = probe_batch(problem, hyper, batch.params, method=method, seed=seed)
     final = batch.history["objective"][:, -1]
     opt = theory.optimum(problem, hyper)
@@ -593,7 +593,7 @@ def benign_landscape(problem: Problem, hyper: Hyper, *, random_starts: int, sadd
 
 def origin_phase(problem: Problem, hyper: Hyper, *, ratios, seeds, solver="lbfgs", steps=3000,
                  log_every=100, tol=None, method="auto", progress=None, fast=True,
-                 check_every=CHECK_EVERY):
+                 check_every=CHECK_EVERY, kernel="xla"):
     """Sweep sqrt(lam_W lam_H) = ratio * sigma across the origin's threshold sigma =
     c_L/(K sqrt(n)) (keeping lam_W/lam_H as in `hyper`): the smallest eigenvalue at the origin,
     measured and by formula, its verdict, and where random starts end (zero or collapse)."""
@@ -618,7 +618,7 @@ def origin_phase(problem: Problem, hyper: Hyper, *, ratios, seeds, solver="lbfgs
     run_seeds = [s for _ in configs for s in seeds]
     batch = solve_batch(problem, runs_hypers, run_seeds, steps=steps, log_every=log_every,
                         tol=tol, solver=solver, progress=progress, desc="origin phase",
-                        fast=fast, check_every=check_every)
+                        fast=fast, check_every=check_every, kernel=kernel)
     rows = []
     for i, (ratio, h) in enumerate(zip(ratios, configs)):
         formula = theory.origin_eig_min(problem, h)
@@ -640,7 +640,7 @@ def origin_phase(problem: Problem, hyper: Hyper, *, ratios, seeds, solver="lbfgs
 
 def saddle_escape(problem: Problem, hyper: Hyper, *, saddle: str, epsilons, seeds, steps,
                   log_every, drop: float = 1e-2, progress=None, fast=True,
-                  check_every=CHECK_EVERY):
+                  check_every=CHECK_EVERY, kernel="xla"):
     """Gradient descent started at distance epsilon from a strict saddle ("origin", "rank r" or
     "collapsed"): the plateau length, i.e. the first logged iteration with
     f < f(saddle) - drop |f(saddle)|, against epsilon and against the measured negative
@@ -666,7 +666,8 @@ def saddle_escape(problem: Problem, hyper: Hyper, *, saddle: str, epsilons, seed
             meta.append((float(eps), s))
     batch = solve_batch(problem, hyper, [s for _, s in meta], start=_stack(starts), steps=steps,
                         log_every=log_every, tol=0.0, solver="gd", progress=progress,
-                        desc=f"escape {saddle}", fast=fast, check_every=check_every)
+                        desc=f"escape {saddle}", fast=fast, check_every=check_every,
+                        kernel=kernel)
     below = batch.history["objective"] < f_saddle - drop * abs(f_saddle)
     iteration = batch.history["iteration"]
     rows = []

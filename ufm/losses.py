@@ -6,8 +6,9 @@ alpha, gamma, kappa and M. Temperature is applied by the caller (`ufm.problem.me
 Z / tau), so every loss takes it the same way.
 
 Each loss also has its gradient with respect to the logits in closed form (`LOGIT_GRADIENTS`,
-same signature, returning dL/dZ of shape (K, N)): the fast path of the first-order solvers
-(`ufm.fused`) uses it instead of autodiff, and the tests hold it to `jax.grad` of the loss.
+same signature plus an optional `num_classes` for logits padded with rows that are not classes,
+returning dL/dZ of shape (K, N)): the fast path of the first-order solvers (`ufm.fused`,
+`ufm.kernels`) uses it instead of autodiff, and the tests hold it to `jax.grad` of the loss.
 """
 from __future__ import annotations
 
@@ -56,19 +57,19 @@ def pick_all_label(Z, Y, hyper=None):
     return cross_entropy(Z, Y)
 
 
-def cross_entropy_grad(Z, Y, hyper=None):
+def cross_entropy_grad(Z, Y, hyper=None, num_classes=None):
     """d CE / dz = m softmax(z) - y, m = sum_k y_k (1 for one label; the set size for
     pick-all-label)."""
     return jnp.sum(Y, axis=0, keepdims=True) * jax.nn.softmax(Z, axis=0) - Y
 
 
-def label_smoothing_grad(Z, Y, hyper):
+def label_smoothing_grad(Z, Y, hyper, num_classes=None):
     """d LS / dz = softmax(z) - q with q = (1 - alpha) y + alpha / K (q sums to one)."""
-    K = Z.shape[0]
+    K = Z.shape[0] if num_classes is None else num_classes
     return jax.nn.softmax(Z, axis=0) - ((1.0 - hyper.alpha) * Y + hyper.alpha / K)
 
 
-def focal_grad(Z, Y, hyper):
+def focal_grad(Z, Y, hyper, num_classes=None):
     """d focal / dz = c (y - softmax(z)) with l = log p_y and
     c = gamma p_y (1 - p_y)^(gamma - 1) l - (1 - p_y)^gamma (the gamma = 0 term is zero, as
     in JAX's derivative of x^gamma)."""
@@ -81,14 +82,14 @@ def focal_grad(Z, Y, hyper):
     return coefficient * (Y - jnp.exp(log_p))
 
 
-def mse_grad(Z, Y, hyper=None):
+def mse_grad(Z, Y, hyper=None, num_classes=None):
     """d MSE / dz = z - y."""
     return Z - Y
 
 
-def mse_rescaled_grad(Z, Y, hyper):
+def mse_rescaled_grad(Z, Y, hyper, num_classes=None):
     """d rescaled MSE / dz = (2/K) w (z - M y), w = 1 + (kappa - 1) y."""
-    K = Z.shape[0]
+    K = Z.shape[0] if num_classes is None else num_classes
     return (2.0 / K) * (1.0 + (hyper.kappa - 1.0) * Y) * (Z - hyper.M * Y)
 
 

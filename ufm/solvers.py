@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ufm import fused, manifolds, metrics, theory
+from ufm import fused, kernels, manifolds, metrics, theory
 from ufm.problem import (Hyper, Params, Problem, init_traced, mean_loss, objective,
                          representations, validate_hyper)
 
@@ -37,6 +37,15 @@ RUNNING, CONVERGED, MAX_STEPS, DIVERGED = range(4)
 HISTORY_KEYS = ("objective", "loss", "grad_norm", "gap", "rel_gap") + metrics.METRIC_NAMES
 # Steps between convergence / divergence checks on the fast path (`_fast_block`).
 CHECK_EVERY = 25
+
+
+class FastPath(NamedTuple):
+    """How the fast path runs (None where the reference path runs instead): the steps between
+    convergence / divergence checks and whether plain steps go through the Pallas kernel
+    (`ufm.kernels`, plain GD on weight decay; interpret mode off GPUs)."""
+
+    check_every: int
+    kernel: bool
 
 
 class RunState(NamedTuple):
@@ -181,7 +190,7 @@ def _initial_state(problem: Problem, solver: str, hyper: Hyper, key, init_scale,
 
 
 def _fast_block(problem: Problem, solver: str, hyper: Hyper, tol, max_steps, log_every: int,
-                check_every: int) -> Callable:
+                fast_path: FastPath) -> Callable:
     """`block(state, start) -> state`: the fast path's `log_every` steps from global step
     `start` (the same for every configuration of a batch, so it stays unbatched under vmap).
 
@@ -192,12 +201,16 @@ def _fast_block(problem: Problem, solver: str, hyper: Hyper, tol, max_steps, log
     `diverged_at` its step: the first non-finite iterate came within check_every steps of it);
     update non-finite: diverged, frozen at x with `diverged_at` its step (the reference's rule
     exactly). An interval is cut short at `max_steps`, so runs stop where the reference stops.
+    With `fast_path.kernel`, plain steps are the Pallas kernel's one-pass GD step.
     """
     tx = _optimizer(solver, hyper)
     Y = fused.targets(problem, problem.jnp_dtype)
+    check_every = fast_path.check_every
 
     def interval(state: RunState, n) -> RunState:  # n >= 1 steps
         def plain(_, carry):
+            if fast_path.kernel:  # plain GD: optax.sgd keeps no state
+                return kernels.gd_step(problem, hyper, carry[0]), carry[1]
             return fused.plain_step(problem, hyper, tx, Y, *carry)
 
         variables, opt_state = jax.lax.fori_loop(0, n - 1, plain,
@@ -242,18 +255,18 @@ def _fast_block(problem: Problem, solver: str, hyper: Hyper, tol, max_steps, log
 
 
 def _run_logs(problem, solver, log_every, num_logs, hyper, state, f_star, tol, max_steps,
-              first_step=0, check_every=None):
+              first_step=0, fast_path: FastPath | None = None):
     """Outer scan over `num_logs` log points of `log_every` inner steps each, from global step
-    `first_step`; `check_every` None is the reference path (autodiff, every step checked),
-    an integer the fast path (`_fast_block`)."""
-    if check_every is None:
+    `first_step`; `fast_path` None is the reference path (autodiff, every step checked), else
+    the fast path (`_fast_block`)."""
+    if fast_path is None:
         _, step = _make_step(problem, solver, hyper)
 
         def steps(state, _):
             return jax.lax.scan(lambda s, _: (step(s, tol, max_steps), None), state, None,
                                 length=log_every)[0]
     else:
-        steps = _fast_block(problem, solver, hyper, tol, max_steps, log_every, check_every)
+        steps = _fast_block(problem, solver, hyper, tol, max_steps, log_every, fast_path)
 
     def outer(state, index):
         # A finished run skips its steps (a real branch when unbatched, e.g. one configuration
@@ -265,33 +278,40 @@ def _run_logs(problem, solver, log_every, num_logs, hyper, state, f_star, tol, m
     return jax.lax.scan(outer, state, jnp.arange(num_logs, dtype=jnp.int32))
 
 
-def _check_every(problem: Problem, solver: str, fast: bool, check_every) -> int | None:
-    """The fast path's check interval, or None for the reference path."""
+def _fast_path(problem: Problem, solver: str, fast: bool, check_every,
+               kernel: str) -> FastPath | None:
+    """The fast path's settings where it applies (`fused.supports`), else None (reference);
+    the options are checked here, before anything compiles."""
     if not isinstance(fast, (bool, np.bool_)):
         raise ValueError(f"fast={fast!r} is not allowed: true or false")
     if isinstance(check_every, bool) or not isinstance(check_every, (int, np.integer)) \
             or check_every < 1:
         raise ValueError(f"check_every={check_every!r} is not allowed: an integer >= 1")
-    return int(check_every) if fast and fused.supports(problem, solver) else None
+    if kernel not in kernels.KERNELS:
+        raise ValueError(f"kernel={kernel!r} is not allowed: one of {list(kernels.KERNELS)}")
+    if not (fast and fused.supports(problem, solver)):
+        return None
+    return FastPath(int(check_every), kernel == "pallas" and kernels.supports(problem, solver))
 
 
 def make_run(problem: Problem, *, solver: str = "gd", steps: int, log_every: int = 100,
              tol: float = 0.0, init_scale: float = 1.0, fast: bool = True,
-             check_every: int = CHECK_EVERY) -> Callable:
+             check_every: int = CHECK_EVERY, kernel: str = "xla") -> Callable:
     """A whole run as one pure function `run(hyper, key, f_star) -> (params, history, steps,
     status)`, jittable and vmappable over all three arguments (status is an int code into
     `STATUSES`; history holds the initial point and every log point). `f_star` is the
     closed-form optimum (NaN when unknown); hyper should already be in the problem's dtype.
-    `fast`, `check_every`: as in `solve`."""
+    `fast`, `check_every`, `kernel`: as in `solve`."""
     _check_run_args(problem, solver, steps, log_every, tol)
-    check = _check_every(problem, solver, fast, check_every)
+    fast_path = _fast_path(problem, solver, fast, check_every, kernel)
     num_logs = math.ceil(steps / log_every)
 
     def run(hyper: Hyper, key, f_star):
-        state = _initial_state(problem, solver, hyper, key, init_scale, fast=check is not None)
+        state = _initial_state(problem, solver, hyper, key, init_scale,
+                               fast=fast_path is not None)
         first = _log_record(problem, solver, hyper, state, f_star)
         state, history = _run_logs(problem, solver, log_every, num_logs, hyper, state, f_star,
-                                   tol, steps, 0, check)
+                                   tol, steps, 0, fast_path)
         history = jax.tree.map(lambda a, h: jnp.concatenate([a[None], h]), first, history)
         status = jnp.where(state.status == RUNNING, MAX_STEPS, state.status)
         return point_of(problem, solver, state.variables), history, state.step, status
@@ -383,17 +403,17 @@ def _over_batch(fn, in_axes, width: int | None):
 
 @functools.lru_cache(maxsize=64)
 def _compiled_chunk(problem, solver, log_every, logs_per_chunk, batched, width=None,
-                    check_every=None):
+                    fast_path=None):
     """jit(chunk) (over a configuration axis when `batched`, see `_over_batch`); one
-    compilation per static signature. `check_every`: as in `_run_logs`."""
+    compilation per static signature. `fast_path`: as in `_run_logs`."""
 
     def chunk(hyper, state, f_star, tol, max_steps, first_step):
         return _run_logs(problem, solver, log_every, logs_per_chunk, hyper, state, f_star, tol,
-                         max_steps, first_step, check_every)
+                         max_steps, first_step, fast_path)
 
     def start(hyper, key, f_star, init_scale, start_params):
         state = _initial_state(problem, solver, hyper, key, init_scale, start_params,
-                               fast=check_every is not None)
+                               fast=fast_path is not None)
         return state, _log_record(problem, solver, hyper, state, f_star)
 
     if batched:
@@ -445,7 +465,7 @@ def _shard_over_devices(tree):
 
 def _execute(problem, hyper, keys, f_star, *, solver, steps, log_every, tol, init_scale,
              start_params, progress, batched, batch_size, desc=None, width=None,
-             check_every=None):
+             fast_path=None):
     """Host loop over jitted chunks; returns host arrays of everything (a batch is sharded over
     the local devices and trimmed back to `batch_size`)."""
     num_logs = math.ceil(steps / log_every)
@@ -454,7 +474,7 @@ def _execute(problem, hyper, keys, f_star, *, solver, steps, log_every, tol, ini
     if batched and n_dev > 1:
         width = None  # the configuration axis is sharded over devices: one vmap over it
     start, chunk = _compiled_chunk(problem, solver, log_every, per_chunk, batched, width,
-                                   check_every)
+                                   fast_path)
     dtype = problem.jnp_dtype
     tol_arr, steps_arr = jnp.asarray(tol, dtype), jnp.asarray(steps, jnp.int32)
     if start_params is not None:
@@ -512,7 +532,7 @@ def solve(problem: Problem, hyper: Hyper = Hyper(), *, key=0, steps: int = 10_00
           log_every: int = 100, tol: float | None = None, solver: str = "gd",
           init_scale: float = 1.0, start: Params | None = None,
           progress: bool | None = None, fast: bool = True,
-          check_every: int = CHECK_EVERY) -> Result:
+          check_every: int = CHECK_EVERY, kernel: str = "xla") -> Result:
     """Minimize the UFM objective of `problem` from a random start.
 
     Args:
@@ -529,6 +549,8 @@ def solve(problem: Problem, hyper: Hyper = Hyper(), *, key=0, steps: int = 10_00
         `check_every` steps (`_fast_block`); False: the reference path (autodiff, every step
         checked). Both give the same iterates to round-off; `steps` and `diverged_at` of a
         run that stops early agree to within `check_every`.
+      kernel: "xla", or "pallas" for plain GD on weight decay: the one-pass Pallas kernel
+        (`ufm.kernels`; a GPU's Triton backend, interpret mode elsewhere, for testing).
     Returns:
       `Result` (params, history, steps, status, diverged_at, optimum, seconds).
 
@@ -538,7 +560,7 @@ def solve(problem: Problem, hyper: Hyper = Hyper(), *, key=0, steps: int = 10_00
     """
     tol = default_tol(problem) if tol is None else tol
     _check_run_args(problem, solver, steps, log_every, tol)
-    check = _check_every(problem, solver, fast, check_every)
+    fast_path = _fast_path(problem, solver, fast, check_every, kernel)
     validate_hyper(hyper)
     if any(np.ndim(v) for v in hyper):
         raise ValueError("solve() takes one configuration: every Hyper field must be a scalar "
@@ -551,7 +573,7 @@ def solve(problem: Problem, hyper: Hyper = Hyper(), *, key=0, steps: int = 10_00
             problem, hyper.astype(dtype), _as_key(key), jnp.asarray(f_star[0], dtype),
             solver=solver, steps=steps, log_every=log_every, tol=tol, init_scale=init_scale,
             start_params=start, progress=progress, batched=False, batch_size=1,
-            check_every=check)
+            fast_path=fast_path)
         params = point_of(problem, solver, state.variables)
         jax.block_until_ready(params)
     status = int(state.status)
@@ -566,7 +588,7 @@ def solve_batch(problem: Problem, hypers: Hyper, keys, *, steps: int = 10_000,
                 init_scale: float = 1.0, start: Params | None = None,
                 progress: bool | None = None, desc: str | None = None,
                 width: int | None = None, fast: bool = True,
-                check_every: int = CHECK_EVERY) -> BatchResult:
+                check_every: int = CHECK_EVERY, kernel: str = "xla") -> BatchResult:
     """`solve` for a batch of configurations in ONE jitted, vmapped call.
 
     `width`: configurations per vmapped slice; None vmaps the whole batch, a smaller width runs
@@ -577,11 +599,11 @@ def solve_batch(problem: Problem, hypers: Hyper, keys, *, steps: int = 10_000,
     `hypers` fields are scalars or arrays of a common length B; `keys` is a batch of B keys or
     a list of B int seeds; `start`, if given, is a batch of B starting points (leaves with a
     leading axis B). A diverging configuration is flagged and frozen without touching its
-    neighbours. `fast`, `check_every`: as in `solve`.
+    neighbours. `fast`, `check_every`, `kernel`: as in `solve`.
     """
     tol = default_tol(problem) if tol is None else tol
     _check_run_args(problem, solver, steps, log_every, tol)
-    check = _check_every(problem, solver, fast, check_every)
+    fast_path = _fast_path(problem, solver, fast, check_every, kernel)
     validate_hyper(hypers)
     if isinstance(keys, (list, tuple, np.ndarray)) and all(
             isinstance(k, (int, np.integer)) for k in np.asarray(keys).ravel()):
@@ -605,7 +627,7 @@ def solve_batch(problem: Problem, hypers: Hyper, keys, *, steps: int = 10_000,
             problem, hypers, keys, jnp.asarray(f_star, dtype), solver=solver, steps=steps,
             log_every=log_every, tol=tol, init_scale=init_scale, start_params=start,
             progress=progress, batched=True, batch_size=batch, desc=desc, width=width,
-            check_every=check)
+            fast_path=fast_path)
         params = jax.vmap(functools.partial(point_of, problem, solver))(state.variables)
         jax.block_until_ready(params)
     status = np.asarray(state.status)
