@@ -15,7 +15,9 @@ classifier, an absent bias) is left out of the gradient, the optimizer state and
 instead of being masked to zero.
 
 The optimizer is the same optax transformation as on the reference path, applied to the
-trained leaves. How often convergence and divergence are decided is the run loop's business
+trained leaves. Plain GD's update -lr grad is already tangent, so on the sphere it is not
+projected a second time (`project_update=False`: a pass over H saved; the reference projects
+again, which changes the result by round-off only, since P_X P_X = P_X on unit columns). How often convergence and divergence are decided is the run loop's business
 (`ufm.solvers`); this module only supplies the plain step and the checked one.
 """
 from __future__ import annotations
@@ -111,20 +113,24 @@ def apply(problem: Problem, params: Params, updates: Params, move=None) -> Param
 
 
 def plain_step(problem: Problem, hyper: Hyper, tx: optax.GradientTransformation, Y,
-               params: Params, opt_state):
+               params: Params, opt_state, *, project_update: bool = True):
     """One unchecked step: (params, opt_state) -> (params, opt_state)."""
     _, grad = gradient(problem, hyper, params, Y)
     updates, opt_state = tx.update(grad, opt_state, trained(problem, params))
-    return apply(problem, params, _project(problem, params, updates)), opt_state
+    if project_update:
+        updates = _project(problem, params, updates)
+    return apply(problem, params, updates), opt_state
 
 
 def checked_step(problem: Problem, hyper: Hyper, tx: optax.GradientTransformation, Y,
-                 params: Params, opt_state):
+                 params: Params, opt_state, *, project_update: bool = True):
     """The quantities a check needs at `params`: (objective, gradient norm, update, new
     optimizer state); the caller decides whether to `apply` the update."""
     value, grad = gradient(problem, hyper, params, Y, with_value=True)
     updates, new_state = tx.update(grad, opt_state, trained(problem, params))
-    return value, tree_norm(grad), _project(problem, params, updates), new_state
+    if project_update:
+        updates = _project(problem, params, updates)
+    return value, tree_norm(grad), updates, new_state
 
 
 def tree_norm(tree) -> jax.Array:

@@ -206,17 +206,18 @@ def _fast_block(problem: Problem, solver: str, hyper: Hyper, tol, max_steps, log
     tx = _optimizer(solver, hyper)
     Y = fused.targets(problem, problem.jnp_dtype)
     check_every = fast_path.check_every
+    project_update = solver != "gd"  # plain GD's update is already tangent (`ufm.fused`)
 
     def interval(state: RunState, n) -> RunState:  # n >= 1 steps
         def plain(_, carry):
             if fast_path.kernel:  # plain GD: optax.sgd keeps no state
                 return kernels.gd_step(problem, hyper, carry[0]), carry[1]
-            return fused.plain_step(problem, hyper, tx, Y, *carry)
+            return fused.plain_step(problem, hyper, tx, Y, *carry, project_update=project_update)
 
         variables, opt_state = jax.lax.fori_loop(0, n - 1, plain,
                                                  (state.variables, state.opt_state))
-        value, grad_norm, updates, new_opt_state = fused.checked_step(problem, hyper, tx, Y,
-                                                                      variables, opt_state)
+        value, grad_norm, updates, new_opt_state = fused.checked_step(
+            problem, hyper, tx, Y, variables, opt_state, project_update=project_update)
         running = state.status == RUNNING
         converged = running & (grad_norm <= tol)
         point_finite = jnp.isfinite(value) & jnp.isfinite(grad_norm)
