@@ -210,7 +210,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="smallest size and grid only")
     parser.add_argument("--grids", type=int, nargs="+",
-                        help="grid sizes (default: 16 64 on a CPU, 256 1024 4096 on an accelerator)")
+                        help="grid sizes (default: 16 64 on a CPU, 256 1024 4096 on an "
+                        "accelerator)")
     parser.add_argument("--sizes", type=int, nargs="+", help="indices into SIZES (default: all)")
     parser.add_argument("--reps", type=int, default=3, help="alternating repetitions (median)")
     parser.add_argument("--reference", action="store_true",
@@ -218,7 +219,8 @@ def main():
     parser.add_argument("--sphere", action="store_true",
                         help="the sphere geometry instead (ufm's fast and reference paths only)")
     parser.add_argument("--steps-scale", type=float, default=None,
-                        help="multiply ufm's step counts (default 1 on a CPU, 10 on an accelerator)")
+                        help="multiply ufm's step counts (default 1 on a CPU, 10 on an "
+                        "accelerator)")
     args = parser.parse_args()
     accelerator = jax.default_backend() != "cpu"
     try:
@@ -234,7 +236,8 @@ def main():
     geometry = "sphere" if args.sphere else "wd"
     jax_device = jax.devices()[0]
     print(f"jax {jax.__version__} on {getattr(jax_device, 'device_kind', jax_device)} "
-          f"({jax_device.platform}); float32 CE, {geometry} geometry, plain GD; median of {args.reps} "
+          f"({jax_device.platform}); float32 CE, {geometry} geometry, plain GD; "
+          f"median of {args.reps} "
           "alternating repetitions; rates in configuration-steps per second\n")
     sizes = [SIZES[i] for i in args.sizes] if args.sizes else SIZES
     grids = args.grids or ([256, 1024, 4096] if accelerator else [16, 64])
@@ -275,7 +278,7 @@ def main():
             rate = {name: statistics.median(r) for name, r in rates.items()}
             slice_bytes = max(1, width) * d * N * 4
             bandwidth = copy_bandwidth(slice_bytes)
-            mm = matmul_seconds(K, d, N, min(width, 64))
+            mm = matmul_seconds(K, d, N, min(width, 1024 if accelerator else 64))
             flop_floor, byte_floor = mm, 2 * d * N * 4 / bandwidth
             binding = "matmul" if flop_floor >= byte_floor else "bandwidth"
             peers = {k: v for k, v in rate.items() if k.startswith("torch")}

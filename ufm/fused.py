@@ -10,15 +10,17 @@ On the sphere (Yaras et al. 2022) the W and H penalties drop out and the Euclide
 projected onto the tangent space of the oblique manifold before the optimizer sees it; the
 update is projected again and the step retracted by normalization, as on the reference path.
 A step is three matmuls (Z = W H, G H^T, W^T G) and elementwise work fused around them: no
-residuals kept for a backward pass, no per-step reductions. What is not trained (a fixed ETF
+residuals kept for a backward pass, no per-step reductions (on the sphere the projection and
+the retraction keep their per-column ones). What is not trained (a fixed ETF
 classifier, an absent bias) is left out of the gradient, the optimizer state and the update
 instead of being masked to zero.
 
 The optimizer is the same optax transformation as on the reference path, applied to the
 trained leaves. Plain GD's update -lr grad is already tangent, so on the sphere it is not
 projected a second time (`project_update=False`: a pass over H saved; the reference projects
-again, which changes the result by round-off only, since P_X P_X = P_X on unit columns). How often convergence and divergence are decided is the run loop's business
-(`ufm.solvers`); this module only supplies the plain step and the checked one.
+again, which changes the result by round-off only, since P_X P_X = P_X on unit columns).
+How often convergence and divergence are decided is the run loop's business (`ufm.solvers`);
+this module only supplies the plain step and the checked one.
 """
 from __future__ import annotations
 
