@@ -28,7 +28,7 @@ loop over an array the size of one vmapped slice's H (the working set the runner
 the matmul rate as the three matmuls of a step timed alone at these shapes (the better of
 batched and one at a time). "of floor" is the binding floor's time over ufm's time.
 
-    pip install torch==2.13.0      # the CPU build on a CPU machine (see benchmarks/RESULTS.md)
+    pip install -e ".[bench]"      # torch 2.13.0; the CPU build on a CPU machine (pyproject.toml)
     python benchmarks/grid_speed.py [--quick] [--reference] [--grids 16 64] [--sizes 0 1 2]
     python benchmarks/grid_speed.py --sphere     # the sphere geometry: fast path vs reference
 

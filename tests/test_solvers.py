@@ -183,3 +183,17 @@ def test_sphere_lbfgs_convergence_is_judged_on_the_riemannian_gradient():
                     log_every=50)
     assert res.status == "converged" and res.steps > 5
     assert abs(res.history["rel_gap"][-1]) < 1e-6
+
+
+@pytest.mark.parametrize("index", [0, 1, 3, 5, 7, 9, 11])
+def test_gradient_descent_on_the_fast_path_reaches_the_closed_form_optimum(index):
+    """The closed-form cases above (CE with temperature, LS, focal, MSE with and without bias,
+    the sphere) by plain GD, which takes the fast path: the same optimum as L-BFGS finds."""
+    prob_kw, hyp_kw, zero = CLOSED_FORM_CASES[index]
+    prob = ufm.Problem(dtype="float64", **prob_kw)
+    assert solvers._fast_path(prob, "gd", True, solvers.CHECK_EVERY, "xla") is not None
+    res = ufm.solve(prob, ufm.Hyper(**hyp_kw, lr=0.5), key=7, steps=40_000, log_every=1000)
+    assert res.status == "converged", (res.status, res.history["grad_norm"][-1])
+    assert abs(res.history["rel_gap"][-1]) <= 1e-6, res.history["rel_gap"][-1]
+    if not zero:
+        assert res.history["nc1"][-1] < 1e-6
