@@ -2,7 +2,7 @@
 smallest eigenvalue to 1e-6 relative, for UFMs of about 1e3 to 1e6 parameters (float64).
 
 The point probed is a rank-1 critical point of the CE UFM (a strict saddle), whose smallest
-eigenvalue is known in closed form, lam_bar - sqrt(dlam^2 + sigma_1(G)^2) (SCIENCE.md
+eigenvalue is known in closed form, lam_bar - sqrt(dlam^2 + sigma_1(G)^2) (docs/science.md
 section 5), so convergence is measured against the truth, not against a longer run.
 
 Lanczos after j steps is the leading j x j block of its tridiagonal T: one run of m steps gives

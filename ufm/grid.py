@@ -334,7 +334,7 @@ def _imbalance_arrays(problem: Problem, hypers: Hyper, params, n: int, objective
 
 
 def reports_gnc(problem: Problem) -> bool:
-    """GNC columns (SCIENCE.md section 3) for the generalized-NC regime d < K-1 and for every
+    """GNC columns (docs/science.md, section 3) for the generalized-NC regime d < K-1 and for every
     sphere problem (where the margin of the ETF, K/(K-1), checks the metric)."""
     if problem.multilabel:
         return False

@@ -1,4 +1,4 @@
-"""The results folder (DESIGN.md):
+"""The results folder (docs/design.md):
 
     DIR/config.toml     the resolved experiment, every default written out
     DIR/results.csv     one row per (configuration, seed)

@@ -30,7 +30,8 @@ from ufm import losses as _losses
 from ufm.problem import Hyper, Params, Problem
 
 KERNELS = ("xla", "pallas")
-# Elements of an H block (d_pad x block): 32 KB of float32 keeps a block and W in registers.
+# Elements of an H block (d x block): 32 KB of float32, so a block stays on chip beside W
+# (a starting point, not yet tuned on a GPU).
 BLOCK_ELEMENTS = 8192
 # Hyper fields the kernel reads, in the order they are packed into its scalar input (padded
 # to 8: Triton loads power-of-two blocks).

@@ -1,6 +1,6 @@
 """Curvature of the UFM objective: Hessian-vector products, dense Hessians, Lanczos, and
 `probe`, which classifies a point as a strict saddle, a local or a certified global minimum
-(SCIENCE.md section 5).
+(docs/science.md, section 5).
 
 Coordinates. The Hessian acts on the trained variables only: W (unless the classifier is a fixed
 ETF), H, and b (when the problem has a bias). On the sphere it is the Riemannian Hessian of the
@@ -64,7 +64,7 @@ def coordinates(problem: Problem, params: Params) -> Coordinates:
     if problem.depth > 1:
         # The symmetry counts, certificates and constructed saddles here are the UFM's.
         raise ValueError(f"depth={problem.depth} is not allowed for the Hessian probes: 1 "
-                         "(they check the UFM's landscape facts, SCIENCE.md section 5)")
+                         "(they check the UFM's landscape facts, docs/science.md, section 5)")
     K, d = params.W.shape
     N = params.H.shape[1]
     learn_W, learn_b = problem.classifier == "learned", problem.bias
@@ -308,10 +308,10 @@ class Probe(NamedTuple):
 
 
 def symmetry_dimension(problem: Problem, hyper: Hyper, params: Params, rank_rtol=1e-6):
-    """Exact zero eigenvalues forced by symmetry at a critical point (SCIENCE.md section 5):
+    """Exact zero eigenvalues forced by symmetry at a critical point (docs/science.md, section 5):
     r(2d-r-1)/2 from f(W Q^T, Q H, b) = f(W, H, b), r = rank of the span of the w_k and h_i;
     balanced MSE adds r(m-r), the Grassmannian of r-planes among the m equal singular
-    directions of the targets (m = K without bias, as SCIENCE.md states; m = K-1 with a bias,
+    directions of the targets (m = K without bias, as docs/science.md states; m = K-1 with a bias,
     whose targets are centred); an unpenalized bias adds 1 for softmax losses (z -> z + c 1)."""
     K, d = params.W.shape
     joint = jnp.concatenate([params.W.T, params.H], axis=1)  # (d, K+N)

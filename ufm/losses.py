@@ -1,4 +1,4 @@
-"""Per-sample losses on logits (SCIENCE.md section 2).
+"""Per-sample losses on logits (docs/science.md, section 2).
 
 Every loss has the signature `loss(Z, Y, hyper) -> (N,)` with logits Z (K, N), targets Y (K, N)
 (one-hot for single labels; label multiplicities for pick-all-label) and the traced `Hyper` for

@@ -1,4 +1,4 @@
-"""Neural-collapse metrics (SCIENCE.md section 3): pure, jittable and vmappable.
+"""Neural-collapse metrics (docs/science.md, section 3): pure, jittable and vmappable.
 
 Conventions (defaults; the variants are returned under their own names):
   mu_k = class means, mu_G = mean of the class means ("class_means", default) or of all samples
@@ -294,7 +294,7 @@ def min_pairwise_distance(W) -> float:
 
 
 def gnc_metrics(W, H, labels) -> dict:
-    """Generalized-NC metrics (SCIENCE.md section 3) on row-normalized W and column-normalized
+    """Generalized-NC metrics (docs/science.md, section 3) on row-normalized W and column-normalized
     H: gnc1 (NC1 of the normalized features), gnc2_margin (min one-vs-rest distance, exact QP
     per class), gnc2_tammes (min pairwise distance between classifiers), gnc3 ((1/K) sum_k
     (1 - cos(w_k, mu_k - mu_G)), self-duality)."""

@@ -422,12 +422,12 @@ def logit_gradient(problem: Problem, hyper: Hyper, params: Params) -> jax.Array:
     """G = d/dZ of the mean loss (1/N) sum_i L(z_i / tau, y_i), shape (K, N).
 
     At a critical point of the weight-decay UFM, G H^T = -lam_W W and W^T G = -lam_H H; its top
-    singular value decides the landscape facts of SCIENCE.md section 5."""
+    singular value decides the landscape facts of docs/science.md, section 5."""
     Y = problem.targets()
     return jax.grad(lambda Z: jnp.mean(_losses.LOSSES[problem.loss](Z / hyper.tau, Y, hyper)))(
         logits(params, problem))
 
 
 def objective(problem: Problem, hyper: Hyper, params: Params) -> jax.Array:
-    """f(W, H, b) = mean loss + penalties (SCIENCE.md section 1)."""
+    """f(W, H, b) = mean loss + penalties (docs/science.md, section 1)."""
     return mean_loss(problem, hyper, params) + penalty(problem, hyper, params)

@@ -1,4 +1,4 @@
-"""Closed forms: the simplex ETF and the global optima of the UFM (SCIENCE.md section 4).
+"""Closed forms: the simplex ETF and the global optima of the UFM (docs/science.md, section 4).
 
 Everything here is host-side numpy in float64: `optimum` is evaluated once per configuration
 before a run, and its value is handed to the jitted solver as a plain number.
@@ -154,7 +154,7 @@ def deep_linear_mse(K: int, n: int, depth: int, lam_W: float, lam_H: float,
 
 
 def optimum(problem: Problem, hyper: Hyper) -> Optimum | None:
-    """The closed-form global optimum of SCIENCE.md section 4, or None where none is known.
+    """The closed-form global optimum of docs/science.md, section 4, or None where none is known.
 
     Known: weight decay, balanced classes, learned classifier, d >= K-1, for CE, label smoothing
     and focal (b* = 0; bias on or off); MSE with an unpenalized bias (lam_b = 0) and MSE without
@@ -230,7 +230,7 @@ def optimum(problem: Problem, hyper: Hyper) -> Optimum | None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Critical points (SCIENCE.md section 5). Each returns float64 Params (host numpy arrays).
+# Critical points (docs/science.md, section 5). Each returns float64 Params (host numpy arrays).
 
 
 def _params(W, H, b, layers=None) -> Params:
@@ -347,7 +347,7 @@ def sphere_collapsed_point(problem: Problem) -> Params:
 
 def negative_curvature_direction(problem: Problem, hyper: Hyper, params: Params):
     """The explicit escape direction at a weight-decay critical point with rank W < d
-    (SCIENCE.md section 5): a unit a in null(W), (u, v) the top singular pair of
+    (docs/science.md, section 5): a unit a in null(W), (u, v) the top singular pair of
     G = dL/dZ, Delta = (u a^T, c a v^T, 0) / sqrt(1 + c^2) with the c that minimizes the
     curvature; the Rayleigh quotient along Delta is lam_bar - sqrt(dlam^2 + sigma_1(G)^2).
 
@@ -382,7 +382,7 @@ def negative_curvature_direction(problem: Problem, hyper: Hyper, params: Params)
 
 def origin_singular_value(problem: Problem, hyper: Hyper) -> float | None:
     """sigma = c_L / (K sqrt(n)), the (K-1)-fold singular value of G = dL/dZ at the origin of a
-    balanced weight-decay UFM with tau = 1 (SCIENCE.md section 5): c_L = 1 for CE and MSE,
+    balanced weight-decay UFM with tau = 1 (docs/science.md, section 5): c_L = 1 for CE and MSE,
     1 - alpha for label smoothing, (1-1/K)^(gamma-1) [(1-1/K) + (gamma/K) ln K] for focal.
     None where no formula is known. The origin is a strict saddle iff sqrt(lam_W lam_H) < sigma."""
     if not problem.balanced or problem.geometry != "wd" or float(hyper.tau) != 1.0:

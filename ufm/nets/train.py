@@ -1,6 +1,6 @@
 """Training a network whose last layer is the UFM, measuring NC with `ufm.metrics`.
 
-Objective per minibatch B of a training set of N samples (SCIENCE.md section 1, with the
+Objective per minibatch B of a training set of N samples (docs/science.md, section 1, with the
 feature penalty rescaled by N/B so that one epoch estimates the UFM objective):
 
     (1/B) sum_{i in B} L(z_i / tau, y_i) + lam_W/2 ||W||^2 + lam_b/2 ||b||^2
