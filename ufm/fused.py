@@ -86,15 +86,6 @@ def gradient(problem: Problem, hyper: Hyper, params: Params, Y, *, with_value: b
     return value, Params(grad_W, grad_H, grad_b)
 
 
-def _project(problem: Problem, params: Params, updates: Params) -> Params:
-    """Tangent projection of the optimizer's update (Adam's scaling and momentum leave the
-    tangent space); identity for weight decay."""
-    if problem.geometry != "sphere":
-        return updates
-    return Params(None if updates.W is None else manifolds.project_rows(params.W, updates.W),
-                  manifolds.project_columns(params.H, updates.H), updates.b)
-
-
 def apply(problem: Problem, params: Params, updates: Params, move=None) -> Params:
     """params + updates on the trained leaves (retracted on the sphere); with a boolean `move`,
     the leaves stay exactly as they are where it is False."""
@@ -120,7 +111,7 @@ def plain_step(problem: Problem, hyper: Hyper, tx: optax.GradientTransformation,
     _, grad = gradient(problem, hyper, params, Y)
     updates, opt_state = tx.update(grad, opt_state, trained(problem, params))
     if project_update:
-        updates = _project(problem, params, updates)
+        updates = manifolds.project(problem, params, updates)
     return apply(problem, params, updates), opt_state
 
 
@@ -131,7 +122,7 @@ def checked_step(problem: Problem, hyper: Hyper, tx: optax.GradientTransformatio
     value, grad = gradient(problem, hyper, params, Y, with_value=True)
     updates, new_state = tx.update(grad, opt_state, trained(problem, params))
     if project_update:
-        updates = _project(problem, params, updates)
+        updates = manifolds.project(problem, params, updates)
     return value, tree_norm(grad), updates, new_state
 
 

@@ -25,10 +25,12 @@ def project_rows(X, U):
 
 
 def project(problem: Problem, point: Params, vector: Params) -> Params:
-    """Tangent projection of an ambient `vector` at `point` (identity for weight decay)."""
+    """Tangent projection of an ambient `vector` at `point` (identity for weight decay); a
+    `vector.W` of None (a classifier that is not trained) stays None."""
     if problem.geometry != "sphere":
         return vector
-    return Params(project_rows(point.W, vector.W), project_columns(point.H, vector.H), vector.b)
+    W = None if vector.W is None else project_rows(point.W, vector.W)
+    return Params(W, project_columns(point.H, vector.H), vector.b)
 
 
 def retract(problem: Problem, point: Params) -> Params:
