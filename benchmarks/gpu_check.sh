@@ -6,6 +6,7 @@
 #   bash benchmarks/gpu_check.sh
 set -u
 OUT=${OUT:-.}
+export XLA_PYTHON_CLIENT_PREALLOCATE=false  # JAX and PyTorch share the GPU
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 export PYTHONPATH=$PWD
 python -c "import jax, optax, flax; print('jax', jax.__version__, 'flax', flax.__version__, jax.devices())"

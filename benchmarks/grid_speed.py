@@ -37,15 +37,20 @@ Without torch the PyTorch arms are skipped with a message.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
+# JAX and PyTorch share the accelerator in this process: JAX must not take 75% of its memory
+# up front (the PyTorch arms ran out of memory beside it on the H200).
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
-import ufm
-from ufm import grid
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+import ufm  # noqa: E402
+from ufm import grid  # noqa: E402
 
 # (K, d, n, ufm steps): steps keep each ufm run to seconds on 2 cores (x10 on an accelerator)
 SIZES = [(10, 64, 100, 2000), (10, 512, 500, 200), (100, 256, 50, 200)]
