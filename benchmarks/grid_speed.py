@@ -5,8 +5,8 @@ Arms (float32, CE with bias, plain gradient descent, the same sizes and learning
 arms alternate within each repetition and the median of `--reps` repetitions is reported;
 compilation and warm-up are excluded):
 
-  ufm            the grid runner's way: `solve_batch` in chunks of `grid.chunk_size`
-                 configurations, vmapped slices of `grid.batch_width` (the fast path)
+  ufm            the grid runner's way: `solve_batch` in chunks of `runner.chunk_size`
+                 configurations, vmapped slices of `runner.batch_width` (the fast path)
   ufm-ref        the same on the reference path (`fast=False`: autodiff, every step checked),
                  what ufm ran before the fast path (`--reference`)
   ufm-pallas     the same with plain steps through the one-pass Pallas kernel
@@ -50,7 +50,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import ufm  # noqa: E402
-from ufm import grid  # noqa: E402
+from ufm import runner  # noqa: E402
 
 # (K, d, n, ufm steps): steps keep each ufm run to seconds on 2 cores (x10 on an accelerator)
 SIZES = [(10, 64, 100, 2000), (10, 512, 500, 200), (100, 256, 50, 200)]
@@ -69,8 +69,8 @@ def ufm_arm(K, d, n, steps, n_configs, fast=True, kernel="xla", geometry="wd"):
     """A timed run of the grid runner (compiled and warmed up first); returns a callable that
     runs the whole grid once and gives its seconds, plus the runner's (width, chunk)."""
     prob = ufm.Problem(num_classes=K, feature_dim=d, n_per_class=n, geometry=geometry)
-    width = grid.batch_width(prob, n_configs)
-    size = grid.chunk_size(prob, n_configs, width)
+    width = runner.batch_width(prob, n_configs)
+    size = runner.chunk_size(prob, n_configs, width)
     hypers = ufm.Hyper(lam_W=np.full(n_configs, LAM), lam_H=_lam_H(n_configs),
                        lam_b=np.full(n_configs, LAM), lr=np.full(n_configs, LR),
                        # on the sphere a temperature sweep; CE at tau = 1 like the peers else

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import ufm
-from ufm import landscape, theory
+from ufm import landscape, points, theory
 
 SIZES = [(10, 16, 6), (10, 32, 30), (10, 64, 150), (10, 128, 780)]  # (K, d, n)
 HYPER = ufm.Hyper(lam_W=1e-3, lam_H=1e-3, lam_b=1e-3)  # origin a strict saddle at every size
@@ -38,7 +38,7 @@ def _timed(fn, *args):
 
 def measure(K, d, n, max_iters):
     prob = ufm.Problem(num_classes=K, feature_dim=d, n_per_class=n, dtype="float64")
-    point = theory.rank_r_critical_point(prob, HYPER, 1, steps=2000)
+    point = points.rank_r_critical_point(prob, HYPER, 1, steps=2000)
     with jax.enable_x64(True):
         point = jax.tree.map(jnp.asarray, point)
         hyper = HYPER.astype(jnp.float64)

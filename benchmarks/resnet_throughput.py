@@ -15,7 +15,7 @@ import numpy as np
 from flax import nnx
 
 from ufm import nets
-from ufm.nets.train import TrainSettings, _optimizer, make_train_step
+from ufm.nets.training import TrainSettings, _optimizer, make_train_step
 
 
 def throughput(width: int, blocks: int, batch: int, steps: int, n_images: int = 50_000) -> float:

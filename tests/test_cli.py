@@ -5,7 +5,8 @@ import sys
 import numpy as np
 import pytest
 
-from ufm import cli, config, io
+from ufm import cli, config, results
+import ufm
 
 
 @pytest.fixture(scope="module")
@@ -17,8 +18,8 @@ def default_run(tmp_path_factory):
 
 
 def test_default_run_reaches_neural_collapse_for_every_loss(default_run):
-    table, history = io.load_results(default_run)
-    table = io.read_table(default_run / io.RESULTS)  # numpy columns whether or not pandas exists
+    table, history = results.load_results(default_run)
+    table = results.read_table(default_run / results.RESULTS)  # numpy columns whether or not pandas exists
     assert sorted(set(table["loss"])) == ["ce", "focal", "ls", "mse"]
     assert len(table["row"]) == 12 and set(table["seed"]) == {0, 1, 2}
     assert "diverged" not in set(table["status"])
@@ -32,8 +33,8 @@ def test_results_folder_has_everything(default_run):
     for name in ("config.toml", "results.csv", "history.npz", "manifest.json", "nc1.png",
                  "nc2_W.png", "nc2_H.png", "nc3.png", "rel_gap.png", "overview.png"):
         assert (default_run / name).is_file(), name
-    resolved = config.load(default_run / "config.toml")
-    assert resolved.to_dict() == config.load_default().to_dict()
+    resolved = ufm.experiment.load(default_run / "config.toml")
+    assert resolved.to_dict() == ufm.experiment.load_default().to_dict()
     manifest = json.loads((default_run / "manifest.json").read_text())
     assert manifest["packages"]["jax"] and manifest["wall_seconds"] > 0
     assert manifest["configurations"] == 12
@@ -64,5 +65,5 @@ def test_console_entry_point_runs_an_experiment_file(tmp_path):
                            "--no-plots", "--set", "hyper.lr=0.1"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    table = io.read_table(out / "results.csv")
+    table = results.read_table(out / "results.csv")
     assert table["lr"][0] == 0.1 and table["steps"][0] == 50

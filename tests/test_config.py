@@ -3,6 +3,7 @@ import textwrap
 import pytest
 
 from ufm import config
+import ufm
 
 GOOD = """
 name = "tiny"
@@ -27,26 +28,26 @@ def _write(tmp_path, text):
 
 
 def test_grid_expansion_and_every_default_written_out(tmp_path):
-    exp = config.load(_write(tmp_path, GOOD))
-    configs = config.configurations(exp)
+    exp = ufm.experiment.load(_write(tmp_path, GOOD))
+    configs = ufm.grid.configurations(exp)
     assert len(configs) == 2 * 2 * 2  # loss x lam_W x seeds
     assert {c.problem.loss for c in configs} == {"ce", "mse"}
     assert configs[0].axes == (("loss", "ce"), ("lam_W", 1e-3))
-    text = config.dumps(exp)
+    text = ufm.experiment.dumps(exp)
     for key in ("geometry", "dtype", "lam_b", "tau", "beta2", "log_every", "init_scale"):
         assert f"{key} = " in text
-    again = config.load(_write(tmp_path, text))
+    again = ufm.experiment.load(_write(tmp_path, text))
     assert again.to_dict() == exp.to_dict()
 
 
 def test_imbalanced_counts_and_count_axes(tmp_path):
-    exp = config.load(_write(tmp_path, """
+    exp = ufm.experiment.load(_write(tmp_path, """
         [problem]
         num_classes = 3
         feature_dim = 4
         class_counts = [[1, 2, 3], [2, 2, 2]]
         """))
-    problems = [c.problem for c in config.configurations(exp)]
+    problems = [c.problem for c in ufm.grid.configurations(exp)]
     assert [p.class_counts for p in problems] == [(1, 2, 3), (2, 2, 2)]
 
 
@@ -78,30 +79,30 @@ def test_imbalanced_counts_and_count_axes(tmp_path):
 ])
 def test_bad_input_names_the_key_the_value_and_the_rule(tmp_path, text, message):
     with pytest.raises(config.ConfigError) as err:
-        config.load(_write(tmp_path, text))
+        ufm.experiment.load(_write(tmp_path, text))
     assert message in str(err.value)
 
 
 def test_missing_file_and_invalid_toml(tmp_path):
     with pytest.raises(config.ConfigError, match="does not exist"):
-        config.load(tmp_path / "nope.toml")
+        ufm.experiment.load(tmp_path / "nope.toml")
     with pytest.raises(config.ConfigError, match="not valid TOML"):
-        config.load(_write(tmp_path, "[problem\n"))
+        ufm.experiment.load(_write(tmp_path, "[problem\n"))
 
 
 def test_overrides():
-    exp = config.apply_overrides(config.load_default(),
+    exp = ufm.experiment.apply_overrides(ufm.experiment.load_default(),
                                  ["num_classes=4", "solver.steps=20", "loss=mse", "seeds=[5]"])
     assert exp.problem["num_classes"] == 4 and exp.solver["steps"] == 20
     assert exp.problem["loss"] == "mse" and exp.run["seeds"] == [5]
     with pytest.raises(config.ConfigError, match="hyper.lam_W=-1.0"):
-        config.apply_overrides(exp, ["lam_W=-1"])
+        ufm.experiment.apply_overrides(exp, ["lam_W=-1"])
     with pytest.raises(config.ConfigError, match="unknown key"):
-        config.apply_overrides(exp, ["nonsense=1"])
+        ufm.experiment.apply_overrides(exp, ["nonsense=1"])
 
 
 def test_spaced_axes_zip_and_solver_axis(tmp_path):
-    exp = config.load(_write(tmp_path, """
+    exp = ufm.experiment.load(_write(tmp_path, """
         [problem]
         num_classes = 3
         feature_dim = 4
@@ -118,13 +119,13 @@ def test_spaced_axes_zip_and_solver_axis(tmp_path):
     np_ = __import__("numpy")
     np_.testing.assert_allclose(exp.hyper["lam_W"], [1e-4, 1e-3, 1e-2])
     assert exp.hyper["tau"] == [0.5, 1.0]
-    configs = config.configurations(exp)
+    configs = ufm.grid.configurations(exp)
     assert len(configs) == 3 * 2 * 2 * 2  # lam_W x tau x solver x zip(loss, lam_b)
     pairs = {(c.problem.loss, c.hyper.lam_b) for c in configs}
     assert pairs == {("ce", 5e-4), ("mse", 0.0)}  # zipped, not crossed
     assert {c.solver for c in configs} == {"gd", "adam"}
     assert dict(configs[0].axes).keys() == {"lam_W", "tau", "solver", "loss", "lam_b"}
-    again = config.load(_write(tmp_path, config.dumps(exp)))
+    again = ufm.experiment.load(_write(tmp_path, ufm.experiment.dumps(exp)))
     assert again.to_dict() == exp.to_dict()
 
 
@@ -141,18 +142,18 @@ def test_spaced_axes_zip_and_solver_axis(tmp_path):
 ])
 def test_bad_grid_axes(tmp_path, text, message):
     with pytest.raises(config.ConfigError) as err:
-        config.load(_write(tmp_path, text))
+        ufm.experiment.load(_write(tmp_path, text))
     assert message in str(err.value)
 
 
 def test_solver_can_advance_in_a_zip(tmp_path):
-    exp = config.load(_write(tmp_path, """
+    exp = ufm.experiment.load(_write(tmp_path, """
         [[zip]]
         solver = ["gd", "adam"]
         lr = [1.0, 0.01]
         """))
-    assert {(c.solver, c.hyper.lr) for c in config.configurations(exp)} == {("gd", 1.0),
+    assert {(c.solver, c.hyper.lr) for c in ufm.grid.configurations(exp)} == {("gd", 1.0),
                                                                             ("adam", 0.01)}
-    assert config.load(_write(tmp_path, config.dumps(exp))).to_dict() == exp.to_dict()
+    assert ufm.experiment.load(_write(tmp_path, ufm.experiment.dumps(exp))).to_dict() == exp.to_dict()
     with pytest.raises(config.ConfigError, match="solver.name='sgd'"):
-        config.load(_write(tmp_path, '[[zip]]\nsolver = ["gd", "sgd"]\nlr = [1.0, 1.0]'))
+        ufm.experiment.load(_write(tmp_path, '[[zip]]\nsolver = ["gd", "sgd"]\nlr = [1.0, 1.0]'))

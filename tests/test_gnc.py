@@ -5,7 +5,8 @@ import itertools
 import numpy as np
 import pytest
 
-from ufm import metrics, theory
+from ufm import codes, host_metrics, theory
+import ufm
 
 
 def _brute_force_distance(P):
@@ -29,23 +30,23 @@ def test_margin_qp_equals_brute_force_on_random_frames(K, d):
     for _ in range(3):
         W = rng.standard_normal((K, d))
         W /= np.linalg.norm(W, axis=1, keepdims=True)
-        margins = metrics.one_vs_rest_margins(W)
+        margins = host_metrics.one_vs_rest_margins(W)
         for k in range(K):
             exact = _brute_force_distance((np.delete(W, k, 0) - W[k]).T)
             assert margins[k] == pytest.approx(exact, abs=1e-10)
 
 
 def test_margins_of_known_frames():
-    np.testing.assert_allclose(metrics.one_vs_rest_margins(theory.simplex_etf(5, 7)), 5 / 4,
+    np.testing.assert_allclose(host_metrics.one_vs_rest_margins(theory.simplex_etf(5, 7)), 5 / 4,
                                rtol=1e-12)
     angles = 2 * np.pi * np.arange(7) / 7
     polygon = np.stack([np.cos(angles), np.sin(angles)], 1)
-    np.testing.assert_allclose(metrics.one_vs_rest_margins(polygon), 1 - np.cos(2 * np.pi / 7),
+    np.testing.assert_allclose(host_metrics.one_vs_rest_margins(polygon), 1 - np.cos(2 * np.pi / 7),
                                rtol=1e-12)
     octahedron = np.concatenate([np.eye(3), -np.eye(3)])
-    np.testing.assert_allclose(metrics.one_vs_rest_margins(octahedron), 1.0, rtol=1e-12)
+    np.testing.assert_allclose(host_metrics.one_vs_rest_margins(octahedron), 1.0, rtol=1e-12)
     inside = np.array([[1.0, 0], [0, 1], [-1, -1], [0.1, 0.1]])  # the last inside the others
-    assert metrics.one_vs_rest_margins(inside)[3] < 1e-12
+    assert host_metrics.one_vs_rest_margins(inside)[3] < 1e-12
 
 
 def test_gnc_metrics_vanish_or_match_on_a_collapsed_polygon():
@@ -53,7 +54,7 @@ def test_gnc_metrics_vanish_or_match_on_a_collapsed_polygon():
     W = np.stack([np.cos(angles), np.sin(angles)], 1)
     labels = np.repeat(np.arange(5), 3)
     H = 2.0 * W[labels].T  # collapsed, self-dual features (any norm: GNC normalizes)
-    m = metrics.gnc_metrics(W, H, labels)
+    m = host_metrics.gnc_metrics(W, H, labels)
     assert m["gnc1"] < 1e-20 and m["gnc3"] < 1e-12
     assert m["gnc2_margin"] == pytest.approx(1 - np.cos(2 * np.pi / 5), rel=1e-12)
     assert m["gnc2_tammes"] == pytest.approx(2 * np.sin(np.pi / 5), rel=1e-12)
@@ -62,7 +63,7 @@ def test_gnc_metrics_vanish_or_match_on_a_collapsed_polygon():
 @pytest.mark.parametrize("K,d,margin", [(4, 3, 4 / 3), (5, 2, 1 - np.cos(2 * np.pi / 5)),
                                         (6, 3, 1.0)])
 def test_softmax_code_is_the_known_optimum(K, d, margin):
-    code = theory.softmax_code(K, d, starts=4, taus=(0.1, 0.01, 0.003))
+    code = codes.softmax_code(K, d, starts=4, taus=(0.1, 0.01, 0.003))
     assert code.margin == pytest.approx(margin, rel=1e-6)
     gram = code.W @ code.W.T
     if K <= d + 1:  # the simplex ETF
@@ -73,7 +74,7 @@ def test_softmax_code_is_the_known_optimum(K, d, margin):
 
 
 def test_tammes_code_for_twelve_points_is_the_icosahedron():
-    code = theory.tammes_code(12, 3, starts=16)
+    code = codes.tammes_code(12, 3, starts=16)
     angle = 2 * np.arcsin(code.tammes / 2)
     assert angle == pytest.approx(np.arctan(2.0), abs=1e-6)
     # Every point has five nearest neighbours at that angle.
@@ -84,17 +85,17 @@ def test_tammes_code_for_twelve_points_is_the_icosahedron():
 def test_grid_rows_carry_gnc_columns_that_reach_the_known_codes(tmp_path):
     """A sphere grid with d < K-1: every row gets the exact-QP margin, and at a small
     temperature the learned classifiers reach the softmax code (d = 2: the regular K-gon)."""
-    from ufm import config, grid, io, plots
+    from ufm import config, grid, results, plots
 
-    exp = config.resolve({
+    exp = ufm.experiment.resolve({
         "name": "gnc-grid",
         "problem": {"num_classes": 6, "feature_dim": 2, "n_per_class": 2, "geometry": "sphere", "dtype": "float64"},
         "hyper": {"tau": [0.5, 0.05]},
         "solver": {"name": "lbfgs", "steps": 200, "log_every": 50, "tol": 1e-14},
         "run": {"seeds": [0]},
     })
-    grid.run(exp, out=tmp_path, progress=False)
-    table = io.read_table(tmp_path / io.RESULTS)
+    ufm.run(exp, out=tmp_path, progress=False)
+    table = results.read_table(tmp_path / results.RESULTS)
     for i in range(len(table["row"])):
         K, d = table["num_classes"][i], table["feature_dim"][i]
         assert table["code_margin"][i] == pytest.approx(theory.known_code_margin(K, d))

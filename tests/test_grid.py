@@ -2,11 +2,13 @@ import json
 
 import numpy as np
 
-from ufm import config, grid, io
+from ufm import config, grid, results
+import ufm
+from ufm import runner
 
 
 def test_grid_groups_by_problem_and_solver_and_keeps_zip_pairs(tmp_path):
-    exp = config.resolve({
+    exp = ufm.experiment.resolve({
         "name": "tiny-grid",
         "problem": {"num_classes": 3, "feature_dim": 4, "n_per_class": 2},
         "hyper": {"lam_W": {"logspace": [1e-3, 1e-2, 2]}, "lam_H": 1e-2},
@@ -14,20 +16,19 @@ def test_grid_groups_by_problem_and_solver_and_keeps_zip_pairs(tmp_path):
         "zip": [{"loss": ["ce", "mse"], "lam_b": [1e-3, 0.0], "lr": [0.5, 0.05]}],
         "run": {"seeds": [0, 1]},
     })
-    result = grid.run(exp, out=tmp_path)
-    table = io.read_table(tmp_path / io.RESULTS)
+    result = ufm.run(exp, out=tmp_path)
+    table = results.read_table(tmp_path / results.RESULTS)
     assert len(table["row"]) == 2 * 2 * 2 * 2  # lam_W x solver x zip x seeds
-    manifest = json.loads((tmp_path / io.MANIFEST).read_text())
+    manifest = json.loads((tmp_path / results.MANIFEST).read_text())
     assert manifest["groups"] == 4  # (loss) x (solver): one compiled batch each
     assert set(zip(table["loss"], table["lam_b"], table["lr"])) == {("ce", 1e-3, 0.5),
                                                                     ("mse", 0.0, 0.05)}
     assert set(table["solver"]) == {"gd", "adam"}
     np.testing.assert_array_equal(table["row"], np.arange(16))
     # Same configuration, same seed: the grid row equals a direct solve.
-    import ufm
 
     i = 5
-    cfg = config.configurations(exp)[i]
+    cfg = ufm.grid.configurations(exp)[i]
     single = ufm.solve(cfg.problem, cfg.hyper, key=cfg.seed, steps=40, log_every=20,
                        solver=cfg.solver, tol=exp.solver["tol"] or 1e-6)
     np.testing.assert_allclose(table["objective"][i], single.history["objective"][-1], rtol=1e-5)
@@ -35,7 +36,7 @@ def test_grid_groups_by_problem_and_solver_and_keeps_zip_pairs(tmp_path):
 
 
 def _tiny_grid():
-    return config.resolve({
+    return ufm.experiment.resolve({
         "name": "resume",
         "problem": {"num_classes": 3, "feature_dim": 3, "n_per_class": 2,
                     "loss": ["ce", "ls", "mse"]},
@@ -46,14 +47,14 @@ def _tiny_grid():
 
 
 def _table_without_timings(path):
-    table = io.read_table(path / io.RESULTS)
+    table = results.read_table(path / results.RESULTS)
     table.pop("seconds")
     return table
 
 
 def test_an_interrupted_grid_resumes_without_recomputing(tmp_path, monkeypatch):
     exp = _tiny_grid()
-    grid.run(exp, out=tmp_path / "straight")
+    ufm.run(exp, out=tmp_path / "straight")
 
     calls = []
     real = grid.solve_batch
@@ -67,48 +68,48 @@ def test_an_interrupted_grid_resumes_without_recomputing(tmp_path, monkeypatch):
     monkeypatch.setattr(grid, "solve_batch", flaky)
     out = tmp_path / "interrupted"
     try:
-        grid.run(exp, out=out)
+        ufm.run(exp, out=out)
     except KeyboardInterrupt:
         pass
-    partial = io.read_table(out / io.RESULTS)
+    partial = results.read_table(out / results.RESULTS)
     assert sorted(set(partial["loss"])) == ["ce"]  # the finished group is already on disk
     assert len(partial["row"]) == 4
 
     calls.clear()
     monkeypatch.setattr(grid, "solve_batch", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
-    grid.run(exp, out=out)
+    ufm.run(exp, out=out)
     assert len(calls) == 2  # the ce group was read back, not recomputed
     straight, resumed = _table_without_timings(tmp_path / "straight"), _table_without_timings(out)
     assert straight.keys() == resumed.keys()
     for key in straight:
         np.testing.assert_array_equal(straight[key], resumed[key], err_msg=key)
-    _, h1 = io.load_results(tmp_path / "straight")
-    _, h2 = io.load_results(out)
+    _, h1 = results.load_results(tmp_path / "straight")
+    _, h2 = results.load_results(out)
     for key in h1:
         np.testing.assert_array_equal(h1[key], h2[key], err_msg=key)
-    manifest = json.loads((out / io.MANIFEST).read_text())
-    assert manifest["chunks_resumed"] == 1
+    manifest = json.loads((out / results.MANIFEST).read_text())
+    assert manifest["units_resumed"] == 1
 
 
 def test_a_folder_of_another_configuration_is_refused(tmp_path):
     exp = _tiny_grid()
-    grid.run(config.apply_overrides(exp, ["solver.steps=20"]), out=tmp_path / "a")
+    ufm.run(ufm.experiment.apply_overrides(exp, ["solver.steps=20"]), out=tmp_path / "a")
     import pytest
 
-    with pytest.raises(grid.ResultsFolderError, match="different configuration"):
-        grid.run(exp, out=tmp_path / "a")
+    with pytest.raises(ufm.results.ResultsFolderError, match="different configuration"):
+        ufm.run(exp, out=tmp_path / "a")
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "notes.txt").write_text("mine")
-    with pytest.raises(grid.ResultsFolderError, match="not a ufm results folder"):
-        grid.run(exp, out=tmp_path / "b")
+    with pytest.raises(ufm.results.ResultsFolderError, match="not a ufm results folder"):
+        ufm.run(exp, out=tmp_path / "b")
 
 
 def test_chunked_groups_equal_one_batch_and_padding_is_dropped(tmp_path):
     exp = _tiny_grid()  # 3 groups of 4 configurations
-    whole = grid.run(config.apply_overrides(exp, ["run.batch=4"]), out=tmp_path / "whole")
-    cut = grid.run(config.apply_overrides(exp, ["run.batch=3", "run.chunk=3"]),
+    whole = ufm.run(ufm.experiment.apply_overrides(exp, ["run.batch=4"]), out=tmp_path / "whole")
+    cut = ufm.run(ufm.experiment.apply_overrides(exp, ["run.batch=3", "run.chunk=3"]),
                    out=tmp_path / "cut")
-    manifest = json.loads((tmp_path / "cut" / io.MANIFEST).read_text())
+    manifest = json.loads((tmp_path / "cut" / results.MANIFEST).read_text())
     assert manifest["batch_widths"] == [3, 3, 3] and manifest["chunks"] == 6
     a, b = _table_without_timings(tmp_path / "whole"), _table_without_timings(tmp_path / "cut")
     for key in ("row", "loss", "lam_W", "seed", "status", "steps"):
@@ -116,9 +117,9 @@ def test_chunked_groups_equal_one_batch_and_padding_is_dropped(tmp_path):
     np.testing.assert_allclose(a["objective"], b["objective"], rtol=1e-6)
     assert len(whole.rows) == len(cut.rows) == 12
     # Slices of one under lax.map inside chunks of two: the same results again.
-    mapped = grid.run(config.apply_overrides(exp, ["run.batch=1", "run.chunk=2"]),
+    mapped = ufm.run(ufm.experiment.apply_overrides(exp, ["run.batch=1", "run.chunk=2"]),
                       out=tmp_path / "mapped")
-    manifest = json.loads((tmp_path / "mapped" / io.MANIFEST).read_text())
+    manifest = json.loads((tmp_path / "mapped" / results.MANIFEST).read_text())
     assert manifest["batch_widths"] == [1, 1, 1] and manifest["chunk_sizes"] == [2, 2, 2]
     c = _table_without_timings(tmp_path / "mapped")
     for key in ("row", "status", "steps"):
@@ -132,28 +133,28 @@ def test_batch_width_follows_problem_size(monkeypatch):
 
     small = Problem(num_classes=10, feature_dim=64, n_per_class=100)
     large = Problem(num_classes=10, feature_dim=512, n_per_class=500)
-    assert grid.batch_width(small, 16) == 8  # ~1 MB a configuration: slices of 8
-    assert grid.batch_width(small, 12) == 6  # equal slices, no padding
-    assert grid.batch_width(small, 5) == 5
-    assert grid.batch_width(large, 16) == 1  # ~40 MB: one at a time on this CPU
-    assert grid.config_bytes(large) > grid.CPU_BATCH_BYTES > 8 * grid.config_bytes(small)
+    assert runner.batch_width(small, 16) == 8  # ~1 MB a configuration: slices of 8
+    assert runner.batch_width(small, 12) == 6  # equal slices, no padding
+    assert runner.batch_width(small, 5) == 5
+    assert runner.batch_width(large, 16) == 1  # ~40 MB: one at a time on this CPU
+    assert runner.config_bytes(large) > runner.CPU_BATCH_BYTES > 8 * runner.config_bytes(small)
     # Chunks: whole groups while memory allows (a multiple of the width), cut beyond it.
-    assert grid.chunk_size(small, 10, width=4) == 12  # whole group, padded to the width
-    assert grid.chunk_size(small, 10**6) == 4082  # 245 equal chunks of at most MAX_CHUNK
-    assert grid.chunk_size(large, 10**6) * grid.config_bytes(large) <= grid._memory_bytes(None)
-    monkeypatch.setattr(grid, "_memory_bytes", lambda device: 5.5 * grid.config_bytes(large))
-    assert grid.chunk_size(large, 100) == 5 and grid.chunk_size(large, 100, width=2) == 4
+    assert runner.chunk_size(small, 10, width=4) == 12  # whole group, padded to the width
+    assert runner.chunk_size(small, 10**6) == 4082  # 245 equal chunks of at most MAX_CHUNK
+    assert runner.chunk_size(large, 10**6) * runner.config_bytes(large) <= runner._memory_bytes(None)
+    monkeypatch.setattr(runner, "_memory_bytes", lambda device: 5.5 * runner.config_bytes(large))
+    assert runner.chunk_size(large, 100) == 5 and runner.chunk_size(large, 100, width=2) == 4
 
 
 def test_grid_figures_pick_their_axes(tmp_path):
     from ufm import plots
 
-    exp = config.resolve({
+    exp = ufm.experiment.resolve({
         "problem": {"num_classes": 3, "feature_dim": 3, "n_per_class": 2, "loss": ["ce", "mse"]},
         "hyper": {"lam_W": [1e-2, 2e-2], "lam_H": [1e-2, 3e-2], "lam_b": 0.0},
         "solver": {"steps": 20, "log_every": 10}, "run": {"seeds": [0, 1]}})
-    grid.run(exp, out=tmp_path)
-    names = {p.name for p in plots.plot_results(tmp_path)}
+    ufm.run(exp, out=tmp_path)
+    names = {p.name for p in ufm.experiment.figures(tmp_path)}
     assert "grid_nc1_lam_W_lam_H.png" in names and "overview.png" in names
-    names = {p.name for p in plots.plot_results(tmp_path, metrics=["nc1"], x="lam_H", y=None)}
+    names = {p.name for p in ufm.experiment.figures(tmp_path, metrics=["nc1"], x="lam_H", y=None)}
     assert "grid_nc1_lam_H_lam_W.png" in names

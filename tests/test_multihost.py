@@ -8,7 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from ufm import io, multihost
+from ufm import results, multihost
+import ufm
 
 GRID = """
 name = "two_hosts"
@@ -46,7 +47,7 @@ def _ufm(args, **kwargs):
 
 
 def _table(path):
-    table = io.read_table(path / io.RESULTS)
+    table = results.read_table(path / results.RESULTS)
     return {k: v for k, v in table.items() if k != "seconds"}
 
 
@@ -70,7 +71,7 @@ def test_two_processes_write_the_one_process_table(tmp_path):
         a, b = [list(map(str, t[key])) for t in (one, two)]  # exact, NaN == NaN, None == None
         assert a == b, key
     assert list(two["status"]).count("diverged") == 12  # lr = 1e4, flagged in its own rows
-    h1, h2 = io.load_results(tmp_path / "one")[1], io.load_results(tmp_path / "two")[1]
+    h1, h2 = results.load_results(tmp_path / "one")[1], results.load_results(tmp_path / "two")[1]
     for key in h1:
         np.testing.assert_array_equal(h1[key], h2[key], err_msg=key)
 

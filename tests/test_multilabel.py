@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import ufm
-from ufm import config, grid, io, metrics
+from ufm import config, grid, results, metrics
 from ufm.problem import multilabel_sets
 
 
@@ -87,23 +87,23 @@ def test_label_sets_are_checked():
         ufm.Problem(num_classes=2, feature_dim=3, label_sets=((0,), (1,)),
                     set_counts=(1, 1)).labels
     with pytest.raises(config.ConfigError, match="problem.multiplicity_counts"):
-        config.configurations(config.resolve({"problem": {"num_classes": 3,
+        ufm.grid.configurations(ufm.experiment.resolve({"problem": {"num_classes": 3,
                                                           "multiplicity_counts": [0, 2]}}))
 
 
 def test_grid_axis_over_multiplicity_counts(tmp_path):
-    exp = config.resolve({
+    exp = ufm.experiment.resolve({
         "name": "ml-grid",
         "problem": {"num_classes": 3, "feature_dim": 4, "multiplicity_counts": [[2, 2], [2, 1]],
                     "dtype": "float64"},
         "solver": {"name": "gd", "steps": 400, "log_every": 100, "tol": 1e-12},
         "hyper": {"lam_W": 1e-3, "lam_H": 1e-3, "lam_b": 1e-3, "lr": 1.0},
     })
-    grid.run(exp, out=tmp_path, progress=False)
-    table = io.read_table(tmp_path / io.RESULTS)
+    ufm.run(exp, out=tmp_path, progress=False)
+    table = results.read_table(tmp_path / results.RESULTS)
     assert list(table["label_sets"]) == ["0 1 2 0+1 0+2 1+2"] * 2
     assert [str(c) for c in table["set_counts"]] == ["2 2 2 2 2 2", "2 2 2 1 1 1"]
-    with np.load(tmp_path / io.HISTORY) as history:
+    with np.load(tmp_path / results.HISTORY) as history:
         nc_m = history["nc_m"]
     assert np.all(nc_m[:, -1] < 0.5 * nc_m[:, 0])  # falling during training
 

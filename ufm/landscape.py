@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ufm import manifolds, theory
+from ufm.points import rank_r_critical_point
 from ufm.problem import Hyper, Params, Problem, init_traced, logit_gradient, objective, x64_scope
 from ufm.solvers import CHECK_EVERY, solve_batch
 
@@ -498,7 +499,7 @@ def constructed_saddles(problem: Problem, hyper: Hyper, ranks=None) -> list[tupl
             except ValueError:  # every critical point is the origin in the collapsed regime
                 continue
         else:
-            points.append((f"rank {r}", theory.rank_r_critical_point(problem, hyper, r)))
+            points.append((f"rank {r}", rank_r_critical_point(problem, hyper, r)))
     return points
 
 

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ufm import losses as _losses
-from ufm.metrics import COLLAPSED_SPREAD, minority_spread
+from ufm.host_metrics import COLLAPSED_SPREAD, minority_spread
 from ufm.problem import Hyper, Problem, validate_hyper, x64_scope
 
 CONVEX_LOSSES = ("ce", "ls", "mse", "mse_rescaled")

@@ -2,13 +2,13 @@
 iteration, log scale, one line per configuration (median over seeds, min-max band)."""
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-from ufm import io
+from ufm import results
+from ufm.tables import CONFIG_COLUMNS, series_labels
 
 # (history key, axis label, log scale)
 TRAJECTORY_FIGURES = (
@@ -23,26 +23,6 @@ TRAJECTORY_FIGURES = (
 )
 IGNORED_COLUMNS = {"row", "group", "seed", "status", "steps", "diverged_at", "seconds", "f_star",
                    "optimum_is_zero"}
-
-
-def _all_balanced(table) -> bool:
-    n = table.get("n_per_class")
-    return n is not None and np.issubdtype(np.asarray(n).dtype, np.number) and not np.any(
-        np.isnan(np.asarray(n, float)))
-
-
-def series_labels(table: dict) -> tuple[list[str], list[str]]:
-    """(label per row, the columns that tell series apart): the configuration fields that vary
-    across the table, seeds excluded."""
-    n_rows = len(table["row"])
-    candidates = [c for c in io.CONFIG_COLUMNS if c in table]
-    varying = [c for c in candidates if len({str(v) for v in table[c]}) > 1]
-    if "class_counts" in varying and _all_balanced(table):
-        varying.remove("class_counts")  # n_per_class and num_classes already tell them apart
-    labels = [", ".join(f"{c}={table[c][i]}" for c in varying) or "run" for i in range(n_rows)]
-    if varying == ["loss"]:
-        labels = [str(v) for v in table["loss"]]
-    return labels, varying
 
 
 def _draw(ax, iteration, values, labels, key, log):
@@ -77,13 +57,6 @@ def _legend(fig, ax, n_series):
                    ncols=1 + n_series // 30)
 
 
-def results_kind(directory: Path) -> str:
-    manifest = directory / io.MANIFEST
-    if manifest.is_file():
-        return json.loads(manifest.read_text()).get("kind", "solve")
-    return "solve"
-
-
 def _pyplot():
     import matplotlib
 
@@ -99,7 +72,7 @@ GRID_METRICS = ("nc1", "nc2_W", "nc3", "rel_gap")
 def _numeric_axes(table: dict) -> list[str]:
     """Configuration columns that vary across the table and hold numbers (seeds excluded)."""
     axes = []
-    for c in io.CONFIG_COLUMNS:
+    for c in CONFIG_COLUMNS:
         if c in table and len(set(map(str, table[c]))) > 1 and np.issubdtype(
                 np.asarray(table[c]).dtype, np.number) and not np.any(
                 np.isnan(np.asarray(table[c], float))):  # an axis only where every row has it
@@ -125,7 +98,7 @@ def plot_grid(directory, table, metrics=None, x=None, y=None) -> list[Path]:
     independent = lambda a: len(set(zip(map(str, table[x]), map(str, table[a])))) > len(
         set(map(str, table[x])))
     y = y or next((a for a in axes if a != x and independent(a)), None)
-    others = [c for c in io.CONFIG_COLUMNS if c in table and c not in (x, y)
+    others = [c for c in CONFIG_COLUMNS if c in table and c not in (x, y)
               and len(set(map(str, table[c]))) > 1 and (c not in axes or independent(c))
               and not (c == "class_counts" and _all_balanced(table))]
     n_rows = len(table["row"])
@@ -176,14 +149,13 @@ def plot_grid(directory, table, metrics=None, x=None, y=None) -> list[Path]:
     return written
 
 
-def plot_results(directory, metrics=None, x=None, y=None) -> list[Path]:
-    """Draw the figures of a results folder into it; returns the files written."""
+def plot_grid_results(directory, metrics=None, x=None, y=None) -> list[Path]:
+    """The figures of a grid's results folder (trajectories, overview, final metrics over the
+    grid's axes, and GNC, imbalance and layer-wise figures where they apply); returns the files
+    written. Any results folder: `ufm.experiment.figures`."""
     directory = Path(directory)
-    kind = results_kind(directory)
-    if kind != "solve":
-        return LANDSCAPE_FIGURES[kind](directory)
     plt = _pyplot()
-    table = io.read_table(directory / io.RESULTS)
+    table = results.read_table(directory / results.RESULTS)
     grid_written = plot_grid(directory, table, metrics, x, y)
     if "gnc2_margin" in table and len(set(map(str, table["tau"]))) > 1:
         grid_written += plot_gnc_margin(directory, table)
@@ -191,7 +163,7 @@ def plot_results(directory, metrics=None, x=None, y=None) -> list[Path]:
         grid_written += plot_imbalance(directory, table)
     if "nc1_layer0" in table:
         grid_written += plot_layer_nc1(directory, table)
-    with np.load(directory / io.HISTORY) as data:
+    with np.load(directory / results.HISTORY, allow_pickle=False) as data:
         history = {k: data[k] for k in data.files}
     labels, _ = series_labels(table)
     n_series = len(set(labels))
@@ -235,7 +207,7 @@ def plot_gnc_margin(directory, table) -> list[Path]:
     K_col, d_col = np.asarray(table["num_classes"], int), np.asarray(table["feature_dim"], int)
     tau = np.asarray(table["tau"], float)
     margin = np.asarray(table["gnc2_margin"], float)
-    code = io.float_column(table, "code_margin")
+    code = results.float_column(table, "code_margin")
     dims = sorted(set(d_col))
     fig, axes = plt.subplots(1, len(dims), figsize=(3.6 * len(dims), 3.4), layout="constrained",
                              squeeze=False)
@@ -267,10 +239,10 @@ def plot_layer_nc1(directory, table) -> list[Path]:
     for label in dict.fromkeys(labels):
         rows = [i for i, lab in enumerate(labels) if lab == label]
         layers = [k for k in logged
-                  if np.isfinite(io.float_column(table, f"nc1_layer{k}")[rows]).any()]
+                  if np.isfinite(results.float_column(table, f"nc1_layer{k}")[rows]).any()]
         if not layers:
             continue
-        values = np.array([io.float_column(table, f"nc1_layer{k}")[rows] for k in layers])
+        values = np.array([results.float_column(table, f"nc1_layer{k}")[rows] for k in layers])
         values = np.maximum(values, 1e-32)
         (line,) = ax.plot(layers, np.median(values, axis=1), "o-", label=label)
         ax.fill_between(layers, values.min(axis=1), values.max(axis=1),
@@ -291,27 +263,27 @@ def plot_imbalance(directory, table) -> list[Path]:
     ratio = np.array([c.max() / c.min() if c.size else 1.0 for c in counts])
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), layout="constrained")
     order = np.argsort(ratio, kind="stable")
-    axes[0].plot(ratio[order], io.float_column(table, "minority_cos")[order], "o", ms=4,
+    axes[0].plot(ratio[order], results.float_column(table, "minority_cos")[order], "o", ms=4,
                  label="solver (each seed)")
-    oracle_cos = io.float_column(table, "oracle_minority_cos")
+    oracle_cos = results.float_column(table, "oracle_minority_cos")
     if np.isfinite(oracle_cos).any():
         axes[0].plot(ratio[order], oracle_cos[order], "-", label="convex oracle")
-    threshold = io.float_column(table, "collapse_ratio")
+    threshold = results.float_column(table, "collapse_ratio")
     for value in sorted(set(threshold[np.isfinite(threshold)])):
         axes[0].axvline(value, color="k", ls="--", lw=1)
         axes[0].text(value, -0.05, f" R*={value:.3g}", fontsize=7)
     axes[0].axhline(1.0, color="gray", lw=0.5)
     axes[0].set_ylabel("mean cos between minority classifiers")
     axes[0].legend(fontsize=7)
-    axes[1].plot(ratio[order], io.float_column(table, "w_norm_ratio")[order], "o-", ms=3,
+    axes[1].plot(ratio[order], results.float_column(table, "w_norm_ratio")[order], "o-", ms=3,
                  label="||w|| minority / majority")
-    axes[1].plot(ratio[order], io.float_column(table, "h_norm_ratio")[order], "s-", ms=3,
+    axes[1].plot(ratio[order], results.float_column(table, "h_norm_ratio")[order], "s-", ms=3,
                  label="||mu - mu_G|| minority / majority")
     axes[1].legend(fontsize=7)
     axes[1].set_yscale("log")
-    axes[2].semilogy(ratio[order], np.maximum(io.float_column(table, "minority_spread")[order], 1e-17),
+    axes[2].semilogy(ratio[order], np.maximum(results.float_column(table, "minority_spread")[order], 1e-17),
                      "o", ms=4, label="minority spread (solver)")
-    gap = np.abs(io.float_column(table, "oracle_gap"))
+    gap = np.abs(results.float_column(table, "oracle_gap"))
     if np.isfinite(gap).any():
         axes[2].semilogy(ratio[order], np.maximum(gap[order], 1e-17), "x", ms=4,
                          label="|f - f_oracle| / |f_oracle|")
@@ -351,7 +323,7 @@ def plot_benign(directory: Path) -> list[Path]:
     """Fraction of starts reaching f* per start kind, and Hessian spectra at the saddles and
     at the optimum (symmetric-log axis: the saddles' negative eigenvalues left of zero)."""
     plt = _pyplot()
-    table = io.read_table(directory / io.RESULTS)
+    table = results.read_table(directory / results.RESULTS)
     labels, series = _rows_by_label(table)
     starts = list(dict.fromkeys(table["start"]))
     fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(series) * len(starts) / 3), 4.0),
@@ -372,7 +344,7 @@ def plot_benign(directory: Path) -> list[Path]:
 
     spectra_path = directory / "spectra.npz"
     if spectra_path.is_file():
-        with np.load(spectra_path) as data:
+        with np.load(spectra_path, allow_pickle=False) as data:
             spectra = {k: data[k] for k in data.files if not k.endswith("|verdict")}
         configs = sorted({int(k.split("|")[0]) for k in spectra})
         config_label = {int(c): lab for c, lab in zip(table["config"], labels)}
@@ -401,7 +373,7 @@ def plot_origin_phase(directory: Path) -> list[Path]:
     """Smallest eigenvalue at the origin (measured and formula) and where random starts end,
     against sqrt(lam_W lam_H) / (c_L / (K sqrt n))."""
     plt = _pyplot()
-    table = io.read_table(directory / io.RESULTS)
+    table = results.read_table(directory / results.RESULTS)
     labels, series = _rows_by_label(table)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
     for label in series:
@@ -427,7 +399,7 @@ def plot_saddle_escape(directory: Path) -> list[Path]:
     """Plateau length against the start's distance from the saddle and against 1/|eig_min|;
     objective trajectories."""
     plt = _pyplot()
-    table = io.read_table(directory / io.RESULTS)
+    table = results.read_table(directory / results.RESULTS)
     labels, series = _rows_by_label(table)
     eps = np.asarray(table["epsilon"], float)
     plateau = np.asarray(table["plateau"], float)
@@ -453,8 +425,8 @@ def plot_saddle_escape(directory: Path) -> list[Path]:
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
     written = [_save(fig, directory / "saddle_escape.png")]
-    if (directory / io.HISTORY).is_file():
-        with np.load(directory / io.HISTORY) as data:
+    if (directory / results.HISTORY).is_file():
+        with np.load(directory / results.HISTORY, allow_pickle=False) as data:
             objective, iteration = data["objective"], data["iteration"]
         fig, ax = plt.subplots(figsize=(6, 3.8), layout="constrained")
         cmap = plt.get_cmap("viridis")
@@ -469,16 +441,6 @@ def plot_saddle_escape(directory: Path) -> list[Path]:
     return written
 
 
-def _net_labels(table):
-    """Per-row labels from the net experiment's columns that vary (seeds pooled)."""
-    from ufm.nets.experiment import varying_columns
-
-    varying = varying_columns(table)
-    labels = [", ".join(f"{c.split('.')[-1]}={table[c][i]}" for c in varying) or "run"
-              for i in range(len(table["row"]))]
-    return labels, list(dict.fromkeys(labels))
-
-
 NET_FIGURES = (("nc1", "NC1", True), ("nc2_W", "NC2 (W)", True), ("nc2_H", "NC2 (H)", True),
                ("nc3", "NC3", True), ("train_acc", "train accuracy", False),
                ("test_acc", "test accuracy", False))
@@ -488,10 +450,11 @@ def plot_net(directory: Path) -> list[Path]:
     """Network experiments: NC metrics and accuracies over epochs (median and range over
     seeds), and the final NC1 of every layer (progressive separation, log scale)."""
     plt = _pyplot()
-    table = io.read_table(directory / io.RESULTS)
-    with np.load(directory / io.HISTORY) as data:
+    table = results.read_table(directory / results.RESULTS)
+    with np.load(directory / results.HISTORY, allow_pickle=False) as data:
         history = {k: data[k] for k in data.files}
-    labels, series = _net_labels(table)
+    labels, _ = series_labels(table)
+    series = list(dict.fromkeys(labels))
     epochs = history["iteration"]
     fig, axes = plt.subplots(2, 3, figsize=(13, 6.8), layout="constrained")
     for ax, (key, title, log) in zip(axes.flat, NET_FIGURES):
@@ -501,8 +464,8 @@ def plot_net(directory: Path) -> list[Path]:
         ax.set_xlabel("epoch")
     _legend(fig, axes.flat[0], len(series))
     written = [_save(fig, directory / "net_training.png")]
-    layer_keys = sorted((k for k in history if k.startswith("layer_nc1_")),
-                        key=lambda k: int(k.rsplit("_", 1)[1]))
+    layer_keys = sorted((k for k in history if k.startswith("nc1_layer")),
+                        key=lambda k: int(k[len("nc1_layer"):]))
     if layer_keys:
         fig, ax = plt.subplots(figsize=(5.8, 3.8), layout="constrained")
         final = np.array([[table[k][i] if k in table else np.nan for k in layer_keys]
@@ -520,7 +483,3 @@ def plot_net(directory: Path) -> list[Path]:
         _legend(fig, ax, len(series))
         written.append(_save(fig, directory / "layer_nc1.png"))
     return written
-
-
-LANDSCAPE_FIGURES = {"benign": plot_benign, "origin_phase": plot_origin_phase,
-                     "saddle_escape": plot_saddle_escape, "net": plot_net}

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ufm import losses as _losses
+from ufm.frames import simplex_etf
 
 GEOMETRIES = ("wd", "sphere")
 ACTIVATIONS = ("linear", "relu")
@@ -364,8 +365,6 @@ def init(problem: Problem, key: jax.Array, scale: float = 1.0) -> Params:
 
 def init_traced(problem: Problem, key: jax.Array, scale=1.0) -> Params:
     """`init` for use inside jit/vmap, where the caller has already set the precision."""
-    from ufm.theory import simplex_etf  # theory imports problem; import here to avoid a cycle
-
     K, d, N = problem.num_classes, problem.feature_dim, problem.num_samples
     dtype = problem.jnp_dtype
     key_W, key_H = jax.random.split(key)

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ufm import fused, kernels, manifolds, metrics, theory
+from ufm import fused, kernels, manifolds, metrics, runner, theory
 from ufm.problem import (Hyper, Params, Problem, init_traced, mean_loss, objective,
                          representations, validate_hyper)
 
@@ -374,34 +374,6 @@ def optimum_values(problem: Problem, hypers: Hyper) -> tuple[list, np.ndarray]:
     return opts, np.array([np.nan if o is None else o.objective for o in opts])
 
 
-def _over_batch(fn, in_axes, width: int | None):
-    """`fn` over a leading configuration axis: one vmap over all of it (`width` None), or
-    `lax.map` over slices of `width` configurations, each slice vmapped (width > 1) or run
-    unbatched (width 1). On a CPU a vmapped matmul with a batch dimension of large operands runs
-    several times slower than the unbatched one (measured: 19.5 vs 3.8 ms per GD step at
-    (K, d, n) = (10, 512, 500)), so large problems go one at a time inside ONE compiled call.
-    The batch must be a multiple of `width` (callers pad)."""
-    if width is None:
-        return jax.vmap(fn, in_axes=in_axes)
-    inner = fn if width == 1 else jax.vmap(fn, in_axes=in_axes)
-
-    def mapped(*args):
-        batched = [a for a, ax in zip(args, in_axes) if ax is not None]
-        batch = jax.tree.leaves(batched)[0].shape[0]
-        split = (lambda x: x) if width == 1 else (
-            lambda x: x.reshape((batch // width, width) + x.shape[1:]))
-
-        def one(sliced):
-            it = iter(sliced)
-            return inner(*(next(it) if ax is not None else a for a, ax in zip(args, in_axes)))
-
-        out = jax.lax.map(one, jax.tree.map(split, batched))
-        merge = (lambda x: x) if width == 1 else (lambda x: x.reshape((batch,) + x.shape[2:]))
-        return jax.tree.map(merge, out)
-
-    return mapped
-
-
 @functools.lru_cache(maxsize=64)
 def _compiled_chunk(problem, solver, log_every, logs_per_chunk, batched, width=None,
                     fast_path=None):
@@ -418,21 +390,9 @@ def _compiled_chunk(problem, solver, log_every, logs_per_chunk, batched, width=N
         return state, _log_record(problem, solver, hyper, state, f_star)
 
     if batched:
-        chunk = _over_batch(chunk, (0, 0, 0, None, None, None), width)
-        start = _over_batch(start, (0, 0, 0, None, 0), width)
+        chunk = runner.over_batch(chunk, (0, 0, 0, None, None, None), width)
+        start = runner.over_batch(start, (0, 0, 0, None, 0), width)
     return jax.jit(start), jax.jit(chunk)
-
-
-def _chunking(num_logs: int, target_chunks: int = 10) -> tuple[int, int]:
-    """(logs per chunk, chunks): about `target_chunks` equal chunks with the least overshoot."""
-    best = None
-    for n_chunks in range(max(1, target_chunks - 3), target_chunks + 4):
-        per = math.ceil(num_logs / n_chunks)
-        chunks = math.ceil(num_logs / per)
-        waste = per * chunks - num_logs
-        if best is None or waste < best[0]:
-            best = (waste, per, chunks)
-    return best[1], best[2]
 
 
 def _as_key(key):
@@ -441,36 +401,13 @@ def _as_key(key):
     return key
 
 
-def _pad_batch(tree, batch: int, multiple: int):
-    """Pad the leading (configuration) axis to a multiple of `multiple` by repeating the last
-    configuration; callers drop the copies."""
-    padded = -(-batch // multiple) * multiple
-    if padded == batch:
-        return tree
-    return jax.tree.map(
-        lambda x: jnp.concatenate([x, jnp.repeat(x[-1:], padded - batch, axis=0)]), tree)
-
-
-def _shard_over_devices(tree):
-    """Shard the leading (configuration) axis, already a multiple of the local device count,
-    over a 1-D mesh "grid" (docs/design.md: scaling out). One device: unchanged."""
-    n_dev = jax.local_device_count()
-    if n_dev == 1:
-        return tree
-    # This process's devices only: with several hosts each process shards its own chunk.
-    mesh = jax.make_mesh((n_dev,), ("grid",), (jax.sharding.AxisType.Auto,),
-                         devices=jax.local_devices())
-    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("grid"))
-    return jax.device_put(tree, sharding)
-
-
 def _execute(problem, hyper, keys, f_star, *, solver, steps, log_every, tol, init_scale,
              start_params, progress, batched, batch_size, desc=None, width=None,
              fast_path=None):
     """Host loop over jitted chunks; returns host arrays of everything (a batch is sharded over
     the local devices and trimmed back to `batch_size`)."""
     num_logs = math.ceil(steps / log_every)
-    per_chunk, n_chunks = _chunking(num_logs)
+    per_chunk, n_chunks = runner.chunking(num_logs)
     n_dev = jax.local_device_count()
     if batched and n_dev > 1:
         width = None  # the configuration axis is sharded over devices: one vmap over it
@@ -481,13 +418,13 @@ def _execute(problem, hyper, keys, f_star, *, solver, steps, log_every, tol, ini
     if start_params is not None:
         start_params = jax.tree.map(lambda x: jnp.asarray(x, dtype), start_params)
     if batched:  # pad to whole slices (one device) or to a multiple of the devices, then shard
-        hyper, keys, f_star, start_params = _shard_over_devices(_pad_batch(
+        hyper, keys, f_star, start_params = runner.shard_over_devices(runner.pad_batch(
             (hyper, keys, f_star, start_params), batch_size, width or n_dev))
     state, first = start(hyper, keys, f_star, jnp.asarray(init_scale, dtype), start_params)
     trim = (lambda a: np.asarray(a)[:batch_size]) if batched else np.asarray
     records = [jax.tree.map(lambda a: trim(a)[..., None], first)]
     own_bar = not hasattr(progress, "update")
-    bar = (progress_bar(progress, total=steps * batch_size, desc=desc or f"{problem.loss} {solver}")
+    bar = (runner.progress_bar(progress, total=steps * batch_size, desc=desc or f"{problem.loss} {solver}")
            if own_bar else progress)
     done_steps = 0
     for c in range(n_chunks):
@@ -515,18 +452,6 @@ def _execute(problem, hyper, keys, f_star, *, solver, steps, log_every, tol, ini
     if batched:
         state = jax.tree.map(lambda a: a[:batch_size], state)
     return state, history
-
-
-def progress_bar(progress, total, desc):
-    import sys
-
-    if progress is None:
-        progress = sys.stderr.isatty()
-    if not progress:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="step", unit_scale=True, leave=False)
 
 
 def solve(problem: Problem, hyper: Hyper = Hyper(), *, key=0, steps: int = 10_000,
@@ -594,7 +519,7 @@ def solve_batch(problem: Problem, hypers: Hyper, keys, *, steps: int = 10_000,
 
     `width`: configurations per vmapped slice; None vmaps the whole batch, a smaller width runs
     `lax.map` over slices of that many inside the same compiled call (1: one configuration at a
-    time, the fast way for large problems on a CPU; see `ufm.grid.batch_width`). With several
+    time, the fast way for large problems on a CPU; see `ufm.runner.batch_width`). With several
     local devices the batch is sharded over them and vmapped whole.
 
     `hypers` fields are scalars or arrays of a common length B; `keys` is a batch of B keys or

@@ -9,37 +9,13 @@ import dataclasses
 import math
 from typing import NamedTuple
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-from ufm.problem import Hyper, Params, Problem
-
-
-def helmert_basis(K: int) -> np.ndarray:
-    """Orthonormal basis (K, K-1) of the hyperplane orthogonal to the all-ones vector."""
-    U = np.zeros((K, K - 1))
-    for j in range(1, K):
-        U[:j, j - 1] = 1.0
-        U[j, j - 1] = -j
-        U[:, j - 1] /= math.sqrt(j * (j + 1))
-    return U
-
-
-def simplex_etf(K: int, d: int) -> np.ndarray:
-    """Unit-norm simplex ETF (K, d): W W^T = (K/(K-1)) (I - 11^T/K), needs d >= K-1.
-
-    Rows are the centred standard basis, rescaled, written in the Helmert basis and padded with
-    zeros to d coordinates (Papyan et al. 2020, Definition 1).
-    """
-    if d < K - 1:
-        raise ValueError(f"feature_dim={d} is not allowed for a simplex ETF: need d >= K-1={K - 1}")
-    centred = np.eye(K) - 1.0 / K
-    rows = centred @ helmert_basis(K) / math.sqrt((K - 1) / K)  # (K, K-1), unit rows
-    return np.pad(rows, ((0, 0), (0, d - (K - 1))))
-
-
-def etf_gram(K: int) -> np.ndarray:
-    """Normalized simplex-ETF Gram E = (I - 11^T/K) / sqrt(K-1), ||E||_F = 1."""
-    return (np.eye(K) - 1.0 / K) / math.sqrt(K - 1)
+from ufm.losses import LOSSES
+from ufm.frames import etf_gram, helmert_basis, simplex_etf  # noqa: F401  (closed forms use them)
+from ufm.problem import Hyper, Params, Problem, logit_gradient, x64_scope
 
 
 class Optimum(NamedTuple):
@@ -254,11 +230,6 @@ def optimal_bias(problem: Problem, hyper: Hyper, Z=None) -> np.ndarray:
     """argmin_b (1/N) sum_i L((z_i + b)/tau, y_i) + lam_b/2 ||b||^2 for fixed logits Z (default
     Z = 0, the origin), by Newton's method in float64 (convex for CE, LS and MSE; from b = 0,
     which is already optimal for balanced CE-type losses). Zero when the problem has no bias."""
-    import jax
-    import jax.numpy as jnp
-
-    from ufm.problem import x64_scope
-
     K, N = problem.num_classes, problem.num_samples
     if not problem.bias:
         return np.zeros(K)
@@ -266,8 +237,6 @@ def optimal_bias(problem: Problem, hyper: Hyper, Z=None) -> np.ndarray:
         hyper64 = hyper.astype(jnp.float64)
         Z0 = jnp.zeros((K, N)) if Z is None else jnp.asarray(Z, jnp.float64)
         Y = jax.nn.one_hot(problem.labels, K, dtype=jnp.float64).T
-        from ufm.losses import LOSSES
-
         def g(b):
             loss = jnp.mean(LOSSES[problem.loss]((Z0 + b[:, None]) / hyper64.tau, Y, hyper64))
             return loss + 0.5 * hyper64.lam_b * jnp.sum(b**2)
@@ -287,23 +256,6 @@ def origin(problem: Problem, hyper: Hyper) -> Params:
     weight-decay UFM; a strict saddle iff sqrt(lam_W lam_H) < c_L/(K sqrt(n)) (balanced)."""
     K, d, N = problem.num_classes, problem.feature_dim, problem.num_samples
     return _params(np.zeros((K, d)), np.zeros((d, N)), optimal_bias(problem, hyper))
-
-
-def rank_r_critical_point(problem: Problem, hyper: Hyper, rank: int, *, key=0,
-                          steps: int = 5000) -> Params:
-    """A critical point with rank W = r: solve the same UFM with feature dimension r (float64,
-    L-BFGS, to a gradient norm of 1e-12), then pad W and H with zeros up to d. For r < K-1 it is
-    a strict saddle of the full problem with (d-r)(K-1-r) negative eigenvalues."""
-    from ufm.solvers import solve  # solvers imports theory for the closed forms
-
-    if not 1 <= rank < problem.feature_dim:
-        raise ValueError(f"rank={rank} is not allowed: an integer in [1, feature_dim)")
-    small = dataclasses.replace(problem, feature_dim=rank, dtype="float64")
-    res = solve(small, hyper, key=key, steps=steps, log_every=steps, tol=1e-12, solver="lbfgs")
-    pad = problem.feature_dim - rank
-    W = np.pad(np.asarray(res.params.W), ((0, 0), (0, pad)))
-    H = np.pad(np.asarray(res.params.H), ((0, pad), (0, 0)))
-    return _params(W, H, res.params.b)
 
 
 def mse_saddle(problem: Problem, hyper: Hyper, rank: int) -> Params:
@@ -352,11 +304,6 @@ def negative_curvature_direction(problem: Problem, hyper: Hyper, params: Params)
     curvature; the Rayleigh quotient along Delta is lam_bar - sqrt(dlam^2 + sigma_1(G)^2).
 
     Returns (direction as Params, predicted curvature)."""
-    import jax
-    import jax.numpy as jnp
-
-    from ufm.problem import logit_gradient, x64_scope
-
     if problem.geometry != "wd":
         raise ValueError("negative_curvature_direction is for the weight-decay geometry")
     W = np.asarray(params.W, np.float64)
@@ -410,25 +357,7 @@ def origin_eig_min(problem: Problem, hyper: Hyper) -> float | None:
     return (lam_W + lam_H) / 2 - math.sqrt(((lam_W - lam_H) / 2) ** 2 + sigma**2)
 
 
-# ------------------------------------------------------- generalized NC: softmax and Tammes codes
-
-
-class Code(NamedTuple):
-    """A configuration of K unit vectors in R^d: W (K, d), its minimum one-vs-rest distance
-    (the GNC margin) and its minimum pairwise distance (the Tammes value)."""
-
-    W: np.ndarray
-    margin: float
-    tammes: float
-
-
-def _code(W) -> Code:
-    from ufm import metrics
-
-    W = np.asarray(W, np.float64)
-    W = W / np.linalg.norm(W, axis=1, keepdims=True)
-    return Code(W, float(np.min(metrics.one_vs_rest_margins(W))),
-                metrics.min_pairwise_distance(W))
+# ------------------------------------------------------- generalized NC: the softmax code
 
 
 def known_code_margin(K: int, d: int) -> float | None:
@@ -440,71 +369,3 @@ def known_code_margin(K: int, d: int) -> float | None:
     if d == 2:
         return 1.0 - math.cos(2.0 * math.pi / K)
     return None
-
-
-def softmax_code(K: int, d: int, *, starts: int = 16, seed: int = 0,
-                 taus=(0.1, 0.03, 0.01, 0.003), steps: int = 1500) -> Code:
-    """The softmax code (Jiang et al. 2024): K unit vectors in R^d maximizing the minimum
-    one-vs-rest distance min_k dist(w_k, conv{w_j : j != k}).
-
-    It is the tau -> 0 limit of the sphere-constrained CE UFM with one free feature per class:
-    max over unit h of min_j (w_k - w_j).h is exactly dist(w_k, conv{w_j}). So: `starts` random
-    starts of that UFM solved together (one vmapped L-BFGS call per temperature, each
-    temperature starting where the previous ended), the exact margin of every end point by QP,
-    the best kept. For K <= d + 1 it is the simplex ETF (margin K/(K-1))."""
-    from ufm.problem import Hyper as _Hyper
-    from ufm.problem import Problem as _Problem
-    from ufm.solvers import solve_batch
-
-    problem = _Problem(num_classes=K, feature_dim=d, n_per_class=1, geometry="sphere",
-                       bias=False, dtype="float64")
-    seeds = [seed * 100_003 + i for i in range(starts)]
-    start = None
-    for tau in taus:
-        hypers = _Hyper(tau=np.full(starts, float(tau)))
-        result = solve_batch(problem, hypers, seeds, solver="lbfgs", steps=steps,
-                             log_every=steps, tol=1e-12, start=start, progress=False)
-        start = result.params
-    codes = [_code(np.asarray(start.W)[i]) for i in range(starts)]
-    return max(codes, key=lambda c: c.margin)
-
-
-def tammes_code(K: int, d: int, *, starts: int = 32, seed: int = 0,
-                temperatures=(0.05, 0.01, 0.002), steps: int = 2000) -> Code:
-    """The Tammes code: K unit vectors in R^d maximizing the minimum pairwise distance.
-    Minimizes the soft maximum t log sum_{j<k} exp(cos(w_j, w_k)/t) over the sphere by
-    Riemannian Adam from `starts` random starts (vmapped), lowering t; the best kept."""
-    import jax
-    import jax.numpy as jnp
-    import optax
-
-    with jax.enable_x64(True):
-        mask = jnp.asarray(np.triu(np.ones((K, K), bool), 1))
-
-        def soft_max_cos(W, t):
-            Wn = W / jnp.linalg.norm(W, axis=1, keepdims=True)
-            cos = Wn @ Wn.T
-            return t * jax.nn.logsumexp(jnp.where(mask, cos / t, -jnp.inf))
-
-        def run(W, t):
-            tx = optax.adam(1e-2)
-
-            def step(carry, _):
-                W, state = carry
-                g = jax.grad(soft_max_cos)(W, t)
-                g = g - W * jnp.sum(W * g, axis=1, keepdims=True)  # tangent part
-                updates, state = tx.update(g, state)
-                W = W + updates
-                return (W / jnp.linalg.norm(W, axis=1, keepdims=True), state), None
-
-            (W, _), _ = jax.lax.scan(step, (W, tx.init(W)), None, length=steps)
-            return W
-
-        run = jax.jit(jax.vmap(run, in_axes=(0, None)))
-        W = jax.random.normal(jax.random.key(seed), (starts, K, d), jnp.float64)
-        W = W / jnp.linalg.norm(W, axis=2, keepdims=True)
-        for t in temperatures:
-            W = run(W, t)
-        W = np.asarray(W)
-    codes = [_code(W[i]) for i in range(starts)]
-    return max(codes, key=lambda c: c.tammes)

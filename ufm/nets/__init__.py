@@ -6,9 +6,9 @@ metrics (`ufm.metrics`), losses (`ufm.losses`), results folders, plots and CLI.
     model = nets.models.build("mlp", input_shape=data.input_shape, num_classes=10)
     result = nets.train(model, data, nets.TrainSettings(epochs=50))
 """
-from ufm.nets import data, models
-from ufm.nets.train import (TrainResult, TrainSettings, evaluate, features, representations,
-                             train)
+from ufm.nets import data, models, training
+from ufm.nets.training import (TrainResult, TrainSettings, evaluate, features,
+                                representations, train)
 
-__all__ = ["data", "models", "train", "TrainSettings", "TrainResult", "evaluate", "features",
+__all__ = ["data", "models", "training", "train", "TrainSettings", "TrainResult", "evaluate", "features",
            "representations"]

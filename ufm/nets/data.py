@@ -22,6 +22,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ufm.config import InputError
+
 DATASETS = ("digits", "mnist", "cifar10", "gaussian")
 VARIANTS = ("none", "random_labels", "random_inputs")
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
@@ -44,7 +46,7 @@ class Dataset(NamedTuple):
         return self.x_train.shape[1:]
 
 
-class DatasetFilesMissing(FileNotFoundError):
+class DatasetFilesMissing(InputError, FileNotFoundError):
     """The files of a dataset the user must provide are not where they were looked for."""
 
 
@@ -118,9 +120,28 @@ def mnist(path, image: bool = False) -> Dataset:
     return Dataset("mnist", x_tr, y_tr.astype(np.int32), x_te, y_te.astype(np.int32), 10)
 
 
+class _CifarUnpickler(pickle.Unpickler):
+    """Builds only what a CIFAR-10 python batch holds (dicts, lists, bytes and numpy arrays):
+    a crafted file cannot run code (the standard unpickler calls any function a file names)."""
+
+    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"),
+               ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+               ("_codecs", "encode")}
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a CIFAR-10 batch (only "
+                                     "numpy arrays, lists, dicts and bytes are read)")
+
+
 def _cifar_batch(file: Path):
     with open(file, "rb") as f:
-        batch = pickle.load(f, encoding="bytes")
+        try:
+            batch = _CifarUnpickler(f, encoding="bytes").load()
+        except pickle.UnpicklingError as err:
+            raise InputError(f"{file}: {err}") from None
     data = batch.get(b"data", batch.get("data"))
     labels = batch.get(b"labels", batch.get("labels"))
     if data is None or labels is None:

@@ -23,6 +23,7 @@ import dataclasses
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 
 import jax
@@ -32,10 +33,10 @@ import optax
 from flax import nnx
 
 from ufm import losses as _losses
-from ufm import metrics
-from ufm.problem import Hyper
+from ufm import metrics, results, runner
+from ufm.problem import Hyper, validate_hyper
 
-OPTIMIZERS = ("sgd", "momentum", "adam")
+OPTIMIZERS = ("gd", "momentum", "adam")  # the names of `ufm.solvers`
 SCHEDULES = ("constant", "cosine", "step")
 CHECKPOINT = "checkpoint.npz"
 
@@ -81,8 +82,6 @@ class TrainSettings:
         for name in ("momentum", "cmf_momentum"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"train.{name}={getattr(self, name)!r} is not allowed: in [0, 1)")
-        from ufm.problem import validate_hyper
-
         validate_hyper(self.hyper)
 
     def to_json(self) -> str:
@@ -94,7 +93,7 @@ class TrainSettings:
 @dataclasses.dataclass
 class TrainResult:
     """The trained model, its history (dict of arrays, one entry per evaluation; "iteration"
-    counts epochs; "layer_nc1" is (evaluations, layers)) and the final evaluation."""
+    counts epochs; "nc1_layers" is (evaluations, layers)) and the final evaluation."""
 
     model: nnx.Module
     history: dict
@@ -114,7 +113,7 @@ def _schedule(s: TrainSettings, steps_per_epoch: int):
 
 def _optimizer(s: TrainSettings, steps_per_epoch: int) -> optax.GradientTransformation:
     lr = _schedule(s, steps_per_epoch)
-    if s.optimizer == "sgd":
+    if s.optimizer == "gd":
         return optax.sgd(lr)
     if s.optimizer == "momentum":
         return optax.sgd(lr, momentum=s.momentum)
@@ -213,7 +212,7 @@ def evaluate(model, data, layer_samples: int = 1000) -> dict:
     out.update({k: float(v) for k, v in nc.items()})
     take = _stratified(data.y_train, layer_samples, K)
     layers = representations(model, data.x_train[take])
-    out["layer_nc1"] = np.array([float(metrics.nc1(jnp.asarray(r.T), jnp.asarray(data.y_train[take]),
+    out["nc1_layers"] = np.array([float(metrics.nc1(jnp.asarray(r.T), jnp.asarray(data.y_train[take]),
                                                    K)) for r in layers])
     return out
 
@@ -224,31 +223,38 @@ def _stratified(y, n, K) -> np.ndarray:
 
 
 def _save_checkpoint(path: Path, settings_json: str, epoch: int, model, optimizer, history):
+    """The training state as a numpy archive with its metadata as JSON (the results folder's
+    format, written atomically: `ufm.results.write_arrays`)."""
     arrays = {f"model_{i}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(nnx.state(model)))}
     arrays.update({f"opt_{i}": np.asarray(x)
                    for i, x in enumerate(jax.tree.leaves(nnx.state(optimizer)))})
     meta = json.dumps({"settings": settings_json, "epoch": epoch,
                        "history": {k: np.asarray(v).tolist() for k, v in history.items()}})
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, meta=np.array(meta), **arrays)
-    tmp.replace(path)
+    results.write_arrays(path, {"meta": np.frombuffer(meta.encode(), np.uint8), **arrays})
 
 
 def _load_checkpoint(path: Path, settings_json: str, model, optimizer):
-    """(epoch, history) from a checkpoint of the same settings, or None."""
+    """(epoch, history) from a checkpoint of the same settings, or None. A damaged checkpoint
+    is named in a warning and training starts over; one of other settings is refused."""
     if not path.is_file():
         return None
-    with np.load(path) as data:
-        meta = json.loads(str(data["meta"]))
-        if meta["settings"] != settings_json:
-            raise ValueError(f"{path} is a checkpoint of other settings; remove it or choose "
-                             "another out folder")
-        for obj, prefix in ((model, "model"), (optimizer, "opt")):
-            state = nnx.state(obj)
-            leaves, treedef = jax.tree.flatten(state)
-            new = [jnp.asarray(data[f"{prefix}_{i}"], dtype=leaf.dtype)
-                   for i, leaf in enumerate(leaves)]
-            nnx.update(obj, jax.tree.unflatten(treedef, new))
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            files = {k: data[k] for k in data.files}
+        meta = json.loads(files["meta"].tobytes().decode())
+    except Exception as err:  # noqa: BLE001 (any damage means: start over)
+        warnings.warn(f"{path}: damaged training checkpoint ({type(err).__name__}: {err}); "
+                      "training starts over", stacklevel=2)
+        return None
+    if meta["settings"] != settings_json:
+        raise ValueError(f"{path} is a checkpoint of other settings; remove it or choose "
+                         "another out folder")
+    for obj, prefix in ((model, "model"), (optimizer, "opt")):
+        state = nnx.state(obj)
+        leaves, treedef = jax.tree.flatten(state)
+        new = [jnp.asarray(files[f"{prefix}_{i}"], dtype=leaf.dtype)
+               for i, leaf in enumerate(leaves)]
+        nnx.update(obj, jax.tree.unflatten(treedef, new))
     history = {k: np.asarray(v) for k, v in meta["history"].items()}
     return meta["epoch"], history
 
@@ -280,9 +286,7 @@ def train(model: nnx.Module, data, settings: TrainSettings = TrainSettings(), *,
         if loaded is not None:
             done, history = loaded
             first_epoch = done + 1
-    from ufm.solvers import progress_bar
-
-    bar = progress_bar(progress, settings.epochs, "train")
+    bar = runner.progress_bar(progress, settings.epochs, "train")
     if bar is not None:
         bar.update(first_epoch - 1)
     x_all, y_all = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
@@ -321,4 +325,4 @@ def _record(history: dict, epoch: int, train_loss: float, evaluation: dict) -> N
     push("iteration", epoch)
     push("train_loss", train_loss)
     for key, value in evaluation.items():
-        push(key, np.asarray(value).tolist() if key == "layer_nc1" else value)
+        push(key, np.asarray(value).tolist() if key == "nc1_layers" else value)

@@ -1,0 +1,72 @@
+"""Text tables and row labels shared by the kinds' summaries and figures."""
+from __future__ import annotations
+
+import numpy as np
+
+from ufm.problem import Hyper
+
+PROBLEM_COLUMNS = ("num_classes", "feature_dim", "n_per_class", "class_counts", "loss",
+                   "geometry", "bias", "classifier", "dtype", "label_sets", "set_counts",
+                   "depth", "activation")
+# The columns of a UFM results table that describe a configuration (besides its seed).
+CONFIG_COLUMNS = PROBLEM_COLUMNS + Hyper._fields + ("solver",)
+NET_SECTIONS = ("data", "model", "train")
+
+
+def fmt(value) -> str:
+    """A cell of a summary: numbers to 3 significant digits."""
+    if isinstance(value, (float, np.floating)):
+        return "nan" if np.isnan(value) else f"{value:.2e}"
+    return str(value)
+
+
+def label_value(value) -> str:
+    """A configuration value in a row label: numbers to 4 significant digits."""
+    if isinstance(value, (float, np.floating)):
+        return f"{float(value):.4g}"
+    return str(value)
+
+
+def format_table(header, lines) -> list[str]:
+    widths = [max(len(r[j]) for r in [header] + lines) for j in range(len(header))]
+    out = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
+    return out + ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in lines]
+
+
+def counts(values) -> str:
+    """'3 converged, 1 diverged'."""
+    values = [str(v) for v in values]
+    return ", ".join(f"{values.count(v)} {v}" for v in dict.fromkeys(values))
+
+
+def _all_balanced(table) -> bool:
+    n = table.get("n_per_class")
+    return n is not None and np.issubdtype(np.asarray(n).dtype, np.number) and not np.any(
+        np.isnan(np.asarray(n, float)))
+
+
+def series_labels(table: dict) -> tuple[list[str], list[str]]:
+    """(label per row, the columns that tell series apart): the configuration fields that vary
+    across the table, seeds excluded. UFM tables and network tables ("section.key" columns)."""
+    n_rows = len(table["row"])
+    if any("." in c and c.split(".")[0] in NET_SECTIONS for c in table):
+        varying = net_varying_columns(table)
+        labels = [", ".join(f"{c.split('.')[-1]}={label_value(table[c][i])}" for c in varying)
+                  or "run" for i in range(n_rows)]
+        return labels, varying
+    candidates = [c for c in CONFIG_COLUMNS if c in table]
+    varying = [c for c in candidates if len({str(v) for v in table[c]}) > 1]
+    if "class_counts" in varying and _all_balanced(table):
+        varying.remove("class_counts")  # n_per_class and num_classes already tell them apart
+    labels = [", ".join(f"{c}={label_value(table[c][i])}" for c in varying) or "run"
+              for i in range(n_rows)]
+    if varying == ["loss"]:
+        labels = [str(v) for v in table["loss"]]
+    return labels, varying
+
+
+def net_varying_columns(table: dict, seeds: bool = False) -> list[str]:
+    """The configuration columns of a network table ("section.key", and "seed" if asked) that
+    differ across rows."""
+    prefixes = NET_SECTIONS + (("seed",) if seeds else ())
+    return [c for c in table if c.split(".")[0] in prefixes and len({str(v) for v in table[c]}) > 1]
