@@ -351,7 +351,9 @@ def precision_check():
     prob = ufm.Problem(num_classes=10, feature_dim=32, n_per_class=50)
     hyp = ufm.Hyper(lam_W=LAM, lam_H=LAM, lam_b=LAM, lr=1.0)
     steps = 30_000
-    out = {"highest": float(ufm.solve(prob, hyp, steps=steps, log_every=steps).history["rel_gap"][-1])}
+    out = {
+        "highest": float(ufm.solve(prob, hyp, steps=steps, log_every=steps).history["rel_gap"][-1])
+    }
     run = jax.jit(ufm.make_run(prob, steps=steps, log_every=steps, tol=1e-6))
     f_star = ufm.theory.optimum(prob, hyp).objective
     with jax.default_matmul_precision("default"):  # outside ufm's scope: JAX's default

@@ -4,10 +4,11 @@ the check that a refactoring of the run machinery changed no number.
     python benchmarks/kind_tables.py record DIR            # run each file quickly, keep its table
     python benchmarks/kind_tables.py compare BEFORE AFTER  # cell by cell, timing columns aside
 
-Each file runs through the `ufm` command with the settings in QUICK merged into it (few steps,
-one seed, few starts, two epochs), so the whole set takes minutes on a CPU. `compare` prints, per file, the
-number of rows and columns compared and the largest relative difference of a number; text
-cells must be equal. Columns renamed since the recording are matched through RENAMED.
+Each file runs through the `ufm` command with the settings in QUICK merged into it (few
+steps, one seed, few starts, two epochs), so the whole set takes minutes on a CPU. `compare`
+prints, per file, the number of rows and columns compared and the largest relative difference
+of a number; text cells must be equal. Columns renamed since the recording are matched through
+RENAMED.
 """
 from __future__ import annotations
 

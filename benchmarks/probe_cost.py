@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import ufm
-from ufm import landscape, points, theory
+from ufm import landscape, points
 
 SIZES = [(10, 16, 6), (10, 32, 30), (10, 64, 150), (10, 128, 780)]  # (K, d, n)
 HYPER = ufm.Hyper(lam_W=1e-3, lam_H=1e-3, lam_b=1e-3)  # origin a strict saddle at every size

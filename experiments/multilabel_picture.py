@@ -35,8 +35,17 @@ def main() -> None:
     hyper = ufm.Hyper(lam_W=1e-3, lam_H=1e-3, lam_b=1e-3, lr=0.5)
     snapshots, done, params = [], 0, None
     for name, steps in STAGES:
-        result = ufm.solve(problem, hyper, key=args.seed, steps=steps - done, log_every=steps - done,
-                           solver="gd", tol=1e-10, start=params, init_scale=0.3)
+        result = ufm.solve(
+            problem,
+            hyper,
+            key=args.seed,
+            steps=steps - done,
+            log_every=steps - done,
+            solver="gd",
+            tol=1e-10,
+            start=params,
+            init_scale=0.3,
+        )
         params, done = result.params, steps
         found = ufm.metrics.multilabel_metrics(params.W, params.H, problem.sample_sets,
                                                problem.label_sets, params.b)

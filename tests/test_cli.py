@@ -5,8 +5,8 @@ import sys
 import numpy as np
 import pytest
 
-from ufm import cli, config, results
 import ufm
+from ufm import cli, results
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +19,9 @@ def default_run(tmp_path_factory):
 
 def test_default_run_reaches_neural_collapse_for_every_loss(default_run):
     table, history = results.load_results(default_run)
-    table = results.read_table(default_run / results.RESULTS)  # numpy columns whether or not pandas exists
+    table = results.read_table(
+        default_run / results.RESULTS
+    )  # numpy columns whether or not pandas exists
     assert sorted(set(table["loss"])) == ["ce", "focal", "ls", "mse"]
     assert len(table["row"]) == 12 and set(table["seed"]) == {0, 1, 2}
     assert "diverged" not in set(table["status"])

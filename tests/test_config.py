@@ -2,8 +2,8 @@ import textwrap
 
 import pytest
 
-from ufm import config
 import ufm
+from ufm import config
 
 GOOD = """
 name = "tiny"
@@ -154,6 +154,8 @@ def test_solver_can_advance_in_a_zip(tmp_path):
         """))
     assert {(c.solver, c.hyper.lr) for c in ufm.grid.configurations(exp)} == {("gd", 1.0),
                                                                             ("adam", 0.01)}
-    assert ufm.experiment.load(_write(tmp_path, ufm.experiment.dumps(exp))).to_dict() == exp.to_dict()
+    assert (
+        ufm.experiment.load(_write(tmp_path, ufm.experiment.dumps(exp))).to_dict() == exp.to_dict()
+    )
     with pytest.raises(config.ConfigError, match="solver.name='sgd'"):
         ufm.experiment.load(_write(tmp_path, '[[zip]]\nsolver = ["gd", "sgd"]\nlr = [1.0, 1.0]'))

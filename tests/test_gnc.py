@@ -5,8 +5,8 @@ import itertools
 import numpy as np
 import pytest
 
-from ufm import codes, host_metrics, theory
 import ufm
+from ufm import codes, host_metrics, theory
 
 
 def _brute_force_distance(P):
@@ -85,15 +85,23 @@ def test_tammes_code_for_twelve_points_is_the_icosahedron():
 def test_grid_rows_carry_gnc_columns_that_reach_the_known_codes(tmp_path):
     """A sphere grid with d < K-1: every row gets the exact-QP margin, and at a small
     temperature the learned classifiers reach the softmax code (d = 2: the regular K-gon)."""
-    from ufm import config, grid, results, plots
+    from ufm import plots, results
 
-    exp = ufm.experiment.resolve({
-        "name": "gnc-grid",
-        "problem": {"num_classes": 6, "feature_dim": 2, "n_per_class": 2, "geometry": "sphere", "dtype": "float64"},
-        "hyper": {"tau": [0.5, 0.05]},
-        "solver": {"name": "lbfgs", "steps": 200, "log_every": 50, "tol": 1e-14},
-        "run": {"seeds": [0]},
-    })
+    exp = ufm.experiment.resolve(
+        {
+            "name": "gnc-grid",
+            "problem": {
+                "num_classes": 6,
+                "feature_dim": 2,
+                "n_per_class": 2,
+                "geometry": "sphere",
+                "dtype": "float64",
+            },
+            "hyper": {"tau": [0.5, 0.05]},
+            "solver": {"name": "lbfgs", "steps": 200, "log_every": 50, "tol": 1e-14},
+            "run": {"seeds": [0]},
+        }
+    )
     ufm.run(exp, out=tmp_path, progress=False)
     table = results.read_table(tmp_path / results.RESULTS)
     for i in range(len(table["row"])):

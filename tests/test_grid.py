@@ -2,9 +2,8 @@ import json
 
 import numpy as np
 
-from ufm import config, grid, results
 import ufm
-from ufm import runner
+from ufm import grid, results, runner
 
 
 def test_grid_groups_by_problem_and_solver_and_keeps_zip_pairs(tmp_path):
@@ -141,13 +140,14 @@ def test_batch_width_follows_problem_size(monkeypatch):
     # Chunks: whole groups while memory allows (a multiple of the width), cut beyond it.
     assert runner.chunk_size(small, 10, width=4) == 12  # whole group, padded to the width
     assert runner.chunk_size(small, 10**6) == 4082  # 245 equal chunks of at most MAX_CHUNK
-    assert runner.chunk_size(large, 10**6) * runner.config_bytes(large) <= runner._memory_bytes(None)
+    assert runner.chunk_size(large, 10**6) * runner.config_bytes(large) <= runner._memory_bytes(
+        None
+    )
     monkeypatch.setattr(runner, "_memory_bytes", lambda device: 5.5 * runner.config_bytes(large))
     assert runner.chunk_size(large, 100) == 5 and runner.chunk_size(large, 100, width=2) == 4
 
 
 def test_grid_figures_pick_their_axes(tmp_path):
-    from ufm import plots
 
     exp = ufm.experiment.resolve({
         "problem": {"num_classes": 3, "feature_dim": 3, "n_per_class": 2, "loss": ["ce", "mse"]},

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import ufm
-from ufm import host_metrics, metrics, oracle, theory
+from ufm import host_metrics, oracle, theory
 
 
 @pytest.mark.parametrize("loss,counts,lam_b", [
@@ -93,7 +93,7 @@ def test_oracle_refuses_what_it_cannot_solve():
 
 
 def test_grid_rows_carry_the_oracle_and_the_collapse_ratio(tmp_path):
-    from ufm import config, grid, results
+    from ufm import results
 
     exp = ufm.experiment.resolve({
         "name": "imbalance-grid",

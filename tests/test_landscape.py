@@ -127,7 +127,9 @@ def test_negative_curvature_direction_has_the_predicted_rayleigh_quotient(x64):
     quotient = sum(float(jnp.sum(a * b)) for a, b in zip(jax.tree.leaves(Hd),
                                                          jax.tree.leaves(as_jnp(direction))))
     assert quotient == pytest.approx(curvature, rel=1e-10) and curvature < 0
-    assert sum(float(np.sum(np.square(x))) for x in jax.tree.leaves(direction)) == pytest.approx(1.0)
+    assert sum(float(np.sum(np.square(x))) for x in jax.tree.leaves(direction)) == pytest.approx(
+        1.0
+    )
 
 
 @pytest.mark.parametrize("loss", ["ce", "ls", "focal", "mse"])
@@ -137,7 +139,9 @@ def test_optimum(loss):
     assert p.n_negative == 0 and p.eig_min > -1e-12
     assert p.n_zero == p.n_symmetry == (K - 1) * (2 * D - (K - 1) - 1) // 2
     assert p.eig_min_off_symmetry == pytest.approx(min(LAM_W, LAM_H), rel=1e-8)
-    expected = "global min (certified)" if loss != "focal" else "second-order stationary (local min)"
+    expected = (
+        "global min (certified)" if loss != "focal" else "second-order stationary (local min)"
+    )
     assert p.verdict == expected
 
 
@@ -206,9 +210,9 @@ def test_sphere_collapsed_point(tau):
 
 def test_probe_batch_equals_probe_one_by_one():
     prob, hyp = _problem(), _hyper()
-    points = [theory.origin(prob, hyp), points.rank_r_critical_point(prob, hyp, 1),
-              theory.optimum_point(prob, hyp), _random_point(prob, 4)]
-    stacked = jax.tree.map(lambda *xs: np.stack(xs), *points)
+    candidates = [theory.origin(prob, hyp), points.rank_r_critical_point(prob, hyp, 1),
+                  theory.optimum_point(prob, hyp), _random_point(prob, 4)]
+    stacked = jax.tree.map(lambda *xs: np.stack(xs), *candidates)
     batch = landscape.probe_batch(prob, hyp, stacked)
     for i, point in enumerate(points):
         single = landscape.probe(prob, hyp, point)

@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from ufm import cli, config, grid, results, plots, theory
-from ufm.problem import Hyper, Problem
 import ufm
+from ufm import config, results, theory
+from ufm.problem import Hyper, Problem
 
 TINY = {"num_classes": 3, "feature_dim": 3, "n_per_class": 2, "dtype": "float64"}
 

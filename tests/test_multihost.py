@@ -1,5 +1,6 @@
-"""Two processes on 127.0.0.1 (JAX's multi-controller runtime, gloo collectives on CPU) run a
-grid between them; process 0's table equals a one-process run's."""
+"""Two processes on 127.0.0.1 (JAX's multi-controller runtime, gloo collectives on CPU) run an
+experiment between them (a grid, a landscape experiment, a network experiment); process 0 writes
+one folder whose table equals a one-process run's (this process)."""
 import os
 import socket
 import subprocess
@@ -8,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from ufm import results, multihost
 import ufm
+from ufm import multihost, results
 
 GRID = """
 name = "two_hosts"
@@ -51,20 +52,74 @@ def _table(path):
     return {k: v for k, v in table.items() if k != "seconds"}
 
 
-def test_two_processes_write_the_one_process_table(tmp_path):
-    exp = tmp_path / "grid.toml"
-    exp.write_text(GRID)
+LANDSCAPE = """
+kind = "origin_phase"
+name = "two_hosts_landscape"
+[problem]
+num_classes = 3
+feature_dim = 3
+n_per_class = 2
+dtype = "float64"
+[hyper]
+lam_W = [5e-3, 1e-2, 2e-2]
+lam_H = 5e-3
+lam_b = 0.0
+[solver]
+name = "lbfgs"
+steps = 200
+log_every = 100
+[landscape]
+ratios = [0.5, 2.0]
+"""
+
+NET = """
+kind = "net"
+name = "two_hosts_net"
+[data]
+name = "gaussian"
+gaussian_dim = 6
+n_train = 8
+[model]
+width = 12
+depth = 2
+head = ["learned", "etf", "cmf"]
+[train]
+epochs = 2
+eval_every = 1
+batch_size = 8
+layer_samples = 24
+"""
+
+
+def _two_processes(file, out):
     port = _free_port()
-    procs = [_ufm([str(exp), "--out", str(tmp_path / "two"), "--coordinator",
-                   f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)])
-             for i in range(2)]
+    procs = [_ufm([str(file), "--out", str(out), "--coordinator", f"127.0.0.1:{port}",
+                   "--num-processes", "2", "--process-id", str(i)]) for i in range(2)]
     outputs = [p.communicate(timeout=300) for p in procs]
     for p, (_, err) in zip(procs, outputs):
         assert p.returncode == 0, err
     assert "on 2 processes" in outputs[0][1]
-    single = _ufm([str(exp), "--out", str(tmp_path / "one")])
-    _, err = single.communicate(timeout=300)
-    assert single.returncode == 0, err
+    # only process 0 wrote: no temporary or second copy of anything
+    assert not [f for f in out.rglob("*") if ".tmp" in f.name]
+
+
+@pytest.mark.parametrize("text", [LANDSCAPE, NET], ids=["landscape", "net"])
+def test_two_processes_write_one_folder_of_any_kind(tmp_path, text):
+    file = tmp_path / "experiment.toml"
+    file.write_text(text)
+    _two_processes(file, tmp_path / "two")
+    ufm.run(file, out=tmp_path / "one", progress=False)
+    one, two = _table(tmp_path / "one"), _table(tmp_path / "two")
+    assert list(one) == list(two) and len(one["row"]) >= 3
+    for key in one:
+        assert list(map(str, one[key])) == list(map(str, two[key])), key
+
+
+def test_two_processes_write_the_one_process_table(tmp_path):
+    exp = tmp_path / "grid.toml"
+    exp.write_text(GRID)
+    _two_processes(exp, tmp_path / "two")
+    ufm.run(exp, out=tmp_path / "one", progress=False)
     one, two = _table(tmp_path / "one"), _table(tmp_path / "two")
     assert list(one) == list(two) and len(one["row"]) == 24
     for key in one:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import ufm
-from ufm import config, grid, results, metrics
+from ufm import config, metrics, results
 from ufm.problem import multilabel_sets
 
 
@@ -84,8 +84,8 @@ def test_label_sets_are_checked():
     with pytest.raises(ValueError, match="set_counts"):
         ufm.Problem(num_classes=2, feature_dim=3, label_sets=((0,), (1,)), set_counts=(1,))
     with pytest.raises(ValueError, match="label sets, not one label"):
-        ufm.Problem(num_classes=2, feature_dim=3, label_sets=((0,), (1,)),
-                    set_counts=(1, 1)).labels
+        _ = ufm.Problem(num_classes=2, feature_dim=3, label_sets=((0,), (1,)),
+                        set_counts=(1, 1)).labels  # the property raises
     with pytest.raises(config.ConfigError, match="problem.multiplicity_counts"):
         ufm.grid.configurations(ufm.experiment.resolve({"problem": {"num_classes": 3,
                                                           "multiplicity_counts": [0, 2]}}))

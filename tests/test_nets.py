@@ -236,6 +236,8 @@ def test_net_zip_advances_fields_together():
     assert pairs == [("ce", 0.1, 0), ("ce", 0.1, 1), ("mse", 0.01, 0), ("mse", 0.01, 1)]
     import tomllib
 
-    assert experiment.resolve(tomllib.loads(experiment.dumps(exp))) == exp  # config.toml round-trips
+    assert (
+        experiment.resolve(tomllib.loads(experiment.dumps(exp))) == exp
+    )  # config.toml round-trips
     with pytest.raises(ufm.config.ConfigError, match="equal lengths"):
         experiment.resolve({"kind": "net", "zip": [{"train.loss": ["ce"], "train.lr": [1, 2]}]})

@@ -66,7 +66,9 @@ def test_closed_form_point_attains_f_star_and_is_critical(x64, prob_kw, hyp_kw):
     assert max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(grad)) < 1e-10
 
 
-@pytest.mark.parametrize("loss, alpha, c_L", [("ce", 0.0, 1.0), ("ls", 0.3, 0.7), ("mse", 0.0, 1.0)])
+@pytest.mark.parametrize(
+    "loss, alpha, c_L", [("ce", 0.0, 1.0), ("ls", 0.3, 0.7), ("mse", 0.0, 1.0)]
+)
 def test_collapse_to_zero_threshold(loss, alpha, c_L):
     """Nonzero optimum iff K sqrt(n lam_W lam_H) < c_L (1 for CE/MSE, 1-alpha for LS)."""
     K, n = 4, 9

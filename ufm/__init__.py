@@ -14,10 +14,32 @@ from ufm.solvers import BatchResult, Result, make_run, solve, solve_batch
 __version__ = "0.1.0"
 
 # Submodules loaded on first attribute access (PEP 562).
-SUBMODULES = ("codes", "config", "experiment", "frames", "fused", "grid", "host_metrics",
-              "kernels", "kinds", "landscape", "losses", "manifolds", "metrics", "multihost",
-              "nets", "oracle", "plots", "points", "problem", "results", "runner", "solvers",
-              "theory")
+SUBMODULES = (
+    "codes",
+    "config",
+    "experiment",
+    "frames",
+    "fused",
+    "grid",
+    "host_metrics",
+    "kernels",
+    "kind",
+    "kinds",
+    "landscape",
+    "losses",
+    "manifolds",
+    "metrics",
+    "multihost",
+    "nets",
+    "oracle",
+    "plots",
+    "points",
+    "problem",
+    "results",
+    "runner",
+    "solvers",
+    "theory",
+)
 
 
 def __getattr__(name):

@@ -12,6 +12,7 @@ from ufm.config import ConfigError, InputError
 from ufm.results import ResultsFolderError
 from ufm.tables import fmt
 
+
 def _run_command(args) -> str:
     """The command that resumes this run (for the interruption message)."""
     parts = ["ufm", "run"] + ([args.config] if args.config else []) + ["--out", str(args.out)]

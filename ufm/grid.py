@@ -24,7 +24,6 @@ n_m samples on every set of m classes (`ufm.problem.multilabel_sets`).
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import jax
 import numpy as np
@@ -32,9 +31,18 @@ import numpy as np
 from ufm import config, host_metrics, multihost, oracle, plots, runner, theory
 from ufm.config import ConfigError, Field, Schema
 from ufm.kernels import KERNELS
-from ufm.kinds import Kind, Unit
-from ufm.problem import (ACTIVATIONS, CLASSIFIERS, DTYPES, GEOMETRIES, HYPER_RANGES, Hyper,
-                         Problem, describe_range, multilabel_sets)
+from ufm.kind import Kind, Unit
+from ufm.problem import (
+    ACTIVATIONS,
+    CLASSIFIERS,
+    DTYPES,
+    GEOMETRIES,
+    HYPER_RANGES,
+    Hyper,
+    Problem,
+    describe_range,
+    multilabel_sets,
+)
 from ufm.results import UnitResult
 from ufm.solvers import CHECK_EVERY, SOLVERS, STATUSES, solve_batch
 from ufm.tables import PROBLEM_COLUMNS, counts, fmt, format_table, series_labels
@@ -252,8 +260,9 @@ def _imbalance_arrays(problem: Problem, hypers: Hyper, params, n: int, objective
     per_hyper = {}
     for h in dict.fromkeys(hyper_list):
         optimum = oracle.convex_oracle(problem, h)
-        cos = host_metrics.imbalance_metrics(optimum.W, optimum.H_bar, np.arange(problem.num_classes),
-                                        problem.class_counts)["minority_cos"]
+        cos = host_metrics.imbalance_metrics(
+            optimum.W, optimum.H_bar, np.arange(problem.num_classes), problem.class_counts
+        )["minority_cos"]
         # Two count levels: the ratio n_major/n_minor at which the minority collapses.
         ratio = (oracle.minority_collapse_threshold(problem, h, minority=minority,
                                                     n_minority=counts.min())
@@ -289,9 +298,9 @@ def _gnc_arrays(problem: Problem, params, n: int) -> dict:
 
 
 def _group_hypers(configs, indices) -> Hyper:
-    return Hyper(*(np.array([getattr(configs[i].hyper, f) for i in indices]) for f in Hyper._fields))
-
-
+    return Hyper(
+        *(np.array([getattr(configs[i].hyper, f) for i in indices]) for f in Hyper._fields)
+    )
 
 
 # ---------------------------------------------------------------------- the kind's functions

@@ -11,7 +11,6 @@ from ufm.metrics import nc1
 from ufm.problem import x64_scope
 
 
-
 def min_norm_point(P: np.ndarray, tol: float = 1e-12, max_iter: int = 10_000):
     """The point of conv{columns of P} nearest the origin, exactly (Wolfe 1976, "Finding the
     nearest point in a polytope"): a finite active-set method, not projected gradient.

@@ -125,7 +125,9 @@ def riemannian_hvp(problem: Problem, hyper: Hyper, params: Params, tangent: Para
     return manifolds.project(problem, params, Params(W_term, H_term, ehess.b))
 
 
-def hessian_operator(problem: Problem, hyper: Hyper, params: Params) -> tuple[Coordinates, Callable]:
+def hessian_operator(
+    problem: Problem, hyper: Hyper, params: Params
+) -> tuple[Coordinates, Callable]:
     """(coordinates, matvec): the Hessian (Riemannian on the sphere) as a map on coordinates."""
     chart = coordinates(problem, params)
     product = riemannian_hvp if problem.geometry == "sphere" else hvp
@@ -233,7 +235,13 @@ def lanczos(matvec: Callable, v0: jax.Array, num_iters: int, *, key=None) -> Lan
         breakdown = beta <= 100 * n * eps * scale
         q_next = jnp.where(breakdown, fresh, w / jnp.where(breakdown, 1.0, beta))
         Q = Q.at[j + 1].set(q_next)
-        return Q, alphas.at[j].set(alpha), betas.at[j].set(jnp.where(breakdown, 0.0, beta)), scale, key
+        return (
+            Q,
+            alphas.at[j].set(alpha),
+            betas.at[j].set(jnp.where(breakdown, 0.0, beta)),
+            scale,
+            key,
+        )
 
     init = (Q, jnp.zeros(m, dtype), jnp.zeros(m, dtype), jnp.zeros((), dtype), key)
     Q, alphas, betas, _, _ = jax.lax.fori_loop(0, m, body, init)
@@ -360,7 +368,9 @@ def _probe_arrays(problem, hyper, params, key, *, method, num_iters, grad_rtol, 
         result = lanczos(matvec, v0, num_iters, key=key)
         eig_min, eig_max = result.ritz_values[0], result.ritz_values[-1]
         residual = result.residuals[0]
-    scale = jnp.maximum(jnp.maximum(jnp.abs(eig_min), jnp.abs(eig_max)), jnp.finfo(eig_min.dtype).tiny)
+    scale = jnp.maximum(
+        jnp.maximum(jnp.abs(eig_min), jnp.abs(eig_max)), jnp.finfo(eig_min.dtype).tiny
+    )
     # Zero eigenvalues of a point that is only nearly critical are off by about ||grad||.
     zero_tol = eig_rtol * scale + 10.0 * grad_norm
     if method == "dense":
@@ -550,8 +560,8 @@ def benign_landscape(problem: Problem, hyper: Hyper, *, random_starts: int, sadd
     """Many random starts plus starts at distance epsilon from every constructed saddle, all
     solved in ONE vmapped batch, every end point probed (vmapped). A start "reached" the optimum
     when |f - f*| <= reach_rtol |f*| + 1e-10 (f* the closed form, or the best value found when
-    none is known). Returns rows (one per start) and the Hessian spectra at each saddle and at the best
-    end point."""
+    none is known). Returns rows (one per start) and the Hessian spectra at each saddle and at
+    the best end point."""
     saddles = constructed_saddles(problem, hyper, ranks)
     keys = jax.random.split(jax.random.key(seed), 2 + len(saddles))
     with x64_scope(problem.dtype):
@@ -559,7 +569,9 @@ def benign_landscape(problem: Problem, hyper: Hyper, *, random_starts: int, sadd
     starts, kinds = list(randoms), ["random"] * random_starts
     for (name, point), key in zip(saddles, keys[2:]):
         with x64_scope("float64"):
-            near = [perturb(problem, point, epsilon, k) for k in jax.random.split(key, saddle_starts)]
+            near = [
+                perturb(problem, point, epsilon, k) for k in jax.random.split(key, saddle_starts)
+            ]
         starts += near
         kinds += [f"near {name}"] * saddle_starts
     seeds = list(range(seed, seed + len(starts)))
@@ -626,16 +638,24 @@ def origin_phase(problem: Problem, hyper: Hyper, *, ratios, seeds, solver="lbfgs
         for j, s in enumerate(seeds):
             k = i * len(seeds) + j
             opt = batch.optimum[k]
-            rows.append({"ratio": float(ratio), "swept_lam_W": float(h.lam_W),
-                         "swept_lam_H": float(h.lam_H),
-                         "sqrt_lam": float(math.sqrt(h.lam_W * h.lam_H)), "sigma": sigma,
-                         "seed": s, "origin_eig_min": float(probes.eig_min[i]),
-                         "origin_eig_min_formula": formula,
-                         "origin_verdict": probes.verdict[i],
-                         "status": batch.status[k], "objective": float(batch.history["objective"][k, -1]),
-                         "f_star": None if opt is None else opt.objective,
-                         "optimum_is_zero": None if opt is None else opt.is_zero,
-                         "w_norm": float(np.linalg.norm(np.asarray(batch.params.W[k])))})
+            rows.append(
+                {
+                    "ratio": float(ratio),
+                    "swept_lam_W": float(h.lam_W),
+                    "swept_lam_H": float(h.lam_H),
+                    "sqrt_lam": float(math.sqrt(h.lam_W * h.lam_H)),
+                    "sigma": sigma,
+                    "seed": s,
+                    "origin_eig_min": float(probes.eig_min[i]),
+                    "origin_eig_min_formula": formula,
+                    "origin_verdict": probes.verdict[i],
+                    "status": batch.status[k],
+                    "objective": float(batch.history["objective"][k, -1]),
+                    "f_star": None if opt is None else opt.objective,
+                    "optimum_is_zero": None if opt is None else opt.is_zero,
+                    "w_norm": float(np.linalg.norm(np.asarray(batch.params.W[k]))),
+                }
+            )
     return rows
 
 
@@ -674,13 +694,24 @@ def saddle_escape(problem: Problem, hyper: Hyper, *, saddle: str, epsilons, seed
     rows = []
     for k, (eps, s) in enumerate(meta):
         escaped = bool(below[k].any())
-        rows.append({"saddle": saddle, "epsilon": eps, "seed": s, "f_saddle": f_saddle,
-                     "saddle_eig_min": float(at_saddle.eig_min),
-                     "saddle_verdict": at_saddle.verdict, "escaped": escaped,
-                     "plateau": int(iteration[np.argmax(below[k])]) if escaped else None,
-                     "predicted_plateau": float(math.log(drop * abs(f_saddle) / eps) /
-                                                math.log1p(float(hyper.lr) * abs(at_saddle.eig_min)))
-                     if at_saddle.eig_min < 0 else None,
-                     "objective": float(batch.history["objective"][k, -1]),
-                     "status": batch.status[k]})
+        rows.append(
+            {
+                "saddle": saddle,
+                "epsilon": eps,
+                "seed": s,
+                "f_saddle": f_saddle,
+                "saddle_eig_min": float(at_saddle.eig_min),
+                "saddle_verdict": at_saddle.verdict,
+                "escaped": escaped,
+                "plateau": int(iteration[np.argmax(below[k])]) if escaped else None,
+                "predicted_plateau": float(
+                    math.log(drop * abs(f_saddle) / eps)
+                    / math.log1p(float(hyper.lr) * abs(at_saddle.eig_min))
+                )
+                if at_saddle.eig_min < 0
+                else None,
+                "objective": float(batch.history["objective"][k, -1]),
+                "status": batch.status[k],
+            }
+        )
     return rows, batch.history

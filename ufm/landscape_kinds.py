@@ -15,7 +15,7 @@ import numpy as np
 
 from ufm import grid, landscape, plots
 from ufm.config import Field, Schema
-from ufm.kinds import Kind, Unit
+from ufm.kind import Kind, Unit
 from ufm.results import UnitResult
 from ufm.tables import counts, fmt, format_table, series_labels
 

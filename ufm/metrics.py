@@ -87,7 +87,9 @@ def nc1(H, labels, num_classes: int, *, global_mean: str = "class_means"):
     2023, "progressive separation"). d may be large: no d x d matrix is formed."""
     if global_mean not in GLOBAL_MEANS:
         raise ValueError(f"global_mean={global_mean!r} is not allowed: one of {list(GLOBAL_MEANS)}")
-    return _class_statistics(H, jnp.asarray(labels), int(num_classes), global_mean)[-1] / num_classes
+    return (
+        _class_statistics(H, jnp.asarray(labels), int(num_classes), global_mean)[-1] / num_classes
+    )
 
 
 def _nc_metrics(W, H, labels, b, global_mean):

@@ -1,4 +1,4 @@
-"""Several hosts: JAX's multi-controller runtime for grids (docs/design.md: scaling out).
+"""Several hosts: JAX's multi-controller runtime for grids (docs/architecture.md: scaling out).
 
 Every process runs the same program: it builds the same grid, runs its share of the chunks on
 its local devices, and the finished chunks are gathered to every process after each round;

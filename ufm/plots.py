@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ufm import results
-from ufm.tables import CONFIG_COLUMNS, series_labels
+from ufm.tables import CONFIG_COLUMNS, all_balanced, series_labels
 
 # (history key, axis label, log scale)
 TRAJECTORY_FIGURES = (
@@ -100,7 +100,7 @@ def plot_grid(directory, table, metrics=None, x=None, y=None) -> list[Path]:
     y = y or next((a for a in axes if a != x and independent(a)), None)
     others = [c for c in CONFIG_COLUMNS if c in table and c not in (x, y)
               and len(set(map(str, table[c]))) > 1 and (c not in axes or independent(c))
-              and not (c == "class_counts" and _all_balanced(table))]
+              and not (c == "class_counts" and all_balanced(table))]
     n_rows = len(table["row"])
     panel_of = [", ".join(f"{c}={table[c][i]}" for c in others) or "all" for i in range(n_rows)]
     panels = list(dict.fromkeys(panel_of))
@@ -169,7 +169,9 @@ def plot_grid_results(directory, metrics=None, x=None, y=None) -> list[Path]:
     n_series = len(set(labels))
     width = 5.5 if n_series <= 8 else 8.5 + 2.5 * (n_series // 30)
     iteration = history["iteration"]
-    figures = [f for f in TRAJECTORY_FIGURES if f[0] in history and (metrics is None or f[0] in metrics)]
+    figures = [
+        f for f in TRAJECTORY_FIGURES if f[0] in history and (metrics is None or f[0] in metrics)
+    ]
     figures = [f for f in figures if not np.all(np.isnan(history[f[0]]))]
     written = []
     for key, ylabel, log in figures:
@@ -281,8 +283,13 @@ def plot_imbalance(directory, table) -> list[Path]:
                  label="||mu - mu_G|| minority / majority")
     axes[1].legend(fontsize=7)
     axes[1].set_yscale("log")
-    axes[2].semilogy(ratio[order], np.maximum(results.float_column(table, "minority_spread")[order], 1e-17),
-                     "o", ms=4, label="minority spread (solver)")
+    axes[2].semilogy(
+        ratio[order],
+        np.maximum(results.float_column(table, "minority_spread")[order], 1e-17),
+        "o",
+        ms=4,
+        label="minority spread (solver)",
+    )
     gap = np.abs(results.float_column(table, "oracle_gap"))
     if np.isfinite(gap).any():
         axes[2].semilogy(ratio[order], np.maximum(gap[order], 1e-17), "x", ms=4,
@@ -332,7 +339,9 @@ def plot_benign(directory: Path) -> list[Path]:
     for j, start in enumerate(starts):
         fractions = []
         for label in series:
-            rows = [i for i, lab in enumerate(labels) if lab == label and table["start"][i] == start]
+            rows = [
+                i for i, lab in enumerate(labels) if lab == label and table["start"][i] == start
+            ]
             fractions.append(np.mean(np.asarray(table["reached"])[rows]) if rows else np.nan)
         ax.bar(np.arange(len(series)) + j * width, fractions, width, label=start)
     ax.set_xticks(np.arange(len(series)) + 0.4 - width / 2, series, rotation=20, ha="right",
@@ -432,8 +441,12 @@ def plot_saddle_escape(directory: Path) -> list[Path]:
         cmap = plt.get_cmap("viridis")
         span = np.ptp(np.log10(eps)) or 1.0
         for k in range(objective.shape[0]):
-            ax.plot(iteration, objective[k], color=cmap((np.log10(eps[k]) - np.log10(eps).min()) / span),
-                    lw=0.8)
+            ax.plot(
+                iteration,
+                objective[k],
+                color=cmap((np.log10(eps[k]) - np.log10(eps).min()) / span),
+                lw=0.8,
+            )
         ax.set_xlabel("iteration")
         ax.set_ylabel("objective (colour: log10 epsilon)")
         ax.grid(alpha=0.3)

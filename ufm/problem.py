@@ -386,8 +386,8 @@ def representations(problem: Problem, params: Params) -> list[jax.Array]:
     """[H, s(A_1 H), s(A_2 s(A_1 H)), ...]: the features at every depth, the last one the
     classifier's input (one entry, H, for the UFM)."""
     reps = [params.H]
-    for l in range(problem.depth - 1):
-        X = params.layers[l] @ reps[-1]
+    for layer in range(problem.depth - 1):
+        X = params.layers[layer] @ reps[-1]
         reps.append(jax.nn.relu(X) if problem.activation == "relu" else X)
     return reps
 

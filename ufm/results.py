@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import csv
 import datetime
-import io
 import importlib.metadata
+import io
 import json
 import math
+import os
 import platform
 import subprocess
-import os
 import sys
 import warnings
 from pathlib import Path

@@ -67,7 +67,7 @@ def pad_batch(tree, batch: int, multiple: int):
 
 def shard_over_devices(tree):
     """Shard the leading (configuration) axis, already a multiple of the local device count,
-    over a 1-D mesh "grid" (docs/design.md: scaling out). One device: unchanged."""
+    over a 1-D mesh "grid" (docs/architecture.md: scaling out). One device: unchanged."""
     n_dev = jax.local_device_count()
     if n_dev == 1:
         return tree

@@ -28,8 +28,16 @@ import numpy as np
 import optax
 
 from ufm import fused, kernels, manifolds, metrics, runner, theory
-from ufm.problem import (Hyper, Params, Problem, init_traced, mean_loss, objective,
-                         representations, validate_hyper)
+from ufm.problem import (
+    Hyper,
+    Params,
+    Problem,
+    init_traced,
+    mean_loss,
+    objective,
+    representations,
+    validate_hyper,
+)
 
 SOLVERS = ("gd", "momentum", "nesterov", "adam", "lbfgs")
 STATUSES = ("running", "converged", "max_steps", "diverged")
@@ -89,7 +97,9 @@ def _trainable_mask(problem: Problem, grads: Params) -> Params:
     return grads._replace(W=W, b=b)
 
 
-def _make_step(problem: Problem, solver: str, hyper: Hyper) -> tuple[optax.GradientTransformation, Callable]:
+def _make_step(
+    problem: Problem, solver: str, hyper: Hyper
+) -> tuple[optax.GradientTransformation, Callable]:
     """The optimizer and one masked step: state -> state (frozen once converged or diverged)."""
     tx = _optimizer(solver, hyper)
     pullback = _uses_pullback(problem, solver)
@@ -100,16 +110,22 @@ def _make_step(problem: Problem, solver: str, hyper: Hyper) -> tuple[optax.Gradi
     def step(state: RunState, tol, max_steps) -> RunState:
         variables = state.variables
         if solver == "lbfgs":
-            value, egrad = optax.value_and_grad_from_state(value_fn)(variables, state=state.opt_state)
+            value, egrad = optax.value_and_grad_from_state(value_fn)(
+                variables, state=state.opt_state
+            )
         else:
             value, egrad = jax.value_and_grad(value_fn)(variables)
         grad = _trainable_mask(problem, egrad)
         if pullback:
             # d/dV f(normalize(V)) is the Riemannian gradient at normalize(V) divided by the
             # row/column norms of V; undo that, or a V that has grown would look converged.
-            grad_norm = fused.tree_norm(Params(grad.W * jnp.linalg.norm(variables.W, axis=1, keepdims=True),
-                                          grad.H * jnp.linalg.norm(variables.H, axis=0, keepdims=True),
-                                          grad.b))
+            grad_norm = fused.tree_norm(
+                Params(
+                    grad.W * jnp.linalg.norm(variables.W, axis=1, keepdims=True),
+                    grad.H * jnp.linalg.norm(variables.H, axis=0, keepdims=True),
+                    grad.b,
+                )
+            )
         else:
             grad = manifolds.riemannian_grad(problem, variables, grad)
             grad_norm = fused.tree_norm(grad)
@@ -126,10 +142,14 @@ def _make_step(problem: Problem, solver: str, hyper: Hyper) -> tuple[optax.Gradi
         # Finiteness from scalars only: the value, the gradient norm and the update's norm (a
         # reduction XLA fuses into the update's producer), never a separate pass over the
         # new iterate; the frozen branch adds an exact zero, so no select over whole trees.
-        finite = jnp.isfinite(value) & jnp.isfinite(grad_norm) & jnp.isfinite(fused.tree_norm(updates))
+        finite = (
+            jnp.isfinite(value) & jnp.isfinite(grad_norm) & jnp.isfinite(fused.tree_norm(updates))
+        )
         move = active & ~converged & finite
         diverged = active & ~converged & ~finite
-        moved = jax.tree.map(lambda x, u: x + jnp.where(move, u, jnp.zeros_like(u)), variables, updates)
+        moved = jax.tree.map(
+            lambda x, u: x + jnp.where(move, u, jnp.zeros_like(u)), variables, updates
+        )
         if not pullback and problem.geometry == "sphere":
             # Retraction is not bit-exact on an already unit point: keep a frozen point as is.
             moved = jax.tree.map(lambda a, b: jnp.where(move, a, b),
@@ -168,8 +188,8 @@ def _log_record(problem: Problem, solver: str, hyper: Hyper, state: RunState, f_
         record.update(metrics.nc_metrics(point.W, reps[-1], jnp.asarray(problem.labels), b))
     if problem.depth > 1:  # layer-wise NC1: the free features (layer 0) up to the last layer
         sets = problem.sample_sets
-        for l, X in enumerate(reps):
-            record[f"nc1_layer{l}"] = metrics.nc1(X, jnp.asarray(sets), int(sets.max()) + 1)
+        for layer, X in enumerate(reps):
+            record[f"nc1_layer{layer}"] = metrics.nc1(X, jnp.asarray(sets), int(sets.max()) + 1)
     return record
 
 
@@ -424,8 +444,13 @@ def _execute(problem, hyper, keys, f_star, *, solver, steps, log_every, tol, ini
     trim = (lambda a: np.asarray(a)[:batch_size]) if batched else np.asarray
     records = [jax.tree.map(lambda a: trim(a)[..., None], first)]
     own_bar = not hasattr(progress, "update")
-    bar = (runner.progress_bar(progress, total=steps * batch_size, desc=desc or f"{problem.loss} {solver}")
-           if own_bar else progress)
+    bar = (
+        runner.progress_bar(
+            progress, total=steps * batch_size, desc=desc or f"{problem.loss} {solver}"
+        )
+        if own_bar
+        else progress
+    )
     done_steps = 0
     for c in range(n_chunks):
         first_step = jnp.asarray(c * per_chunk * log_every, jnp.int32)
@@ -447,14 +472,16 @@ def _execute(problem, hyper, keys, f_star, *, solver, steps, log_every, tol, ini
         if own_bar:
             bar.close()
     n_logged = min(num_logs, (len(records) - 1) * per_chunk) + 1
-    history = {k: np.concatenate([r[k] for r in records], axis=-1)[..., :n_logged] for k in records[0]}
+    history = {
+        k: np.concatenate([r[k] for r in records], axis=-1)[..., :n_logged] for k in records[0]
+    }
     history["iteration"] = np.minimum(np.arange(n_logged) * log_every, steps)
     if batched:
         state = jax.tree.map(lambda a: a[:batch_size], state)
     return state, history
 
 
-def solve(problem: Problem, hyper: Hyper = Hyper(), *, key=0, steps: int = 10_000,
+def solve(problem: Problem, hyper: Hyper = Hyper(), *, key=0, steps: int = 10_000,  # noqa: B008
           log_every: int = 100, tol: float | None = None, solver: str = "gd",
           init_scale: float = 1.0, start: Params | None = None,
           progress: bool | None = None, fast: bool = True,

@@ -39,7 +39,8 @@ def counts(values) -> str:
     return ", ".join(f"{values.count(v)} {v}" for v in dict.fromkeys(values))
 
 
-def _all_balanced(table) -> bool:
+def all_balanced(table) -> bool:
+    """Every row has one n_per_class (no per-class counts)."""
     n = table.get("n_per_class")
     return n is not None and np.issubdtype(np.asarray(n).dtype, np.number) and not np.any(
         np.isnan(np.asarray(n, float)))
@@ -56,7 +57,7 @@ def series_labels(table: dict) -> tuple[list[str], list[str]]:
         return labels, varying
     candidates = [c for c in CONFIG_COLUMNS if c in table]
     varying = [c for c in candidates if len({str(v) for v in table[c]}) > 1]
-    if "class_counts" in varying and _all_balanced(table):
+    if "class_counts" in varying and all_balanced(table):
         varying.remove("class_counts")  # n_per_class and num_classes already tell them apart
     labels = [", ".join(f"{c}={label_value(table[c][i])}" for c in varying) or "run"
               for i in range(n_rows)]

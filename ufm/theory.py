@@ -5,7 +5,6 @@ before a run, and its value is handed to the jitted solver as a plain number.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import NamedTuple
 
@@ -13,8 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ufm.losses import LOSSES
 from ufm.frames import etf_gram, helmert_basis, simplex_etf  # noqa: F401  (closed forms use them)
+from ufm.losses import LOSSES
 from ufm.problem import Hyper, Params, Problem, logit_gradient, x64_scope
 
 
@@ -221,9 +220,12 @@ def optimum_point(problem: Problem, hyper: Hyper) -> Params | None:
     if opt is None:
         return None
     K, d = problem.num_classes, problem.feature_dim
-    frame = np.eye(K, d) if problem.loss.startswith("mse") and not problem.bias else simplex_etf(K, d)
-    return _params(math.sqrt(opt.w_norm_sq) * frame, math.sqrt(opt.h_norm_sq) * frame[problem.labels].T,
-                   opt.b)
+    frame = (
+        np.eye(K, d) if problem.loss.startswith("mse") and not problem.bias else simplex_etf(K, d)
+    )
+    return _params(
+        math.sqrt(opt.w_norm_sq) * frame, math.sqrt(opt.h_norm_sq) * frame[problem.labels].T, opt.b
+    )
 
 
 def optimal_bias(problem: Problem, hyper: Hyper, Z=None) -> np.ndarray:

@@ -7,8 +7,16 @@ metrics (`ufm.metrics`), losses (`ufm.losses`), results folders, plots and CLI.
     result = nets.train(model, data, nets.TrainSettings(epochs=50))
 """
 from ufm.nets import data, models, training
-from ufm.nets.training import (TrainResult, TrainSettings, evaluate, features,
-                                representations, train)
+from ufm.nets.training import TrainResult, TrainSettings, evaluate, features, representations, train
 
-__all__ = ["data", "models", "training", "train", "TrainSettings", "TrainResult", "evaluate", "features",
-           "representations"]
+__all__ = [
+    "data",
+    "models",
+    "training",
+    "train",
+    "TrainSettings",
+    "TrainResult",
+    "evaluate",
+    "features",
+    "representations",
+]

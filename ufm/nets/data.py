@@ -124,10 +124,15 @@ class _CifarUnpickler(pickle.Unpickler):
     """Builds only what a CIFAR-10 python batch holds (dicts, lists, bytes and numpy arrays):
     a crafted file cannot run code (the standard unpickler calls any function a file names)."""
 
-    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"),
-               ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-               ("_codecs", "encode")}
+    ALLOWED = {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("_codecs", "encode"),
+    }
 
     def find_class(self, module, name):
         if (module, name) in self.ALLOWED:
@@ -221,5 +226,7 @@ def load(name: str = "digits", *, path=None, variant: str = "none", seed: int = 
     if n_train is not None:
         keep = np.concatenate([np.flatnonzero(data.y_train == k)[:n_train]
                                for k in range(data.num_classes)])
-        data = data._replace(x_train=data.x_train[np.sort(keep)], y_train=data.y_train[np.sort(keep)])
+        data = data._replace(
+            x_train=data.x_train[np.sort(keep)], y_train=data.y_train[np.sort(keep)]
+        )
     return apply_variant(data, variant, seed)

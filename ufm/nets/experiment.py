@@ -29,7 +29,7 @@ import numpy as np
 
 from ufm import config, plots
 from ufm.config import ConfigError, Field, Schema
-from ufm.kinds import Kind, Unit
+from ufm.kind import Kind, Unit
 from ufm.nets import data as _data
 from ufm.nets import models
 from ufm.nets.training import TrainSettings, train

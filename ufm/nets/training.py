@@ -212,8 +212,9 @@ def evaluate(model, data, layer_samples: int = 1000) -> dict:
     out.update({k: float(v) for k, v in nc.items()})
     take = _stratified(data.y_train, layer_samples, K)
     layers = representations(model, data.x_train[take])
-    out["nc1_layers"] = np.array([float(metrics.nc1(jnp.asarray(r.T), jnp.asarray(data.y_train[take]),
-                                                   K)) for r in layers])
+    out["nc1_layers"] = np.array(
+        [float(metrics.nc1(jnp.asarray(r.T), jnp.asarray(data.y_train[take]), K)) for r in layers]
+    )
     return out
 
 
@@ -306,7 +307,9 @@ def train(model: nnx.Module, data, settings: TrainSettings = TrainSettings(), *,
         if epoch % settings.eval_every == 0 or epoch == settings.epochs:
             _record(history, epoch, total_loss / steps_per_epoch,
                     evaluate(model, data, settings.layer_samples))
-        if ckpt is not None and (epoch % settings.checkpoint_every == 0 or epoch == settings.epochs):
+        if ckpt is not None and (
+            epoch % settings.checkpoint_every == 0 or epoch == settings.epochs
+        ):
             _save_checkpoint(ckpt, settings_json, epoch, model, optimizer, history)
         if bar is not None:
             bar.update(1)
