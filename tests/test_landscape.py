@@ -1,3 +1,4 @@
+import functools
 import math
 
 import jax
@@ -12,6 +13,11 @@ from ufm import landscape, manifolds, points, theory
 K, D, N_PER = 4, 5, 3
 LAM_W, LAM_H = 1e-2, 2e-2
 LAM_BAR, DLAM = (LAM_W + LAM_H) / 2, (LAM_W - LAM_H) / 2
+
+
+# The rank-r critical points are L-BFGS solves: each (problem, hyper, rank) is solved once for
+# the whole module (the points are read, never changed).
+_rank_point = functools.lru_cache(maxsize=None)(points.rank_r_critical_point)
 
 
 def _problem(loss="ce", **kw):
@@ -45,7 +51,7 @@ def test_dense_hessian_equals_jax_hessian_and_hvp(x64):
 def test_lanczos_matches_dense_extremes(x64, where):
     prob = ufm.Problem(num_classes=5, feature_dim=8, n_per_class=6, dtype="float64")
     hyp = _hyper()
-    point = (points.rank_r_critical_point(prob, hyp, 2) if where == "saddle"
+    point = (_rank_point(prob, hyp, 2) if where == "saddle"
              else _random_point(prob, 3))
     point = jax.tree.map(jnp.asarray, point)
     hyp64 = hyp.astype(jnp.float64)
@@ -106,7 +112,7 @@ def test_origin_spectrum_and_phase_transition(loss):
 @pytest.mark.parametrize("rank", [1, 2])
 def test_rank_r_critical_points(loss, rank):
     prob, hyp = _problem(loss), _hyper(loss)
-    point = points.rank_r_critical_point(prob, hyp, rank)
+    point = _rank_point(prob, hyp, rank)
     p = landscape.probe(prob, hyp, point)
     m = K - 1
     assert p.verdict == "strict saddle"
@@ -120,7 +126,7 @@ def test_rank_r_critical_points(loss, rank):
 
 def test_negative_curvature_direction_has_the_predicted_rayleigh_quotient(x64):
     prob, hyp = _problem(), _hyper()
-    point = points.rank_r_critical_point(prob, hyp, 1)
+    point = _rank_point(prob, hyp, 1)
     direction, curvature = theory.negative_curvature_direction(prob, hyp, point)
     as_jnp = lambda t: jax.tree.map(jnp.asarray, t)
     Hd = landscape.hvp(prob, hyp.astype(jnp.float64), as_jnp(point), as_jnp(direction))
@@ -210,7 +216,7 @@ def test_sphere_collapsed_point(tau):
 
 def test_probe_batch_equals_probe_one_by_one():
     prob, hyp = _problem(), _hyper()
-    candidates = [theory.origin(prob, hyp), points.rank_r_critical_point(prob, hyp, 1),
+    candidates = [theory.origin(prob, hyp), _rank_point(prob, hyp, 1),
                   theory.optimum_point(prob, hyp), _random_point(prob, 4)]
     stacked = jax.tree.map(lambda *xs: np.stack(xs), *candidates)
     batch = landscape.probe_batch(prob, hyp, stacked)
@@ -226,7 +232,7 @@ def test_probe_batch_equals_probe_one_by_one():
 
 def test_lanczos_probe_agrees_with_dense_probe():
     prob, hyp = _problem(), _hyper()
-    point = points.rank_r_critical_point(prob, hyp, 1)
+    point = _rank_point(prob, hyp, 1)
     dense = landscape.probe(prob, hyp, point, method="dense")
     sparse = landscape.probe(prob, hyp, point, method="lanczos", num_iters=60)
     assert sparse.verdict == dense.verdict == "strict saddle"
@@ -236,7 +242,7 @@ def test_lanczos_probe_agrees_with_dense_probe():
 
 def test_extreme_eigenvalues_dense_and_lanczos_agree():
     prob, hyp = _problem(), _hyper()
-    point = points.rank_r_critical_point(prob, hyp, 1)
+    point = _rank_point(prob, hyp, 1)
     dense = landscape.extreme_eigenvalues(prob, hyp, point, k=3, method="dense")
     sparse = landscape.extreme_eigenvalues(prob, hyp, point, k=3, method="lanczos",
                                            num_iters=80)

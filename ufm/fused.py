@@ -123,8 +123,4 @@ def checked_step(problem: Problem, hyper: Hyper, tx: optax.GradientTransformatio
     updates, new_state = tx.update(grad, opt_state, trained(problem, params))
     if project_update:
         updates = manifolds.project(problem, params, updates)
-    return value, tree_norm(grad), updates, new_state
-
-
-def tree_norm(tree) -> jax.Array:
-    return jnp.sqrt(sum(jnp.sum(x**2) for x in jax.tree.leaves(tree)))
+    return value, optax.tree.norm(grad), updates, new_state

@@ -63,6 +63,19 @@ class Oracle(NamedTuple):
     iterations: int
 
 
+class _FistaState(NamedTuple):
+    """The accelerated proximal-gradient loop's state: the iterate (Y, b), the previous one,
+    the momentum parameter t, the iteration count and the last prox-gradient residual."""
+
+    Y: jax.Array
+    b: jax.Array
+    Y_prev: jax.Array
+    b_prev: jax.Array
+    t: jax.Array
+    iteration: jax.Array
+    residual: jax.Array
+
+
 def _solve(loss: str, bias: bool, counts, hyper: Hyper, max_iter: int, tol: float):
     """FISTA with gradient restart on F(Y, b) = g(Y, b) + s ||Y||_*; counts are the (real)
     class weights n_k. Returns (objective, Y, b, residual, iterations). Pure: vmap over hyper.
@@ -97,7 +110,7 @@ def _solve(loss: str, bias: bool, counts, hyper: Hyper, max_iter: int, tol: floa
     def objective(Y, b):
         return smooth(Y, b) + s * jnp.sum(jnp.linalg.svd(Y, compute_uv=False))
 
-    def body(state):
+    def body(state: _FistaState) -> _FistaState:
         Y, b, Y_prev, b_prev, t, k, _ = state
         t_next = 0.5 * (1.0 + jnp.sqrt(1.0 + 4.0 * t**2))
         mom = (t - 1.0) / t_next
@@ -109,17 +122,18 @@ def _solve(loss: str, bias: bool, counts, hyper: Hyper, max_iter: int, tol: floa
         # Gradient restart: drop the momentum when it points uphill.
         restart = (jnp.sum((Yy - Y_new) * (Y_new - Y)) + jnp.sum((by - b_new) * (b_new - b))) > 0
         t_next = jnp.where(restart, 1.0, t_next)
-        return Y_new, b_new, Y, b, t_next, k + 1, residual
+        return _FistaState(Y_new, b_new, Y, b, t_next, k + 1, residual)
 
-    def cond(state):
-        return (state[5] < max_iter) & (state[6] > tol)
+    def cond(state: _FistaState):
+        return (state.iteration < max_iter) & (state.residual > tol)
 
     Y0 = jnp.zeros((K, K), counts.dtype)
     b0 = jnp.zeros((K,), counts.dtype)
     one = jnp.ones((), counts.dtype)
-    state = (Y0, b0, Y0, b0, one, jnp.zeros((), jnp.int32), jnp.full((), jnp.inf, counts.dtype))
-    Y, b, _, _, _, k, residual = jax.lax.while_loop(cond, body, state)
-    return objective(Y, b), Y, b, residual, k
+    state = _FistaState(Y0, b0, Y0, b0, one, jnp.zeros((), jnp.int32),
+                        jnp.full((), jnp.inf, counts.dtype))
+    final = jax.lax.while_loop(cond, body, state)
+    return objective(final.Y, final.b), final.Y, final.b, final.residual, final.iteration
 
 
 _solve_jit = jax.jit(_solve, static_argnames=("loss", "bias", "max_iter"))

@@ -119,7 +119,7 @@ def _make_step(
         if pullback:
             # d/dV f(normalize(V)) is the Riemannian gradient at normalize(V) divided by the
             # row/column norms of V; undo that, or a V that has grown would look converged.
-            grad_norm = fused.tree_norm(
+            grad_norm = optax.tree.norm(
                 Params(
                     grad.W * jnp.linalg.norm(variables.W, axis=1, keepdims=True),
                     grad.H * jnp.linalg.norm(variables.H, axis=0, keepdims=True),
@@ -128,7 +128,7 @@ def _make_step(
             )
         else:
             grad = manifolds.riemannian_grad(problem, variables, grad)
-            grad_norm = fused.tree_norm(grad)
+            grad_norm = optax.tree.norm(grad)
         if solver == "lbfgs":
             updates, opt_state = tx.update(
                 grad, state.opt_state, variables, value=value, grad=grad, value_fn=value_fn
@@ -143,7 +143,7 @@ def _make_step(
         # reduction XLA fuses into the update's producer), never a separate pass over the
         # new iterate; the frozen branch adds an exact zero, so no select over whole trees.
         finite = (
-            jnp.isfinite(value) & jnp.isfinite(grad_norm) & jnp.isfinite(fused.tree_norm(updates))
+            jnp.isfinite(value) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.tree.norm(updates))
         )
         move = active & ~converged & finite
         diverged = active & ~converged & ~finite
@@ -242,7 +242,7 @@ def _fast_block(problem: Problem, solver: str, hyper: Hyper, tol, max_steps, log
         converged = running & (grad_norm <= tol)
         point_finite = jnp.isfinite(value) & jnp.isfinite(grad_norm)
         # Plain GD's update is -lr grad: its norm is a scalar product, not another pass.
-        update_norm = hyper.lr * grad_norm if solver == "gd" else fused.tree_norm(updates)
+        update_norm = hyper.lr * grad_norm if solver == "gd" else optax.tree.norm(updates)
         finite = point_finite & jnp.isfinite(update_norm)
         move = running & ~converged & finite
         diverged = running & ~converged & ~finite

@@ -123,8 +123,8 @@ def _optimizer(s: TrainSettings, steps_per_epoch: int) -> optax.GradientTransfor
 _BODY_PARAMS = nnx.All(nnx.Param, nnx.Not(nnx.PathContains("head")))  # weight decay's share
 
 
-def _sum_sq(tree) -> jax.Array:
-    return sum((jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)), jnp.zeros(()))
+def _squared_norm(tree) -> jax.Array:
+    return optax.tree.norm(tree, squared=True)
 
 
 def _objective(model, x, y, s: TrainSettings, n_total: int, num_classes: int):
@@ -142,7 +142,7 @@ def _objective(model, x, y, s: TrainSettings, n_total: int, num_classes: int):
         penalty += 0.5 * hyper.lam_H * (n_total / x.shape[0]) * jnp.sum(h**2)
     if b is not None:
         penalty += 0.5 * hyper.lam_b * jnp.sum(b**2)
-    penalty += 0.5 * s.weight_decay * _sum_sq(nnx.state(model, _BODY_PARAMS))
+    penalty += 0.5 * s.weight_decay * _squared_norm(nnx.state(model, _BODY_PARAMS))
     correct = jnp.sum(jnp.argmax(Z, axis=0) == y)
     return loss + penalty, (loss, correct, h)
 
