@@ -220,7 +220,7 @@ def test_probe_batch_equals_probe_one_by_one():
                   theory.optimum_point(prob, hyp), _random_point(prob, 4)]
     stacked = jax.tree.map(lambda *xs: np.stack(xs), *candidates)
     batch = landscape.probe_batch(prob, hyp, stacked)
-    for i, point in enumerate(points):
+    for i, point in enumerate(candidates):
         single = landscape.probe(prob, hyp, point)
         assert batch.verdict[i] == single.verdict
         for field in ("grad_norm", "eig_min", "eig_max", "n_negative", "n_zero", "sigma_G"):

@@ -1,8 +1,6 @@
 """The flax path: models, heads, losses, data readers, training, checkpoints, experiments."""
 import gzip
 import pickle
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -208,7 +206,7 @@ def test_nc1_of_features_alone_matches_nc_metrics():
         assert float(metrics.nc1(jnp.asarray(means[:, labels]), jnp.asarray(labels), 5)) < 1e-20
 
 
-def test_net_experiment_file_errors_and_run(tmp_path):
+def test_net_experiment_file_errors_and_run(tmp_path, capsys):
     with pytest.raises(ufm.config.ConfigError, match="model.head='foo' is not allowed"):
         experiment.resolve({"kind": "net", "model": {"head": "foo"}})
     with pytest.raises(ufm.config.ConfigError, match="unknown key train.'lrr'"):
@@ -220,10 +218,8 @@ def test_net_experiment_file_errors_and_run(tmp_path):
                     '[model]\nwidth = 16\ndepth = 2\nhead = ["learned", "etf"]\n'
                     '[train]\nepochs = 4\neval_every = 2\nbatch_size = 32\n')
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "ufm", "run", str(file), "--out", str(out),
-                           "--no-progress"], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    assert "head=etf" in proc.stdout and (out / "layer_nc1.png").is_file()
+    assert ufm.cli.main(["run", str(file), "--out", str(out), "--no-progress"]) == 0
+    assert "head=etf" in capsys.readouterr().out and (out / "layer_nc1.png").is_file()
     table, history = ufm.results.load_results(out)
     assert len(table["row"]) == 2 and history["nc1"].shape == (2, 3)
 

@@ -43,7 +43,7 @@ from ufm.problem import (
     describe_range,
     multilabel_sets,
 )
-from ufm.results import UnitResult
+from ufm.results import UnitResult, float_column
 from ufm.solvers import CHECK_EVERY, SOLVERS, STATUSES, solve_batch
 from ufm.tables import PROBLEM_COLUMNS, counts, fmt, format_table, series_labels
 
@@ -407,8 +407,6 @@ LARGER_IS_BETTER = ("gnc2_margin", "gnc2_tammes", "code_margin")
 
 def summary(table: dict) -> str:
     """One line per configuration (seeds pooled): status counts and the worst final metrics."""
-    from ufm.results import float_column
-
     labels, _ = series_labels(table)
     metrics = (GNC_SUMMARY_METRICS if "gnc2_margin" in table
                else MULTILABEL_SUMMARY_METRICS if "nc_m" in table

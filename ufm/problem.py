@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import math
 from typing import NamedTuple
 
@@ -244,8 +245,6 @@ def multilabel_sets(num_classes: int, counts_by_size) -> tuple[tuple, tuple]:
     """(label_sets, set_counts) with every set of m classes carrying counts_by_size[m-1]
     samples (m = 1, 2, ...; a zero count leaves that size out): Li et al. 2024's data,
     balanced within each multiplicity."""
-    import itertools
-
     counts_by_size = list(counts_by_size)
     if not counts_by_size or not all(_is_int(c) and c >= 0 for c in counts_by_size) \
             or not _is_int(counts_by_size[0]) or counts_by_size[0] < 1 \

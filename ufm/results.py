@@ -33,6 +33,7 @@ import warnings
 from pathlib import Path
 from typing import NamedTuple
 
+import jax
 import numpy as np
 
 from ufm.config import InputError
@@ -137,8 +138,6 @@ def git_revision() -> str | None:
 
 
 def manifest(wall_seconds: float, **extra) -> dict:
-    import jax
-
     return {
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "python": platform.python_version(),
