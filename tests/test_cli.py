@@ -8,6 +8,9 @@ import pytest
 import ufm
 from ufm import cli, results
 
+# The tests of the default run share one worker (pytest-xdist --dist loadgroup): built once.
+pytestmark = pytest.mark.xdist_group("default_run")
+
 
 @pytest.fixture(scope="module")
 def default_run(tmp_path_factory):

@@ -7,16 +7,20 @@ import ufm
 from ufm import solvers
 
 # (problem kwargs, hyper kwargs, collapses to zero)
+# Every family of closed form is reached by L-BFGS from a random start; the second case of a
+# family runs under -m slow (test_theory checks every closed-form point is critical and
+# attains f*, and test_fused reaches every family with fast-path GD).
 CLOSED_FORM_CASES = [
     (
         dict(num_classes=4, feature_dim=6, n_per_class=5, loss="ce"),
         dict(lam_W=1e-2, lam_H=1e-2),
         False,
     ),
-    (
+    pytest.param(
         dict(num_classes=3, feature_dim=2, n_per_class=8, loss="ce"),
         dict(lam_W=5e-3, lam_H=2e-2, tau=0.5),
         False,
+        marks=pytest.mark.slow,
     ),
     (
         dict(num_classes=4, feature_dim=6, n_per_class=5, loss="ce"),
@@ -28,35 +32,39 @@ CLOSED_FORM_CASES = [
         dict(lam_W=1e-2, lam_H=5e-3, alpha=0.1),
         False,
     ),
-    (
+    pytest.param(
         dict(num_classes=4, feature_dim=6, n_per_class=5, loss="ls"),
         dict(lam_W=0.12, lam_H=0.12, alpha=0.3),
         True,
+        marks=pytest.mark.slow,
     ),
     (
         dict(num_classes=4, feature_dim=6, n_per_class=5, loss="focal"),
         dict(lam_W=1e-2, lam_H=1e-2, gamma=2.0),
         False,
     ),
-    (
+    pytest.param(
         dict(num_classes=6, feature_dim=5, n_per_class=3, loss="focal"),
         dict(lam_W=2e-2, lam_H=1e-2, gamma=1.0),
         False,
+        marks=pytest.mark.slow,
     ),
     (
         dict(num_classes=4, feature_dim=6, n_per_class=5, loss="mse"),
         dict(lam_W=1e-2, lam_H=1e-2, lam_b=0.0),
         False,
     ),
-    (
+    pytest.param(
         dict(num_classes=4, feature_dim=6, n_per_class=5, loss="mse"),
         dict(lam_W=0.3, lam_H=0.3, lam_b=0.0),
         True,
+        marks=pytest.mark.slow,
     ),
-    (
+    pytest.param(
         dict(num_classes=4, feature_dim=6, n_per_class=5, loss="mse", bias=False),
         dict(lam_W=1e-2, lam_H=2e-2),
         False,
+        marks=pytest.mark.slow,
     ),
     (
         dict(num_classes=3, feature_dim=3, n_per_class=6, loss="mse", bias=False),
@@ -68,10 +76,11 @@ CLOSED_FORM_CASES = [
         dict(tau=0.5),
         False,
     ),
-    (
+    pytest.param(
         dict(num_classes=5, feature_dim=4, n_per_class=3, loss="ce", geometry="sphere"),
         dict(tau=0.1),
         False,
+        marks=pytest.mark.slow,
     ),
 ]
 

@@ -70,8 +70,8 @@ SCHEMA = Schema({**{section: {k: _field(section, k, v) for k, v in values.items(
 
 def configurations(experiment: config.Experiment) -> list[dict]:
     """Every configuration (flat dict "section.key" -> value, plus "seed"), axes in file order."""
-    return [{**{f"{s}.{k}": v for (s, k), v in point.values.items()}, "seed": point.seed}
-            for point in config.points(experiment, SCHEMA)]
+    return [{**{f"{s}.{k}": v for (s, k), v in point.values.items() if s != "run"},
+             "seed": point.seed} for point in config.points(experiment, SCHEMA)]
 
 
 def check(experiment) -> None:
