@@ -24,6 +24,7 @@ n_m samples on every set of m classes (`ufm.problem.multilabel_sets`).
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -356,6 +357,19 @@ def _plan(experiment, configs, groups, folder) -> list[tuple[int, int]]:
     return plan
 
 
+class Chunk(NamedTuple):
+    """A grid's unit of work: configurations `indices` of group `group` (one Problem and
+    solver), run as one compiled call of `size` configurations (padded) in vmapped slices of
+    `width`."""
+
+    group: int
+    problem: Problem
+    solver: str
+    indices: list
+    size: int
+    width: int
+
+
 def units(experiment, folder) -> list[Unit]:
     """The grid's chunks, group by group: a chunk is one compiled call and one checkpoint."""
     configs = configurations(experiment)
@@ -370,24 +384,24 @@ def units(experiment, folder) -> list[Unit]:
             chunk = indices[first:first + size]
             out.append(Unit(f"group-{g:05d}-chunk-{c:05d}", tuple(chunk),
                             size * experiment.solver["steps"],
-                            (g, problem, solver_name, chunk, size, width)))
+                            Chunk(g, problem, solver_name, chunk, size, width)))
     return out
 
 
 def run_unit(experiment, unit: Unit, bar, scratch) -> UnitResult:
-    g, problem, solver_name, indices, size, width = unit.spec
+    chunk: Chunk = unit.spec
     configs = configurations(experiment)
     if bar is not None:
-        bar.set_description(f"group {g + 1} {problem.loss} {solver_name}")
-    arrays = _run_chunk(configs, experiment.solver, problem, solver_name, list(indices), size,
-                        width, bar)
-    return _chunk_rows(arrays, g, solver_name, indices, configs)
+        bar.set_description(f"group {chunk.group + 1} {chunk.problem.loss} {chunk.solver}")
+    arrays = _run_chunk(configs, experiment.solver, chunk.problem, chunk.solver,
+                        list(chunk.indices), chunk.size, chunk.width, bar)
+    return _chunk_rows(arrays, chunk.group, chunk.solver, chunk.indices, configs)
 
 
 def manifest(experiment, work) -> dict:
     widths = {}
     for unit in work:
-        widths.setdefault(unit.spec[0], (unit.spec[5], unit.spec[4]))
+        widths.setdefault(unit.spec.group, (unit.spec.width, unit.spec.size))
     return {"configurations": len(configurations(experiment)), "groups": len(widths),
             "batch_widths": [w for w, _ in widths.values()],
             "chunk_sizes": [c for _, c in widths.values()], "chunks": len(work)}
