@@ -250,7 +250,8 @@ def test_sphere_lbfgs_convergence_is_judged_on_the_riemannian_gradient():
 def test_gradient_descent_on_the_fast_path_reaches_the_closed_form_optimum(index):
     """The closed-form cases above (CE with temperature, LS, focal, MSE with and without bias,
     the sphere) by plain GD, which takes the fast path: the same optimum as L-BFGS finds."""
-    prob_kw, hyp_kw, zero = CLOSED_FORM_CASES[index]
+    case = CLOSED_FORM_CASES[index]
+    prob_kw, hyp_kw, zero = getattr(case, "values", case)  # a pytest.param or a tuple
     prob = ufm.Problem(dtype="float64", **prob_kw)
     assert solvers._fast_path(prob, "gd", True, solvers.CHECK_EVERY, "xla") is not None
     res = ufm.solve(prob, ufm.Hyper(**hyp_kw, lr=0.5), key=7, steps=40_000, log_every=1000)
