@@ -39,7 +39,8 @@ def test_results_agree_on_one_and_four_devices(tmp_path):
     namespace = {"__name__": "in_process"}
     exec(SCRIPT, namespace)
     namespace["run"](tmp_path / "one.npz")
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    env = dict(os.environ, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") +
+                                      " --xla_force_host_platform_device_count=4").strip())
     script = tmp_path / "run.py"
     script.write_text(SCRIPT)
     proc = subprocess.run([sys.executable, str(script), str(tmp_path / "four.npz")], env=env,
