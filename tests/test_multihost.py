@@ -41,7 +41,9 @@ def _free_port() -> int:
 
 def _ufm(args, **kwargs):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    env.pop("XLA_FLAGS", None)
+    # one device per process, the same compiler flags as this process (its reference run)
+    env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
+                                if not f.startswith("--xla_force_host_platform_device_count"))
     return subprocess.Popen([sys.executable, "-m", "ufm", "run", *args, "--no-plots",
                              "--no-progress"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, **kwargs)
