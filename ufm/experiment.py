@@ -92,10 +92,6 @@ def describe(experiment: Experiment) -> str:
     return kinds.get(experiment.kind).describe(experiment)
 
 
-def _gather(blob: bytes) -> list[bytes]:
-    return multihost.allgather_bytes(blob)
-
-
 def run(path_or_experiment=None, out=None, *, overrides=(), progress=None) -> RunResult:
     """Run an experiment of any kind (a path to a TOML file, an `Experiment`, or None for the
     built-in default) and, with `out`, write its results folder there (see the module
@@ -139,7 +135,7 @@ def run(path_or_experiment=None, out=None, *, overrides=(), progress=None) -> Ru
             blob = results.pack_unit(unit.tag, result)
             if bar is not None and n_proc == 1:
                 bar.update(before + unit.work - bar.n)
-        for k, got in zip(round_units, _gather(blob)):
+        for k, got in zip(round_units, multihost.allgather_bytes(blob)):
             # The result as the checkpoint holds it: a resumed run reads the same rows back.
             finished[k] = results.unpack_unit(got)[1]
             if folder is not None:

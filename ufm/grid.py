@@ -33,17 +33,7 @@ from ufm import config, host_metrics, multihost, oracle, plots, runner, theory
 from ufm.config import ConfigError, Field, Schema
 from ufm.kernels import KERNELS
 from ufm.kind import Kind, Unit
-from ufm.problem import (
-    ACTIVATIONS,
-    CLASSIFIERS,
-    DTYPES,
-    GEOMETRIES,
-    HYPER_RANGES,
-    Hyper,
-    Problem,
-    describe_range,
-    multilabel_sets,
-)
+from ufm.problem import HYPER_RANGES, Hyper, Problem, describe_range, multilabel_sets
 from ufm.results import UnitResult, float_column
 from ufm.solvers import CHECK_EVERY, SOLVERS, STATUSES, solve_batch
 from ufm.tables import PROBLEM_COLUMNS, counts, fmt, format_table, series_labels
@@ -89,9 +79,6 @@ RUN_SECTION = {
 UFM_SECTIONS = {"problem": PROBLEM_SECTION, "hyper": HYPER_SECTION, "solver": SOLVER_SECTION,
                 "run": RUN_SECTION}
 SCHEMA = Schema(UFM_SECTIONS, aliases={"solver": ("solver", "name")})
-# Checked where the Problem is built; listed for the schema's readers.
-PROBLEM_CHOICES = {"geometry": GEOMETRIES, "classifier": CLASSIFIERS, "dtype": DTYPES,
-                   "activation": ACTIVATIONS}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 
 from ufm.config import ConfigError
-from ufm.kind import Kind, Unit  # noqa: F401  (the records a registered kind is made of)
+from ufm.kind import Kind
 
 # kind name -> the module that defines it
 KIND_MODULES = {
