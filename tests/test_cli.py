@@ -72,3 +72,18 @@ def test_console_entry_point_runs_an_experiment_file(tmp_path):
     assert proc.returncode == 0, proc.stderr
     table = results.read_table(out / "results.csv")
     assert table["lr"][0] == 0.1 and table["steps"][0] == 50
+
+
+def test_a_rerun_says_what_it_resumed_and_an_interruption_how_to_resume(default_run, capsys,
+                                                                       monkeypatch):
+    assert cli.main(["run", "--out", str(default_run), "--no-progress", "--no-plots"]) == 0
+    assert "resumed 4 of 4 units from checkpoints" in capsys.readouterr().out
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ufm.experiment, "run", interrupted)
+    assert cli.main(["run", "--out", str(default_run), "--no-progress"]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and f"ufm run --out {default_run}" in err
+    assert "Traceback" not in err
