@@ -68,7 +68,6 @@ class Schema:
     default_name: str = "experiment"
 
 
-SEEDS = Field([0], "ints")
 TOP_LEVEL = ("name", "description", "kind", "zip")
 
 

@@ -45,7 +45,6 @@ LANDSCAPE_SECTION = {
 }
 SCHEMA = Schema({**grid.UFM_SECTIONS, "landscape": LANDSCAPE_SECTION},
                 aliases=grid.SCHEMA.aliases)
-KIND_NAMES = ("benign", "origin_phase", "saddle_escape")
 
 
 def _pairs(experiment) -> list:
