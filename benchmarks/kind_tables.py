@@ -104,7 +104,15 @@ def _number(text: str):
         return None
 
 
-def compare(before: Path, after: Path) -> bool:
+# Values this small are round-off around a vanishing quantity (a gap at the optimum, an NC metric
+# at collapse): compared by absolute difference, since their relative difference means nothing.
+ROUND_OFF = 1e-10
+
+
+def compare(before: Path, after: Path, tolerance: float = 0.0) -> bool:
+    """Cell by cell. Numbers: the largest relative difference, where either value is above
+    ROUND_OFF, and the largest absolute difference where both are below it; the tables agree
+    when both are within `tolerance` (0: bit for bit)."""
     same = True
     for old in sorted(before.glob("*.csv")):
         new = after / old.name
@@ -119,21 +127,26 @@ def compare(before: Path, after: Path) -> bool:
             continue
         columns = [c for c in a[0] if c not in TIMING]
         missing = [c for c in columns if c not in b[0]]
-        worst, text_diffs = 0.0, []
+        worst, worst_small, text_diffs = 0.0, 0.0, []
         for r, (x, y) in enumerate(zip(a, b)):
             for c in columns:
                 if c in missing or x[c] == y[c]:
                     continue
                 u, v = _number(x[c]), _number(y[c])
                 if u is not None and v is not None and not (math.isnan(u) and math.isnan(v)):
-                    worst = max(worst, abs(u - v) / max(abs(u), abs(v), 1e-300))
+                    if max(abs(u), abs(v)) < ROUND_OFF:
+                        worst_small = max(worst_small, abs(u - v))
+                    else:
+                        worst = max(worst, abs(u - v) / max(abs(u), abs(v)))
                 elif not (u is not None and v is not None):
                     text_diffs.append(f"row {r} {c}: {x[c]!r} -> {y[c]!r}")
         added = [c for c in b[0] if c not in a[0] and c not in TIMING]
-        ok = not missing and not text_diffs and worst == 0.0
+        ok = (not missing and not text_diffs and worst <= tolerance
+              and worst_small <= tolerance)
         same &= ok
         print(f"{old.stem}: {len(a)} rows x {len(columns)} columns, "
-              f"largest relative difference {worst:.1e}"
+              f"largest relative difference {worst:.1e}, "
+              f"absolute below {ROUND_OFF:.0e} {worst_small:.1e}"
               + (f"; missing after: {missing}" if missing else "")
               + (f"; new columns: {added}" if added else "")
               + (f"; text differs: {text_diffs[:3]}" if text_diffs else ""))
@@ -149,11 +162,13 @@ def main() -> int:
     cmp_ = sub.add_parser("compare")
     cmp_.add_argument("before", type=Path)
     cmp_.add_argument("after", type=Path)
+    cmp_.add_argument("--tolerance", type=float, default=0.0,
+                      help="largest difference that counts as equal (default 0: bit for bit)")
     args = parser.parse_args()
     if args.command == "record":
         record(args.dir, args.only)
         return 0
-    return 0 if compare(args.before, args.after) else 1
+    return 0 if compare(args.before, args.after, args.tolerance) else 1
 
 
 if __name__ == "__main__":

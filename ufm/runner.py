@@ -43,16 +43,40 @@ def over_batch(fn, in_axes, width: int | None):
     return mapped
 
 
-def chunking(num_logs: int, target_chunks: int = 10) -> tuple[int, int]:
-    """(logs per chunk, chunks): about `target_chunks` equal chunks with the least overshoot."""
+def chunking(num_logs: int, target_chunks: int = 10,
+             max_per_chunk: int | None = None) -> tuple[int, int]:
+    """(logs per chunk, chunks): about `target_chunks` equal chunks with the least overshoot,
+    at most `max_per_chunk` logs each."""
     best = None
     for n_chunks in range(max(1, target_chunks - 3), target_chunks + 4):
         per = math.ceil(num_logs / n_chunks)
+        if max_per_chunk is not None:
+            per = max(1, min(per, max_per_chunk))
         chunks = math.ceil(num_logs / per)
         waste = per * chunks - num_logs
         if best is None or waste < best[0]:
             best = (waste, per, chunks)
     return best[1], best[2]
+
+
+def map_points(fn, xs, width: int):
+    """`fn` over the leading axis of the pytree `xs` (P points), `width` points vmapped at a
+    time (`lax.map` over groups; padded with copies of the last point to whole groups, which
+    are dropped again): the working set of one group, not of all P, is live at once."""
+    n = jax.tree.leaves(xs)[0].shape[0]
+    width = max(1, min(width, n))
+    if width == n:
+        return jax.vmap(fn)(xs)
+    groups = -(-n // width)
+    pad = groups * width - n
+
+    def grouped(x):
+        if pad:
+            x = jnp.concatenate([x, jnp.repeat(x[-1:], pad, axis=0)])
+        return x.reshape((groups, width) + x.shape[1:])
+
+    out = jax.lax.map(jax.vmap(fn), jax.tree.map(grouped, xs))
+    return jax.tree.map(lambda y: y.reshape((groups * width,) + y.shape[2:])[:n], out)
 
 
 def pad_batch(tree, batch: int, multiple: int):
@@ -125,6 +149,9 @@ CPU_BATCH_BYTES = 10 * 2**20
 # device memory on an accelerator (the rest is for XLA's temporaries and the histories).
 HOST_MEMORY_FRACTION = 0.25
 ACCELERATOR_MEMORY_FRACTION = 0.5
+# Share of that memory the log points one call hands back may fill (their metrics are computed
+# after the call, all points of a call at once where they fit: `logs_per_call`).
+TRACE_MEMORY_FRACTION = 0.25
 # Configurations per compiled call at most, whatever the memory: one chunk is also one
 # checkpoint, so this bounds the work an interruption can lose.
 MAX_CHUNK = 4096
@@ -152,6 +179,35 @@ def _memory_bytes(device=None) -> float:
     except (AttributeError, ValueError, OSError):
         host = 8 * 2**30
     return HOST_MEMORY_FRACTION * host
+
+
+def point_bytes(problem: Problem) -> int:
+    """Bytes of one logged point (W, H, b; the optimizer's variables)."""
+    K, d, N = problem.num_classes, problem.feature_dim, problem.num_samples
+    itemsize = 8 if problem.dtype == "float64" else 4
+    layers = (problem.depth - 1) * d * d
+    return itemsize * (K * d + d * N + K + layers)
+
+
+def logs_per_call(problem: Problem, n_points: int, n_configs: int) -> tuple[int, int]:
+    """(log points per compiled call, calls) for a run of `n_points` log points over
+    `n_configs` configurations: about ten calls (a progress bar advances, a finished batch stops
+    early), and the points one call hands back (`n_configs` x points x `point_bytes`) within
+    TRACE_MEMORY_FRACTION of the memory the call may use."""
+    device = jax.local_devices()[0]
+    budget = TRACE_MEMORY_FRACTION * _memory_bytes(device) * jax.local_device_count()
+    cap = max(1, int(budget // (max(1, n_configs) * point_bytes(problem))))
+    return chunking(n_points, max_per_chunk=cap)
+
+
+def points_width(problem: Problem, configs_at_once: int, n_points: int) -> int:
+    """Log points whose metrics are computed at once (vmapped) for each of `configs_at_once`
+    configurations: on a CPU within the cache-sized CPU_BATCH_BYTES, on an accelerator within
+    the memory one call may use (each point needs about `config_bytes` of temporaries)."""
+    device = jax.local_devices()[0]
+    budget = _memory_bytes(device) if accelerator(device) else CPU_BATCH_BYTES
+    fits = int(budget // (max(1, configs_at_once) * config_bytes(problem)))
+    return max(1, min(n_points, fits))
 
 
 def batch_width(problem: Problem, n_configs: int) -> int:

@@ -8,8 +8,11 @@ sphere minimizes the pullback f(normalize(V)) over unconstrained V, whose Euclid
 the Riemannian gradient divided by the row/column norms of V (Absil et al. 2008, Sec. 4.1); the
 convergence test uses the Riemannian gradient norm in both cases.
 
-A run is a nested `lax.scan`: the outer scan over log points, the inner over `log_every` steps.
-`solve` executes the outer scan in a few jitted chunks so a progress bar can advance and a run
+A run is a `lax.scan` over log points: each point is kept (variables and gradient norm), then
+up to `log_every` steps run in a loop that stops when the run has ended (under vmap: every run of
+the batch). The NC metrics of the kept points are computed after the scan, all at once, by their
+own compiled program (`_compiled_records`): compiled once, not inside every run program.
+`solve` executes the scan in a few jitted chunks so a progress bar can advance and a run
 whose configurations have all finished stops early. `make_run` is the same run as one pure,
 vmappable function of (hyper, key, f_star). Inside the scan nothing raises: a configuration
 whose gradient norm drops to `tol` freezes as "converged", one whose iterate turns non-finite
@@ -167,14 +170,16 @@ def _make_step(
     return tx, step
 
 
-def _log_record(problem: Problem, solver: str, hyper: Hyper, state: RunState, f_star) -> dict:
-    """Every logged quantity at the current point (one log point of the history)."""
-    point = point_of(problem, solver, state.variables)
+def _record(problem: Problem, solver: str, hyper: Hyper, variables: Params, grad_norm,
+            f_star) -> dict:
+    """Every logged quantity at one point of a run (one log point of the history): the
+    optimizer's `variables` there and the gradient norm at the last step's start."""
+    point = point_of(problem, solver, variables)
     value = objective(problem, hyper, point)
     record = {
         "objective": value,
         "loss": mean_loss(problem, hyper, point),
-        "grad_norm": state.grad_norm,
+        "grad_norm": grad_norm,
         "gap": value - f_star,
         "rel_gap": (value - f_star) / jnp.abs(f_star),
     }
@@ -191,6 +196,16 @@ def _log_record(problem: Problem, solver: str, hyper: Hyper, state: RunState, f_
         for layer, X in enumerate(reps):
             record[f"nc1_layer{layer}"] = metrics.nc1(X, jnp.asarray(sets), int(sets.max()) + 1)
     return record
+
+
+def _records(problem: Problem, solver: str, hyper: Hyper, trace, f_star,
+             points_at_once: int | None = None) -> dict:
+    """`_record` at every point of one run's trace ((variables, grad_norm) with a leading
+    axis of log points), `points_at_once` of them vmapped at a time (None: all)."""
+    variables, grad_norm = trace
+    one = lambda point: _record(problem, solver, hyper, point[0], point[1], f_star)
+    return runner.map_points(one, (variables, grad_norm),
+                             grad_norm.shape[0] if points_at_once is None else points_at_once)
 
 
 def _initial_state(problem: Problem, solver: str, hyper: Hyper, key, init_scale,
@@ -268,35 +283,53 @@ def _fast_block(problem: Problem, solver: str, hyper: Hyper, tol, max_steps, log
 
     def block(state: RunState, start) -> RunState:
         full, rest = divmod(log_every, check_every)
-        state = jax.lax.fori_loop(
-            0, full, lambda i, s: run_interval(s, start + i * check_every, check_every), state)
+        # Intervals until the run ends (under vmap: until every run of the batch has ended).
+        going = lambda carry: (carry[0] < full) & (carry[1].status == RUNNING)
+        state = jax.lax.while_loop(
+            going,
+            lambda c: (c[0] + 1, run_interval(c[1], start + c[0] * check_every, check_every)),
+            (jnp.zeros((), jnp.int32), state))[1]
         return run_interval(state, start + full * check_every, rest) if rest else state
 
     return block
 
 
-def _run_logs(problem, solver, log_every, num_logs, hyper, state, f_star, tol, max_steps,
+def _run_logs(problem, solver, log_every, num_points, hyper, state, tol, max_steps,
               first_step=0, fast_path: FastPath | None = None):
-    """Outer scan over `num_logs` log points of `log_every` inner steps each, from global step
-    `first_step`; `fast_path` None is the reference path (autodiff, every step checked), else
-    the fast path (`_fast_block`)."""
+    """Scan over `num_points` log points from global step `first_step`: at each, the point is
+    kept (its variables and gradient norm: the trace its metrics are computed from, after the
+    scan) and then `log_every` steps run, none past `max_steps`. `fast_path` None is the
+    reference path (autodiff, every step checked), else the fast path (`_fast_block`).
+    Returns (state after the last point's steps, trace)."""
     if fast_path is None:
         _, step = _make_step(problem, solver, hyper)
 
         def steps(state, _):
-            return jax.lax.scan(lambda s, _: (step(s, tol, max_steps), None), state, None,
-                                length=log_every)[0]
+            # Until `log_every` steps, the step budget or the run's end (under vmap: every
+            # run's end; `step` keeps a finished run frozen meanwhile).
+            def going(carry):
+                i, s = carry
+                return (i < log_every) & (s.status == RUNNING) & (s.step < max_steps)
+
+            return jax.lax.while_loop(going, lambda c: (c[0] + 1, step(c[1], tol, max_steps)),
+                                      (jnp.zeros((), jnp.int32), state))[1]
     else:
         steps = _fast_block(problem, solver, hyper, tol, max_steps, log_every, fast_path)
 
-    def outer(state, index):
+    def advance(state, start):
         # A finished run skips its steps (a real branch when unbatched, e.g. one configuration
         # at a time under `lax.map`; under vmap both sides run and the mask keeps it frozen).
-        state = jax.lax.cond(state.status == RUNNING, steps, lambda s, _: s, state,
-                             first_step + index * log_every)
-        return state, _log_record(problem, solver, hyper, state, f_star)
+        return jax.lax.cond(state.status == RUNNING, steps, lambda s, _: s, state, start)
 
-    return jax.lax.scan(outer, state, jnp.arange(num_logs, dtype=jnp.int32))
+    def outer(state, index):
+        kept = (state.variables, state.grad_norm)
+        start = first_step + index * log_every
+        # Past the step budget (the run's last point, or a call that only reads the points)
+        # nothing runs: the predicate is the same for a whole batch, so this branch is real.
+        state = jax.lax.cond(start < max_steps, advance, lambda s, _: s, state, start)
+        return state, kept
+
+    return jax.lax.scan(outer, state, jnp.arange(num_points, dtype=jnp.int32))
 
 
 def _fast_path(problem: Problem, solver: str, fast: bool, check_every,
@@ -330,10 +363,9 @@ def make_run(problem: Problem, *, solver: str = "gd", steps: int, log_every: int
     def run(hyper: Hyper, key, f_star):
         state = _initial_state(problem, solver, hyper, key, init_scale,
                                fast=fast_path is not None)
-        first = _log_record(problem, solver, hyper, state, f_star)
-        state, history = _run_logs(problem, solver, log_every, num_logs, hyper, state, f_star,
-                                   tol, steps, 0, fast_path)
-        history = jax.tree.map(lambda a, h: jnp.concatenate([a[None], h]), first, history)
+        state, trace = _run_logs(problem, solver, log_every, num_logs + 1, hyper, state, tol,
+                                 steps, 0, fast_path)
+        history = _records(problem, solver, hyper, trace, f_star)
         status = jnp.where(state.status == RUNNING, MAX_STEPS, state.status)
         return point_of(problem, solver, state.variables), history, state.step, status
 
@@ -395,24 +427,40 @@ def optimum_values(problem: Problem, hypers: Hyper) -> tuple[list, np.ndarray]:
 
 
 @functools.lru_cache(maxsize=64)
-def _compiled_chunk(problem, solver, log_every, logs_per_chunk, batched, width=None,
+def _compiled_chunk(problem, solver, log_every, points_per_chunk, batched, width=None,
                     fast_path=None):
-    """jit(chunk) (over a configuration axis when `batched`, see `_over_batch`); one
-    compilation per static signature. `fast_path`: as in `_run_logs`."""
+    """jit(start), jit(chunk) (over a configuration axis when `batched`, see
+    `runner.over_batch`); one compilation per static signature. `fast_path`: as in
+    `_run_logs`. Neither computes a metric: `_compiled_records` does, from the chunk's trace."""
 
-    def chunk(hyper, state, f_star, tol, max_steps, first_step):
-        return _run_logs(problem, solver, log_every, logs_per_chunk, hyper, state, f_star, tol,
+    def chunk(hyper, state, tol, max_steps, first_step):
+        return _run_logs(problem, solver, log_every, points_per_chunk, hyper, state, tol,
                          max_steps, first_step, fast_path)
 
-    def start(hyper, key, f_star, init_scale, start_params):
-        state = _initial_state(problem, solver, hyper, key, init_scale, start_params,
-                               fast=fast_path is not None)
-        return state, _log_record(problem, solver, hyper, state, f_star)
+    def start(hyper, key, init_scale, start_params):
+        return _initial_state(problem, solver, hyper, key, init_scale, start_params,
+                              fast=fast_path is not None)
 
     if batched:
-        chunk = runner.over_batch(chunk, (0, 0, 0, None, None, None), width)
-        start = runner.over_batch(start, (0, 0, 0, None, 0), width)
+        chunk = runner.over_batch(chunk, (0, 0, None, None, None), width)
+        start = runner.over_batch(start, (0, 0, None, 0), width)
     return jax.jit(start), jax.jit(chunk)
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled_records(problem, pullback, batched, width, points_at_once):
+    """jit(records): the history entries of a chunk's trace. Compiled apart from the run (the
+    metrics cost as much to compile as the steps; one program serves every solver without a
+    pullback, and the first and the later chunks) and computed for all of a call's points at
+    once, `points_at_once` per configuration vmapped at a time."""
+    solver = "lbfgs" if pullback else "gd"  # all `point_of` needs to know
+
+    def records(hyper, trace, f_star):
+        return _records(problem, solver, hyper, trace, f_star, points_at_once)
+
+    if batched:
+        records = runner.over_batch(records, (0, 0, 0), width)
+    return jax.jit(records)
 
 
 def _as_key(key):
@@ -424,25 +472,32 @@ def _as_key(key):
 def _execute(problem, hyper, keys, f_star, *, solver, steps, log_every, tol, init_scale,
              start_params, progress, batched, batch_size, desc=None, width=None,
              fast_path=None):
-    """Host loop over jitted chunks; returns host arrays of everything (a batch is sharded over
-    the local devices and trimmed back to `batch_size`)."""
+    """Host loop over jitted chunks, each followed by the metrics of the points it kept;
+    returns host arrays of everything (a batch is sharded over the local devices and trimmed
+    back to `batch_size`)."""
     num_logs = math.ceil(steps / log_every)
-    per_chunk, n_chunks = runner.chunking(num_logs)
+    n_points = num_logs + 1  # the start and every log point
     n_dev = jax.local_device_count()
     if batched and n_dev > 1:
         width = None  # the configuration axis is sharded over devices: one vmap over it
-    start, chunk = _compiled_chunk(problem, solver, log_every, per_chunk, batched, width,
-                                   fast_path)
     dtype = problem.jnp_dtype
-    tol_arr, steps_arr = jnp.asarray(tol, dtype), jnp.asarray(steps, jnp.int32)
     if start_params is not None:
         start_params = jax.tree.map(lambda x: jnp.asarray(x, dtype), start_params)
     if batched:  # pad to whole slices (one device) or to a multiple of the devices, then shard
         hyper, keys, f_star, start_params = runner.shard_over_devices(runner.pad_batch(
             (hyper, keys, f_star, start_params), batch_size, width or n_dev))
-    state, first = start(hyper, keys, f_star, jnp.asarray(init_scale, dtype), start_params)
+    configs = int(np.shape(f_star)[0]) if batched else 1
+    per_chunk, n_chunks = runner.logs_per_call(problem, n_points, configs)
+    at_once = width or -(-configs // n_dev) if batched else 1
+    start, chunk = _compiled_chunk(problem, solver, log_every, per_chunk, batched, width,
+                                   fast_path)
+    records = _compiled_records(problem, _uses_pullback(problem, solver), batched, width,
+                                runner.points_width(problem, at_once, per_chunk))
+    tol_arr, steps_arr = jnp.asarray(tol, dtype), jnp.asarray(steps, jnp.int32)
+    no_steps = jnp.asarray(0, jnp.int32)
+    state = start(hyper, keys, jnp.asarray(init_scale, dtype), start_params)
     trim = (lambda a: np.asarray(a)[:batch_size]) if batched else np.asarray
-    records = [jax.tree.map(lambda a: trim(a)[..., None], first)]
+    history_parts = []
     own_bar = not hasattr(progress, "update")
     bar = (
         runner.progress_bar(
@@ -452,28 +507,37 @@ def _execute(problem, hyper, keys, f_star, *, solver, steps, log_every, tol, ini
         else progress
     )
     done_steps = 0
+    kept = 0  # points whose metrics are in history_parts
     for c in range(n_chunks):
         first_step = jnp.asarray(c * per_chunk * log_every, jnp.int32)
-        state, history = chunk(hyper, state, f_star, tol_arr, steps_arr, first_step)
-        records.append(jax.tree.map(trim, history))  # (T,) or, vmapped, (B, T)
-        status = trim(state.status)
-        finished = int(np.sum(status != RUNNING))
-        now = min(len(records) - 1, n_chunks) * per_chunk * log_every
-        advance = min(now, steps) * batch_size
+        state, trace = chunk(hyper, state, tol_arr, steps_arr, first_step)
+        history_parts.append(jax.tree.map(trim, records(hyper, trace, f_star)))
+        kept += per_chunk
+        finished = int(np.sum(trim(state.status) != RUNNING))
+        advance = min(kept * log_every, steps) * batch_size
         if bar is not None:
             bar.update(advance - done_steps)
             if own_bar:
                 bar.set_postfix(finished=f"{finished}/{batch_size}")
         done_steps = advance
-        if finished == batch_size or now >= steps:
+        if kept >= n_points:
+            break
+        if finished == batch_size:
+            # Every run stopped within the chunk, perhaps after its last kept point: keep the
+            # point it stopped at (a call with no step budget only reads the points).
+            _, trace = chunk(hyper, state, tol_arr, no_steps, first_step)
+            final = jax.tree.map(lambda a: trim(a)[..., :1], records(hyper, trace, f_star))
+            history_parts.append(final)
+            kept += 1
             break
     if bar is not None:
         bar.update(steps * batch_size - done_steps)
         if own_bar:
             bar.close()
-    n_logged = min(num_logs, (len(records) - 1) * per_chunk) + 1
+    n_logged = min(n_points, kept)
     history = {
-        k: np.concatenate([r[k] for r in records], axis=-1)[..., :n_logged] for k in records[0]
+        k: np.concatenate([r[k] for r in history_parts], axis=-1)[..., :n_logged]
+        for k in history_parts[0]
     }
     history["iteration"] = np.minimum(np.arange(n_logged) * log_every, steps)
     if batched:
