@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 
 # Submodules loaded on first attribute access (PEP 562).
 SUBMODULES = (
+    "cli",
     "codes",
     "config",
     "experiment",

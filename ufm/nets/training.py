@@ -147,20 +147,48 @@ def _objective(model, x, y, s: TrainSettings, n_total: int, num_classes: int):
     return loss + penalty, (loss, correct, h)
 
 
+def _step(model, optimizer, x, y, s: TrainSettings, n_total: int, num_classes: int):
+    grad_fn = nnx.value_and_grad(_objective, has_aux=True)
+    (_, (loss, correct, h)), grads = grad_fn(model, x, y, s, n_total, num_classes)
+    optimizer.update(model, grads)
+    if model.head.kind == "cmf":
+        model.head.update_class_means(h, y, s.cmf_momentum)
+    return loss, correct
+
+
 def make_train_step(s: TrainSettings, n_total: int, num_classes: int):
     """One jitted optimizer step on a minibatch: (model, optimizer, x, y) -> (loss, correct);
     updates the model (and a CMF head's class means) in place."""
 
     @nnx.jit
     def step(model, optimizer, x, y):
-        grad_fn = nnx.value_and_grad(_objective, has_aux=True)
-        (_, (loss, correct, h)), grads = grad_fn(model, x, y, s, n_total, num_classes)
-        optimizer.update(model, grads)
-        if model.head.kind == "cmf":
-            model.head.update_class_means(h, y, s.cmf_momentum)
-        return loss, correct
+        return _step(model, optimizer, x, y, s, n_total, num_classes)
 
     return step
+
+
+def make_train_epoch(s: TrainSettings, n_total: int, num_classes: int):
+    """Every step of an epoch in ONE jitted call: (model, optimizer, xs (S, B, ...), ys (S, B))
+    -> losses (S,), the model and optimizer updated in place. A `lax.scan` over the minibatches
+    of the model's state (`nnx.split` / `nnx.merge` inside the scan): nnx.jit walks the object
+    graph in Python on every call, which costs about as much as a small network's step (the
+    digits MLP, width 256, 300 epochs of 10 steps on this 2-core CPU: 12.8 s with a call per
+    step, 8.0 s with a call per epoch; the same numbers to the last digit)."""
+
+    @nnx.jit
+    def epoch(model, optimizer, xs, ys):
+        graphdef, state = nnx.split((model, optimizer))
+
+        def body(state, batch):
+            model, optimizer = nnx.merge(graphdef, state)
+            loss, _ = _step(model, optimizer, batch[0], batch[1], s, n_total, num_classes)
+            return nnx.split((model, optimizer))[1], loss
+
+        state, losses = jax.lax.scan(body, state, (xs, ys))
+        nnx.update((model, optimizer), state)
+        return losses
+
+    return epoch
 
 
 @nnx.jit
@@ -276,7 +304,7 @@ def train(model: nnx.Module, data, settings: TrainSettings = TrainSettings(), *,
     batch = min(settings.batch_size, n)
     steps_per_epoch = n // batch  # drop the last partial batch: one compiled step shape
     optimizer = nnx.Optimizer(model, _optimizer(settings, steps_per_epoch), wrt=nnx.Param)
-    step = make_train_step(settings, n, data.num_classes)
+    run_epoch = make_train_epoch(settings, n, data.num_classes)
     settings_json = settings.to_json() + model_description
     history: dict = {}
     first_epoch = 1
@@ -295,12 +323,9 @@ def train(model: nnx.Module, data, settings: TrainSettings = TrainSettings(), *,
         _record(history, 0, float("nan"), evaluate(model, data, settings.layer_samples))
     for epoch in range(first_epoch, settings.epochs + 1):
         order = np.random.default_rng((settings.seed, epoch)).permutation(n)
-        # One gather per epoch; the step losses stay on the device until the epoch ends (no
-        # host round-trip per step, so dispatch runs ahead of the device).
+        # One gather per epoch, one compiled call for all its steps.
         take = jnp.asarray(order[:steps_per_epoch * batch].reshape(steps_per_epoch, batch))
-        xs, ys = x_all[take], y_all[take]
-        losses = [step(model, optimizer, xs[i], ys[i])[0] for i in range(steps_per_epoch)]
-        total_loss = float(jnp.sum(jnp.stack(losses)))
+        total_loss = float(jnp.sum(run_epoch(model, optimizer, x_all[take], y_all[take])))
         if not math.isfinite(total_loss):
             raise FloatingPointError(f"training diverged at epoch {epoch} (loss {total_loss}); "
                                      f"lower train.lr={settings.lr}")
