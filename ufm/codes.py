@@ -13,8 +13,6 @@ import numpy as np
 import optax
 
 from ufm import host_metrics
-from ufm.problem import Hyper, Problem
-from ufm.solvers import solve_batch
 
 
 class Code(NamedTuple):
@@ -33,26 +31,69 @@ def _code(W) -> Code:
                 host_metrics.min_pairwise_distance(W))
 
 
+def _soft_margin(V, tau):
+    """tau log sum_{k, j != k} exp(-(w_k - w_j).h_k / tau) at W = normalize rows of V[0],
+    h_k = normalize columns of V[1] (d, K): a smooth maximum of minus the margins, which tends
+    to -min_k min_{j != k} (w_k - w_j).h_k as tau -> 0."""
+    W, H = V
+    W = W / jnp.linalg.norm(W, axis=1, keepdims=True)
+    H = H / jnp.linalg.norm(H, axis=0, keepdims=True)
+    Z = W @ H  # Z[j, k] = w_j . h_k
+    gaps = jnp.diag(Z)[None, :] - Z  # (w_k - w_j) . h_k
+    K = Z.shape[0]
+    return tau * jax.nn.logsumexp(jnp.where(jnp.eye(K, dtype=bool), -jnp.inf, -gaps / tau))
+
+
+def _sharpen(V, tau, steps: int, tol):
+    """L-BFGS (optax, zoom line search) on `_soft_margin` over unconstrained V (the pullback
+    through normalization), until the gradient norm is below `tol` or `steps` iterations."""
+    fun = lambda V: _soft_margin(V, tau)
+    opt = optax.lbfgs()
+    value_and_grad = optax.value_and_grad_from_state(fun)
+
+    def step(carry):
+        V, state = carry
+        value, grad = value_and_grad(V, state=state)
+        updates, state = opt.update(grad, state, V, value=value, grad=grad, value_fn=fun)
+        return optax.apply_updates(V, updates), state
+
+    def going(carry):
+        count = optax.tree.get(carry[1], "count")
+        grad = optax.tree.get(carry[1], "grad")
+        return (count == 0) | ((count < steps) & (optax.tree.norm(grad) >= tol))
+
+    W, H = jax.lax.while_loop(going, step, (V, opt.init(V)))[0]
+    return (W / jnp.linalg.norm(W, axis=1, keepdims=True),
+            H / jnp.linalg.norm(H, axis=0, keepdims=True))
+
+
+SOFTMAX_TAUS = (0.1, 0.03, 0.01, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5)
+
+
 def softmax_code(K: int, d: int, *, starts: int = 16, seed: int = 0,
-                 taus=(0.1, 0.03, 0.01, 0.003), steps: int = 1500) -> Code:
+                 taus=SOFTMAX_TAUS, steps: int = 1000) -> Code:
     """The softmax code (Jiang et al. 2024): K unit vectors in R^d maximizing the minimum
     one-vs-rest distance min_k dist(w_k, conv{w_j : j != k}).
 
     It is the tau -> 0 limit of the sphere-constrained CE UFM with one free feature per class:
-    max over unit h of min_j (w_k - w_j).h is exactly dist(w_k, conv{w_j}). So: `starts` random
-    starts of that UFM solved together (one vmapped L-BFGS call per temperature, each
-    temperature starting where the previous ended), the exact margin of every end point by QP,
-    the best kept. For K <= d + 1 it is the simplex ETF (margin K/(K-1))."""
-    problem = Problem(num_classes=K, feature_dim=d, n_per_class=1, geometry="sphere",
-                       bias=False, dtype="float64")
-    seeds = [seed * 100_003 + i for i in range(starts)]
-    start = None
-    for tau in taus:
-        hypers = Hyper(tau=np.full(starts, float(tau)))
-        result = solve_batch(problem, hypers, seeds, solver="lbfgs", steps=steps,
-                             log_every=steps, tol=1e-12, start=start, progress=False)
-        start = result.params
-    codes = [_code(np.asarray(start.W)[i]) for i in range(starts)]
+    max over unit h of min_j (w_k - w_j).h is exactly dist(w_k, conv{w_j}). The UFM's mean CE
+    at temperature tau is about (1/K) sum_k sum_{j != k} exp(-(w_k - w_j).h_k / tau) near the
+    limit, so its gradient vanishes like exp(-margin/tau): a solver with an absolute tolerance
+    stops at once at small tau (what an earlier version did, stuck at the tau = 0.1 point).
+    Minimized here instead: tau log of that sum (`_soft_margin`), the same minimizers, with a
+    gradient that stays of order one (a convex combination of the active margins' gradients).
+    `starts` random starts, vmapped, each temperature of `taus` starting where the previous
+    ended (L-BFGS, at most `steps` iterations each); every end point certified by its exact
+    margin (the per-class QP, `host_metrics.one_vs_rest_margins`) and the best kept. For
+    K <= d + 1 it is the simplex ETF (margin K/(K-1))."""
+    with jax.enable_x64(True):
+        W = jax.random.normal(jax.random.key(seed), (starts, K, d), jnp.float64)
+        V = (W, jnp.swapaxes(W, 1, 2))  # each feature starts at its classifier
+        run = jax.jit(jax.vmap(_sharpen, in_axes=(0, None, None, None)), static_argnums=2)
+        for tau in taus:
+            V = run(V, jnp.asarray(tau, jnp.float64), int(steps), jnp.asarray(1e-12))
+        W = np.asarray(V[0])
+    codes = [_code(W[i]) for i in range(starts)]
     return max(codes, key=lambda c: c.margin)
 
 
