@@ -69,3 +69,4 @@ def pytest_sessionfinish(session, exitstatus):
 def x64():
     with jax.enable_x64(True):
         yield
+
