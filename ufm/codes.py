@@ -44,10 +44,9 @@ def _soft_margin(V, tau):
     return tau * jax.nn.logsumexp(jnp.where(jnp.eye(K, dtype=bool), -jnp.inf, -gaps / tau))
 
 
-def _sharpen(V, tau, steps: int, tol):
-    """L-BFGS (optax, zoom line search) on `_soft_margin` over unconstrained V (the pullback
-    through normalization), until the gradient norm is below `tol` or `steps` iterations."""
-    fun = lambda V: _soft_margin(V, tau)
+def _lbfgs(fun, V, steps: int, tol):
+    """L-BFGS (optax, zoom line search) on `fun` from V until the gradient norm is below `tol`
+    or `steps` iterations."""
     opt = optax.lbfgs()
     value_and_grad = optax.value_and_grad_from_state(fun)
 
@@ -62,16 +61,45 @@ def _sharpen(V, tau, steps: int, tol):
         grad = optax.tree.get(carry[1], "grad")
         return (count == 0) | ((count < steps) & (optax.tree.norm(grad) >= tol))
 
-    W, H = jax.lax.while_loop(going, step, (V, opt.init(V)))[0]
-    return (W / jnp.linalg.norm(W, axis=1, keepdims=True),
-            H / jnp.linalg.norm(H, axis=0, keepdims=True))
+    return jax.lax.while_loop(going, step, (V, opt.init(V)))[0]
+
+
+def _unit_rows(W):
+    return W / jnp.linalg.norm(W, axis=-1, keepdims=True)
+
+
+def _sharpen(V, tau, steps: int, tol):
+    """`_soft_margin` at temperature tau minimized over unconstrained V (the pullback through
+    normalization); returns the normalized (W, H)."""
+    W, H = _lbfgs(lambda V: _soft_margin(V, tau), V, steps, tol)
+    return _unit_rows(W), H / jnp.linalg.norm(H, axis=0, keepdims=True)
+
+
+def _soft_max_cos(W, tau):
+    """tau log sum_{j < k} exp(cos(w_j, w_k) / tau): a smooth maximum of the pairwise cosines."""
+    Wn = _unit_rows(W)
+    K = W.shape[0]
+    cos = Wn @ Wn.T
+    return tau * jax.nn.logsumexp(jnp.where(jnp.triu(jnp.ones((K, K), bool), 1), cos / tau,
+                                            -jnp.inf))
+
+
+def _sharpen_tammes(W, tau, steps: int, tol):
+    return _unit_rows(_lbfgs(lambda W: _soft_max_cos(W, tau), W, steps, tol))
+
+
+def _starting_points(K, d, starts, seed, starts_from):
+    W = jax.random.normal(jax.random.key(seed), (starts, K, d), jnp.float64)
+    if starts_from is not None:  # given configurations first, then random ones
+        W = jnp.concatenate([jnp.asarray(starts_from, jnp.float64).reshape(-1, K, d), W])
+    return W
 
 
 SOFTMAX_TAUS = (0.1, 0.03, 0.01, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5)
 
 
 def softmax_code(K: int, d: int, *, starts: int = 16, seed: int = 0,
-                 taus=SOFTMAX_TAUS, steps: int = 1000) -> Code:
+                 taus=SOFTMAX_TAUS, steps: int = 1000, starts_from=None) -> Code:
     """The softmax code (Jiang et al. 2024): K unit vectors in R^d maximizing the minimum
     one-vs-rest distance min_k dist(w_k, conv{w_j : j != k}).
 
@@ -84,51 +112,37 @@ def softmax_code(K: int, d: int, *, starts: int = 16, seed: int = 0,
     gradient that stays of order one (a convex combination of the active margins' gradients).
     `starts` random starts, vmapped, each temperature of `taus` starting where the previous
     ended (L-BFGS, at most `steps` iterations each); every end point certified by its exact
-    margin (the per-class QP, `host_metrics.one_vs_rest_margins`) and the best kept. For
+    margin (the per-class QP, `host_metrics.one_vs_rest_margins`) and the best kept.
+    `starts_from`: configurations (m, K, d) to start from as well (e.g. a Tammes code). For
     K <= d + 1 it is the simplex ETF (margin K/(K-1))."""
     with jax.enable_x64(True):
-        W = jax.random.normal(jax.random.key(seed), (starts, K, d), jnp.float64)
+        W = _starting_points(K, d, starts, seed, starts_from)
         V = (W, jnp.swapaxes(W, 1, 2))  # each feature starts at its classifier
         run = jax.jit(jax.vmap(_sharpen, in_axes=(0, None, None, None)), static_argnums=2)
         for tau in taus:
             V = run(V, jnp.asarray(tau, jnp.float64), int(steps), jnp.asarray(1e-12))
         W = np.asarray(V[0])
-    codes = [_code(W[i]) for i in range(starts)]
+    codes = [_code(w) for w in W]
     return max(codes, key=lambda c: c.margin)
 
 
+TAMMES_TAUS = (0.05, 0.01, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5)
+
+
 def tammes_code(K: int, d: int, *, starts: int = 32, seed: int = 0,
-                temperatures=(0.05, 0.01, 0.002), steps: int = 2000) -> Code:
+                temperatures=TAMMES_TAUS, steps: int = 1000, starts_from=None) -> Code:
     """The Tammes code: K unit vectors in R^d maximizing the minimum pairwise distance.
-    Minimizes the soft maximum t log sum_{j<k} exp(cos(w_j, w_k)/t) over the sphere by
-    Riemannian Adam from `starts` random starts (vmapped), lowering t; the best kept."""
+    Minimizes the smooth maximum t log sum_{j<k} exp(cos(w_j, w_k)/t) over the sphere (the
+    pullback through normalization) by L-BFGS from `starts` random starts (vmapped; and from
+    `starts_from`, configurations (m, K, d), if given), lowering t to 3e-5 (its gradient is a
+    convex combination of the closest pairs' and stays of order one); the best kept by the
+    exact minimum pairwise distance."""
     with jax.enable_x64(True):
-        mask = jnp.asarray(np.triu(np.ones((K, K), bool), 1))
-
-        def soft_max_cos(W, t):
-            Wn = W / jnp.linalg.norm(W, axis=1, keepdims=True)
-            cos = Wn @ Wn.T
-            return t * jax.nn.logsumexp(jnp.where(mask, cos / t, -jnp.inf))
-
-        def run(W, t):
-            tx = optax.adam(1e-2)
-
-            def step(carry, _):
-                W, state = carry
-                g = jax.grad(soft_max_cos)(W, t)
-                g = g - W * jnp.sum(W * g, axis=1, keepdims=True)  # tangent part
-                updates, state = tx.update(g, state)
-                W = W + updates
-                return (W / jnp.linalg.norm(W, axis=1, keepdims=True), state), None
-
-            (W, _), _ = jax.lax.scan(step, (W, tx.init(W)), None, length=steps)
-            return W
-
-        run = jax.jit(jax.vmap(run, in_axes=(0, None)))
-        W = jax.random.normal(jax.random.key(seed), (starts, K, d), jnp.float64)
-        W = W / jnp.linalg.norm(W, axis=2, keepdims=True)
+        W = _starting_points(K, d, starts, seed, starts_from)
+        run = jax.jit(jax.vmap(_sharpen_tammes, in_axes=(0, None, None, None)),
+                      static_argnums=2)
         for t in temperatures:
-            W = run(W, t)
+            W = run(W, jnp.asarray(t, jnp.float64), int(steps), jnp.asarray(1e-12))
         W = np.asarray(W)
-    codes = [_code(W[i]) for i in range(starts)]
+    codes = [_code(w) for w in W]
     return max(codes, key=lambda c: c.tammes)
