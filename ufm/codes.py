@@ -13,6 +13,7 @@ import numpy as np
 import optax
 
 from ufm import host_metrics
+from ufm.problem import normalize_columns, normalize_rows
 
 
 class Code(NamedTuple):
@@ -35,10 +36,7 @@ def _soft_margin(V, tau):
     """tau log sum_{k, j != k} exp(-(w_k - w_j).h_k / tau) at W = normalize rows of V[0],
     h_k = normalize columns of V[1] (d, K): a smooth maximum of minus the margins, which tends
     to -min_k min_{j != k} (w_k - w_j).h_k as tau -> 0."""
-    W, H = V
-    W = W / jnp.linalg.norm(W, axis=1, keepdims=True)
-    H = H / jnp.linalg.norm(H, axis=0, keepdims=True)
-    Z = W @ H  # Z[j, k] = w_j . h_k
+    Z = normalize_rows(V[0]) @ normalize_columns(V[1])  # Z[j, k] = w_j . h_k
     gaps = jnp.diag(Z)[None, :] - Z  # (w_k - w_j) . h_k
     K = Z.shape[0]
     return tau * jax.nn.logsumexp(jnp.where(jnp.eye(K, dtype=bool), -jnp.inf, -gaps / tau))
@@ -64,20 +62,16 @@ def _lbfgs(fun, V, steps: int, tol):
     return jax.lax.while_loop(going, step, (V, opt.init(V)))[0]
 
 
-def _unit_rows(W):
-    return W / jnp.linalg.norm(W, axis=-1, keepdims=True)
-
-
 def _sharpen(V, tau, steps: int, tol):
     """`_soft_margin` at temperature tau minimized over unconstrained V (the pullback through
     normalization); returns the normalized (W, H)."""
     W, H = _lbfgs(lambda V: _soft_margin(V, tau), V, steps, tol)
-    return _unit_rows(W), H / jnp.linalg.norm(H, axis=0, keepdims=True)
+    return normalize_rows(W), normalize_columns(H)
 
 
 def _soft_max_cos(W, tau):
     """tau log sum_{j < k} exp(cos(w_j, w_k) / tau): a smooth maximum of the pairwise cosines."""
-    Wn = _unit_rows(W)
+    Wn = normalize_rows(W)
     K = W.shape[0]
     cos = Wn @ Wn.T
     return tau * jax.nn.logsumexp(jnp.where(jnp.triu(jnp.ones((K, K), bool), 1), cos / tau,
@@ -85,7 +79,14 @@ def _soft_max_cos(W, tau):
 
 
 def _sharpen_tammes(W, tau, steps: int, tol):
-    return _unit_rows(_lbfgs(lambda W: _soft_max_cos(W, tau), W, steps, tol))
+    return normalize_rows(_lbfgs(lambda W: _soft_max_cos(W, tau), W, steps, tol))
+
+
+# Every start at once, one temperature (traced) per call: one compilation per (K, d, starts,
+# steps), reused across temperatures and across calls.
+_sharpen_starts = jax.jit(jax.vmap(_sharpen, in_axes=(0, None, None, None)), static_argnums=2)
+_sharpen_tammes_starts = jax.jit(jax.vmap(_sharpen_tammes, in_axes=(0, None, None, None)),
+                                 static_argnums=2)
 
 
 def _starting_points(K, d, starts, seed, starts_from):
@@ -118,9 +119,8 @@ def softmax_code(K: int, d: int, *, starts: int = 16, seed: int = 0,
     with jax.enable_x64(True):
         W = _starting_points(K, d, starts, seed, starts_from)
         V = (W, jnp.swapaxes(W, 1, 2))  # each feature starts at its classifier
-        run = jax.jit(jax.vmap(_sharpen, in_axes=(0, None, None, None)), static_argnums=2)
         for tau in taus:
-            V = run(V, jnp.asarray(tau, jnp.float64), int(steps), jnp.asarray(1e-12))
+            V = _sharpen_starts(V, jnp.asarray(tau, jnp.float64), int(steps), jnp.asarray(1e-12))
         W = np.asarray(V[0])
     codes = [_code(w) for w in W]
     return max(codes, key=lambda c: c.margin)
@@ -139,10 +139,9 @@ def tammes_code(K: int, d: int, *, starts: int = 32, seed: int = 0,
     exact minimum pairwise distance."""
     with jax.enable_x64(True):
         W = _starting_points(K, d, starts, seed, starts_from)
-        run = jax.jit(jax.vmap(_sharpen_tammes, in_axes=(0, None, None, None)),
-                      static_argnums=2)
         for t in temperatures:
-            W = run(W, jnp.asarray(t, jnp.float64), int(steps), jnp.asarray(1e-12))
+            W = _sharpen_tammes_starts(W, jnp.asarray(t, jnp.float64), int(steps),
+                                       jnp.asarray(1e-12))
         W = np.asarray(W)
     codes = [_code(w) for w in W]
     return max(codes, key=lambda c: c.tammes)
