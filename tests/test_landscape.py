@@ -78,12 +78,13 @@ def test_lanczos_restarts_after_breakdown(x64):
     np.testing.assert_allclose(gram, np.eye(12), atol=1e-10)
 
 
-@pytest.mark.parametrize("loss", ["ce", "ls", "focal", "mse"])
+@pytest.mark.parametrize("loss", ["ce", "ls", "ls_off_target", "focal", "mse"])
 def test_origin_spectrum_and_phase_transition(loss):
     prob, hyp = _problem(loss), _hyper(loss)
     p = landscape.probe(prob, hyp, theory.origin(prob, hyp))
     sigma = theory.origin_singular_value(prob, hyp)
-    c_L = {"ce": 1.0, "mse": 1.0, "ls": 0.8,  # alpha = 0.2; focal with gamma = 2:
+    c_L = {"ce": 1.0, "mse": 1.0, "ls": 0.8, "ls_off_target": 1 - 0.2 * K / (K - 1),
+           # alpha = 0.2; focal with gamma = 2:
            "focal": (1 - 1 / K) * ((1 - 1 / K) + 2 / K * math.log(K))}[loss]
     assert sigma == pytest.approx(c_L / (K * math.sqrt(N_PER)), rel=1e-14)
     expected = LAM_BAR - math.sqrt(DLAM**2 + sigma**2)
@@ -100,12 +101,46 @@ def test_origin_spectrum_and_phase_transition(loss):
         lam = factor * sigma
         hyp_t = _hyper(loss, lam_W=lam, lam_H=lam)
         p = landscape.probe(prob, hyp_t, theory.origin(prob, hyp_t))
+        # The certificate itself, not only the verdict (the negative curvature used to win
+        # over a certificate that passed at the origin whatever the weight decay).
+        assert bool(p.certified_global) == (verdict is None and loss != "focal")
         if verdict:
             assert p.verdict == verdict
         else:
             assert p.n_negative == 0
             assert p.verdict == ("global min (certified)" if loss != "focal"
                                  else "second-order stationary (local min)")
+
+
+def test_origin_eigenvalue_of_bias_free_mse_has_multiplicity_d_K():
+    """Without a bias the MSE targets are not centred: G = -Y/N at the origin has K equal
+    singular values 1/(K sqrt n), so the smallest eigenvalue repeats d K times, not d (K-1)."""
+    prob, hyp = _problem("mse", bias=False), _hyper("mse")
+    with jax.enable_x64(True):
+        eigs = np.linalg.eigvalsh(np.asarray(landscape.dense_hessian(
+            prob, hyp.astype(jnp.float64), jax.tree.map(jnp.asarray, theory.origin(prob, hyp)))))
+    expected = theory.origin_eig_min(prob, hyp)
+    assert expected == pytest.approx(LAM_BAR - math.sqrt(DLAM**2 + 1 / (K**2 * N_PER)), rel=1e-14)
+    assert np.sum(np.abs(eigs - expected) < 1e-10) == D * K
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_no_constructed_saddle_is_certified_global(dtype):
+    """The origin far below the threshold (lam = 5e-4 against sigma_1(G) = 1/(K sqrt n) =
+    0.144: a strict saddle with 15 negative eigenvalues) and every rank-r point: the certificate
+    sigma_1(G) <= sqrt(lam_W lam_H) fails at each, and the verdict is a strict saddle."""
+    prob = ufm.Problem(num_classes=K, feature_dim=D, n_per_class=N_PER, dtype=dtype)
+    hyp = ufm.Hyper(lam_W=5e-4, lam_H=5e-4, lam_b=5e-4)
+    saddles = landscape.constructed_saddles(prob, hyp)
+    assert [name for name, _ in saddles] == ["origin", "rank 1", "rank 2"]
+    for name, point in saddles:
+        p = landscape.probe(prob, hyp, point)
+        assert not p.certified_global, name
+        assert p.verdict == "strict saddle", name
+        assert p.sigma_G > 1.5 * math.sqrt(5e-4 * 5e-4), name
+    p = landscape.probe(prob, hyp, saddles[0][1])
+    assert p.sigma_G == pytest.approx(1 / (K * math.sqrt(N_PER)), rel=1e-12)
+    assert p.n_negative == D * (K - 1)
 
 
 @pytest.mark.parametrize("loss", ["ce", "ls", "focal", "mse"])

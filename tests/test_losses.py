@@ -38,6 +38,12 @@ def test_values_match_the_definitions(x64):
     q = (1 - 0.2) * Y + 0.2 / K
     np.testing.assert_allclose(losses.label_smoothing(Z, Y, hyper), -(q * np.log(p)).sum(0),
                                rtol=1e-12)
+    q_off = (1 - 0.2) * Y + 0.2 / (K - 1) * (1 - Y)  # the target keeps exactly 1 - alpha
+    np.testing.assert_allclose(losses.label_smoothing_off_target(Z, Y, hyper),
+                               -(q_off * np.log(p)).sum(0), rtol=1e-12)
+    np.testing.assert_allclose(  # the same loss as "ls" with alpha' = alpha K / (K - 1)
+        losses.label_smoothing_off_target(Z, Y, hyper),
+        losses.label_smoothing(Z, Y, hyper._replace(alpha=0.2 * K / (K - 1))), rtol=1e-12)
     np.testing.assert_allclose(losses.focal(Z, Y, hyper),
                                -((1 - p[idx]) ** 1.5) * np.log(p[idx]), rtol=1e-12)
     np.testing.assert_allclose(losses.mse(Z, Y), 0.5 * ((Z - Y) ** 2).sum(0), rtol=1e-12)

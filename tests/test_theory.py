@@ -40,6 +40,7 @@ CASES = [
     (dict(loss="ce"), dict(lam_W=1e-3, lam_H=2e-3, tau=0.3)),
     (dict(loss="ce", bias=False), dict(lam_W=3e-3, lam_H=1e-3)),
     (dict(loss="ls"), dict(lam_W=1e-3, lam_H=2e-3, alpha=0.2)),
+    (dict(loss="ls_off_target"), dict(lam_W=1e-3, lam_H=2e-3, alpha=0.2)),
     (dict(loss="focal"), dict(lam_W=1e-3, lam_H=2e-3, gamma=2.0)),
     (dict(loss="focal"), dict(lam_W=1e-2, lam_H=1e-2, gamma=0.5, tau=2.0)),
     (dict(loss="mse"), dict(lam_W=1e-3, lam_H=2e-3, lam_b=0.0)),
@@ -67,10 +68,12 @@ def test_closed_form_point_attains_f_star_and_is_critical(x64, prob_kw, hyp_kw):
 
 
 @pytest.mark.parametrize(
-    "loss, alpha, c_L", [("ce", 0.0, 1.0), ("ls", 0.3, 0.7), ("mse", 0.0, 1.0)]
+    "loss, alpha, c_L",
+    [("ce", 0.0, 1.0), ("ls", 0.3, 0.7), ("ls_off_target", 0.3, 1 - 0.3 * 4 / 3), ("mse", 0.0, 1.0)]
 )
 def test_collapse_to_zero_threshold(loss, alpha, c_L):
-    """Nonzero optimum iff K sqrt(n lam_W lam_H) < c_L (1 for CE/MSE, 1-alpha for LS)."""
+    """Nonzero optimum iff K sqrt(n lam_W lam_H) < c_L (1 for CE/MSE, 1-alpha for LS,
+    1 - alpha K/(K-1) with alpha/(K-1) off target)."""
     K, n = 4, 9
     prob = ufm.Problem(num_classes=K, feature_dim=5, n_per_class=n, loss=loss)
     for factor, zero in ((0.99, False), (1.01, True)):

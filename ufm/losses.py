@@ -24,11 +24,24 @@ def cross_entropy(Z, Y, hyper=None):
 def label_smoothing(Z, Y, hyper):
     """Cross entropy against q = (1 - alpha) e_y + (alpha / K) 1 (Szegedy et al. 2016).
 
-    This is the PyTorch convention; the seed's slide puts alpha/(K-1) off-target instead.
+    This is the PyTorch convention (loss "ls"); `label_smoothing_off_target` ("ls_off_target")
+    puts alpha/(K-1) on every other class instead.
     """
     K = Z.shape[0]
     Q = (1.0 - hyper.alpha) * Y + hyper.alpha / K
     return -jnp.sum(Q * jax.nn.log_softmax(Z, axis=0), axis=0)
+
+
+def label_smoothing_off_target(Z, Y, hyper, num_classes=None):
+    """Cross entropy against q = (1 - alpha) e_y + alpha/(K-1) (1 - e_y): the target keeps
+    exactly 1 - alpha and the other classes share alpha (the convention of many lecture slides;
+    Mueller et al. 2019 write it either way). It is "ls" with alpha' = alpha K/(K-1)."""
+    K = Z.shape[0] if num_classes is None else num_classes
+    return -jnp.sum(_off_target(Y, hyper.alpha, K) * jax.nn.log_softmax(Z, axis=0), axis=0)
+
+
+def _off_target(Y, alpha, K):
+    return (1.0 - alpha) * Y + alpha / (K - 1) * (1.0 - Y)
 
 
 def focal(Z, Y, hyper):
@@ -69,6 +82,13 @@ def label_smoothing_grad(Z, Y, hyper, num_classes=None):
     return jax.nn.softmax(Z, axis=0) - ((1.0 - hyper.alpha) * Y + hyper.alpha / K)
 
 
+def label_smoothing_off_target_grad(Z, Y, hyper, num_classes=None):
+    """d LS / dz = softmax(z) - q with q = (1 - alpha) y + alpha/(K-1) (1 - y) (sums to one
+    over the K classes; rows padded beyond them are masked by the caller)."""
+    K = Z.shape[0] if num_classes is None else num_classes
+    return jax.nn.softmax(Z, axis=0) - _off_target(Y, hyper.alpha, K)
+
+
 def focal_grad(Z, Y, hyper, num_classes=None):
     """d focal / dz = c (y - softmax(z)) with l = log p_y and
     c = gamma p_y (1 - p_y)^(gamma - 1) l - (1 - p_y)^gamma (the gamma = 0 term is zero, as
@@ -96,6 +116,7 @@ def mse_rescaled_grad(Z, Y, hyper, num_classes=None):
 LOSSES = {
     "ce": cross_entropy,
     "ls": label_smoothing,
+    "ls_off_target": label_smoothing_off_target,
     "focal": focal,
     "mse": mse,
     "mse_rescaled": mse_rescaled,
@@ -106,6 +127,7 @@ LOSSES = {
 LOGIT_GRADIENTS = {
     "ce": cross_entropy_grad,
     "ls": label_smoothing_grad,
+    "ls_off_target": label_smoothing_off_target_grad,
     "focal": focal_grad,
     "mse": mse_grad,
     "mse_rescaled": mse_rescaled_grad,

@@ -35,12 +35,12 @@ from ufm import losses as _losses
 from ufm.host_metrics import COLLAPSED_SPREAD, minority_spread
 from ufm.problem import Hyper, Problem, validate_hyper, x64_scope
 
-CONVEX_LOSSES = ("ce", "ls", "mse", "mse_rescaled")
+CONVEX_LOSSES = ("ce", "ls", "ls_off_target", "mse", "mse_rescaled")
 
 
 def _loss_curvature(loss: str, hyper: Hyper, K: int):
     """A bound on the largest eigenvalue of the Hessian of L(z, k) in z (before 1/tau^2)."""
-    if loss in ("ce", "ls"):
+    if loss in ("ce", "ls", "ls_off_target"):
         return 0.5  # softmax Hessian diag(p) - p p^T
     if loss == "mse":
         return 1.0

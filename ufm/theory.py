@@ -178,8 +178,12 @@ def optimum(problem: Problem, hyper: Hyper) -> Optimum | None:
     b_c = np.zeros(K)
     if loss == "pick_all_label":  # single labels (multi-label problems are not balanced)
         loss = "ce"
-    if loss in ("ce", "ls"):
-        alpha = _scalar(hyper.alpha, "alpha") if loss == "ls" else 0.0
+    if loss in ("ce", "ls", "ls_off_target"):
+        alpha = _scalar(hyper.alpha, "alpha") if loss != "ce" else 0.0
+        if loss == "ls_off_target":  # alpha/(K-1) off target is "ls" with alpha K/(K-1)
+            alpha = alpha * K / (K - 1)
+            if alpha > 1.0:  # the target below 1/K: no closed form here
+                return None
         f_c, w_sq_c, is_zero = _ce_like(K, n, lam_W_c, lam_H_c, alpha)
     elif loss == "focal":
         f_c, w_sq_c, is_zero = _focal(K, n, lam_W_c, lam_H_c, _scalar(hyper.gamma, "gamma"))
@@ -330,9 +334,10 @@ def negative_curvature_direction(problem: Problem, hyper: Hyper, params: Params)
 
 
 def origin_singular_value(problem: Problem, hyper: Hyper) -> float | None:
-    """sigma = c_L / (K sqrt(n)), the (K-1)-fold singular value of G = dL/dZ at the origin of a
-    balanced weight-decay UFM with tau = 1 (docs/science.md, section 5): c_L = 1 for CE and MSE,
-    1 - alpha for label smoothing, (1-1/K)^(gamma-1) [(1-1/K) + (gamma/K) ln K] for focal.
+    """sigma = c_L / (K sqrt(n)), the (K-1)-fold (K-fold for MSE without bias) singular value
+    of G = dL/dZ at the origin of a balanced weight-decay UFM with tau = 1 (docs/science.md,
+    section 5): c_L = 1 for CE and MSE, 1 - alpha for label smoothing (|1 - alpha K/(K-1)| with
+    alpha/(K-1) off target), (1-1/K)^(gamma-1) [(1-1/K) + (gamma/K) ln K] for focal.
     None where no formula is known. The origin is a strict saddle iff sqrt(lam_W lam_H) < sigma."""
     if not problem.balanced or problem.geometry != "wd" or float(hyper.tau) != 1.0:
         return None
@@ -341,6 +346,8 @@ def origin_singular_value(problem: Problem, hyper: Hyper) -> float | None:
         c_L = 1.0
     elif problem.loss == "ls":
         c_L = 1.0 - float(hyper.alpha)
+    elif problem.loss == "ls_off_target":
+        c_L = abs(1.0 - float(hyper.alpha) * K / (K - 1))
     elif problem.loss == "focal":
         g = float(hyper.gamma)
         c_L = (1 - 1 / K) ** (g - 1) * ((1 - 1 / K) + g / K * math.log(K))
@@ -350,8 +357,10 @@ def origin_singular_value(problem: Problem, hyper: Hyper) -> float | None:
 
 
 def origin_eig_min(problem: Problem, hyper: Hyper) -> float | None:
-    """Smallest Hessian eigenvalue at the origin, lam_bar - sqrt(dlam^2 + sigma^2), multiplicity
-    d (K-1); None where sigma has no formula."""
+    """Smallest Hessian eigenvalue at the origin, lam_bar - sqrt(dlam^2 + sigma^2), with
+    multiplicity d (K-1) (d per singular value sigma of G); for MSE without a bias G has no
+    centring and sigma is K-fold, so the multiplicity is d K (20 at K = 4, d = 5). None where
+    sigma has no formula."""
     sigma = origin_singular_value(problem, hyper)
     if sigma is None:
         return None
