@@ -38,8 +38,9 @@ SOLVERS = ("gd", "momentum", "nesterov", "adam")
 def supports(problem: Problem, solver: str) -> bool:
     """Whether the fast path covers this problem and solver: the first-order solvers on
     either geometry, every loss, bias on or off, learned or fixed-ETF classifier, balanced,
-    per-class or multi-label counts; not the deep UFM and not L-BFGS (reference path)."""
-    return solver in SOLVERS and problem.depth == 1
+    per-class or multi-label counts; not the deep UFM, not the norm balls and not L-BFGS
+    (reference path)."""
+    return solver in SOLVERS and problem.depth == 1 and problem.geometry in ("wd", "sphere")
 
 
 def targets(problem: Problem, dtype) -> jax.Array:

@@ -35,7 +35,7 @@ from ufm.kernels import KERNELS
 from ufm.kind import Kind, Unit
 from ufm.problem import HYPER_RANGES, Hyper, Problem, describe_range, multilabel_sets
 from ufm.results import UnitResult, float_column
-from ufm.solvers import CHECK_EVERY, SOLVERS, STATUSES, solve_batch
+from ufm.solvers import CHECK_EVERY, SOLVERS, STATUSES, check_solver_geometry, solve_batch
 from ufm.tables import PROBLEM_COLUMNS, counts, fmt, format_table, series_labels
 
 at_least = lambda n: (lambda v: v >= n, f"an integer >= {n}")
@@ -123,6 +123,10 @@ def configurations(experiment: config.Experiment) -> list[Configuration]:
             except ValueError as err:
                 raise ConfigError(f"problem.{err}") from None
         hyper = Hyper(**{k: point.values[("hyper", k)] for k in HYPER_SECTION})
+        try:
+            check_solver_geometry(built[key], point.values[("solver", "name")])
+        except ValueError as err:
+            raise ConfigError(f"solver.name: {err}") from None
         axes = tuple(("solver" if key == ("solver", "name") else key[1],
                       tuple(v) if isinstance(v, list) else v) for key, v in point.varying)
         out.append(Configuration(built[key], hyper, point.seed, axes,

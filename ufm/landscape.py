@@ -24,7 +24,16 @@ import numpy as np
 
 from ufm import manifolds, theory
 from ufm.points import rank_r_critical_point
-from ufm.problem import Hyper, Params, Problem, init_traced, logit_gradient, objective, x64_scope
+from ufm.problem import (
+    BALL_GEOMETRIES,
+    Hyper,
+    Params,
+    Problem,
+    init_traced,
+    logit_gradient,
+    objective,
+    x64_scope,
+)
 from ufm.solvers import CHECK_EVERY, solve_batch
 
 VERDICTS = ("not critical", "strict saddle", "second-order stationary (local min)",
@@ -59,54 +68,88 @@ class Coordinates(NamedTuple):
     extract: Callable
 
 
-def coordinates(problem: Problem, params: Params) -> Coordinates:
+class _Block(NamedTuple):
+    """One variable's chart: dim coordinates, embed (dim,) -> array, extract array -> (dim,)."""
+
+    dim: int
+    embed: Callable
+    extract: Callable
+
+
+def _flat_block(X) -> _Block:
+    return _Block(X.size, lambda x: x.reshape(X.shape), lambda p: p.ravel())
+
+
+def _sphere_block(X) -> _Block:
+    """The tangent space of the sphere through X (all of X one vector, any radius): an implicit
+    Householder basis of X^perp (the reflector of `_householder_bases`, never formed)."""
+    x = X.ravel() / jnp.linalg.norm(X)
+    u = x.at[0].add(jnp.where(x[0] >= 0, 1.0, -1.0))
+    reflect = lambda v: v - 2.0 * u * (jnp.dot(u, v) / jnp.dot(u, u))
+    embed = lambda c: reflect(jnp.concatenate([jnp.zeros((1,), c.dtype), c])).reshape(X.shape)
+    return _Block(X.size - 1, embed, lambda p: reflect(p.ravel())[1:])
+
+
+def _rows_block(X) -> _Block:
+    """The tangent spaces of the spheres through the rows of X (m, d), each row its own
+    sphere (any radius): Householder bases of x^perp, (m, d, d-1)."""
+    m, d = X.shape
+    basis = _householder_bases(X / jnp.linalg.norm(X, axis=1, keepdims=True))
+    embed = lambda c: jnp.einsum("kij,kj->ki", basis, c.reshape(m, d - 1))
+    return _Block(m * (d - 1), embed, lambda p: jnp.einsum("kij,ki->kj", basis, p).ravel())
+
+
+def _transposed(block: _Block) -> _Block:
+    return _Block(block.dim, lambda c: block.embed(c).T, lambda p: block.extract(p.T))
+
+
+def coordinates(problem: Problem, params: Params, active=None) -> Coordinates:
     """Coordinates of the trained variables: flat (W, H, b) for weight decay; a tangent basis of
-    the oblique manifold on the sphere. Non-trained blocks embed as zeros."""
+    the oblique manifold on the sphere; on the norm balls, a tangent basis of the boundary
+    sphere for a block whose constraint is `active` ((W, H) booleans from
+    `active_constraints`, decided on the host), flat coordinates for one inside its ball.
+    Non-trained blocks embed as zeros."""
     if problem.depth > 1:
         # The symmetry counts, certificates and constructed saddles here are the UFM's.
         raise ValueError(f"depth={problem.depth} is not allowed for the Hessian probes: 1 "
                          "(they check the UFM's landscape facts, docs/science.md, section 5)")
-    K, d = params.W.shape
-    N = params.H.shape[1]
     learn_W, learn_b = problem.classifier == "learned", problem.bias
-    sphere = problem.geometry == "sphere"
-    if sphere:
-        basis_W = _householder_bases(params.W)  # (K, d, d-1)
-        basis_H = _householder_bases(params.H.T)  # (N, d, d-1)
-    k = d - 1 if sphere else d
-    sizes = [K * k if learn_W else 0, N * k, K if learn_b else 0]
-    dim = sum(sizes)
+    if problem.geometry == "sphere":
+        block_W, block_H = _rows_block(params.W), _transposed(_rows_block(params.H.T))
+    elif problem.geometry in BALL_GEOMETRIES:
+        active_W, active_H = active
+        block_W = _sphere_block(params.W) if active_W else _flat_block(params.W)
+        if not active_H:
+            block_H = _flat_block(params.H)
+        elif problem.geometry == "norm_ball":
+            block_H = _sphere_block(params.H)
+        else:
+            block_H = _transposed(_rows_block(params.H.T))
+    else:
+        block_W, block_H = _flat_block(params.W), _flat_block(params.H)
+    sizes = [block_W.dim if learn_W else 0, block_H.dim, params.b.size if learn_b else 0]
     zero_W, zero_b = jnp.zeros_like(params.W), jnp.zeros_like(params.b)
 
     def embed(x):
         xW, xH, xb = jnp.split(x, np.cumsum(sizes)[:2])
-        if sphere:
-            W = jnp.einsum("kij,kj->ki", basis_W, xW.reshape(K, k)) if learn_W else zero_W
-            H = jnp.einsum("nij,nj->in", basis_H, xH.reshape(N, k))
-        else:
-            W = xW.reshape(K, d) if learn_W else zero_W
-            H = xH.reshape(d, N)
-        return Params(W, H, xb if learn_b else zero_b)
+        return Params(block_W.embed(xW) if learn_W else zero_W, block_H.embed(xH),
+                      xb if learn_b else zero_b)
 
     def extract(p):
-        if sphere:
-            xW = jnp.einsum("kij,ki->kj", basis_W, p.W).ravel()
-            xH = jnp.einsum("nij,in->nj", basis_H, p.H).ravel()
-        else:
-            xW, xH = p.W.ravel(), p.H.ravel()
-        parts = ([xW] if learn_W else []) + [xH] + ([p.b] if learn_b else [])
-        return jnp.concatenate(parts)
+        parts = ([block_W.extract(p.W)] if learn_W else []) + [block_H.extract(p.H)]
+        return jnp.concatenate(parts + ([p.b] if learn_b else []))
 
-    return Coordinates(dim, embed, extract)
+    return Coordinates(sum(sizes), embed, extract)
 
 
 # ----------------------------------------------------------------------------- operators
 
 
 def gradient(problem: Problem, hyper: Hyper, params: Params) -> Params:
-    """Euclidean gradient of the objective (Riemannian on the sphere)."""
+    """Euclidean gradient of the objective (Riemannian on the sphere, the KKT residual on the
+    norm balls)."""
     egrad = jax.grad(lambda p: objective(problem, hyper, p))(params)
-    return manifolds.riemannian_grad(problem, params, egrad)
+    return manifolds.riemannian_grad(problem, params, egrad, hyper)
 
 
 def hvp(problem: Problem, hyper: Hyper, params: Params, tangent: Params) -> Params:
@@ -115,32 +158,77 @@ def hvp(problem: Problem, hyper: Hyper, params: Params, tangent: Params) -> Para
     return jax.jvp(grad_fn, (params,), (tangent,))[1]
 
 
-def riemannian_hvp(problem: Problem, hyper: Hyper, params: Params, tangent: Params) -> Params:
-    """Riemannian Hessian-vector product on the oblique manifold (tangent in, tangent out):
-    P_X(ehess[V]) - V ddiag(X^T egrad) for W (rows) and H (columns); Euclidean for b."""
+def _on_sphere(X, egrad, ehess, V, axis):
+    """Riemannian Hessian of the spheres through X (one sphere over `axis`: None all of X, 1 the
+    rows, 0 the columns; any radius): P_X(ehess[V]) - V <X, egrad>/||X||^2 with
+    P_X(U) = U - X <X, U>/||X||^2."""
+    inner = lambda A, B: jnp.sum(A * B, axis=axis, keepdims=axis is not None)
+    norm_sq = inner(X, X)
+    term = ehess - V * (inner(X, egrad) / norm_sq)
+    return term - X * (inner(X, term) / norm_sq)
+
+
+def riemannian_hvp(problem: Problem, hyper: Hyper, params: Params, tangent: Params,
+                   active=None) -> Params:
+    """Riemannian Hessian-vector product (tangent in, tangent out): on the oblique manifold
+    P_X(ehess[V]) - V ddiag(X^T egrad) for W (rows) and H (columns); on the norm balls the same
+    on the boundary sphere of each `active` block (the Hessian of the Lagrangian on the
+    tangent space of the active constraints), Euclidean inside; Euclidean for b."""
     egrad = jax.grad(lambda p: objective(problem, hyper, p))(params)
     ehess = hvp(problem, hyper, params, tangent)
-    W_term = ehess.W - tangent.W * jnp.sum(params.W * egrad.W, axis=1, keepdims=True)
-    H_term = ehess.H - tangent.H * jnp.sum(params.H * egrad.H, axis=0, keepdims=True)
-    return manifolds.project(problem, params, Params(W_term, H_term, ehess.b))
+    if problem.geometry == "sphere":
+        axes_W, axes_H = 1, 0
+    else:
+        axes_W = None if active[0] else False
+        axes_H = (None if problem.geometry == "norm_ball" else 0) if active[1] else False
+    W_term = ehess.W if axes_W is False else _on_sphere(params.W, egrad.W, ehess.W, tangent.W,
+                                                         axes_W)
+    H_term = ehess.H if axes_H is False else _on_sphere(params.H, egrad.H, ehess.H, tangent.H,
+                                                         axes_H)
+    return Params(W_term, H_term, ehess.b)
 
 
 def hessian_operator(
-    problem: Problem, hyper: Hyper, params: Params
+    problem: Problem, hyper: Hyper, params: Params, active=None
 ) -> tuple[Coordinates, Callable]:
-    """(coordinates, matvec): the Hessian (Riemannian on the sphere) as a map on coordinates."""
-    chart = coordinates(problem, params)
-    product = riemannian_hvp if problem.geometry == "sphere" else hvp
+    """(coordinates, matvec): the Hessian (Riemannian on the sphere and on the active norm
+    balls' boundaries) as a map on coordinates. `active`: as in `coordinates`, computed from
+    the point when omitted (outside jit)."""
+    if problem.geometry in BALL_GEOMETRIES and active is None:
+        active = constraint_activity(problem, hyper, params)
+    chart = coordinates(problem, params, active)
+    curved = problem.geometry == "sphere" or (active is not None and any(active))
 
     def matvec(x):
-        return chart.extract(product(problem, hyper, params, chart.embed(x)))
+        tangent = chart.embed(x)
+        if curved:
+            return chart.extract(riemannian_hvp(problem, hyper, params, tangent, active))
+        return chart.extract(hvp(problem, hyper, params, tangent))
 
     return chart, matvec
 
 
-def dense_hessian(problem: Problem, hyper: Hyper, params: Params) -> jax.Array:
-    """The (Riemannian) Hessian in coordinates, (dim, dim), symmetrized; one HVP per column."""
-    chart, matvec = hessian_operator(problem, hyper, params)
+def constraint_activity(problem: Problem, hyper: Hyper, params: Params):
+    """(W active, H active) on the host, for the charts of the norm balls (None for the other
+    geometries). For "norm_ball_each" the features must be all on their spheres or all inside;
+    a point with some of each is refused (the chart is one static shape)."""
+    if problem.geometry not in BALL_GEOMETRIES:
+        return None
+    with x64_scope("float64"):
+        active_W, active_H = manifolds.active_constraints(
+            problem, hyper.astype(jnp.float64), _as64(params))
+        active_W, active_H = bool(active_W), np.asarray(active_H)
+    if active_H.all() != active_H.any():
+        raise ValueError(f"params.H is not allowed with some features on their sphere and some "
+                         f"inside ({int(active_H.sum())} of {active_H.size} on it): the probes "
+                         "take all or none")
+    return (active_W or problem.classifier != "learned", bool(active_H.all()))
+
+
+def dense_hessian(problem: Problem, hyper: Hyper, params: Params, active=None) -> jax.Array:
+    """The (Riemannian) Hessian in coordinates, (dim, dim), symmetrized; one HVP per column.
+    `active`: as in `hessian_operator`."""
+    chart, matvec = hessian_operator(problem, hyper, params, active)
     eye = jnp.eye(chart.dim, dtype=params.H.dtype)
     Hess = jax.vmap(matvec)(eye)
     return 0.5 * (Hess + Hess.T)
@@ -338,14 +426,14 @@ def symmetry_dimension(problem: Problem, hyper: Hyper, params: Params, rank_rtol
 
 def _certificate(problem: Problem, hyper: Hyper, params: Params, grad_norm, sigma_G, f_star):
     """certified_global: the convex-loss certificate sigma_1(G) <= sqrt(lam_W lam_H) (to 1e-9
-    relative); on the sphere, f = f*.
+    relative); on the sphere and the norm balls, f = f* (the closed form, where known).
 
     A point that is only nearly critical gets an allowance of grad_norm / max(||W||_2, ||H||_2)
     (a perturbation of G by delta moves the gradient by delta ||H||), used only while it is
     below 1e-3 sqrt(lam_W lam_H): near the origin the spread vanishes and the allowance would
     grow without bound, certifying any sigma_1(G) (the origin at small weight decay, a strict
     saddle, was "certified" that way). There the plain inequality decides."""
-    if problem.geometry == "sphere":
+    if problem.geometry != "wd":
         if f_star is None:
             return jnp.asarray(False)
         value = objective(problem, hyper, params)
@@ -360,9 +448,10 @@ def _certificate(problem: Problem, hyper: Hyper, params: Params, grad_norm, sigm
     return (bound > 0) & (sigma_G <= bound * (1.0 + 1e-9) + allowance)
 
 
-def _probe_arrays(problem, hyper, params, key, *, method, num_iters, grad_rtol, eig_rtol, f_star):
+def _probe_arrays(problem, hyper, params, key, *, method, num_iters, grad_rtol, eig_rtol, f_star,
+                  active=None):
     """Every numeric field of `Probe` (traceable; verdict as an int code)."""
-    chart, matvec = hessian_operator(problem, hyper, params)
+    chart, matvec = hessian_operator(problem, hyper, params, active)
     grad_norm = jnp.linalg.norm(chart.extract(gradient(problem, hyper, params)))
     sigma_G = jnp.linalg.norm(logit_gradient(problem, hyper, params), 2)
     n_symmetry = symmetry_dimension(problem, hyper, params)
@@ -405,14 +494,20 @@ def _probe_arrays(problem, hyper, params, key, *, method, num_iters, grad_rtol, 
                 scale=scale)
 
 
-def _dim(problem: Problem) -> int:
+def _dim(problem: Problem, active=None) -> int:
+    """Coordinates of the probes' chart (`coordinates`)."""
     K, d, N = problem.num_classes, problem.feature_dim, problem.num_samples
     k = d - 1 if problem.geometry == "sphere" else d
-    return (K * k if problem.classifier == "learned" else 0) + N * k + (K if problem.bias else 0)
+    dim_W, dim_H = K * k, N * k
+    if problem.geometry in BALL_GEOMETRIES:
+        dim_W -= bool(active[0])
+        dim_H -= (1 if problem.geometry == "norm_ball" else N) * bool(active[1])
+    return (dim_W if problem.classifier == "learned" else 0) + dim_H + (
+        K if problem.bias else 0)
 
 
-def _choose_method(problem, method, num_iters):
-    dim = _dim(problem)
+def _choose_method(problem, method, num_iters, active=None):
+    dim = _dim(problem, active)
     if method == "auto":
         method = "dense" if dim <= DENSE_MAX_DIM else "lanczos"
     if method not in ("dense", "lanczos"):
@@ -422,9 +517,10 @@ def _choose_method(problem, method, num_iters):
 
 
 @functools.lru_cache(maxsize=32)
-def _compiled_probe(problem, method, num_iters, grad_rtol, eig_rtol, f_star, batched):
+def _compiled_probe(problem, method, num_iters, grad_rtol, eig_rtol, f_star, batched,
+                    active=None):
     fn = functools.partial(_probe_arrays, problem, method=method, num_iters=num_iters,
-                           grad_rtol=grad_rtol, eig_rtol=eig_rtol, f_star=f_star)
+                           grad_rtol=grad_rtol, eig_rtol=eig_rtol, f_star=f_star, active=active)
     return jax.jit(jax.vmap(fn) if batched else fn)
 
 
@@ -433,7 +529,7 @@ def _as64(tree):
 
 
 def _closed_form_f_star(problem, hyper):
-    if problem.geometry != "sphere" or any(np.ndim(v) for v in hyper):
+    if problem.geometry == "wd" or any(np.ndim(v) for v in hyper):
         return None
     opt = theory.optimum(problem, hyper)
     return None if opt is None else opt.objective
@@ -452,11 +548,16 @@ def probe(problem: Problem, hyper: Hyper, params: Params, *, method: str = "auto
 
     method: "dense" (every eigenvalue; counts), "lanczos" (extremes, `num_iters` HVPs, default
     200) or "auto" (dense up to DENSE_MAX_DIM coordinates).
+
+    On the norm balls the Hessian is the Riemannian one of the boundary spheres whose
+    constraint is active at `params` (the second-order condition on the tangent space of the
+    active constraints), the Euclidean one inside (`constraint_activity`).
     """
-    method, num_iters, dim = _choose_method(problem, method, num_iters)
+    active = constraint_activity(problem, hyper, params)
+    method, num_iters, dim = _choose_method(problem, method, num_iters, active)
     with x64_scope("float64"):
         fn = _compiled_probe(problem, method, num_iters, grad_rtol, eig_rtol,
-                             _closed_form_f_star(problem, hyper), False)
+                             _closed_form_f_star(problem, hyper), False, active)
         key = jax.random.key(key) if isinstance(key, int) else key
         out = fn(hyper.astype(jnp.float64), _as64(params), key)
         out = jax.tree.map(np.asarray, out)
@@ -468,16 +569,28 @@ def probe_batch(problem: Problem, hypers: Hyper, params: Params, *, method: str 
                 num_iters: int | None = None, seed: int = 0, grad_rtol: float = 1e-5,
                 eig_rtol: float = 1e-8) -> Probe:
     """`probe` vmapped over a batch of points (leaves with a leading axis B) and Hyper fields
-    (scalars or (B,) arrays), in one compiled call."""
-    method, num_iters, dim = _choose_method(problem, method, num_iters)
+    (scalars or (B,) arrays), in one compiled call. On the norm balls every point must have
+    the same constraints active (one chart)."""
     batch = params.H.shape[0]
+    active = None
+    if problem.geometry in BALL_GEOMETRIES:
+        each = [constraint_activity(problem, Hyper(*(np.ravel(v)[i if np.size(v) > 1 else 0]
+                                                      for v in hypers)),
+                                    jax.tree.map(lambda x: np.asarray(x)[i], params))
+                for i in range(batch)]
+        if len(set(each)) > 1:
+            raise ValueError("params are not allowed with different constraints active "
+                             f"across the batch ({sorted(set(each))}): probe them apart")
+        active = each[0]
+    method, num_iters, dim = _choose_method(problem, method, num_iters, active)
     f_star = None
-    if problem.geometry == "sphere":
+    if problem.geometry != "wd":
         f_star = _closed_form_f_star(problem, Hyper(*(float(np.ravel(v)[0]) for v in hypers)))
         if f_star is not None and any(np.ndim(v) and len(set(np.ravel(v))) > 1 for v in hypers):
             f_star = None  # one closed form per compiled probe; mixed batches skip it
     with x64_scope("float64"):
-        fn = _compiled_probe(problem, method, num_iters, grad_rtol, eig_rtol, f_star, True)
+        fn = _compiled_probe(problem, method, num_iters, grad_rtol, eig_rtol, f_star, True,
+                             active)
         keys = jax.random.split(jax.random.key(seed), batch)
         out = fn(hypers.broadcast(batch, jnp.float64), _as64(params), keys)
         out = jax.tree.map(np.asarray, out)

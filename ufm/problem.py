@@ -6,8 +6,14 @@ unconstrained features"):
     f(W, H, b) = (1/N) sum_i L(z_i / tau, y_i) + lam_W/2 ||W||_F^2 + lam_H/2 ||H||_F^2
                  + lam_b/2 ||b||^2,        Z = W H + b 1^T
 
-and the sphere-constrained UFM (Yaras et al. 2022): rows of W and columns of H on the unit
-sphere, no penalty on W or H, logits divided by the temperature tau.
+the sphere-constrained UFM (Yaras et al. 2022): rows of W and columns of H on the unit
+sphere, no penalty on W or H, logits divided by the temperature tau; and the norm-constrained
+UFM (E & Wojtowytsch 2020; Fang et al. 2021, the layer-peeled model): no penalty on W or H,
+
+    (1/K) ||W||_F^2 <= E_W   and   (1/N) ||H||_F^2 <= E_H        (geometry "norm_ball")
+    (1/K) ||W||_F^2 <= E_W   and   ||h_i||^2 <= E_H for every i   (geometry "norm_ball_each")
+
+solved by projected first-order methods (`ufm.manifolds`).
 
 Conventions: W is (K, d) with row w_k the classifier of class k, H is (d, N) with column h_i
 the feature of sample i, b is (K,). Samples are ordered by class: the first n_0 columns of H
@@ -28,9 +34,11 @@ import numpy as np
 from ufm import losses as _losses
 from ufm.frames import simplex_etf
 
-GEOMETRIES = ("wd", "sphere")
+GEOMETRIES = ("wd", "sphere", "norm_ball", "norm_ball_each")
+# Geometries whose W and H are held by constraints (no weight decay on them).
+BALL_GEOMETRIES = ("norm_ball", "norm_ball_each")
 ACTIVATIONS = ("linear", "relu")
-CLASSIFIERS = ("learned", "fixed_etf")
+CLASSIFIERS = ("learned", "fixed_etf", "identity")
 DTYPES = ("float32", "float64")
 # Losses defined for multi-hot targets: CE on a multi-hot Y is pick-all-label.
 MULTILABEL_LOSSES = ("ce", "pick_all_label", "mse")
@@ -66,9 +74,15 @@ class Problem:
       n_per_class: samples per class for balanced data; or give `class_counts` instead.
       class_counts: per-class sample counts (n_0, ..., n_{K-1}) for imbalanced data.
       loss: one of `ufm.losses.LOSSES` ("ce", "ls", "focal", "mse", "mse_rescaled").
-      geometry: "wd" (weight decay) or "sphere" (unit-norm w_k and h_i, temperature tau).
-      bias: learn a bias b; defaults to True for "wd" and False for "sphere".
-      classifier: "learned" or "fixed_etf" (W frozen at the unit-norm simplex ETF).
+      geometry: "wd" (weight decay), "sphere" (unit-norm w_k and h_i, temperature tau),
+        "norm_ball" (mean squared norms of the w_k and of the h_i at most Hyper.E_W and E_H:
+        the layer-peeled model) or "norm_ball_each" (the same bound on W, and every
+        ||h_i||^2 <= E_H).
+      bias: learn a bias b; defaults to True for "wd" and False for the other geometries.
+      classifier: "learned", "fixed_etf" (W frozen at the unit-norm simplex ETF) or "identity"
+        (W frozen at I, d = K: the logits are the features. On the sphere with one sample per
+        class this is Lu & Steinerberger's model, "Neural collapse under cross-entropy loss",
+        2022, whose optimum is the simplex ETF).
       dtype: "float32" or "float64"; a float64 problem runs in float64 without global flags.
       label_sets, set_counts: multi-label data (Li et al. 2024) instead of class counts: each
         sample carries a set of classes (a sorted tuple), set_counts[s] samples carry
@@ -138,6 +152,8 @@ class Problem:
             _fail("classifier", self.classifier, f"one of {list(CLASSIFIERS)}")
         if self.classifier == "fixed_etf" and d < K - 1:
             _fail("feature_dim", d, f"at least num_classes-1={K - 1} with classifier='fixed_etf'")
+        if self.classifier == "identity" and d != K:
+            _fail("feature_dim", d, f"num_classes={K} with classifier='identity' (W = I)")
         if self.dtype not in DTYPES:
             _fail("dtype", self.dtype, f"one of {list(DTYPES)}")
         if not _is_int(self.depth) or self.depth < 1:
@@ -148,7 +164,7 @@ class Problem:
         if self.depth == 1:  # no hidden layer, nothing to activate: one Problem, one compile
             object.__setattr__(self, "activation", "linear")
         if self.depth > 1 and self.geometry != "wd":
-            _fail("depth", self.depth, "1 with geometry='sphere' (the deep UFM is a "
+            _fail("depth", self.depth, f"1 with geometry={self.geometry!r} (the deep UFM is a "
                   "weight-decay model)")
 
     def _check_label_sets(self) -> None:
@@ -264,9 +280,11 @@ def multilabel_sets(num_classes: int, counts_by_size) -> tuple[tuple, tuple]:
 class Hyper(NamedTuple):
     """Traced hyperparameters; every field may carry a batch axis for vmap.
 
-    lam_W, lam_H, lam_b: weight decays (ignored for W and H on the sphere).
+    lam_W, lam_H, lam_b: weight decays (ignored for W and H on the sphere and the norm balls).
     tau: temperature, logits are divided by tau.  alpha: label smoothing.  gamma: focal.
     kappa, M: rescaled-MSE scale and target magnitude.  lr, momentum, beta1, beta2: solver.
+    E_W, E_H: the norm balls' bounds (geometries "norm_ball", "norm_ball_each"; ignored by
+    the others): (1/K) ||W||_F^2 <= E_W, and (1/N) ||H||_F^2 <= E_H or every ||h_i||^2 <= E_H.
     """
 
     lam_W: float = 5e-4
@@ -281,6 +299,8 @@ class Hyper(NamedTuple):
     momentum: float = 0.9
     beta1: float = 0.9
     beta2: float = 0.999
+    E_W: float = 1.0
+    E_H: float = 1.0
 
     def astype(self, dtype) -> "Hyper":
         """Every field as an array of `dtype` (keeps batch axes)."""
@@ -305,6 +325,8 @@ HYPER_RANGES = {
     "momentum": (0.0, True, 1.0, False),
     "beta1": (0.0, True, 1.0, False),
     "beta2": (0.0, True, 1.0, False),
+    "E_W": (0.0, False, math.inf, False),
+    "E_H": (0.0, False, math.inf, False),
 }
 
 
@@ -374,6 +396,8 @@ def init_traced(problem: Problem, key: jax.Array, scale=1.0) -> Params:
         W, H = normalize_rows(W), normalize_columns(H)
     if problem.classifier == "fixed_etf":
         W = jnp.asarray(simplex_etf(K, d), dtype)
+    if problem.classifier == "identity":
+        W = jnp.eye(K, dtype=dtype)
     layers = None
     if problem.depth > 1:
         keys = jax.random.split(jax.random.fold_in(key, 1), problem.depth - 1)
@@ -406,9 +430,9 @@ def mean_loss(problem: Problem, hyper: Hyper, params: Params) -> jax.Array:
 
 def penalty(problem: Problem, hyper: Hyper, params: Params) -> jax.Array:
     """lam_W/2 ||W||^2 + lam_H/2 ||H||^2 + lam_b/2 ||b||^2 (weight decay); only the bias term
-    on the sphere, where W and H have fixed norms."""
+    on the sphere and the norm balls, where constraints hold the norms of W and H."""
     bias_term = 0.5 * hyper.lam_b * jnp.sum(params.b**2)
-    if problem.geometry == "sphere":
+    if problem.geometry != "wd":
         return bias_term
     weights = jnp.sum(params.W**2)
     if problem.depth > 1:

@@ -32,6 +32,7 @@ import optax
 
 from ufm import fused, kernels, manifolds, metrics, runner, theory
 from ufm.problem import (
+    BALL_GEOMETRIES,
     Hyper,
     Params,
     Problem,
@@ -43,6 +44,8 @@ from ufm.problem import (
 )
 
 SOLVERS = ("gd", "momentum", "nesterov", "adam", "lbfgs")
+# The solvers that take projected steps on the norm balls.
+PROJECTED_SOLVERS = ("gd", "momentum", "nesterov", "adam")
 STATUSES = ("running", "converged", "max_steps", "diverged")
 RUNNING, CONVERGED, MAX_STEPS, DIVERGED = range(4)
 HISTORY_KEYS = ("objective", "loss", "grad_norm", "gap", "rel_gap") + metrics.METRIC_NAMES
@@ -130,7 +133,7 @@ def _make_step(
                 )
             )
         else:
-            grad = manifolds.riemannian_grad(problem, variables, grad)
+            grad = manifolds.riemannian_grad(problem, variables, grad, hyper)
             grad_norm = optax.tree.norm(grad)
         if solver == "lbfgs":
             updates, opt_state = tx.update(
@@ -153,10 +156,11 @@ def _make_step(
         moved = jax.tree.map(
             lambda x, u: x + jnp.where(move, u, jnp.zeros_like(u)), variables, updates
         )
-        if not pullback and problem.geometry == "sphere":
-            # Retraction is not bit-exact on an already unit point: keep a frozen point as is.
+        if not pullback and problem.geometry != "wd":
+            # Retraction (projection onto the balls) is not bit-exact on a point already there:
+            # keep a frozen point as is.
             moved = jax.tree.map(lambda a, b: jnp.where(move, a, b),
-                                 manifolds.retract(problem, moved), variables)
+                                 manifolds.retract(problem, moved, hyper), variables)
         status = jnp.where(converged, CONVERGED, jnp.where(diverged, DIVERGED, state.status))
         return RunState(
             variables=moved,
@@ -212,6 +216,8 @@ def _initial_state(problem: Problem, solver: str, hyper: Hyper, key, init_scale,
                    start: Params | None = None, fast: bool = False) -> RunState:
     tx = _optimizer(solver, hyper)
     variables = init_traced(problem, key, init_scale) if start is None else start
+    if problem.geometry in BALL_GEOMETRIES:  # a projected method starts feasible
+        variables = manifolds.retract(problem, variables, hyper)
     dtype = problem.jnp_dtype
     return RunState(
         variables=variables,
@@ -404,11 +410,20 @@ def _check_run_args(problem, solver, steps, log_every, tol):
         raise TypeError(f"problem must be a ufm.Problem, got {type(problem).__name__}")
     if solver not in SOLVERS:
         raise ValueError(f"solver={solver!r} is not allowed: one of {list(SOLVERS)}")
+    check_solver_geometry(problem, solver)
     for name, value in (("steps", steps), ("log_every", log_every)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"{name}={value!r} is not allowed: an integer >= 1")
     if not (isinstance(tol, (int, float, np.floating)) and tol >= 0):
         raise ValueError(f"tol={tol!r} is not allowed: a number >= 0")
+
+
+def check_solver_geometry(problem: Problem, solver: str) -> None:
+    """The norm balls take projected first-order steps only: L-BFGS's line search and curvature
+    pairs assume an unconstrained space."""
+    if problem.geometry in BALL_GEOMETRIES and solver not in PROJECTED_SOLVERS:
+        raise ValueError(f"solver={solver!r} is not allowed with geometry={problem.geometry!r}: "
+                         f"one of {list(PROJECTED_SOLVERS)} (projected steps)")
 
 
 def default_tol(problem: Problem) -> float:

@@ -142,6 +142,8 @@ def optimum(problem: Problem, hyper: Hyper) -> Optimum | None:
         if problem is None:
             return None
     K, d = problem.num_classes, problem.feature_dim
+    if problem.classifier == "identity":
+        return identity_classifier_optimum(problem, hyper)
     if not problem.balanced or problem.classifier != "learned" or d < K - 1:
         return None
     n = problem.n_per_class
@@ -163,6 +165,8 @@ def optimum(problem: Problem, hyper: Hyper) -> Optimum | None:
             return None
         f_star = math.log1p((K - 1) * math.exp(-K / ((K - 1) * tau)))
         return Optimum(f_star, 1.0, 1.0, np.zeros(K), False)
+    if problem.geometry in ("norm_ball", "norm_ball_each"):
+        return norm_ball_optimum(problem, hyper)
 
     # f(W, H, b) = c * f_canonical(W / t, H, b / t) with canonical lambdas (see docstring).
     loss, c, t = problem.loss, 1.0, tau
@@ -208,6 +212,44 @@ def optimum(problem: Problem, hyper: Hyper) -> Optimum | None:
     return Optimum(c * f_c, t**2 * w_sq_c, h_sq, t * b_c, bool(is_zero))
 
 
+def identity_classifier_optimum(problem: Problem, hyper: Hyper) -> Optimum | None:
+    """Lu & Steinerberger 2022 ("Neural collapse under cross-entropy loss"): unit features h_k
+    in R^K whose logits are the features themselves (W = I, d = K), CE at temperature tau,
+    balanced, no bias. The minimizer is the simplex ETF h_k = (e_k - 1/K)/||e_k - 1/K||: the
+    margin is ||e_k - 1/K||^{-1} = sqrt(K/(K-1)), and
+
+        f* = ln(1 + (K-1) exp(-sqrt(K/(K-1)) / tau)).
+
+    None off the sphere, for other losses or with a bias."""
+    K = problem.num_classes
+    if (problem.geometry != "sphere" or problem.loss != "ce" or problem.bias
+            or not problem.balanced or problem.multilabel):
+        return None
+    tau = _scalar(hyper.tau, "tau")
+    margin = math.sqrt(K / (K - 1)) / tau
+    return Optimum(math.log1p((K - 1) * math.exp(-margin)), 1.0, 1.0, np.zeros(K), False)
+
+
+def norm_ball_optimum(problem: Problem, hyper: Hyper) -> Optimum | None:
+    """The norm-constrained UFM with CE, no bias, balanced, d >= K-1 (E & Wojtowytsch 2020;
+    Fang et al. 2021, "Exploring deep neural networks via layer-peeled model", Thm. 3): the
+    minimizers are simplex ETFs on the boundary, ||w_k||^2 = E_W, h_i = sqrt(E_H/E_W) w_{y_i},
+    so every logit margin is (K/(K-1)) sqrt(E_W E_H) / tau and
+
+        f* = ln(1 + (K-1) exp(-(K/(K-1)) sqrt(E_W E_H) / tau)).
+
+    The same for "norm_ball_each" (every ||h_i||^2 <= E_H): the optimum above meets it with
+    equality. The tutorial's ||W||_F <= 1, ||h_i|| <= 1 is E_W = 1/K, E_H = 1:
+    f* = ln(1 + (K-1) exp(-sqrt(K)/(K-1) / tau)). None for other losses or with a bias."""
+    K, d = problem.num_classes, problem.feature_dim
+    if (problem.loss != "ce" or problem.bias or not problem.balanced or d < K - 1
+            or problem.classifier != "learned" or problem.multilabel):
+        return None
+    E_W, E_H, tau = (_scalar(getattr(hyper, f), f) for f in ("E_W", "E_H", "tau"))
+    margin = K / (K - 1) * math.sqrt(E_W * E_H) / tau
+    return Optimum(math.log1p((K - 1) * math.exp(-margin)), E_W, E_H, np.zeros(K), False)
+
+
 # ---------------------------------------------------------------------------------------------
 # Critical points (docs/science.md, section 5). Each returns float64 Params (host numpy arrays).
 
@@ -224,6 +266,10 @@ def optimum_point(problem: Problem, hyper: Hyper) -> Params | None:
     if opt is None:
         return None
     K, d = problem.num_classes, problem.feature_dim
+    if problem.classifier == "identity":  # W = I; the features are the centred unit vectors
+        centred = np.eye(K) - 1.0 / K
+        features = centred / np.linalg.norm(centred, axis=1, keepdims=True)
+        return _params(np.eye(K), features[problem.labels].T, opt.b)
     frame = (
         np.eye(K, d) if problem.loss.startswith("mse") and not problem.bias else simplex_etf(K, d)
     )
