@@ -272,8 +272,9 @@ def _imbalance_arrays(problem: Problem, hypers: Hyper, params, n: int, objective
 
 def reports_gnc(problem: Problem) -> bool:
     """GNC columns (docs/science.md, section 3) for the generalized-NC regime d < K-1 and for every
-    sphere problem (where the margin of the ETF, K/(K-1), checks the metric)."""
-    if problem.multilabel:
+    sphere problem (where the margin of the ETF, K/(K-1), checks the metric); not for a
+    classifier frozen at the identity, whose features carry the geometry (nc2_H)."""
+    if problem.multilabel or problem.classifier == "identity":
         return False
     return problem.feature_dim < problem.num_classes - 1 or problem.geometry == "sphere"
 
