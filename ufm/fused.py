@@ -30,7 +30,15 @@ import optax
 
 from ufm import losses as _losses
 from ufm import manifolds
-from ufm.problem import Hyper, Params, Problem, normalize_columns, normalize_rows, penalty
+from ufm.problem import (
+    Hyper,
+    Params,
+    Problem,
+    normalize_columns,
+    normalize_rows,
+    penalty,
+    streams,
+)
 
 SOLVERS = ("gd", "momentum", "nesterov", "adam")
 
@@ -38,9 +46,11 @@ SOLVERS = ("gd", "momentum", "nesterov", "adam")
 def supports(problem: Problem, solver: str) -> bool:
     """Whether the fast path covers this problem and solver: the first-order solvers on
     either geometry, every loss, bias on or off, learned or fixed-ETF classifier, balanced,
-    per-class or multi-label counts; not the deep UFM, not the norm balls and not L-BFGS
+    per-class or multi-label counts; not the deep UFM, not the norm balls, not logits too
+    large to hold (`ufm.problem.streams`: the reference path streams them) and not L-BFGS
     (reference path)."""
-    return solver in SOLVERS and problem.depth == 1 and problem.geometry in ("wd", "sphere")
+    return (solver in SOLVERS and problem.depth == 1 and problem.geometry in ("wd", "sphere")
+            and not streams(problem))
 
 
 def targets(problem: Problem, dtype) -> jax.Array:

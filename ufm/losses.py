@@ -46,9 +46,13 @@ def _off_target(Y, alpha, K):
 
 def focal(Z, Y, hyper):
     """Focal loss (Lin et al. 2017): -(1 - p_y)^gamma log p_y, p = softmax(z)."""
-    log_p_y = jnp.sum(Y * jax.nn.log_softmax(Z, axis=0), axis=0)
+    return focal_from_log_p(jnp.sum(Y * jax.nn.log_softmax(Z, axis=0), axis=0), hyper.gamma)
+
+
+def focal_from_log_p(log_p_y, gamma):
+    """-(1 - p_y)^gamma log p_y from log p_y."""
     one_minus_p = -jnp.expm1(log_p_y)  # 1 - p_y without cancellation when p_y -> 1
-    return -(one_minus_p**hyper.gamma) * log_p_y
+    return -(one_minus_p**gamma) * log_p_y
 
 
 def mse(Z, Y, hyper=None):

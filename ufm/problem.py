@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ufm import losses as _losses
+from ufm import streaming as _streaming
 from ufm.frames import simplex_etf
 
 GEOMETRIES = ("wd", "sphere", "norm_ball", "norm_ball_each")
@@ -422,8 +423,22 @@ def logits(params: Params, problem: Problem | None = None) -> jax.Array:
     return params.W @ features + params.b[:, None]
 
 
+def streams(problem: Problem) -> bool:
+    """Whether `mean_loss` streams the logits over class blocks (`ufm.streaming`): a softmax
+    loss (CE, LS, focal) with single labels, depth 1, and K N above `STREAM_ABOVE`."""
+    return (problem.loss in _streaming.STREAMED_LOSSES and not problem.multilabel
+            and problem.depth == 1
+            and problem.num_classes * problem.num_samples > _streaming.STREAM_ABOVE)
+
+
 def mean_loss(problem: Problem, hyper: Hyper, params: Params) -> jax.Array:
-    """(1/N) sum_i L(z_i / tau, y_i)."""
+    """(1/N) sum_i L(z_i / tau, y_i); streamed over class blocks when the K x N logits are
+    large (`streams`)."""
+    if streams(problem):
+        size = _streaming.block_size(problem.num_classes, problem.num_samples)
+        return jnp.mean(_streaming.per_sample_loss(
+            problem.loss, params.W, params.H, params.b, jnp.asarray(problem.labels), hyper,
+            size))
     Z = logits(params, problem) / hyper.tau
     return jnp.mean(_losses.LOSSES[problem.loss](Z, problem.targets(), hyper))
 
