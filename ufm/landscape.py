@@ -32,6 +32,7 @@ from ufm.problem import (
     init_traced,
     logit_gradient,
     objective,
+    streams,
     x64_scope,
 )
 from ufm.solvers import CHECK_EVERY, solve_batch
@@ -153,8 +154,13 @@ def gradient(problem: Problem, hyper: Hyper, params: Params) -> Params:
 
 
 def hvp(problem: Problem, hyper: Hyper, params: Params, tangent: Params) -> Params:
-    """Euclidean Hessian-vector product, forward-over-reverse: d/dt grad f(params + t tangent)."""
+    """Euclidean Hessian-vector product, forward-over-reverse: d/dt grad f(params + t tangent);
+    reverse-over-reverse, grad <grad f, tangent>, where the logits are streamed over class
+    blocks (`ufm.problem.streams`: a custom VJP, which forward mode cannot enter)."""
     grad_fn = jax.grad(lambda p: objective(problem, hyper, p))
+    if streams(problem):
+        return jax.grad(lambda p: sum(jnp.vdot(g, t) for g, t in zip(
+            jax.tree.leaves(grad_fn(p)), jax.tree.leaves(tangent))))(params)
     return jax.jvp(grad_fn, (params,), (tangent,))[1]
 
 

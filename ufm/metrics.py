@@ -33,40 +33,69 @@ from ufm.problem import x64_scope
 GLOBAL_MEANS = ("class_means", "samples")
 
 
-def _cosines(X):
-    """Cosine matrix of the rows of X (K, p)."""
-    unit = X / jnp.linalg.norm(X, axis=1, keepdims=True)
-    return unit @ unit.T
+# The K x K and K x N matrices behind the metrics are formed a block of rows at a time, about
+# this many entries per block: K = 10^4 classes would need 800 MB per float64 matrix, and
+# the class-mean distances of nc1_cdnv a K x K x d array.
+CHUNK_ENTRIES = 1 << 22
+
+
+def _map_rows(fn, num_rows: int, row_length: int):
+    """fn(indices) on consecutive blocks of row indices (about CHUNK_ENTRIES / row_length
+    rows each; one block when that covers them all), results stacked along axis 0, num_rows of
+    them. The last block repeats the last row to its full size; the repeats are cut off."""
+    rows = max(1, min(num_rows, CHUNK_ENTRIES // max(row_length, 1)))
+    blocks = -(-num_rows // rows)
+    if blocks == 1:
+        return fn(jnp.arange(num_rows))
+    out = jax.lax.map(lambda start: fn(jnp.minimum(start + jnp.arange(rows), num_rows - 1)),
+                      jnp.arange(blocks) * rows)
+    return jax.tree.map(lambda x: x.reshape((blocks * rows,) + x.shape[2:])[:num_rows], out)
 
 
 def _angle_metrics(X, K):
-    """(equinorm, equiangular, maxangle) of the rows of X."""
+    """(equinorm, equiangular, maxangle) of the rows of X (K, p), cosines a block of rows at a
+    time."""
     norms = jnp.linalg.norm(X, axis=1)
     equinorm = jnp.std(norms) / jnp.mean(norms)
-    cos = _cosines(X)
-    off = ~jnp.eye(K, dtype=bool)
-    deviation = jnp.abs(cos + 1.0 / (K - 1))
-    equiangular = jnp.sum(jnp.where(off, deviation, 0.0)) / (K * (K - 1))
-    max_cos = jnp.max(jnp.where(off, cos, -jnp.inf), axis=1)
+    unit = X / norms[:, None]
+
+    def rows(idx):
+        cos = unit[idx] @ unit.T  # (rows, K)
+        off = jnp.arange(K)[None, :] != idx[:, None]
+        deviation = jnp.sum(jnp.where(off, jnp.abs(cos + 1.0 / (K - 1)), 0.0), axis=1)
+        return deviation, jnp.max(jnp.where(off, cos, -jnp.inf), axis=1)
+
+    deviation, max_cos = _map_rows(rows, K, K)
+    equiangular = jnp.sum(deviation) / (K * (K - 1))
     maxangle = jnp.mean(jnp.abs(max_cos + 1.0 / (K - 1)))
     return equinorm, equiangular, maxangle
 
 
-def _gram_to_etf(G, E):
-    return jnp.linalg.norm(G / jnp.linalg.norm(G) - E)
+def _gram_to_etf(A, B):
+    """|| G / ||G||_F - E ||_F for G = A B^T (A, B: (K, p)) and E = (I - 11^T/K)/sqrt(K-1),
+    G formed a block of rows at a time (two passes: ||G||_F, then the distance)."""
+    K = A.shape[0]
+    scale = 1.0 / jnp.sqrt(jnp.asarray(K - 1, A.dtype))
+    norm = jnp.sqrt(jnp.sum(_map_rows(lambda idx: jnp.sum((A[idx] @ B.T) ** 2, axis=1), K, K)))
+
+    def rows(idx):
+        E = jnp.where(jnp.arange(K)[None, :] == idx[:, None], scale, 0.0) - scale / K
+        return jnp.sum((A[idx] @ B.T / norm - E) ** 2, axis=1)
+
+    return jnp.sqrt(jnp.sum(_map_rows(rows, K, K)))
 
 
 def _class_statistics(H, labels, K, global_mean, max_rank=None):
-    """One-hot Y, counts, class means, M, within-class deviations and NC1 (Papyan's
-    tr(Sigma_W Sigma_B^+)) of features H (d, N); Sigma_B^+ at rank K-1 (or `max_rank`)."""
+    """Counts, class means, M, within-class deviations and NC1 (Papyan's
+    tr(Sigma_W Sigma_B^+)) of features H (d, N); Sigma_B^+ at rank K-1 (or `max_rank`).
+    Class sums are segment sums over the labels (no K x N one-hot)."""
     d, N = H.shape
     dtype = H.dtype
-    Y = jax.nn.one_hot(labels, K, dtype=dtype).T  # (K, N)
-    counts = jnp.sum(Y, axis=1)  # (K,)
-    means = (H @ Y.T) / counts[None, :]  # (d, K)
+    counts = jax.ops.segment_sum(jnp.ones((N,), dtype), labels, K)  # (K,)
+    means = jax.ops.segment_sum(H.T, labels, K).T / counts[None, :]  # (d, K)
     mu_G = jnp.mean(means, axis=1) if global_mean == "class_means" else jnp.mean(H, axis=1)
     M = means - mu_G[:, None]  # (d, K)
-    within = H - means @ Y  # (d, N): h_i - mu_{y_i}
+    within = H - means[:, labels]  # (d, N): h_i - mu_{y_i}
 
     # NC1 through the SVD of M, truncated at rank min(K-1, d) and at round-off.
     U, S, _ = jnp.linalg.svd(M, full_matrices=False)
@@ -78,7 +107,7 @@ def _class_statistics(H, labels, K, global_mean, max_rank=None):
     defined = S[0] > 0
     nan = jnp.asarray(jnp.nan, dtype)
     nc1_papyan = jnp.where(defined, (K / N) * jnp.sum(inv_sq * projected_sq), nan)
-    return Y, counts, means, M, within, defined, nan, nc1_papyan
+    return counts, means, M, within, defined, nan, nc1_papyan
 
 
 def nc1(H, labels, num_classes: int, *, global_mean: str = "class_means"):
@@ -96,25 +125,33 @@ def _nc_metrics(W, H, labels, b, global_mean):
     K, d = W.shape
     N = H.shape[1]
     dtype = H.dtype
-    Y, counts, means, M, within, defined, nan, nc1_papyan = _class_statistics(H, labels, K,
-                                                                             global_mean)
+    counts, means, M, within, defined, nan, nc1_papyan = _class_statistics(H, labels, K,
+                                                                          global_mean)
     trace_W = jnp.sum(within**2) / N
     trace_B = jnp.sum(M**2) / K
     nc1_trace = jnp.where(defined, trace_W / jnp.where(defined, trace_B, 1.0), nan)
 
-    var_k = jnp.sum((within**2) @ Y.T, axis=0) / counts  # (K,)
-    sq_dist = jnp.sum((means[:, :, None] - means[:, None, :]) ** 2, axis=0)  # (K, K)
-    off = ~jnp.eye(K, dtype=bool)
-    cdnv = (var_k[:, None] + var_k[None, :]) / (2.0 * jnp.where(off, sq_dist, 1.0))
-    nc1_cdnv = jnp.sum(jnp.where(off, cdnv, 0.0)) / (K * (K - 1))
+    var_k = jax.ops.segment_sum(jnp.sum(within**2, axis=0), labels, K) / counts  # (K,)
+    means_T = means.T  # (K, d)
 
-    E = ((jnp.eye(K, dtype=dtype) - 1.0 / K) / jnp.sqrt(jnp.asarray(K - 1, dtype)))
-    WM = W @ M
+    def cdnv_rows(idx):
+        sq_dist = jnp.sum((means_T[idx][:, None, :] - means_T[None, :, :]) ** 2, axis=2)
+        off = jnp.arange(K)[None, :] != idx[:, None]
+        ratio = (var_k[idx][:, None] + var_k[None, :]) / (2.0 * jnp.where(off, sq_dist, 1.0))
+        return jnp.sum(jnp.where(off, ratio, 0.0), axis=1)
+
+    nc1_cdnv = jnp.sum(_map_rows(cdnv_rows, K, K * d)) / (K * (K - 1))
     nc3_papyan = jnp.sum((W.T / jnp.linalg.norm(W) - M / jnp.linalg.norm(M)) ** 2)
 
-    logits = W @ H + (0.0 if b is None else b[:, None])
-    sq_to_means = jnp.sum(means**2, axis=0)[:, None] - 2.0 * means.T @ H  # (K, N), up to ||h||^2
-    nc4 = jnp.mean((jnp.argmin(sq_to_means, axis=0) != jnp.argmax(logits, axis=0)).astype(dtype))
+    bias = jnp.zeros((K,), dtype) if b is None else b
+    means_sq = jnp.sum(means**2, axis=0)
+
+    def nc4_samples(idx):
+        X = H[:, idx]
+        sq_to_means = means_sq[:, None] - 2.0 * means_T @ X  # (K, samples), up to ||h||^2
+        return jnp.argmin(sq_to_means, axis=0) != jnp.argmax(W @ X + bias[:, None], axis=0)
+
+    nc4 = jnp.mean(_map_rows(nc4_samples, N, K).astype(dtype))
 
     eqn_W, eqa_W, maxa_W = _angle_metrics(W, K)
     eqn_H, eqa_H, maxa_H = _angle_metrics(M.T, K)
@@ -123,9 +160,9 @@ def _nc_metrics(W, H, labels, b, global_mean):
         "nc1_papyan": nc1_papyan,
         "nc1_trace": nc1_trace,
         "nc1_cdnv": nc1_cdnv,
-        "nc2_W": _gram_to_etf(W @ W.T, E),
-        "nc2_H": _gram_to_etf(M.T @ M, E),
-        "nc3": _gram_to_etf(WM, E),
+        "nc2_W": _gram_to_etf(W, W),
+        "nc2_H": _gram_to_etf(M.T, M.T),
+        "nc3": _gram_to_etf(W, M.T),
         "nc3_papyan": nc3_papyan,
         "nc4": nc4,
         "equinorm_W": eqn_W,
@@ -214,8 +251,9 @@ def _multilabel_metrics(W, H, sample_sets, label_sets, b):
     # Sigma_B^+ at rank K-1, so round-off directions do not divide the within-set spread.
     found["nc1"] = _class_statistics(H, jnp.asarray(sample_sets), S, "class_means",
                                      max_rank=K - 1)[-1] / S
-    one_hot = jax.nn.one_hot(jnp.asarray(sample_sets), S, dtype=H.dtype).T  # (S, N)
-    means = (H @ one_hot.T) / jnp.sum(one_hot, axis=1)[None, :]  # (d, S)
+    sets = jnp.asarray(sample_sets)
+    means = jax.ops.segment_sum(H.T, sets, S).T / jax.ops.segment_sum(
+        jnp.ones((H.shape[1],), H.dtype), sets, S)[None, :]  # (d, S)
     single_means = means[:, singles]
     mu_G = jnp.mean(single_means, axis=1, keepdims=True)
     multi = [i for i, s in enumerate(label_sets) if len(s) >= 2]

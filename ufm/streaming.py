@@ -12,10 +12,10 @@ log-sum-exp over classes, the target logit z_y and (label smoothing) the sum of 
 
 z_y = <w_{y_i}, h_i> + b_{y_i} is a gather, sum_k z_k = <sum_k w_k, h_i> + sum_k b_k a matvec;
 the log-sum-exp is a `lax.scan` over class blocks of the online (running-max) accumulation.
-Each block's body is rematerialized (`jax.checkpoint`), so reverse mode keeps only the (N,)
-running max and sum per block and recomputes a block's logits when it needs them: gradients
-(and forward-over-reverse Hessian-vector products) cost O(block N) memory, not O(K N), and
-equal the dense path's to round-off. `ufm.problem.mean_loss` switches to this path when K N
+Its gradient is a custom VJP, a second scan over the blocks (softmax block = exp(S_c - lse)):
+three matmuls a block, O(block N) memory, not O(K N), equal to the dense path's to round-off.
+Both scans rematerialize their blocks (`jax.checkpoint`), so reverse-over-reverse
+Hessian-vector products stay O(block N) too. `ufm.problem.mean_loss` switches to this path when K N
 exceeds `STREAM_ABOVE` (`streams`).
 """
 from __future__ import annotations
@@ -31,9 +31,9 @@ from ufm import losses as _losses
 STREAMED_LOSSES = ("ce", "ls", "ls_off_target", "focal")
 # Stream when the logits would hold more than this many numbers (64 MB of float32).
 STREAM_ABOVE = 1 << 24
-# Aim for blocks of about this many logits (16 MB of float32): small enough for a cache-sized
+# Aim for blocks of about this many logits (8 MB of float32): small enough for a cache-sized
 # working set, large enough that each block is a good matmul.
-BLOCK_LOGITS = 1 << 22
+BLOCK_LOGITS = 1 << 21
 
 
 def block_size(num_classes: int, num_samples: int) -> int:
@@ -54,24 +54,62 @@ def _blocks(W, b, size):
     return W_pad.reshape(num_blocks, size, -1), b_pad.reshape(num_blocks, size)
 
 
-def logsumexp_over_classes(W, H, b, tau, size: int):
-    """lse_i of S = (W H + b 1^T) / tau over the K classes, (N,), in blocks of `size` classes."""
-    W_blocks, b_blocks = _blocks(W, b, size)
+def _running_logsumexp(W_blocks, b_blocks, H):
+    """lse_i over every block's logits W_c H + b_c 1^T, by a running max and sum (N,)."""
     N = H.shape[1]
 
-    @jax.checkpoint
+    @jax.checkpoint  # differentiated (Hessian-vector products): recompute, never store, a block
     def body(carry, block):
         running_max, running_sum = carry
         W_c, b_c = block
-        S = (W_c @ H + b_c[:, None]) / tau  # (size, N): the only logits alive
+        S = W_c @ H + b_c[:, None]  # (size, N): the only logits alive
         new_max = jnp.maximum(running_max, jax.lax.stop_gradient(jnp.max(S, axis=0)))
         running_sum = running_sum * jnp.exp(running_max - new_max) + jnp.sum(
-            jnp.exp(S - new_max), axis=0)
+            jnp.exp(S - new_max[None, :]), axis=0)
         return (new_max, running_sum), None
 
     start = (jnp.full((N,), jnp.finfo(H.dtype).min / 4, H.dtype), jnp.zeros((N,), H.dtype))
     (running_max, running_sum), _ = jax.lax.scan(body, start, (W_blocks, b_blocks))
     return running_max + jnp.log(running_sum)
+
+
+@jax.custom_vjp
+def _blocked_logsumexp(W_blocks, b_blocks, H):
+    return _running_logsumexp(W_blocks, b_blocks, H)
+
+
+def _blocked_logsumexp_fwd(W_blocks, b_blocks, H):
+    lse = _running_logsumexp(W_blocks, b_blocks, H)
+    return lse, (W_blocks, b_blocks, H, lse)
+
+
+def _blocked_logsumexp_bwd(residuals, cotangent):
+    """d lse_i / d S_ki = softmax_ki: per block P = exp(S_c - lse) g, then dW_c = P H^T,
+    db_c = P 1 and dH += W_c^T P: three matmuls a block and one exp, nothing of the forward
+    pass redone but the block's logits (autodiff through the running max does more)."""
+    W_blocks, b_blocks, H, lse = residuals
+
+    @jax.checkpoint  # itself differentiated by reverse-over-reverse Hessian-vector products
+    def body(grad_H, block):
+        W_c, b_c = block
+        P = jnp.exp(W_c @ H + b_c[:, None] - lse[None, :]) * cotangent[None, :]
+        return grad_H + W_c.T @ P, (P @ H.T, jnp.sum(P, axis=1))
+
+    grad_H, (grad_W, grad_b) = jax.lax.scan(body, jnp.zeros_like(H), (W_blocks, b_blocks))
+    return grad_W, grad_b, grad_H
+
+
+_blocked_logsumexp.defvjp(_blocked_logsumexp_fwd, _blocked_logsumexp_bwd)
+
+
+def logsumexp_over_classes(W, H, b, tau, size: int):
+    """lse_i of S = (W H + b 1^T) / tau over the K classes, (N,), in blocks of `size` classes.
+    Reverse-mode differentiable (a custom VJP, itself differentiable in reverse mode); not in
+    forward mode, so Hessian-vector products of streamed problems are reverse-over-reverse
+    (`ufm.landscape.hvp`)."""
+    # Dividing W and b rather than the logits: one pass less over each (size, N) block.
+    W_blocks, b_blocks = _blocks(W / tau, b / tau, size)
+    return _blocked_logsumexp(W_blocks, b_blocks, H)
 
 
 def per_sample_loss(loss: str, W, H, b, labels, hyper, size: int):
