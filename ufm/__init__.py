@@ -39,6 +39,7 @@ SUBMODULES = (
     "results",
     "runner",
     "solvers",
+    "streaming",
     "theory",
 )
 
