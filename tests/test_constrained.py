@@ -114,14 +114,14 @@ def test_probe_on_the_active_constraints(geometry):
 def test_riemannian_hessian_of_the_balls_equals_the_pullback_through_the_radial_retraction():
     """At a KKT point with both constraints active, the Hessian on the boundary spheres is the
     Hessian of x -> f(R(X + embed(x))) at 0, R scaling W and each feature back to its sphere."""
-    prob, hyp = _problem("norm_ball_each"), ufm.Hyper(E_W=0.5, E_H=2.0)
+    prob, hyp = _problem("norm_ball_each", K=3, d=4, n=2), ufm.Hyper(E_W=0.5, E_H=2.0)
     with ufm.problem.x64_scope("float64"):
         point = jax.tree.map(jnp.asarray, theory.optimum_point(prob, hyp))
         hyp64 = hyp.astype(jnp.float64)
         active = landscape.constraint_activity(prob, hyp64, point)
         assert active == (True, True)
         chart = landscape.coordinates(prob, point, active)
-        r_W, r_H = math.sqrt(K * 0.5), math.sqrt(2.0)
+        r_W, r_H = math.sqrt(3 * 0.5), math.sqrt(2.0)
 
         def pulled_back(x):
             moved = jax.tree.map(jnp.add, point, chart.embed(x))

@@ -96,6 +96,9 @@ def _starting_points(K, d, starts, seed, starts_from):
     return W
 
 
+# Starts whose certified margin bound is among the best this many get their exact QPs.
+_EXACT_CONTENDERS = 8
+
 SOFTMAX_TAUS = (0.1, 0.03, 0.01, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5)
 
 
@@ -121,8 +124,16 @@ def softmax_code(K: int, d: int, *, starts: int = 16, seed: int = 0,
         V = (W, jnp.swapaxes(W, 1, 2))  # each feature starts at its classifier
         for tau in taus:
             V = _sharpen_starts(V, jnp.asarray(tau, jnp.float64), int(steps), jnp.asarray(1e-12))
-        W = np.asarray(V[0])
-    codes = [_code(w) for w in W]
+        W, H = np.asarray(V[0]), np.asarray(V[1])
+    # Each start's features certify a lower bound on its margin: for unit h_k,
+    # dist(w_k, conv{w_j}) >= min_j (w_k - w_j).h_k (a separating direction), tight at the
+    # optimum. The exact QPs run only for the starts whose bound comes near the best one.
+    Z = np.einsum("skd,sdj->skj", W, H)  # Z[s, j, k] = w_j . h_k
+    gaps = np.einsum("skk->sk", Z)[:, None, :] - Z
+    gaps[:, np.arange(K), np.arange(K)] = np.inf
+    bounds = gaps.min(axis=(1, 2))
+    contenders = np.argsort(-bounds)[:_EXACT_CONTENDERS]
+    codes = [_code(W[s]) for s in contenders]
     return max(codes, key=lambda c: c.margin)
 
 
@@ -143,5 +154,5 @@ def tammes_code(K: int, d: int, *, starts: int = 32, seed: int = 0,
             W = _sharpen_tammes_starts(W, jnp.asarray(t, jnp.float64), int(steps),
                                        jnp.asarray(1e-12))
         W = np.asarray(W)
-    codes = [_code(w) for w in W]
-    return max(codes, key=lambda c: c.tammes)
+    distances = [host_metrics.min_pairwise_distance(w) for w in W]
+    return _code(W[int(np.argmax(distances))])
