@@ -12,7 +12,8 @@ than --tol (the Tammes configuration found is then not a softmax code), or the r
 pairwise distance.
 
     python experiments/softmax_vs_tammes.py [--dims 3 4 5] [--max-K 30] [--starts 32]
-                                            [--batches 4] [--out runs/softmax_vs_tammes]
+                                            [--batches 4] [--steps 1000]
+                                            [--out runs/softmax_vs_tammes]
 
 Writes codes.csv (one row per (d, K)), codes.md (the table) and codes.png (margin and pairwise
 gaps against K, per d), and prints the (d, K) where the codes differ.
@@ -38,23 +39,25 @@ COLUMNS = ("d", "K", "softmax_margin", "softmax_pairwise", "tammes_margin", "tam
            "margin_gap", "pairwise_gap", "differ", "softmax_batches_agreeing", "seconds")
 
 
-def _best(search, key, K, d, starts, batches, seed0, starts_from=None):
+def _best(search, key, K, d, starts, batches, seed0, starts_from=None, steps=1000,
+          linesearch="backtracking"):
     """The best of `batches` searches of `starts` starts each (seeds seed0, seed0 + 1, ...),
     the first also starting from `starts_from`; and how many batches reached it (to 1e-9)."""
-    found = [search(K, d, starts=starts, seed=seed0 + b,
+    found = [search(K, d, starts=starts, seed=seed0 + b, steps=steps, linesearch=linesearch,
                     starts_from=starts_from if b == 0 else None) for b in range(batches)]
     best = max(found, key=key)
     return best, sum(key(c) >= key(best) - 1e-9 for c in found)
 
 
-def compare(K: int, d: int, starts: int, batches: int, tol: float) -> dict:
+def compare(K: int, d: int, starts: int, batches: int, tol: float, steps: int = 1000) -> dict:
     t0 = time.perf_counter()
     # Each search also starts from the other's result, so neither loses to a configuration the
     # other found (a gap of the wrong sign is then a search that missed, not a difference).
     margin, pairwise = (lambda c: c.margin), (lambda c: c.tammes)
-    tammes, _ = _best(codes.tammes_code, pairwise, K, d, starts, batches, 0)
-    soft, soft_hits = _best(codes.softmax_code, margin, K, d, starts, batches, 0, tammes.W[None])
-    again, _ = _best(codes.tammes_code, pairwise, K, d, starts, 1, batches, soft.W[None])
+    tammes, _ = _best(codes.tammes_code, pairwise, K, d, starts, batches, 0, steps=steps)
+    soft, soft_hits = _best(codes.softmax_code, margin, K, d, starts, batches, 0, tammes.W[None],
+                            steps)
+    again, _ = _best(codes.tammes_code, pairwise, K, d, starts, 1, batches, soft.W[None], steps)
     tammes = max(tammes, again, key=pairwise)
     margin_gap = soft.margin - tammes.margin  # >= 0 up to search error
     pairwise_gap = tammes.tammes - soft.tammes  # >= 0 up to search error
@@ -104,7 +107,10 @@ def plot(rows: list[dict], out: Path, tol: float) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dims", type=int, nargs="+", default=[3, 4, 5])
+    parser.add_argument("--min-K", type=int, default=None, help="default d + 2")
     parser.add_argument("--max-K", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=1000,
+                        help="L-BFGS iterations per temperature (every start runs until all stop)")
     parser.add_argument("--starts", type=int, default=32, help="random starts per batch")
     parser.add_argument("--batches", type=int, default=4,
                         help="independent batches (seeds) per code; the best is kept")
@@ -116,8 +122,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for d in args.dims:
-        for K in range(d + 2, args.max_K + 1):
-            rows.append(compare(K, d, args.starts, args.batches, args.tol))
+        for K in range(d + 2 if args.min_K is None else max(args.min_K, d + 2), args.max_K + 1):
+            rows.append(compare(K, d, args.starts, args.batches, args.tol, args.steps))
             r = rows[-1]
             print(f"d={d} K={K:2d}  margin softmax {r['softmax_margin']:.7f} tammes "
                   f"{r['tammes_margin']:.7f}  min distance softmax {r['softmax_pairwise']:.7f} "

@@ -94,7 +94,9 @@ def one_vs_rest_margins(W, *, neighbours: int | None = None, tol: float = 1e-12)
                 - np.sum(y * y, axis=1, keepdims=True)
             slack[np.arange(rows.size), rows] = np.inf  # w_k itself is not a candidate
             for row, k in enumerate(rows):
-                broken = np.flatnonzero(slack[row] < -tol * scale)
+                broken = np.setdiff1d(np.flatnonzero(slack[row] < -tol * scale), candidates[k])
+                # A class already among the candidates that still breaks the test is Wolfe's
+                # own round-off (it stopped there): the QP over them stands.
                 if broken.size:
                     worst = broken[np.argsort(slack[row, broken])[:m]]
                     candidates[k] = np.union1d(candidates[k], worst)
