@@ -101,9 +101,9 @@ def test_pruned_margins_equal_the_full_qp(K, d):
     classes = np.arange(K) if K <= 300 else rng.choice(K, 5, replace=False)
     np.testing.assert_allclose(pruned[classes], _full_margins(W, classes), rtol=1e-10,
                                atol=1e-14)
-    # Too few neighbours to hold the answer: the optimality check enlarges them until it does.
-    np.testing.assert_allclose(host_metrics.one_vs_rest_margins(W, neighbours=2)[classes],
-                               pruned[classes], rtol=1e-10, atol=1e-14)
+    if K <= 300:  # too few neighbours to hold the answer: the check enlarges them until it does
+        np.testing.assert_allclose(host_metrics.one_vs_rest_margins(W, neighbours=2),
+                                   pruned, rtol=1e-10, atol=1e-14)
 
 
 def test_margin_zero_inside_the_hull_and_the_simplex_etf():

@@ -158,6 +158,8 @@ def softmax_code(K: int, d: int, *, starts: int = 16, seed: int = 0,
     gaps = np.einsum("skk->sk", Z)[:, None, :] - Z
     gaps[:, np.arange(K), np.arange(K)] = np.inf
     bounds = gaps.min(axis=(1, 2))
+    finite = np.isfinite(W).all(axis=(1, 2)) & np.isfinite(H).all(axis=(1, 2))
+    bounds = np.where(finite & np.isfinite(bounds), bounds, -np.inf)  # a start that broke
     contenders = np.argsort(-bounds)[:_EXACT_CONTENDERS]
     codes = [_code(W[s]) for s in contenders]
     return max(codes, key=lambda c: c.margin)
@@ -182,5 +184,6 @@ def tammes_code(K: int, d: int, *, starts: int = 32, seed: int = 0,
             W = _sharpen_tammes_starts(W, jnp.asarray(t, jnp.float64), int(steps),
                                        jnp.asarray(GRAD_TOL), linesearch)
         W = np.asarray(W)
-    distances = [host_metrics.min_pairwise_distance(w) for w in W]
-    return _code(W[int(np.argmax(distances))])
+    distances = [host_metrics.min_pairwise_distance(w) if np.isfinite(w).all() else -np.inf
+                 for w in W]  # a start whose iterate broke (non-finite) is left out
+    return _code(W[int(np.argmax(np.nan_to_num(distances, nan=-np.inf)))])
