@@ -142,3 +142,9 @@ def test_grid_rows_carry_gnc_columns_that_reach_the_known_codes(tmp_path):
     assert theory.known_code_margin(6, 2) == pytest.approx(0.5)
     assert theory.known_code_margin(4, 3) == pytest.approx(4 / 3)  # the simplex ETF
     assert plots.plot_gnc_margin(tmp_path, table) == [tmp_path / "gnc_margin.png"]
+
+
+def test_code_searches_name_a_bad_line_search():
+    for search in (codes.softmax_code, codes.tammes_code):
+        with pytest.raises(ValueError, match="linesearch='newton' is not allowed: one of"):
+            search(5, 3, linesearch="newton")
