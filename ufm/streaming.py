@@ -15,8 +15,8 @@ the log-sum-exp is a `lax.scan` over class blocks of the online (running-max) ac
 Its gradient is a custom VJP, a second scan over the blocks (softmax block = exp(S_c - lse)):
 three matmuls a block, O(block N) memory, not O(K N), equal to the dense path's to round-off.
 Both scans rematerialize their blocks (`jax.checkpoint`), so reverse-over-reverse
-Hessian-vector products stay O(block N) too. `ufm.problem.mean_loss` switches to this path when K N
-exceeds `STREAM_ABOVE` (`streams`).
+Hessian-vector products stay O(block N) too. `ufm.problem.mean_loss` switches to this path
+when K N exceeds `STREAM_ABOVE` (`ufm.problem.streams`).
 """
 from __future__ import annotations
 
