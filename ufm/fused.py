@@ -44,11 +44,11 @@ SOLVERS = ("gd", "momentum", "nesterov", "adam")
 
 
 def supports(problem: Problem, solver: str) -> bool:
-    """Whether the fast path covers this problem and solver: the first-order solvers on
-    the weight-decay and sphere geometries, every loss, bias on or off, learned or fixed-ETF classifier, balanced,
-    per-class or multi-label counts; not the deep UFM, not the norm balls, not logits too
-    large to hold (`ufm.problem.streams`: the reference path streams them) and not L-BFGS
-    (reference path)."""
+    """Whether the fast path covers this problem and solver: the first-order solvers on the
+    weight-decay and sphere geometries, every loss, bias on or off, learned or fixed-ETF
+    classifier, balanced, per-class or multi-label counts; not the deep UFM, not the norm
+    balls, not logits too large to hold (`ufm.problem.streams`: the reference path streams
+    them) and not L-BFGS (reference path)."""
     return (solver in SOLVERS and problem.depth == 1 and problem.geometry in ("wd", "sphere")
             and not streams(problem))
 
