@@ -153,7 +153,7 @@ def softmax_code(K: int, d: int, *, starts: int = 16, seed: int = 0,
         W, H = np.asarray(V[0]), np.asarray(V[1])
     # Each start's features certify a lower bound on its margin: for unit h_k,
     # dist(w_k, conv{w_j}) >= min_j (w_k - w_j).h_k (a separating direction), tight at the
-    # optimum. The exact QPs run only for the starts whose bound comes near the best one.
+    # optimum. The exact QPs run only for the _EXACT_CONTENDERS starts with the best bounds.
     Z = np.einsum("skd,sdj->skj", W, H)  # Z[s, j, k] = w_j . h_k
     gaps = np.einsum("skk->sk", Z)[:, None, :] - Z
     gaps[:, np.arange(K), np.arange(K)] = np.inf
