@@ -1,8 +1,8 @@
 """ufm: a JAX simulator of the unconstrained feature model of neural collapse.
 
-The core names are here (`Problem`, `Hyper`, `solve`, `nc_metrics`, `run`, ...); every module
-is an attribute too, imported on first use (`ufm.grid`, `ufm.landscape`, `ufm.theory`,
-`ufm.nets`, ...), so `import ufm` stays fast. The layers and what each module owns:
+The core names are here (`Problem`, `Hyper`, `solve`, `nc_metrics`, `run`, `load_results`,
+...); every module is an attribute too, imported on first use (`ufm.grid`, `ufm.landscape`,
+`ufm.theory`, `ufm.nets`, ...), so `import ufm` stays fast. The layers and what each module owns:
 docs/architecture.md.
 """
 import importlib
@@ -51,14 +51,18 @@ def __getattr__(name):
         from ufm.experiment import run
 
         return run
+    if name == "load_results":
+        from ufm.results import load_results
+
+        return load_results
     raise AttributeError(f"module 'ufm' has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted(set(globals()) | set(SUBMODULES) | {"run"})
+    return sorted(set(globals()) | set(SUBMODULES) | {"run", "load_results"})
 
 
 __all__ = [
-    "BatchResult", "Hyper", "Params", "Problem", "Result", "init", "make_run", "nc_metrics",
-    "objective", "run", "solve", "solve_batch",
+    "BatchResult", "Hyper", "Params", "Problem", "Result", "init", "load_results", "make_run",
+    "nc_metrics", "objective", "run", "solve", "solve_batch",
 ]

@@ -35,6 +35,10 @@ def _cmd_run(args) -> int:
         print(f"ufm run: {err}", file=sys.stderr)
         return 2
     args.out = Path(args.out) if args.out else Path("runs") / chosen.name
+    if args.out.exists() and not args.out.is_dir():
+        print(f"ufm run: {args.out} is a file, not a folder; choose another --out",
+              file=sys.stderr)
+        return 2
     if main:
         hosts = f" on {multihost.count()} processes" if multihost.count() > 1 else ""
         print(f"ufm run: {chosen.name}: {experiment.describe(chosen)}{hosts} -> {args.out}",

@@ -359,8 +359,8 @@ def toml_value(value) -> str:
 
 def dumps(experiment: Experiment, schema: Schema, notes: dict | None = None) -> str:
     """The experiment as TOML with every key written out (None values, meaning 'the default
-    rule', as comments). `notes`: section -> a comment line written under its header (e.g.
-    which keys do not apply)."""
+    rule', as comments). `notes`: section -> a comment line written under its header, or
+    section -> {key: comment} written beside those keys (e.g. which keys do not apply)."""
     lines = [f"name = {toml_value(experiment.name)}",
              f"description = {toml_value(experiment.description)}",
              f"kind = {toml_value(experiment.kind)}"]
@@ -369,13 +369,16 @@ def dumps(experiment: Experiment, schema: Schema, notes: dict | None = None) -> 
     zipped = experiment.zipped()
     for section in schema.sections:
         lines += ["", f"[{section}]"]
-        if notes and section in notes:
-            lines.append(f"# {notes[section]}")
+        note = (notes or {}).get(section)
+        if isinstance(note, str):
+            lines.append(f"# {note}")
+        beside = note if isinstance(note, dict) else {}
         for key, value in experiment.sections[section].items():
             if (section, key) in zipped:
                 lines.append(f"# {key}: see [[zip]]")
             elif value is None:
                 lines.append(f"# {key} is unset (its default rule applies)")
             else:
-                lines.append(f"{key} = {toml_value(value)}")
+                comment = f"  # {beside[key]}" if key in beside else ""
+                lines.append(f"{key} = {toml_value(value)}{comment}")
     return "\n".join(lines) + "\n"

@@ -103,7 +103,10 @@ def run(path_or_experiment=None, out=None, *, overrides=(), progress=None) -> Ru
     folder = None
     if out is not None and main:
         folder = results.ResultsFolder(out, dumps(experiment))
-        folder.claim()
+        try:
+            folder.claim()
+        except results.DifferentConfiguration as err:
+            _extend(folder, experiment, err)
     t0 = time.perf_counter()
     work = kind.units(experiment, folder)
     found = {}  # unit index -> (blob, result) read back from the folder (process 0)
@@ -158,6 +161,22 @@ def run(path_or_experiment=None, out=None, *, overrides=(), progress=None) -> Ru
     return result
 
 
+def _extend(folder, experiment: Experiment, refusal) -> None:
+    """Adopt a folder holding another configuration when this experiment extends it (its kind
+    carries the finished results over); otherwise raise `refusal`, or the kind's reason."""
+    kind = kinds.get(experiment.kind)
+    try:
+        old = resolve(tomllib.loads(refusal.old_text))
+    except (ConfigError, tomllib.TOMLDecodeError):
+        raise refusal from None
+    if kind.extend is None or old.kind != experiment.kind:
+        raise refusal
+    stale = kind.extend(old, experiment, folder)
+    folder.adopt()  # from here on the folder is this experiment's
+    for path in stale:
+        Path(path).unlink(missing_ok=True)
+
+
 def _assemble(work, finished: dict) -> tuple[list, list, dict]:
     """Rows, histories and arrays of the finished units in unit order; rows whose unit knows
     their indices are put in that order, the others numbered in unit order."""
@@ -199,4 +218,9 @@ def figures(directory, metrics=None, x=None, y=None) -> list[Path]:
     """Draw the figures of a results folder into it; returns the files written."""
     directory = Path(directory)
     table = results.read_table(directory / results.RESULTS)
-    return kinds.get(kind_of(directory)).figures(directory, table, metrics, x, y)
+    kind = kind_of(directory)
+    if kind != "grid" and (metrics or x or y):
+        raise results.ResultsFolderError(
+            f"--metric, --x and --y choose among a grid's figures; {directory} holds a {kind!r} "
+            "experiment, whose figures are fixed (run `ufm plot DIR` alone)")
+    return kinds.get(kind).figures(directory, table, metrics, x, y)

@@ -24,19 +24,28 @@ n_m samples on every set of m classes (`ufm.problem.multilabel_sets`).
 from __future__ import annotations
 
 import dataclasses
+import re
+import warnings
 from typing import NamedTuple
 
 import jax
 import numpy as np
 
-from ufm import config, host_metrics, multihost, oracle, plots, runner, theory
+from ufm import config, host_metrics, multihost, oracle, plots, results, runner, theory
 from ufm.config import ConfigError, Field, Schema
 from ufm.kernels import KERNELS
 from ufm.kind import Kind, Unit
-from ufm.problem import HYPER_RANGES, Hyper, Problem, describe_range, multilabel_sets
-from ufm.results import UnitResult, float_column
+from ufm.problem import (
+    HYPER_RANGES,
+    Hyper,
+    Problem,
+    describe_range,
+    multilabel_sets,
+    unused_hyper_fields,
+)
+from ufm.results import ResultsFolderError, UnitResult, float_column
 from ufm.solvers import CHECK_EVERY, SOLVERS, STATUSES, check_solver_geometry, solve_batch
-from ufm.tables import PROBLEM_COLUMNS, counts, fmt, format_table, series_labels
+from ufm.tables import PROBLEM_COLUMNS, counts, fmt, format_table, label_value, series_labels
 
 at_least = lambda n: (lambda v: v >= n, f"an integer >= {n}")
 
@@ -340,7 +349,14 @@ def _plan(experiment, configs, groups, folder) -> list[tuple[int, int]]:
                 width = _timed_trial(problem, solver_name, experiment.solver,
                                      _group_hypers(configs, indices), seeds, width)
         if experiment.run["chunk"]:
-            chunk = max(width, experiment.run["chunk"] // width * width)
+            asked = experiment.run["chunk"]
+            chunk = max(width, asked // width * width)
+            if chunk != asked and asked < len(indices):
+                why = ("run.batch" if experiment.run["batch"]
+                       else "the automatic run.batch; set run.batch to choose it")
+                runner.notice(f"group {len(plan) + 1}: run.chunk={asked} is rounded to {chunk} "
+                              f"configurations (a chunk holds whole vmapped slices of {width}, "
+                              f"{why})")
         else:
             chunk = runner.chunk_size(problem, len(indices), width)
         plan.append((width, min(chunk, -(-len(indices) // width) * width)))
@@ -362,22 +378,128 @@ class Chunk(NamedTuple):
     width: int
 
 
+def _imports_file(folder) -> str:
+    return f"imports-{folder.config_id}.json"
+
+
 def units(experiment, folder) -> list[Unit]:
-    """The grid's chunks, group by group: a chunk is one compiled call and one checkpoint."""
+    """The grid's chunks, group by group: a chunk is one compiled call and one checkpoint. A
+    grid that extends a finished one (`extend`) first lists the chunks carried over from it,
+    then chunks of the configurations still to run (their tags carry the configuration's id,
+    so no file of the old grid can be mistaken for them)."""
     configs = configurations(experiment)
     groups = _groups(configs)
     main = multihost.is_main()
     plan = [tuple(p) for p in multihost.broadcast_json(
         [list(p) for p in _plan(experiment, configs, groups, folder)] if main else None)]
+    imported = multihost.broadcast_json(
+        (folder.read_json(_imports_file(folder)) if folder is not None else None) or []
+        if main else None)
+    suffix = "" if not imported else f"-{folder.config_id}" if main else None
+    suffix = multihost.broadcast_json(suffix if main else None)
+    done = {i for _, indices in imported for i in indices}
+    group_of = {i: g for g, indices in enumerate(groups.values()) for i in indices}
+    keys = list(groups)
+    steps = experiment.solver["steps"]
     out = []
+    for tag, indices in imported:
+        g = group_of[indices[0]]
+        width = plan[g][0]
+        size = -(-len(indices) // width) * width
+        out.append(Unit(tag, tuple(indices), size * steps,
+                        Chunk(g, keys[g][0], keys[g][1], list(indices), size, width)))
     for g, (((problem, solver_name), indices), (width, size)) in enumerate(zip(groups.items(),
                                                                               plan)):
-        for c, first in enumerate(range(0, len(indices), size)):
-            chunk = indices[first:first + size]
-            out.append(Unit(f"group-{g:05d}-chunk-{c:05d}", tuple(chunk),
-                            size * experiment.solver["steps"],
+        left = [i for i in indices if i not in done]
+        for c, first in enumerate(range(0, len(left), size)):
+            chunk = left[first:first + size]
+            out.append(Unit(f"group-{g:05d}-chunk-{c:05d}{suffix}", tuple(chunk), size * steps,
                             Chunk(g, problem, solver_name, chunk, size, width)))
     return out
+
+
+# Solver settings every configuration shares: a grid extends another only with equal ones.
+SHARED_SOLVER_KEYS = ("steps", "log_every", "tol", "init_scale", "fast", "check_every", "kernel")
+
+
+def _identity(cfg: Configuration) -> tuple:
+    return cfg.problem, tuple(cfg.hyper), cfg.solver, cfg.seed
+
+
+def _label(cfg: Configuration) -> str:
+    return ", ".join([f"{k}={label_value(v)}" for k, v in cfg.axes] + [f"seed={cfg.seed}"])
+
+
+def extend(old, new, folder) -> list:
+    """Carry a finished (or partly finished) grid's results over to a grid that extends it:
+    every configuration of the old grid is in the new one (new seeds and new axis values may
+    be added) with the same shared solver settings. Its finished chunks are checkpointed
+    again under the new grid's row numbers (`imports-<id>.json` lists them); returns the old
+    files to remove once the new configuration is the folder's. Raises ResultsFolderError
+    saying what changed otherwise: nothing already run is recomputed or dropped."""
+    where = f"{folder.path} holds results of a different configuration"
+    for key in SHARED_SOLVER_KEYS:
+        if old.solver[key] != new.solver[key]:
+            raise ResultsFolderError(
+                f"{where}: solver.{key} = {old.solver[key]!r} there, {new.solver[key]!r} here "
+                "(a change of what was already run; an extension may only add seeds and axis "
+                "values); choose another --out or remove the folder")
+    old_configs, new_configs = configurations(old), configurations(new)
+    position = {_identity(c): i for i, c in enumerate(new_configs)}
+    dropped = [c for c in old_configs if _identity(c) not in position]
+    if dropped:
+        raise ResultsFolderError(
+            f"{where}: {len(dropped)} of its {len(old_configs)} runs are not in this experiment "
+            f"(e.g. {_label(dropped[0])}); an extension may add seeds and axis values but not "
+            "change or drop what was already run; choose another --out or remove the folder")
+    new_group = {i: g for g, indices in enumerate(_groups(new_configs).values())
+                 for i in indices}
+    # The folder as the old grid wrote it: its config.toml names its imports and chunk tags.
+    old_folder = results.ResultsFolder(folder.path, (folder.path / results.CONFIG).read_text())
+    old_imports = old_folder.read_json(_imports_file(old_folder)) or []
+    listed = {tag for tag, _ in old_imports}
+    chunk_tag = re.compile(r"group-\d{5}-chunk-\d{5}" + (
+        re.escape(f"-{old_folder.config_id}") if old_imports else "") + "$")
+    stale, carried = [], []
+    for path in sorted(folder.checkpoints.glob("*.npz")):
+        tag = path.stem
+        if tag not in listed and not chunk_tag.match(tag):
+            continue
+        result = old_folder.load_unit(tag)
+        if result is None:
+            continue
+        try:
+            moved = [_moved_row(row, old_configs, position, new_group) for row in result.rows]
+        except ValueError as err:
+            warnings.warn(f"{path}: not a result of {folder.path}'s grid ({err}); its runs are "
+                          "recomputed", stacklevel=2)
+            continue
+        tag = f"imported-{folder.config_id}-{len(carried):05d}"
+        folder.save_unit(tag, results.pack_unit(tag, UnitResult(moved, result.histories,
+                                                                 result.arrays)))
+        carried.append([tag, [row["row"] for row in moved]])
+        stale.append(path)
+    folder.write_json(_imports_file(folder), carried)
+    stale += [folder.checkpoints / _imports_file(old_folder), folder.checkpoints / "plan.json"]
+    reused = sum(len(rows) for _, rows in carried)
+    runner.notice(f"{folder.path}: this grid extends the one there: {reused} finished runs "
+                  f"reused, {len(new_configs) - reused} of {len(new_configs)} to run")
+    return stale
+
+
+def _moved_row(row: dict, old_configs, position: dict, new_group: dict) -> dict:
+    """A checkpointed row of the old grid renumbered for the new grid, after checking that it
+    is the run the old grid's configuration at its index describes."""
+    index = row.get("row")
+    if not isinstance(index, int) or not 0 <= index < len(old_configs):
+        raise ValueError(f"row {index!r} is outside the old grid")
+    cfg = old_configs[index]
+    expected = {"seed": cfg.seed, "solver": cfg.solver, **cfg.hyper._asdict()}
+    for key, value in expected.items():
+        if row.get(key) != value:
+            raise ValueError(f"row {index}: {key} = {row.get(key)!r}, expected {value!r}")
+    new_index = position[_identity(cfg)]
+    return {**row, "row": new_index, "group": new_group[new_index]}
 
 
 def run_unit(experiment, unit: Unit, bar, scratch) -> UnitResult:
@@ -447,9 +569,19 @@ def figures(directory, table, metrics=None, x=None, y=None):
     return plots.plot_grid_results(directory, metrics=metrics, x=x, y=y)
 
 
+def notes(experiment) -> dict:
+    """config.toml comments: the [hyper] keys no configuration uses, each with the reason (the
+    sphere has no lam_W / lam_H, E_W / E_H are the norm balls', beta1 is adam's, ...)."""
+    common = None
+    for problem, solver_name in _groups(configurations(experiment)):
+        unused = unused_hyper_fields(problem, solver_name)
+        common = unused if common is None else {k: v for k, v in common.items() if k in unused}
+    return {"hyper": {k: f"not used: {why}" for k, why in (common or {}).items()}}
+
+
 def describe(experiment) -> str:
     return f"{len(configurations(experiment))} runs"
 
 
 KINDS = {"grid": Kind("grid", SCHEMA, check, units, run_unit, summary, figures, describe,
-                      manifest)}
+                      manifest, notes, extend)}

@@ -32,7 +32,14 @@ class Kind(NamedTuple):
     figures     (directory, table, metrics, x, y) -> [Path] written
     describe    (experiment) -> str, e.g. "12 runs"
     manifest    (experiment, units) -> dict of extra manifest entries
-    notes       section -> a comment written under it in config.toml (keys that do not apply)
+    notes       section -> a comment written under it in config.toml, or {key: comment}
+                written beside those keys (keys that do not apply)
+    extend      (old experiment, new experiment, folder) -> [Path]: carry the finished results
+                of the folder's old experiment over to the new one that extends it (new seeds,
+                new axis values) and return the old files to remove once the new
+                configuration is the folder's; raise ResultsFolderError (saying what changed)
+                when the new experiment does not extend the old. None: a folder of another
+                configuration is refused.
     """
 
     name: str
@@ -45,3 +52,4 @@ class Kind(NamedTuple):
     describe: Callable
     manifest: Callable = lambda experiment, units: {}
     notes: Callable = lambda experiment: {}
+    extend: Callable | None = None

@@ -145,7 +145,7 @@ def _describe(experiment) -> str:
 def _kind(name, summary, draw) -> Kind:
     return Kind(name, SCHEMA, grid.check, units, run_unit, summary,
                 lambda directory, table, metrics=None, x=None, y=None: draw(directory),
-                _describe)
+                _describe, notes=grid.notes)
 
 
 KINDS = {

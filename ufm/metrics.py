@@ -182,6 +182,54 @@ METRIC_NAMES = (
 _nc_metrics_jit = jax.jit(_nc_metrics, static_argnames="global_mean")
 
 
+def check_inputs(W, H, labels, b=None) -> None:
+    """Raise ValueError naming the argument, what it is and what is allowed, before anything
+    is computed: W (K, d), H (d, N), integer labels (N,) in 0..K-1 with every class present,
+    b (K,). Shapes and dtypes are checked inside jit too; the label values only where they are
+    concrete (not traced)."""
+    shape = lambda x: tuple(np.shape(x))
+    if len(shape(W)) != 2:
+        raise ValueError(f"W has shape {shape(W)}: a (K, d) classifier is required")
+    if len(shape(H)) != 2:
+        raise ValueError(f"H has shape {shape(H)}: (d, N) features (one column per sample) are "
+                         "required")
+    (K, d), (d_H, N) = shape(W), shape(H)
+    if d_H != d:
+        hint = " (H looks transposed: pass H.T)" if N == d else ""
+        raise ValueError(f"H has shape {shape(H)} but W has shape {shape(W)}: H must be (d, N) "
+                         f"= ({d}, N), one column per sample{hint}")
+    if len(shape(labels)) == 2 and shape(labels) in ((N, K), (K, N)):
+        raise ValueError(f"labels have shape {shape(labels)}: integer class indices (N,) = "
+                         f"({N},) are required, not one-hot rows (pass labels.argmax(axis="
+                         f"{1 if shape(labels) == (N, K) else 0}))")
+    if shape(labels) != (N,):
+        raise ValueError(f"labels have shape {shape(labels)}: one integer class index per "
+                         f"sample, ({N},), is required (H has {N} columns)")
+    dtype = getattr(labels, "dtype", None) or np.asarray(labels).dtype
+    if not np.issubdtype(dtype, np.integer):
+        raise ValueError(f"labels have dtype {dtype}: integer class indices 0..{K - 1} are "
+                         "required")
+    if b is not None and shape(b) != (K,):
+        raise ValueError(f"b has shape {shape(b)}: a bias of shape ({K},) (one per class) is "
+                         "required, or b=None")
+    if isinstance(labels, jax.core.Tracer):
+        return
+    values = np.asarray(labels)
+    low, high = int(values.min(initial=0)), int(values.max(initial=0))
+    if low < 0 or high >= K:
+        bad = low if low < 0 else high
+        raise ValueError(f"labels hold {bad}: class indices must lie in 0..{K - 1} (W has {K} "
+                         "rows)")
+    empty = np.flatnonzero(np.bincount(values, minlength=K) == 0)
+    if empty.size:
+        listed = ", ".join(map(str, empty[:10])) + (" ..." if empty.size > 10 else "")
+        many = empty.size > 1
+        raise ValueError(f"class{'es' if many else ''} {listed} {'have' if many else 'has'}"
+                         " no samples: every class 0..K-1 needs at least one (NC1 and the class "
+                         "means are undefined otherwise); keep only the rows of W whose classes "
+                         "occur, with labels renumbered")
+
+
 def nc_metrics(W, H, labels, b=None, *, global_mean: str = "class_means") -> dict:
     """All NC metrics of classifier W (K, d), features H (d, N) with integer labels (N,) and
     optional bias b (K,). Pure and jittable (call it inside jit/vmap directly, or from Python,
@@ -191,6 +239,7 @@ def nc_metrics(W, H, labels, b=None, *, global_mean: str = "class_means") -> dic
     """
     if global_mean not in GLOBAL_MEANS:
         raise ValueError(f"global_mean={global_mean!r} is not allowed: one of {list(GLOBAL_MEANS)}")
+    check_inputs(W, H, labels, b)
     if isinstance(H, jax.core.Tracer) or isinstance(W, jax.core.Tracer):
         return _nc_metrics(W, H, labels, b, global_mean)
     dtype = np.promote_types(*(getattr(x, "dtype", None) or np.asarray(x).dtype for x in (W, H)))

@@ -149,6 +149,27 @@ def plot_grid(directory, table, metrics=None, x=None, y=None) -> list[Path]:
     return written
 
 
+def check_figure_options(table: dict, history: dict, metrics=None, x=None, y=None) -> None:
+    """ValueError naming a --metric, --x or --y that this grid's folder cannot draw, with the
+    names it can."""
+    drawable = [key for key, _, _ in TRAJECTORY_FIGURES if key in history]
+    drawable += [c for c in table if c not in drawable and c not in IGNORED_COLUMNS
+                 and c not in CONFIG_COLUMNS and np.issubdtype(np.asarray(table[c]).dtype,
+                                                               np.number)]
+    for metric in metrics or ():
+        if metric not in drawable:
+            raise ValueError(f"--metric {metric!r} is not in this results folder: one of "
+                             f"{', '.join(drawable)}")
+    axes = _numeric_axes(table)
+    for flag, name in (("--x", x), ("--y", y)):
+        if name is not None and name not in axes:
+            allowed = (f"one of {', '.join(axes)}" if axes else
+                       "this grid has no numeric axis that varies")
+            raise ValueError(f"{flag} {name!r} is not a numeric axis of this grid: {allowed}")
+    if x is not None and x == y:
+        raise ValueError(f"--x and --y are both {x!r}: choose two different axes")
+
+
 def plot_grid_results(directory, metrics=None, x=None, y=None) -> list[Path]:
     """The figures of a grid's results folder (trajectories, overview, final metrics over the
     grid's axes, and GNC, imbalance and layer-wise figures where they apply); returns the files
@@ -156,6 +177,9 @@ def plot_grid_results(directory, metrics=None, x=None, y=None) -> list[Path]:
     directory = Path(directory)
     plt = _pyplot()
     table = results.read_table(directory / results.RESULTS)
+    with np.load(directory / results.HISTORY, allow_pickle=False) as data:
+        history = {k: data[k] for k in data.files}
+    check_figure_options(table, history, metrics, x, y)
     grid_written = plot_grid(directory, table, metrics, x, y)
     if "gnc2_margin" in table and len(set(map(str, table["tau"]))) > 1:
         grid_written += plot_gnc_margin(directory, table)
@@ -163,8 +187,6 @@ def plot_grid_results(directory, metrics=None, x=None, y=None) -> list[Path]:
         grid_written += plot_imbalance(directory, table)
     if "nc1_layer0" in table:
         grid_written += plot_layer_nc1(directory, table)
-    with np.load(directory / results.HISTORY, allow_pickle=False) as data:
-        history = {k: data[k] for k in data.files}
     labels, _ = series_labels(table)
     n_series = len(set(labels))
     width = 5.5 if n_series <= 8 else 8.5 + 2.5 * (n_series // 30)

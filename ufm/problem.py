@@ -355,13 +355,63 @@ def validate_hyper(hyper: Hyper) -> None:
             _fail(name, float(bad), describe_range(lo, lo_ok, hi, hi_ok))
 
 
-class Params(NamedTuple):
-    """UFM variables."""
+def unused_hyper_fields(problem: Problem, solver: str = "gd") -> dict[str, str]:
+    """The Hyper fields that do not enter this problem's objective or this solver's steps, each
+    with the reason (written beside them in a results folder's config.toml)."""
+    unused = {}
+    if problem.geometry != "wd":
+        unused.update(lam_W=f"no penalty on W on the {problem.geometry} geometry",
+                      lam_H=f"no penalty on H on the {problem.geometry} geometry")
+    elif problem.classifier != "learned" and problem.depth == 1:
+        unused["lam_W"] = f"the {problem.classifier} classifier is not trained"
+    if not problem.bias:
+        unused["lam_b"] = "no bias"
+    if problem.loss not in ("ls", "ls_off_target"):
+        unused["alpha"] = "label smoothing only"
+    if problem.loss != "focal":
+        unused["gamma"] = "focal loss only"
+    if problem.loss != "mse_rescaled":
+        unused.update(kappa="rescaled MSE only", M="rescaled MSE only")
+    if solver == "lbfgs":
+        unused["lr"] = "L-BFGS takes its step from a line search"
+    if solver not in ("momentum", "nesterov"):
+        unused["momentum"] = "momentum and nesterov only"
+    if solver != "adam":
+        unused.update(beta1="adam only", beta2="adam only")
+    if problem.geometry not in BALL_GEOMETRIES:
+        unused.update(E_W="norm-ball geometries only", E_H="norm-ball geometries only")
+    return unused
 
+
+class _ParamsFields(NamedTuple):
     W: jax.Array  # (K, d) classifier, row k = w_k
     H: jax.Array  # (d, N) features, column i = h_i
     b: jax.Array  # (K,) bias (held at zero when Problem.bias is False)
     layers: jax.Array | None = None  # (L-1, d, d) hidden layers A_1..A_{L-1} of a deep UFM
+
+
+class Params(_ParamsFields):
+    """UFM variables W (K, d), H (d, N), b (K,) and a deep UFM's hidden layers (L-1, d, d).
+    Unpacks as `W, H, b = params` (`W, H, b, layers = params` for a deep UFM); as a pytree it
+    always has the four fields (layers None at depth 1)."""
+
+    __slots__ = ()
+
+    # Python iteration (unpacking, tuple(params)) leaves out an absent `layers`; jax flattens
+    # a NamedTuple by its slots, not by iteration, so pytrees keep four fields. The
+    # NamedTuple helpers that iterate are rewritten on the slots.
+    def __iter__(self):
+        return iter(tuple.__getitem__(self, slice(0, 3 if self.layers is None else 4)))
+
+    def _replace(self, **changes):
+        fields = {f: tuple.__getitem__(self, i) for i, f in enumerate(self._fields)}
+        unknown = set(changes) - set(fields)
+        if unknown:
+            raise ValueError(f"Params has no field {sorted(unknown)[0]!r}")
+        return Params(**{**fields, **changes})
+
+    def _asdict(self):
+        return {f: tuple.__getitem__(self, i) for i, f in enumerate(self._fields)}
 
 
 def normalize_rows(W: jax.Array) -> jax.Array:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import datetime
+import hashlib
 import importlib.metadata
 import io
 import json
@@ -44,6 +45,15 @@ CHECKPOINTS = "checkpoints"
 
 class ResultsFolderError(InputError):
     """The output folder holds something that is not this experiment's results."""
+
+
+class DifferentConfiguration(ResultsFolderError):
+    """The folder holds another configuration's results (`old_text`: its config.toml); a kind
+    that can extend finished results (a grid given new seeds or axis values) may adopt it."""
+
+    def __init__(self, message: str, old_text: str):
+        super().__init__(message)
+        self.old_text = old_text
 
 
 def replace_atomically(path: Path, write) -> None:
@@ -215,9 +225,19 @@ def float_column(table: dict, key: str) -> np.ndarray:
     return np.array([np.nan if v in ("", None) else float(v) for v in values])
 
 
+# Text columns read as pandas categories (a few distinct values each).
+CATEGORY_COLUMNS = ("status",)
+
+
 def load_results(directory):
-    """(table, history) of a results folder: the table as a pandas DataFrame when pandas is
-    installed, else a dict of numpy columns; history as a dict KEY -> (rows, T) array."""
+    """(table, history) of a results folder of any kind.
+
+    table: a pandas DataFrame when pandas is installed (`pip install pandas`; the dev extra has
+    it), one row per results.csv row, typed: numbers as int64 / float64 (an empty cell is
+    NaN, a column empty throughout is float NaN), true/false as bool, `status` as a category,
+    other text as strings. Without pandas, a dict of numpy columns (`read_table`).
+    history: a dict KEY -> (rows, T) array from history.npz (empty when the kind logs no
+    trajectories), row i of each array belonging to row i of the table; "iteration" (T,)."""
     directory = Path(directory)
     if not (directory / RESULTS).is_file():
         raise FileNotFoundError(f"{directory} is not a results folder: {RESULTS} is missing")
@@ -227,12 +247,24 @@ def load_results(directory):
     except ImportError:
         pass
     else:
-        table = pandas.DataFrame(table)
+        table = pandas.DataFrame({name: _typed(pandas, name, column)
+                                  for name, column in table.items()})
     history = {}
     if (directory / HISTORY).is_file():
         with np.load(directory / HISTORY, allow_pickle=False) as data:
             history = {k: data[k] for k in data.files}
     return table, history
+
+
+def _typed(pandas, name: str, column: np.ndarray):
+    """A `read_table` column as a typed pandas Series."""
+    if column.dtype != object:
+        return pandas.Series(column)
+    if all(v == "" for v in column):
+        return pandas.Series(np.full(len(column), np.nan))
+    if name in CATEGORY_COLUMNS:
+        return pandas.Series(column).astype("category")
+    return pandas.Series(column).astype("string")
 
 
 # ---------------------------------------------------------------- units of work and checkpoints
@@ -319,14 +351,24 @@ class ResultsFolder:
                 diff = next((f"{a!r} != {b!r}" for a, b in zip(old.splitlines(),
                                                                  self.config_text.splitlines())
                              if a != b), "different length")
-                raise ResultsFolderError(
+                raise DifferentConfiguration(
                     f"{self.path} holds results of a different configuration (first difference: "
-                    f"{diff}); choose another --out or remove the folder")
+                    f"{diff}); choose another --out or remove the folder", old)
         elif self.path.is_dir() and any(self.path.iterdir()):
             raise ResultsFolderError(f"{self.path} is not empty and is not a ufm results folder "
                                      f"({CONFIG} is missing); choose another --out")
         self.path.mkdir(parents=True, exist_ok=True)
         write_text(existing, self.config_text)
+
+    def adopt(self) -> None:
+        """Make this configuration the folder's (after its finished results were carried over
+        to it: `ufm.experiment.run`)."""
+        write_text(self.path / CONFIG, self.config_text)
+
+    @property
+    def config_id(self) -> str:
+        """A short digest of the configuration, naming files that belong to it alone."""
+        return hashlib.sha256(self.config_text.encode()).hexdigest()[:12]
 
     def unit_path(self, tag: str) -> Path:
         return self.checkpoints / f"{tag}.npz"

@@ -102,6 +102,12 @@ def shard_over_devices(tree):
     return jax.device_put(tree, sharding)
 
 
+def notice(message: str) -> None:
+    """Tell the user that a setting was adjusted (one line on stderr, process 0 only)."""
+    if jax.process_index() == 0:
+        print(f"ufm: {message}", file=sys.stderr)
+
+
 # A progress bar written to a file or a CI log prints a line at most this often.
 LOG_SECONDS = 10.0
 

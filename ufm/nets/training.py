@@ -41,10 +41,16 @@ SCHEDULES = ("constant", "cosine", "step")
 CHECKPOINT = "checkpoint.npz"
 
 
+# Hyper fields a network's training does not read: the UFM solvers' and the norm balls'.
+UNUSED_HYPER_FIELDS = ("lr", "momentum", "beta1", "beta2", "E_W", "E_H")
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainSettings:
     """How to train. `hyper` carries the UFM penalties and loss parameters (lam_W, lam_H,
-    lam_b, tau, alpha, gamma, kappa, M); the optimizer fields are here."""
+    lam_b, tau, alpha, gamma, kappa, M); the optimizer's settings are fields here (`lr`,
+    `momentum`), and Hyper's solver and norm-ball fields (lr, momentum, beta1, beta2, E_W, E_H)
+    must keep their defaults: `check` refuses them, since a network does not use them."""
 
     # Defaults: an MLP on the digits reaches NC1 ~ 6e-3, NC2_W ~ 0.04 in 300 epochs (~13 s on
     # 2 CPU cores); the feature penalty lam_H is what drives the collapse this far (without it
@@ -83,6 +89,13 @@ class TrainSettings:
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"train.{name}={getattr(self, name)!r} is not allowed: in [0, 1)")
         validate_hyper(self.hyper)
+        for name in UNUSED_HYPER_FIELDS:
+            value, default = getattr(self.hyper, name), getattr(Hyper(), name)
+            if value != default:
+                instead = (f"set TrainSettings.{name}" if name in ("lr", "momentum")
+                           else "networks are trained without it")
+                raise ValueError(f"train.hyper.{name}={value!r} is not used ({instead}); leave it "
+                                 f"at its default {default!r}")
 
     def to_json(self) -> str:
         fields = dataclasses.asdict(self)
