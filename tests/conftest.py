@@ -70,3 +70,18 @@ def x64():
     with jax.enable_x64(True):
         yield
 
+
+@pytest.fixture(scope="session")
+def default_run(tmp_path_factory):
+    """The built-in default experiment, exactly as a user's `ufm run` runs it (float32, GD; the
+    console command compiled with the users' settings: 50,000 steps run twice as fast as with
+    the tests' compile-fast flags). Once per worker: the tests that use it share the xdist
+    group "default_run", so it runs once in all."""
+    out = tmp_path_factory.mktemp("runs") / "default"
+    env = dict(os.environ, XLA_FLAGS=without_fast_compile(os.environ.get("XLA_FLAGS", "")))
+    proc = subprocess.run([sys.executable, "-m", "ufm", "run", "--out", str(out),
+                           "--no-progress"], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "default: 12 runs" in proc.stdout + proc.stderr
+    return out

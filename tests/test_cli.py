@@ -3,7 +3,6 @@ import os
 import subprocess
 import sys
 
-import conftest
 import numpy as np
 import pytest
 
@@ -12,22 +11,6 @@ from ufm import cli, results
 
 # The tests of the default run share one worker (pytest-xdist --dist loadgroup): built once.
 pytestmark = pytest.mark.xdist_group("default_run")
-
-
-@pytest.fixture(scope="module")
-def default_run(tmp_path_factory):
-    """The built-in default experiment, exactly as a user's `ufm run` runs it (float32, GD; the
-    console command compiled with the users' settings: 50,000 steps run twice as fast as with
-    the tests' compile-fast flags)."""
-    out = tmp_path_factory.mktemp("runs") / "default"
-    env = dict(os.environ, XLA_FLAGS=conftest.without_fast_compile(os.environ.get("XLA_FLAGS",
-                                                                                    "")))
-    proc = subprocess.run([sys.executable, "-m", "ufm", "run", "--out", str(out),
-                           "--no-progress"], env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    assert "default: 12 runs" in proc.stdout + proc.stderr
-    return out
 
 
 def test_default_run_reaches_neural_collapse_for_every_loss(default_run):

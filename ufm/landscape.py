@@ -653,14 +653,23 @@ def _stack(points):
     return jax.tree.map(lambda *xs: np.stack([np.asarray(x, np.float64) for x in xs]), *points)
 
 
+def spectrum(problem: Problem, hyper: Hyper, params: Params, method: str = "auto") -> np.ndarray:
+    """The Hessian's eigenvalues at `params` in float64 (numpy, ascending), as `probe` sees them
+    (Riemannian on the sphere and on active norm-ball constraints): all of them with the dense
+    Hessian ("dense"; "auto" up to DENSE_MAX_DIM coordinates), else the Ritz values of 200
+    Lanczos steps (the extremes converge first)."""
+    return _spectrum(problem, hyper, params, method)
+
+
 def _spectrum(problem, hyper, point, method):
     """All eigenvalues (dense) or the Lanczos extremes of the Hessian at a point."""
+    active = constraint_activity(problem, hyper, point)
     with x64_scope("float64"):
         point = _as64(point)
         hyper64 = hyper.astype(jnp.float64)
-        if method == "dense" or (method == "auto" and _dim(problem) <= DENSE_MAX_DIM):
-            return np.linalg.eigvalsh(np.asarray(dense_hessian(problem, hyper64, point)))
-        chart, matvec = hessian_operator(problem, hyper64, point)
+        if method == "dense" or (method == "auto" and _dim(problem, active) <= DENSE_MAX_DIM):
+            return np.linalg.eigvalsh(np.asarray(dense_hessian(problem, hyper64, point, active)))
+        chart, matvec = hessian_operator(problem, hyper64, point, active)
         v0 = jax.random.normal(jax.random.key(0), (chart.dim,), jnp.float64)
         return np.asarray(lanczos(matvec, v0, min(200, chart.dim)).ritz_values)
 

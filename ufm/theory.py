@@ -403,10 +403,13 @@ def origin_singular_value(problem: Problem, hyper: Hyper) -> float | None:
 
 
 def origin_eig_min(problem: Problem, hyper: Hyper) -> float | None:
-    """Smallest Hessian eigenvalue at the origin, lam_bar - sqrt(dlam^2 + sigma^2), with
-    multiplicity d (K-1) (d per singular value sigma of G); for MSE without a bias G has no
-    centring and sigma is K-fold, so the multiplicity is d K (20 at K = 4, d = 5). None where
-    sigma has no formula."""
+    """Smallest Hessian eigenvalue at the origin of the (W, H) block, lam_bar -
+    sqrt(dlam^2 + sigma^2), with multiplicity d (K-1) (d per singular value sigma of G); for
+    MSE without a bias G has no centring and sigma is K-fold, so the multiplicity is d K (20 at
+    K = 4, d = 5). None where sigma has no formula. With a bias the Hessian also has the bias
+    block (lam_b plus the loss's curvature in b: at tau = 1 and lam_b = 0, 1/K on the centred
+    directions for CE and 0 along 1), so the whole Hessian's smallest eigenvalue is the smaller
+    of the two once lam_bar - sqrt(...) exceeds it."""
     sigma = origin_singular_value(problem, hyper)
     if sigma is None:
         return None
