@@ -12,6 +12,18 @@
 Variants (the seed's random-label experiments, Zhang et al. 2017): "random_labels" replaces
 the training labels by uniformly random ones (fixed by the seed); "random_inputs" replaces the
 training inputs by Gaussian noise of the same mean and scale.
+
+Out-of-distribution splits (`ood`, `shift`): the test split moved by a shift, kept as x_ood,
+y_ood next to train and test, so NC and accuracy can be measured on all three:
+  "rotation"  every test image rotated by `strength` degrees (default 30; bilinear, edges
+              extended), on the standardized images (digits and MNIST flattened images are
+              reshaped to their squares)
+  "noise"     Gaussian noise of standard deviation `strength` (default 1.0, in units of the
+              standardized inputs) added to every test input
+  "contrast"  every standardized test input scaled by `strength` (default 0.5)
+  "cifar10.1" / "cifar10.2"  the user's CIFAR-10.1 (v6: cifar10.1_v6_data.npy,
+              cifar10.1_v6_labels.npy) or CIFAR-10.2 (cifar102_test.npz) test files, in the
+              CIFAR-10 folder `path`, standardized like CIFAR-10's training set
 """
 from __future__ import annotations
 
@@ -25,6 +37,10 @@ import numpy as np
 from ufm.config import InputError
 
 DATASETS = ("digits", "mnist", "cifar10", "gaussian")
+SHIFTS = ("none", "rotation", "noise", "contrast", "cifar10.1", "cifar10.2")
+SHIFT_STRENGTHS = {"rotation": 30.0, "noise": 1.0, "contrast": 0.5}
+CIFAR_SHIFT_FILES = {"cifar10.1": ("cifar10.1_v6_data.npy", "cifar10.1_v6_labels.npy"),
+                     "cifar10.2": ("cifar102_test.npz",)}
 VARIANTS = ("none", "random_labels", "random_inputs")
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
                "t10k-labels-idx1-ubyte")
@@ -32,7 +48,8 @@ CIFAR_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
 
 
 class Dataset(NamedTuple):
-    """Train and test arrays (inputs float32 (N, ...), labels int32 (N,)) and the class count."""
+    """Train and test arrays (inputs float32 (N, ...), labels int32 (N,)), the class count, and
+    optionally an out-of-distribution split (`ood` names its shift; "" when there is none)."""
 
     name: str
     x_train: np.ndarray
@@ -40,6 +57,16 @@ class Dataset(NamedTuple):
     x_test: np.ndarray
     y_test: np.ndarray
     num_classes: int
+    x_ood: np.ndarray | None = None
+    y_ood: np.ndarray | None = None
+    ood: str = ""
+
+    def splits(self):
+        """(name, x, y) of every split present: train, test and ood."""
+        out = [("train", self.x_train, self.y_train), ("test", self.x_test, self.y_test)]
+        if self.x_ood is not None:
+            out.append(("ood", self.x_ood, self.y_ood))
+        return out
 
     @property
     def input_shape(self) -> tuple:
@@ -155,9 +182,10 @@ def _cifar_batch(file: Path):
     return x, np.asarray(labels, np.int32)
 
 
-def cifar10(path) -> Dataset:
+def cifar10(path, ood: str = "none") -> Dataset:
     """CIFAR-10 from the python-pickle batches in `path` (cifar-10-batches-py); images
-    (N, 32, 32, 3), standardized per channel."""
+    (N, 32, 32, 3), standardized per channel; `ood` "cifar10.1" / "cifar10.2" adds the user's
+    files of that test set as the out-of-distribution split."""
     path = Path(path).expanduser()
     missing = [name for name in CIFAR_FILES if not (path / name).is_file()]
     if missing:
@@ -170,7 +198,11 @@ def cifar10(path) -> Dataset:
     x_te, y_te = _cifar_batch(path / "test_batch")
     x_tr, x_te = x_tr.astype(np.float32) / 255.0, x_te.astype(np.float32) / 255.0
     mean, std = x_tr.mean((0, 1, 2)), x_tr.std((0, 1, 2))
-    return Dataset("cifar10", (x_tr - mean) / std, y_tr, (x_te - mean) / std, y_te, 10)
+    data = Dataset("cifar10", (x_tr - mean) / std, y_tr, (x_te - mean) / std, y_te, 10)
+    if ood in CIFAR_SHIFT_FILES:
+        x_ood, y_ood = cifar10_shifted(path, ood, mean, std)
+        data = data._replace(x_ood=x_ood, y_ood=y_ood, ood=ood)
+    return data
 
 
 def gaussian(num_classes: int = 10, n_train: int = 100, n_test: int = 20, shape=(32,),
@@ -191,6 +223,60 @@ def gaussian(num_classes: int = 10, n_train: int = 100, n_test: int = 20, shape=
     return Dataset("gaussian", x_tr, y_tr, x_te, y_te, num_classes)
 
 
+def _rotate(x: np.ndarray, degrees: float) -> np.ndarray:
+    """Images (N, H, W[, C]) or flattened square images (N, side^2) rotated by `degrees`."""
+    from scipy import ndimage
+
+    flat = x.ndim == 2
+    if flat:
+        side = int(round(np.sqrt(x.shape[1])))
+        if side * side != x.shape[1]:
+            raise ValueError(f"data.ood='rotation' needs images; inputs of shape {x.shape[1:]} "
+                             "are not square images")
+        x = x.reshape(len(x), side, side)
+    out = ndimage.rotate(x, degrees, axes=(1, 2), reshape=False, order=1, mode="nearest")
+    return out.reshape(len(out), -1) if flat else out
+
+
+def shift(data: Dataset, kind: str, strength: float | None = None, seed: int = 0) -> Dataset:
+    """`data` with an out-of-distribution split: its test split moved by the shift `kind`
+    ("rotation", "noise", "contrast"; module docstring), of `strength` (None: the default)."""
+    if kind not in SHIFT_STRENGTHS:
+        raise ValueError(f"data.ood={kind!r} is not allowed here: one of "
+                         f"{list(SHIFT_STRENGTHS)} (cifar10.1 / cifar10.2 come with "
+                         "data.name = 'cifar10')")
+    strength = SHIFT_STRENGTHS[kind] if strength is None else float(strength)
+    x = data.x_test
+    if kind == "rotation":
+        moved = _rotate(x, strength)
+    elif kind == "noise":
+        moved = x + strength * np.random.default_rng(seed + 104729).standard_normal(x.shape)
+    else:
+        moved = strength * x
+    return data._replace(x_ood=moved.astype(np.float32), y_ood=data.y_test,
+                         ood=f"{kind}({strength:g})")
+
+
+def cifar10_shifted(path, kind: str, mean, std) -> tuple[np.ndarray, np.ndarray]:
+    """The user's CIFAR-10.1 / CIFAR-10.2 test images, standardized with CIFAR-10's `mean`,
+    `std`; DatasetFilesMissing naming the files when they are not in `path`."""
+    path = Path(path).expanduser()
+    files = CIFAR_SHIFT_FILES[kind]
+    missing = [name for name in files if not (path / name).is_file()]
+    if missing:
+        raise DatasetFilesMissing(
+            f"data.ood={kind!r} needs {list(files)} in {path}; missing: {missing}. ufm "
+            "downloads nothing: put the files next to the CIFAR-10 batches or set data.path")
+    if kind == "cifar10.1":
+        x = np.load(path / files[0], allow_pickle=False)
+        y = np.load(path / files[1], allow_pickle=False)
+    else:
+        with np.load(path / files[0], allow_pickle=False) as archive:
+            x, y = archive["images"], archive["labels"]
+    x = np.asarray(x, np.uint8).reshape(-1, 32, 32, 3).astype(np.float32) / 255.0
+    return ((x - mean) / std).astype(np.float32), np.asarray(y, np.int32)
+
+
 def apply_variant(data: Dataset, variant: str, seed: int = 0) -> Dataset:
     """The random-labels / random-inputs versions of a dataset (training split only)."""
     if variant not in VARIANTS:
@@ -206,12 +292,19 @@ def apply_variant(data: Dataset, variant: str, seed: int = 0) -> Dataset:
 
 
 def load(name: str = "digits", *, path=None, variant: str = "none", seed: int = 0,
-         image: bool = False, n_train: int | None = None, **gaussian_options) -> Dataset:
+         image: bool = False, n_train: int | None = None, ood: str = "none",
+         ood_strength: float | None = None, **gaussian_options) -> Dataset:
     """A dataset by name (see the module docstring), with its variant applied. `image` gives
     image-shaped inputs for digits/MNIST; `n_train` keeps the first n_train training samples
-    per class (a balanced subset)."""
+    per class (a balanced subset); `ood` adds an out-of-distribution split (`SHIFTS`) of
+    `ood_strength` (None: the shift's default)."""
     if name not in DATASETS:
         raise ValueError(f"data.name={name!r} is not allowed: one of {list(DATASETS)}")
+    if ood not in SHIFTS:
+        raise ValueError(f"data.ood={ood!r} is not allowed: one of {list(SHIFTS)}")
+    if ood in CIFAR_SHIFT_FILES and name != "cifar10":
+        raise ValueError(f"data.ood={ood!r} is not allowed with data.name={name!r}: it is a "
+                         "CIFAR-10 test set (data.name = 'cifar10')")
     if name in ("mnist", "cifar10") and path is None:
         raise ValueError(f"data.name={name!r} needs data.path: the folder holding its files "
                          "(nothing is downloaded)")
@@ -220,7 +313,7 @@ def load(name: str = "digits", *, path=None, variant: str = "none", seed: int = 
     elif name == "mnist":
         data = mnist(path, image)
     elif name == "cifar10":
-        data = cifar10(path)
+        data = cifar10(path, ood)
     else:
         data = gaussian(seed=seed, **gaussian_options)
     if n_train is not None:
@@ -229,4 +322,6 @@ def load(name: str = "digits", *, path=None, variant: str = "none", seed: int = 
         data = data._replace(
             x_train=data.x_train[np.sort(keep)], y_train=data.y_train[np.sort(keep)]
         )
+    if ood in SHIFT_STRENGTHS:
+        data = shift(data, ood, ood_strength, seed)
     return apply_variant(data, variant, seed)

@@ -5,7 +5,9 @@ work per configuration, run by `ufm run FILE` into a results folder like every k
     name = "net_losses"
     [data]   name ("digits" | "mnist" | "cifar10" | "gaussian"), path, variant ("none" |
              "random_labels" | "random_inputs"), n_train (per class; 0 = all), image (bool),
-             gaussian_dim, separation
+             gaussian_dim, separation, ood (an out-of-distribution split: "none" |
+             "rotation" | "noise" | "contrast" | "cifar10.1" | "cifar10.2", `ufm.nets.data`),
+             ood_strength (0 = the shift's default)
     [model]  name ("mlp" | "resnet"), width, depth (MLP), blocks (ResNet), feature_dim (0 = the
              body's width), head ("learned" | "etf" | "cmf"), bias, normalize, batchnorm (MLP)
     [train]  loss, optimizer ("gd" | "momentum" | "adam"), lr, momentum, schedule, epochs,
@@ -20,6 +22,10 @@ per process). The config engine is `ufm.config`'s, shared with every kind. Every
 configuration is checkpointed at once; an interrupted one resumes from its training state
 (`train.checkpoint_every`). Table columns: the configuration as "section.key", the final metrics,
 the final NC1 of every layer as nc1_layer0, nc1_layer1, ... (as in the deep UFM's histories).
+Every metric is measured on every split: train_nc1, test_nc1, ood_nc1 (and the same for each
+metric, the layer-wise NC1 and NC2, and the fit of the layer NC1's geometric decay,
+*_nc1_decay_ratio and *_nc1_decay_r2); the unprefixed names are the training split's. Rows
+also carry params_total and params_classifier (trainable parameters).
 """
 from __future__ import annotations
 
@@ -34,12 +40,12 @@ from ufm.nets import data as _data
 from ufm.nets import models
 from ufm.nets.training import TrainSettings, train
 from ufm.problem import Hyper
-from ufm.results import UnitResult
+from ufm.results import UnitResult, float_column
 from ufm.tables import fmt, format_table, net_varying_columns
 
 DEFAULTS = {
     "data": {"name": "digits", "path": "", "variant": "none", "n_train": 0, "image": False,
-             "gaussian_dim": 32, "separation": 3.0},
+             "gaussian_dim": 32, "separation": 3.0, "ood": "none", "ood_strength": 0.0},
     "model": {"name": "mlp", "width": 128, "depth": 3, "blocks": 2, "feature_dim": 0,
               "head": "learned", "bias": True, "normalize": False, "batchnorm": False},
     "train": {"loss": "ce", "optimizer": "momentum", "lr": 0.1, "momentum": 0.9,
@@ -51,6 +57,7 @@ DEFAULTS = {
 HYPER_KEYS = ("lam_W", "lam_H", "lam_b", "tau", "alpha", "gamma", "kappa", "M")
 CHOICES = {("data", "name"): ("digits", "mnist", "cifar10", "gaussian"),
            ("data", "variant"): ("none", "random_labels", "random_inputs"),
+           ("data", "ood"): _data.SHIFTS,
            ("model", "name"): ("mlp", "resnet"), ("model", "head"): ("learned", "etf", "cmf")}
 NON_NEGATIVE = (lambda v: v >= 0, "an integer >= 0")
 
@@ -104,7 +111,8 @@ def _settings(cfg):
 def _dataset(cfg):
     name = cfg["data.name"]
     kwargs = dict(variant=cfg["data.variant"], seed=cfg["seed"],
-                  n_train=cfg["data.n_train"] or None)
+                  n_train=cfg["data.n_train"] or None, ood=cfg["data.ood"],
+                  ood_strength=cfg["data.ood_strength"] or None)
     if name == "gaussian":
         shape = (32, 32, 3) if cfg["model.name"] == "resnet" else (cfg["data.gaussian_dim"],)
         return _data.load(name, shape=shape, separation=cfg["data.separation"], **kwargs)
@@ -142,31 +150,49 @@ def run_unit(experiment, unit: Unit, bar, scratch) -> UnitResult:
                                                  if not k.startswith("train.")},
                                                 sort_keys=True))
     layers = np.asarray(result.history["nc1_layers"])
-    history = {k: v for k, v in result.history.items() if k != "nc1_layers"}
-    for j, column in enumerate(layers.T):
-        history[f"nc1_layer{j}"] = column
+    # per-layer arrays (evaluations, layers) become one history key per layer:
+    # nc1_layers -> nc1_layer0, nc1_layer1, ...; test_nc2_layers -> test_nc2_layer0, ...
+    history = {k: v for k, v in result.history.items() if not k.endswith("_layers")}
+    for key, value in result.history.items():
+        if key.endswith("_layers"):
+            for j, column in enumerate(np.asarray(value).T):
+                history[f"{key[:-len('s')]}{j}"] = column
     row = {"row": index, **cfg}  # configuration columns keep their "section." prefix
     row.update({k: float(v[-1]) for k, v in history.items() if k != "iteration"})
     row["epochs_run"] = int(history["iteration"][-1])
     row["layers"] = int(layers.shape[1])
+    row["ood"] = data.ood
+    row.update(models.parameter_counts(model))
     row["seconds"] = result.seconds
     return UnitResult([row], [history], {})
 
 
 def summary(table: dict) -> str:
-    """One line per configuration: what varies, accuracies, NC metrics, layer-wise NC1."""
+    """One line per configuration: what varies, accuracies and NC1 on every split, NC2 / NC3,
+    the layer-wise NC1 with its fitted ratio per layer, and the trainable parameters."""
     varying = net_varying_columns(table, seeds=True)
-    header = ["configuration", "train acc", "test acc", "nc1", "nc2_W", "nc2_H", "nc3", "nc4",
-              "layer nc1 (first -> last)"]
+    ood = "ood_acc" in table and not np.all(np.isnan(float_column(table, "ood_acc")))
+    header = ["configuration", "acc train/test" + ("/ood" if ood else ""),
+              "nc1 train/test" + ("/ood" if ood else ""), "nc2_W", "nc3",
+              "layer nc1 (first -> last, ratio/layer)", "params (classifier)"]
     lines = []
     for i in range(len(table["row"])):
         label = ", ".join(f"{c.split('.')[-1]}={table[c][i]}" for c in varying) or "run"
         layers = int(table["layers"][i])
-        lines.append([label, f"{table['train_acc'][i]:.3f}", f"{table['test_acc'][i]:.3f}",
-                      *(fmt(table[m][i]) for m in ("nc1", "nc2_W", "nc2_H", "nc3", "nc4")),
+        splits = ("train", "test", "ood") if ood else ("train", "test")
+        accuracy = "/".join(f"{float_column(table, f'{s}_acc')[i]:.3f}" for s in splits)
+        nc1 = "/".join(fmt(float_column(table, f"{s}_nc1")[i]) for s in splits)
+        ratio = float_column(table, "train_nc1_decay_ratio")[i]
+        params = (f"{int(table['params_total'][i])} ({int(table['params_classifier'][i])})"
+                  if "params_total" in table else "-")
+        lines.append([label, accuracy, nc1, fmt(table["nc2_W"][i]), fmt(table["nc3"][i]),
                       f"{fmt(table['nc1_layer0'][i])} -> "
-                      f"{fmt(table[f'nc1_layer{layers - 1}'][i])} ({layers} layers)"])
-    return "\n".join(format_table(header, lines))
+                      f"{fmt(table[f'nc1_layer{layers - 1}'][i])} ({layers} layers, "
+                      f"x{ratio:.3g})", params])
+    out = format_table(header, lines)
+    out.append("(ratio/layer: the fitted NC1_{l+1}/NC1_l of the training split's layers; params: "
+               "trainable, the classifier's in brackets)")
+    return "\n".join(out)
 
 
 KINDS = {"net": Kind(

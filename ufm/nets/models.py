@@ -99,6 +99,15 @@ class Head(nnx.Module):
         self.W[...] = new - new.mean(0, keepdims=True)
 
 
+def parameter_counts(model) -> dict:
+    """Trainable parameters (`nnx.Param` entries): params_total, and params_classifier, the
+    head's (W and b of a learned head; b alone for the fixed ETF and class-mean heads, whose W
+    is not a parameter): the saving of a fixed ETF head (Zhu et al. 2021) in numbers."""
+    count = lambda tree: int(sum(np.size(x) for x in jax.tree.leaves(tree)))
+    return {"params_total": count(nnx.state(model, nnx.Param)),
+            "params_classifier": count(nnx.state(model.head, nnx.Param))}
+
+
 class MLP(nnx.Module):
     """x (B, ...) flattened -> `depth` Linear+ReLU (optionally BatchNorm) layers of `width` ->
     head. With `feature_dim`, a Linear projection to that many features (no activation, like

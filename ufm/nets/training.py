@@ -234,28 +234,38 @@ def features(model, x, batch: int = 1000) -> np.ndarray:
 
 
 def evaluate(model, data, layer_samples: int = 1000) -> dict:
-    """Accuracy on both splits, the NC metrics of the penultimate features on the training set,
-    and the NC1 of every layer on the first `layer_samples` training samples (class-stratified
-    by taking the same share of every class)."""
+    """NC on every split of `data` (train, test, and ood where the dataset has one): for each,
+    the accuracy, every NC metric of the penultimate features with the classifier and bias
+    (`ufm.nc_metrics`, compression included), and on the split's first `layer_samples` samples
+    (class-stratified: the same share of every class) the NC1 and NC2 of every layer with the
+    geometric-decay fit of the layer NC1 (`metrics.geometric_decay`).
+
+    Keys "<split>_<metric>": train_acc, test_nc1, ood_nc2_W, ...; "<split>_nc1_layers" and
+    "<split>_nc2_layers" (arrays, one entry per layer), "<split>_nc1_decay_ratio" and
+    "<split>_nc1_decay_r2". The training split's are also given without the prefix (nc1,
+    nc1_layers, ...), the names earlier versions used."""
     K = data.num_classes
     head = model.head
     W = np.asarray(head.weight())
     b = None if head.bias() is None else np.asarray(head.bias())
     out = {}
-    feats = {}
-    for split, x, y in (("train", data.x_train, data.y_train), ("test", data.x_test, data.y_test)):
+    for split, x, y in data.splits():
         H = features(model, x)
         logits = H @ W.T + (0.0 if b is None else b[None, :])
         out[f"{split}_acc"] = float(np.mean(np.argmax(logits, 1) == y))
-        feats[split] = H
-    nc = metrics.nc_metrics(jnp.asarray(W), jnp.asarray(feats["train"].T),
-                            jnp.asarray(data.y_train), None if b is None else jnp.asarray(b))
-    out.update({k: float(v) for k, v in nc.items()})
-    take = _stratified(data.y_train, layer_samples, K)
-    layers = representations(model, data.x_train[take])
-    out["nc1_layers"] = np.array(
-        [float(metrics.nc1(jnp.asarray(r.T), jnp.asarray(data.y_train[take]), K)) for r in layers]
-    )
+        nc = metrics.nc_metrics(W, H.T, y, b)
+        out.update({f"{split}_{k}": float(v) for k, v in nc.items()})
+        take = _stratified(y, layer_samples, K)
+        layers = representations(model, x[take])
+        labels = jnp.asarray(y[take])
+        nc1 = np.array([float(metrics.nc1(jnp.asarray(r.T), labels, K)) for r in layers])
+        out[f"{split}_nc1_layers"] = nc1
+        out[f"{split}_nc2_layers"] = np.array(
+            [float(metrics.nc2_means(jnp.asarray(r.T), labels, K)) for r in layers])
+        fit = metrics.geometric_decay(nc1)
+        out[f"{split}_nc1_decay_ratio"], out[f"{split}_nc1_decay_r2"] = fit["ratio"], fit["r2"]
+    out.update({k[len("train_"):]: v for k, v in list(out.items())
+                if k.startswith("train_") and k != "train_acc"})
     return out
 
 
@@ -366,4 +376,4 @@ def _record(history: dict, epoch: int, train_loss: float, evaluation: dict) -> N
     push("iteration", epoch)
     push("train_loss", train_loss)
     for key, value in evaluation.items():
-        push(key, np.asarray(value).tolist() if key == "nc1_layers" else value)
+        push(key, np.asarray(value).tolist() if key.endswith("_layers") else value)

@@ -1,0 +1,71 @@
+"""Feature compression next to NC: effective rank, coding rate and rate reduction equal their
+formulas on constructed features, and appear among the NC metrics of UFM runs."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import ufm
+from ufm import metrics, theory
+
+EPS2 = 0.5
+
+
+def _direct_rate(Z, eps2=EPS2):
+    d, N = Z.shape
+    return 0.5 * np.linalg.slogdet(np.eye(d) + d / (N * eps2) * Z @ Z.T)[1]
+
+
+def test_coding_rate_and_rate_reduction_equal_the_formulas(x64):
+    rng = np.random.default_rng(0)
+    for d, N in ((5, 40), (30, 12)):  # both branches: d x d and N x N Gram matrices
+        Z = rng.normal(size=(d, N))
+        assert float(metrics.coding_rate(jnp.asarray(Z))) == pytest.approx(_direct_rate(Z),
+                                                                           rel=1e-12)
+        labels = np.arange(N) % 3
+        expected = _direct_rate(Z) - sum(
+            np.mean(labels == k) * 0.5 * np.linalg.slogdet(
+                np.eye(d) + d / (np.sum(labels == k) * EPS2) * Z[:, labels == k]
+                @ Z[:, labels == k].T)[1] for k in range(3))
+        got = metrics.rate_reduction(jnp.asarray(Z), jnp.asarray(labels), 3)
+        assert float(got) == pytest.approx(expected, rel=1e-10)
+
+
+def test_rate_reduction_in_blocks_equals_one_block(x64, monkeypatch):
+    rng = np.random.default_rng(1)
+    Z, labels = jnp.asarray(rng.normal(size=(4, 50))), jnp.asarray(rng.integers(0, 5, 50))
+    whole = float(metrics.rate_reduction(Z, labels, 5))
+    monkeypatch.setattr(metrics, "CHUNK_ENTRIES", 16 * 7)  # blocks of 7 samples, padded
+    assert float(metrics.rate_reduction(Z, labels, 5)) == pytest.approx(whole, rel=1e-12)
+
+
+def test_effective_rank_on_constructed_spectra(x64):
+    U, _ = np.linalg.qr(np.random.default_rng(2).normal(size=(8, 8)))
+    V, _ = np.linalg.qr(np.random.default_rng(3).normal(size=(20, 20)))
+    for s in ([1, 1, 1, 0, 0, 0, 0, 0], [4, 2, 1, 1, 0, 0, 0, 0]):
+        Z = U @ np.diag(s) @ V[:8]
+        p = np.array(s, float)[np.array(s) > 0] / np.sum(s)
+        assert float(metrics.effective_rank(jnp.asarray(Z))) == pytest.approx(
+            np.exp(-np.sum(p * np.log(p))), rel=1e-10)
+
+
+def test_closed_form_optimum_compresses_to_k_minus_1_dimensions():
+    K, d, n = 4, 6, 5
+    prob = ufm.Problem(num_classes=K, feature_dim=d, n_per_class=n, dtype="float64")
+    point = theory.optimum_point(prob, ufm.Hyper())
+    m = ufm.nc_metrics(point.W, point.H, prob.labels)
+    assert m["effective_rank"] == pytest.approx(K - 1, rel=1e-10)
+    # unit features: K ETF vectors n times each, sum_k u_k u_k^T = K/(K-1) P (P of rank K-1)
+    N = K * n
+    rate = 0.5 * (K - 1) * np.log(1 + d / (N * EPS2) * n * K / (K - 1))
+    assert m["coding_rate"] == pytest.approx(rate, rel=1e-10)
+    assert m["rate_reduction"] == pytest.approx(rate - 0.5 * np.log(1 + d / EPS2), rel=1e-10)
+
+
+def test_ufm_histories_log_compression():
+    prob = ufm.Problem(num_classes=3, feature_dim=4, n_per_class=4)
+    res = ufm.solve(prob, ufm.Hyper(lam_W=5e-3, lam_H=5e-3), key=jax.random.key(0), steps=400,
+                    log_every=100)
+    rank = res.history["effective_rank"]
+    assert rank.shape == res.history["nc1"].shape and rank[0] > rank[-1] > 1.9
+    assert res.history["rate_reduction"][-1] > res.history["rate_reduction"][0]
