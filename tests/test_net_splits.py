@@ -90,8 +90,8 @@ def test_geometric_decay_fit_recovers_a_known_rate():
     noise = rng.standard_normal((d, K * n))
     for k in range(K):  # the noise has mean zero in every class: the class means stay `means`
         noise[:, labels == k] -= noise[:, labels == k].mean(axis=1, keepdims=True)
-    nc1 = [float(metrics.nc1(jnp.asarray(means[:, labels] + ratio ** (l / 2) * noise),
-                             jnp.asarray(labels), K)) for l in range(6)]
+    nc1 = [float(metrics.nc1(jnp.asarray(means[:, labels] + ratio ** (layer / 2) * noise),
+                             jnp.asarray(labels), K)) for layer in range(6)]
     fit = metrics.geometric_decay(nc1)
     assert fit["ratio"] == pytest.approx(ratio, rel=1e-5)
     assert fit["rate"] == pytest.approx(-np.log(ratio), rel=1e-5) and fit["r2"] > 1 - 1e-9
