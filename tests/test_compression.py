@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import ufm
-from ufm import metrics, theory
+from ufm import host_metrics, metrics, theory
 
 EPS2 = 0.5
 
@@ -34,8 +34,9 @@ def test_coding_rate_and_rate_reduction_equal_the_formulas(x64):
 def test_rate_reduction_in_blocks_equals_one_block(x64, monkeypatch):
     rng = np.random.default_rng(1)
     Z, labels = jnp.asarray(rng.normal(size=(4, 50))), jnp.asarray(rng.integers(0, 5, 50))
-    whole = float(metrics.rate_reduction(Z, labels, 5))
-    monkeypatch.setattr(metrics, "CHUNK_ENTRIES", 16 * 7)  # blocks of 7 samples, padded
+    whole = float(metrics.rate_reduction(Z, labels, 5))  # the mask path
+    monkeypatch.setattr(metrics, "GRAM_BY_MASK_ENTRIES", 0)
+    monkeypatch.setattr(metrics, "OUTER_ENTRIES", 16 * 7)  # blocks of 7 samples, padded
     assert float(metrics.rate_reduction(Z, labels, 5)) == pytest.approx(whole, rel=1e-12)
 
 
@@ -49,23 +50,38 @@ def test_effective_rank_on_constructed_spectra(x64):
             np.exp(-np.sum(p * np.log(p))), rel=1e-10)
 
 
-def test_closed_form_optimum_compresses_to_k_minus_1_dimensions():
+def test_closed_form_optimum_compresses_to_k_minus_1_dimensions(x64):
     K, d, n = 4, 6, 5
     prob = ufm.Problem(num_classes=K, feature_dim=d, n_per_class=n, dtype="float64")
     point = theory.optimum_point(prob, ufm.Hyper())
-    m = ufm.nc_metrics(point.W, point.H, prob.labels)
-    assert m["effective_rank"] == pytest.approx(K - 1, rel=1e-10)
-    # unit features: K ETF vectors n times each, sum_k u_k u_k^T = K/(K-1) P (P of rank K-1)
     N = K * n
+    # unit features: K ETF vectors n times each, sum_k u_k u_k^T = K/(K-1) P (P of rank K-1)
     rate = 0.5 * (K - 1) * np.log(1 + d / (N * EPS2) * n * K / (K - 1))
-    assert m["coding_rate"] == pytest.approx(rate, rel=1e-10)
-    assert m["rate_reduction"] == pytest.approx(rate - 0.5 * np.log(1 + d / EPS2), rel=1e-10)
+    expected = {"effective_rank": K - 1, "coding_rate": rate,
+                "rate_reduction": rate - 0.5 * np.log(1 + d / EPS2)}
+    on_host = host_metrics.compression_metrics(point.H, prob.labels, K)
+    jitted = jax.jit(metrics.compression_metrics, static_argnums=2)(
+        jnp.asarray(point.H), jnp.asarray(prob.labels), K)
+    for key, value in expected.items():
+        assert on_host[key] == pytest.approx(value, rel=1e-10), key
+        assert float(jitted[key]) == pytest.approx(value, rel=1e-10), key
 
 
-def test_ufm_histories_log_compression():
-    prob = ufm.Problem(num_classes=3, feature_dim=4, n_per_class=4)
-    res = ufm.solve(prob, ufm.Hyper(lam_W=5e-3, lam_H=5e-3), key=jax.random.key(0), steps=400,
-                    log_every=100)
-    rank = res.history["effective_rank"]
-    assert rank.shape == res.history["nc1"].shape and rank[0] > rank[-1] > 1.9
-    assert res.history["rate_reduction"][-1] > res.history["rate_reduction"][0]
+def test_host_and_jitted_compression_agree_on_random_features(x64):
+    rng = np.random.default_rng(4)
+    H, labels = rng.normal(size=(7, 30)), np.arange(30) % 4
+    on_host = host_metrics.compression_metrics(H, labels, 4)
+    jitted = metrics.compression_metrics(jnp.asarray(H), jnp.asarray(labels), 4)
+    for key in on_host:
+        assert float(jitted[key]) == pytest.approx(on_host[key], rel=1e-10), key
+
+
+def test_grid_rows_carry_compression(tmp_path):
+    grid = {"name": "c", "problem": {"num_classes": 3, "feature_dim": 4, "n_per_class": 4},
+            "hyper": {"lam_W": 5e-3, "lam_H": 5e-3}, "solver": {"steps": 3000,
+                                                               "log_every": 1000},
+            "run": {"seeds": [0, 1]}}
+    ufm.run(ufm.experiment.resolve(grid), out=tmp_path / "c", progress=False)
+    table = ufm.results.read_table(tmp_path / "c" / "results.csv")
+    assert np.allclose(table["effective_rank"], 2.0, atol=0.02)  # nearly collapsed: K - 1
+    assert np.all(table["rate_reduction"] > 0.5)

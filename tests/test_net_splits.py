@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import ufm
-from ufm import metrics
+from ufm import host_metrics, metrics
 from ufm.nets import data as nets_data
 from ufm.nets import models
 from ufm.nets.training import TrainSettings, evaluate, features, representations, train
@@ -28,8 +28,11 @@ def test_nc_metrics_on_every_split_equal_nc_metrics_of_its_features(trained):
     final = result.final
     W, b = np.asarray(model.head.weight()), np.asarray(model.head.bias())
     for split, x, y in data.splits():
-        expected = ufm.nc_metrics(W, features(model, x).T, y, b)
-        for key in ("nc1", "nc2_W", "nc2_H", "nc3", "nc4", "effective_rank", "coding_rate"):
+        H = features(model, x).T
+        expected = {**ufm.nc_metrics(W, H, y, b),
+                    **host_metrics.compression_metrics(H, y, 4)}
+        for key in ("nc1", "nc2_W", "nc2_H", "nc3", "nc4", "effective_rank", "coding_rate",
+                    "rate_reduction"):
             assert final[f"{split}_{key}"] == pytest.approx(float(expected[key]), rel=1e-5), (
                 split, key)
         layers = representations(model, x)

@@ -230,10 +230,14 @@ def _timed_trial(problem, solver_name, solver, hypers, seeds, width) -> int:
 
 
 def _extra_arrays(problem: Problem, hypers: Hyper, params, n: int, objective) -> dict:
-    """Columns beyond the history's metrics, from the final points (host side): GNC metrics
-    (`reports_gnc`), and for imbalanced classes the minority-collapse metrics and, for a convex
+    """Columns beyond the history's metrics, from the final points (host side): feature
+    compression (`host_metrics.compression_metrics`), GNC metrics (`reports_gnc`), and for
+    imbalanced classes the minority-collapse metrics and, for a convex
     loss, the convex oracle's global optimum next to the solver's value (`ufm.oracle`)."""
-    arrays = {}
+    H = np.asarray(params.H)
+    found = [host_metrics.compression_metrics(H[j], problem.labels, problem.num_classes)
+             for j in range(n)] if not problem.multilabel else []
+    arrays = {f"extra/{k}": np.array([f[k] for f in found]) for k in (found[0] if found else {})}
     if problem.depth > 1:
         return arrays  # the GNC and imbalance columns (and the oracle) are the UFM's
     if reports_gnc(problem):

@@ -209,3 +209,32 @@ def imbalance_metrics(W, H, labels, class_counts) -> dict:
             "majority_cos": _mean_pair_cosine(W[majority]),
             "minority_spread": spread,
             "w_norm_ratio": ratio(w_norms), "h_norm_ratio": ratio(centred)}
+
+
+def compression_metrics(H, labels, num_classes: int, eps2: float = 0.5) -> dict:
+    """Feature compression of H (d, N) on the host (numpy, float64), the definitions of
+    `ufm.metrics.compression_metrics`: effective_rank of the centred features (Roy & Vetterli
+    2007), coding_rate R(Z, eps) = 1/2 logdet(I + d/(N eps^2) Z Z^T) of the unit-normalized
+    features Z and rate_reduction R(Z, eps) - sum_k (n_k/N) R(Z_k, eps) (Yu et al. 2020, MCR^2),
+    eps^2 = `eps2`. Host-side because jaxlib's CPU LAPACK kernels can deadlock when a program
+    runs several batched ones at once (see `ufm.metrics.compression_metrics`)."""
+    H = np.asarray(H, np.float64)
+    labels = np.asarray(labels)
+    d, N = H.shape
+    centred = H - H.mean(axis=1, keepdims=True)
+    s = np.linalg.svd(centred, compute_uv=False)
+    s = s[s > s.max(initial=0.0) * max(d, N) * np.finfo(np.float64).eps]
+    p = s / s.sum() if s.size else s
+    rank = float(np.exp(-np.sum(p * np.log(p)))) if s.size else 0.0
+    norms = np.linalg.norm(H, axis=0, keepdims=True)
+    Z = H / np.where(norms > 0, norms, 1.0)
+
+    def rate(X, n):
+        gram = X @ X.T if X.shape[0] <= X.shape[1] else X.T @ X
+        return 0.5 * np.linalg.slogdet(np.eye(len(gram)) + d / (n * eps2) * gram)[1]
+
+    total = rate(Z, N)
+    per_class = sum(np.sum(labels == k) / N * rate(Z[:, labels == k], np.sum(labels == k))
+                    for k in range(num_classes) if np.any(labels == k))
+    return {"effective_rank": rank, "coding_rate": float(total),
+            "rate_reduction": float(total - per_class)}

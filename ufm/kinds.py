@@ -22,6 +22,7 @@ KIND_MODULES = {
     "origin_phase": "ufm.landscape_kinds",
     "saddle_escape": "ufm.landscape_kinds",
     "net": "ufm.nets.experiment",
+    "transfer": "ufm.nets.transfer_kind",
 }
 DEFAULT_KIND = "grid"
 # Older names still read: kind = "solve" was the grid's name before kinds were values.

@@ -16,9 +16,12 @@ Conventions (defaults; the variants are returned under their own names):
   equinorm_W/H std/mean of ||w_k|| and of ||mu_k - mu_G||
   equiangular_W/H  mean over k != k' of |cos + 1/(K-1)|
   maxangle_W/H     mean over k of |max_{k' != k} cos + 1/(K-1)| (Papyan's max-angle deviation)
-  effective_rank   exp(entropy of the normalized singular values) of the centred features
-  coding_rate      R(Z, eps) = 1/2 logdet(I + d/(N eps^2) Z Z^T), Z the unit-normalized features
-  rate_reduction   R(Z, eps) - sum_k (n_k/N) R(Z_k, eps) (Yu et al. 2020), eps^2 = 0.5
+
+Feature compression (`compression_metrics`, jittable; `host_metrics.compression_metrics` for
+tables, see there): effective_rank (exp of the entropy of the normalized singular values of the
+centred features), coding_rate R(Z, eps) = 1/2 logdet(I + d/(N eps^2) Z Z^T) of the
+unit-normalized features, rate_reduction R(Z, eps) - sum_k (n_k/N) R(Z_k, eps) (Yu et al.
+2020), eps^2 = 0.5.
 
 Sigma_B^+ never forms a d x d matrix: with M = U S V^T, tr(Sigma_W Sigma_B^+) =
 (K/N) sum_j ||U_j^T (H - mu_Y)||^2 / S_j^2, which keeps float32 accurate (no squared condition
@@ -201,18 +204,24 @@ def _nc_metrics(W, H, labels, b, global_mean):
         "equiangular_H": eqa_H,
         "maxangle_W": maxa_W,
         "maxangle_H": maxa_H,
-        **compression_metrics(H, labels, K),
     }
 
 
 METRIC_NAMES = (
     "nc1", "nc1_papyan", "nc1_trace", "nc1_cdnv", "nc2_W", "nc2_H", "nc3", "nc3_papyan", "nc4",
     "equinorm_W", "equinorm_H", "equiangular_W", "equiangular_H", "maxangle_W", "maxangle_H",
-    "effective_rank", "coding_rate", "rate_reduction",
 )
 
 
 # ---------------------------------------------------------------------- feature compression
+
+# rate_reduction forms every class's Gram matrix through a (K, N) mask while K N d stays
+# below this (cheap, one einsum); above it, from segment sums of outer products a block of
+# samples at a time, OUTER_ENTRIES numbers per block. (A first version used blocks of 2^22
+# entries: vmapped over a grid's log points and configurations, that is gigabytes, and the
+# default run ground to a halt in swap.)
+GRAM_BY_MASK_ENTRIES = 1 << 24
+OUTER_ENTRIES = 1 << 16
 
 # The distortion of the coding rate: eps^2 = 0.5, the value of Yu et al. (2020, MCR^2) for
 # unit-norm features.
@@ -244,7 +253,17 @@ def rate_reduction(Z, labels, num_classes: int, eps: float = CODING_EPS):
     d, N = Z.shape
     K = num_classes
     counts = jax.ops.segment_sum(jnp.ones((N,), Z.dtype), labels, K)
-    rows = max(1, min(N, CHUNK_ENTRIES // max(d * d, 1)))
+    eye = jnp.eye(d, dtype=Z.dtype)
+    scales = d / (jnp.maximum(counts, 1.0) * eps**2)
+    class_rate = lambda G, c: 0.5 * jnp.linalg.slogdet(eye + c * G)[1]
+    if K * N * d <= GRAM_BY_MASK_ENTRIES:  # small: Z diag(1[y = k]) Z^T for every k at once
+        onehot = (labels[None, :] == jnp.arange(K)[:, None]).astype(Z.dtype)  # (K, N)
+        grams = jnp.einsum("kn,dn,en->kde", onehot, Z, Z)
+        per_class = jax.vmap(class_rate)(grams, scales)
+        return coding_rate(Z, eps) - jnp.sum(counts / N * per_class)
+    # Large: segment sums of the samples' outer products, OUTER_ENTRIES at a time (a block's
+    # (rows, d, d) products are live at once, times any vmap over points and configurations).
+    rows = max(1, min(N, OUTER_ENTRIES // max(d * d, 1)))
     blocks = -(-N // rows)
     pad = blocks * rows - N
     Zp = jnp.concatenate([Z, jnp.zeros((d, pad), Z.dtype)], axis=1) if pad else Z
@@ -257,9 +276,7 @@ def rate_reduction(Z, labels, num_classes: int, eps: float = CODING_EPS):
         return carry + jax.ops.segment_sum(outer, y, K), None
 
     grams, _ = jax.lax.scan(block, jnp.zeros((K, d, d), Z.dtype), jnp.arange(blocks) * rows)
-    eye = jnp.eye(d, dtype=Z.dtype)
-    scales = d / (jnp.maximum(counts, 1.0) * eps**2)
-    per_class = jax.vmap(lambda G, c: 0.5 * jnp.linalg.slogdet(eye + c * G)[1])(grams, scales)
+    per_class = jax.vmap(class_rate)(grams, scales)
     return coding_rate(Z, eps) - jnp.sum(counts / N * per_class)
 
 
@@ -280,12 +297,21 @@ def effective_rank(Z):
 def compression_metrics(H, labels, num_classes: int, eps: float = CODING_EPS) -> dict:
     """effective_rank of the centred features H - mean; coding_rate and rate_reduction of the
     unit-normalized features h_i / ||h_i|| (the scale-free convention of MCR^2; a zero feature
-    stays zero). Jittable."""
+    stays zero). Jittable.
+
+    Not part of `nc_metrics`, and computed on the host for results tables
+    (`host_metrics.compression_metrics`): jaxlib's CPU LAPACK kernels (LU, SVD, eigh) split a
+    batched call over XLA's intra-op thread pool and wait for their pieces, and two of them
+    that one program runs at once can hold every pool thread and wait for each other for
+    ever. Measured: the default `ufm run` (2 cores) hung in its metrics program with these
+    metrics' LU and eigh beside NC1's SVD, even with optimization barriers between them."""
     centred = H - jnp.mean(H, axis=1, keepdims=True)
     norms = jnp.linalg.norm(H, axis=0, keepdims=True)
     unit = H / jnp.where(norms > 0, norms, 1.0)
-    return {"effective_rank": effective_rank(centred), "coding_rate": coding_rate(unit, eps),
-            "rate_reduction": rate_reduction(unit, labels, num_classes, eps)}
+    rank = effective_rank(centred)
+    rate = coding_rate(unit, eps)
+    reduction = rate_reduction(unit, labels, num_classes, eps)
+    return {"effective_rank": rank, "coding_rate": rate, "rate_reduction": reduction}
 
 _nc_metrics_jit = jax.jit(_nc_metrics, static_argnames="global_mean")
 

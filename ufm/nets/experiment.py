@@ -38,7 +38,7 @@ from ufm.config import ConfigError, Field, Schema
 from ufm.kind import Kind, Unit
 from ufm.nets import data as _data
 from ufm.nets import models
-from ufm.nets.training import TrainSettings, train
+from ufm.nets.training import TrainSettings, _stratified, layer_nc3, train
 from ufm.problem import Hyper
 from ufm.results import UnitResult, float_column
 from ufm.tables import fmt, format_table, net_varying_columns
@@ -145,7 +145,8 @@ def run_unit(experiment, unit: Unit, bar, scratch) -> UnitResult:
     cfg = configurations(experiment)[index]
     data = _dataset(cfg)
     model = _model(cfg, data)
-    result = train(model, data, _settings(cfg), out=scratch, progress=bar is not None,
+    result_settings = _settings(cfg)
+    result = train(model, data, result_settings, out=scratch, progress=bar is not None,
                    model_description=json.dumps({k: v for k, v in cfg.items()
                                                  if not k.startswith("train.")},
                                                 sort_keys=True))
@@ -163,6 +164,10 @@ def run_unit(experiment, unit: Unit, bar, scratch) -> UnitResult:
     row["layers"] = int(layers.shape[1])
     row["ood"] = data.ood
     row.update(models.parameter_counts(model))
+    take = _stratified(data.y_train, result_settings.layer_samples, data.num_classes)
+    for j, value in enumerate(layer_nc3(model, data.x_train[take], data.y_train[take],
+                                        data.num_classes)):
+        row[f"nc3_layer{j}"] = float(value)
     row["seconds"] = result.seconds
     return UnitResult([row], [history], {})
 
@@ -192,7 +197,42 @@ def summary(table: dict) -> str:
     out = format_table(header, lines)
     out.append("(ratio/layer: the fitted NC1_{l+1}/NC1_l of the training split's layers; params: "
                "trainable, the classifier's in brackets)")
+    out += loss_equivalence_lines(table)
     return "\n".join(out)
+
+
+def cross_loss_spread(table: dict) -> list[tuple[str, dict]]:
+    """Where train.loss varies: for each setting of the other varying columns (seeds pooled by
+    their mean), the variance across losses of test accuracy and of the final NC1 (Zhou et al.
+    2022, "Are all losses created equal?": at the end of long training it is small)."""
+    if "train.loss" not in table or len(set(map(str, table["train.loss"]))) < 2:
+        return []
+    others = [c for c in net_varying_columns(table) if c != "train.loss"]
+    key = lambda i: ", ".join(f"{c.split('.')[-1]}={table[c][i]}" for c in others) or "all"
+    out = {}
+    for i in range(len(table["row"])):
+        out.setdefault(key(i), {}).setdefault(str(table["train.loss"][i]), []).append(i)
+    spread = []
+    for label, by_loss in out.items():
+        means = {metric: [float(np.mean(float_column(table, metric)[rows]))
+                          for rows in by_loss.values()] for metric in ("test_acc", "nc1")}
+        spread.append((label, {"losses": len(by_loss),
+                               "test_acc_var": float(np.var(means["test_acc"])),
+                               "nc1_var": float(np.var(means["nc1"])),
+                               "test_acc_mean": float(np.mean(means["test_acc"])),
+                               "nc1_mean": float(np.mean(means["nc1"]))}))
+    return spread
+
+
+def loss_equivalence_lines(table: dict) -> list[str]:
+    spread = cross_loss_spread(table)
+    if not spread:
+        return []
+    header = ["setting", "losses", "test acc mean", "test acc var", "nc1 mean", "nc1 var"]
+    lines = [[label, str(s["losses"]), f"{s['test_acc_mean']:.4f}", fmt(s["test_acc_var"]),
+              fmt(s["nc1_mean"]), fmt(s["nc1_var"])] for label, s in spread]
+    return ["", "across losses (mean over seeds, then variance over losses):"] + format_table(
+        header, lines)
 
 
 KINDS = {"net": Kind(

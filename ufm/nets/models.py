@@ -150,6 +150,13 @@ class MLP(nnx.Module):
     def __call__(self, x) -> jax.Array:
         return self.head(self.features(x))
 
+    def layer_paths(self) -> list[tuple]:
+        """For each entry of `representations`, the path prefixes of the parameters that
+        produce it (what fine-tuning "layer j" trains)."""
+        paths = [(("layers", i),) + ((("norms", i),) if self.norms is not None else ())
+                 for i in range(len(self.layers))]
+        return paths + ([(("project",),)] if self.project is not None else [])
+
 
 class _Block(nnx.Module):
     """Basic residual block: conv3x3-BN-ReLU-conv3x3-BN + shortcut (1x1 conv when the shape
@@ -213,6 +220,14 @@ class ResNet(nnx.Module):
 
     def __call__(self, x) -> jax.Array:
         return self.head(self.features(x))
+
+    def layer_paths(self) -> list[tuple]:
+        """For each entry of `representations`, the path prefixes of the parameters that
+        produce it: the stem, each stage, and the projection (or, without one, the last stage,
+        whose output is pooled)."""
+        stages = [(("stages", s),) for s in range(len(self.stages))]
+        last = ((("project",),) if self.project is not None else stages[-1])
+        return [(("stem",), ("stem_bn",))] + stages + [last]
 
 
 def build(name: str, *, input_shape: tuple, num_classes: int, seed: int = 0, **options):

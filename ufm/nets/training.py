@@ -32,8 +32,8 @@ import numpy as np
 import optax
 from flax import nnx
 
+from ufm import host_metrics, metrics, results, runner
 from ufm import losses as _losses
-from ufm import metrics, results, runner
 from ufm.problem import Hyper, validate_hyper
 
 OPTIMIZERS = ("gd", "momentum", "adam")  # the names of `ufm.solvers`
@@ -160,8 +160,9 @@ def _objective(model, x, y, s: TrainSettings, n_total: int, num_classes: int):
     return loss + penalty, (loss, correct, h)
 
 
-def _step(model, optimizer, x, y, s: TrainSettings, n_total: int, num_classes: int):
-    grad_fn = nnx.value_and_grad(_objective, has_aux=True)
+def _step(model, optimizer, x, y, s: TrainSettings, n_total: int, num_classes: int,
+          trainable=nnx.Param):
+    grad_fn = nnx.value_and_grad(_objective, argnums=nnx.DiffState(0, trainable), has_aux=True)
     (_, (loss, correct, h)), grads = grad_fn(model, x, y, s, n_total, num_classes)
     optimizer.update(model, grads)
     if model.head.kind == "cmf":
@@ -169,18 +170,19 @@ def _step(model, optimizer, x, y, s: TrainSettings, n_total: int, num_classes: i
     return loss, correct
 
 
-def make_train_step(s: TrainSettings, n_total: int, num_classes: int):
+def make_train_step(s: TrainSettings, n_total: int, num_classes: int, trainable=nnx.Param):
     """One jitted optimizer step on a minibatch: (model, optimizer, x, y) -> (loss, correct);
-    updates the model (and a CMF head's class means) in place."""
+    updates the model (and a CMF head's class means) in place. `trainable`: an nnx filter of
+    the parameters that get gradients (the optimizer must be built with the same `wrt`)."""
 
     @nnx.jit
     def step(model, optimizer, x, y):
-        return _step(model, optimizer, x, y, s, n_total, num_classes)
+        return _step(model, optimizer, x, y, s, n_total, num_classes, trainable)
 
     return step
 
 
-def make_train_epoch(s: TrainSettings, n_total: int, num_classes: int):
+def make_train_epoch(s: TrainSettings, n_total: int, num_classes: int, trainable=nnx.Param):
     """Every step of an epoch in ONE jitted call: (model, optimizer, xs (S, B, ...), ys (S, B))
     -> losses (S,), the model and optimizer updated in place. A `lax.scan` over the minibatches
     of the model's state (`nnx.split` / `nnx.merge` inside the scan): nnx.jit walks the object
@@ -194,7 +196,8 @@ def make_train_epoch(s: TrainSettings, n_total: int, num_classes: int):
 
         def body(state, batch):
             model, optimizer = nnx.merge(graphdef, state)
-            loss, _ = _step(model, optimizer, batch[0], batch[1], s, n_total, num_classes)
+            loss, _ = _step(model, optimizer, batch[0], batch[1], s, n_total, num_classes,
+                            trainable)
             return nnx.split((model, optimizer))[1], loss
 
         state, losses = jax.lax.scan(body, state, (xs, ys))
@@ -255,6 +258,8 @@ def evaluate(model, data, layer_samples: int = 1000) -> dict:
         out[f"{split}_acc"] = float(np.mean(np.argmax(logits, 1) == y))
         nc = metrics.nc_metrics(W, H.T, y, b)
         out.update({f"{split}_{k}": float(v) for k, v in nc.items()})
+        out.update({f"{split}_{k}": v for k, v in host_metrics.compression_metrics(
+            H.T, y, K).items()})
         take = _stratified(y, layer_samples, K)
         layers = representations(model, x[take])
         labels = jnp.asarray(y[take])
@@ -267,6 +272,22 @@ def evaluate(model, data, layer_samples: int = 1000) -> dict:
     out.update({k[len("train_"):]: v for k, v in list(out.items())
                 if k.startswith("train_") and k != "train_acc"})
     return out
+
+
+def layer_nc3(model, x, y, num_classes: int) -> np.ndarray:
+    """NC3 of every layer, || W M / ||W M||_F - E ||_F with M the layer's centred class means
+    and W the layer's own linear classifier, a ridge probe fit to it (`transfer.ridge_classifier`;
+    a hidden layer has no classifier of its own). At the last layer it measures the probe, not
+    the network's head (nc3 does that)."""
+    from ufm.nets.transfer import ridge_classifier
+
+    out = []
+    for H in representations(model, x):
+        W, _ = ridge_classifier(H, y, num_classes)
+        M = metrics._class_statistics(jnp.asarray(H.T, jnp.float32), jnp.asarray(y), num_classes,
+                                      "class_means")[2]
+        out.append(float(metrics._gram_to_etf(jnp.asarray(W, jnp.float32), M.T)))
+    return np.array(out)
 
 
 def _stratified(y, n, K) -> np.ndarray:
@@ -312,8 +333,11 @@ def _load_checkpoint(path: Path, settings_json: str, model, optimizer):
 
 
 def train(model: nnx.Module, data, settings: TrainSettings = TrainSettings(), *, out=None,
-          progress: bool | None = None, model_description: str = "") -> TrainResult:
+          progress: bool | None = None, model_description: str = "",
+          trainable=nnx.Param) -> TrainResult:
     """Train `model` on `data` (a `ufm.nets.data.Dataset`), evaluating NC as it goes.
+    `trainable`: an nnx filter of the parameters trained (default all; `ufm.nets.transfer`
+    freezes all but a head and a chosen layer); the others stay bit for bit as they were.
 
     Example:
       >>> data = ufm.nets.data.load("digits")
@@ -326,8 +350,8 @@ def train(model: nnx.Module, data, settings: TrainSettings = TrainSettings(), *,
     n = len(data.y_train)
     batch = min(settings.batch_size, n)
     steps_per_epoch = n // batch  # drop the last partial batch: one compiled step shape
-    optimizer = nnx.Optimizer(model, _optimizer(settings, steps_per_epoch), wrt=nnx.Param)
-    run_epoch = make_train_epoch(settings, n, data.num_classes)
+    optimizer = nnx.Optimizer(model, _optimizer(settings, steps_per_epoch), wrt=trainable)
+    run_epoch = make_train_epoch(settings, n, data.num_classes, trainable)
     settings_json = settings.to_json() + model_description
     history: dict = {}
     first_epoch = 1

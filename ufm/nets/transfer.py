@@ -1,0 +1,173 @@
+"""Transfer learning read through neural collapse (Li et al. 2022, "Principled and efficient
+transfer learning of deep models via neural collapse"): a network pretrained on source classes,
+its frozen layers measured on target data, and three ways to adapt it.
+
+    source, target = split_classes(data, source=range(5), target=range(5, 10))
+    model = models.build("mlp", input_shape=..., num_classes=5); train(model, source, settings)
+    curves = frozen_layer_nc(model, target)          # NC1 / NC2 of every layer, every split
+    probes = probe_layers(model, target)             # a ridge linear probe per layer
+    layer = choose_layer(curves["train_nc1_layers"])
+    tuned, info = fine_tune(model, target, "layer", settings, layer=layer)
+
+Fine-tuning modes (`MODES`), each with a new head for the target classes:
+  "probe"  the head alone; the body frozen (a linear probe trained like the network)
+  "layer"  the head and one chosen layer of the body (Li et al.'s one-layer fine-tuning)
+  "full"   every parameter
+Frozen parameters stay bit for bit as they were (`train(..., trainable=...)`); BatchNorm's
+running statistics are not parameters and keep updating in training mode (a ResNet's frozen
+stages see the target data's statistics, as with `model.train()` in PyTorch).
+
+The layer-wise NC1 of target data on a source-trained network first falls, then may rise again
+past the layers that became specific to the source classes (the "two phases"); `choose_layer`
+picks the layer after the minimum, the first one that the target classes do not suit.
+"""
+from __future__ import annotations
+
+import copy
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from ufm import metrics
+from ufm.nets import models
+from ufm.nets.data import Dataset
+from ufm.nets.training import TrainSettings, _stratified, representations, train
+
+MODES = ("probe", "layer", "full")
+# Ridge penalty of the linear probes, relative to the mean squared feature norm.
+PROBE_RIDGE = 1e-3
+
+
+def split_classes(data: Dataset, source, target) -> tuple[Dataset, Dataset]:
+    """Two datasets from one: the samples of the `source` classes and those of the `target`
+    classes (every split, the out-of-distribution one too), each relabelled 0..len - 1 in the
+    order given."""
+    source, target = [int(k) for k in source], [int(k) for k in target]
+    if not source or not target or set(source) & set(target) or any(
+            not 0 <= k < data.num_classes for k in source + target):
+        raise ValueError(f"source={source} and target={target} are not allowed: two non-empty, "
+                         f"disjoint lists of classes in 0..{data.num_classes - 1}")
+
+    def part(classes):
+        relabel = np.full(data.num_classes, -1, np.int32)
+        relabel[classes] = np.arange(len(classes), dtype=np.int32)
+
+        def keep(x, y):
+            mask = relabel[y] >= 0
+            return x[mask], relabel[y[mask]]
+
+        x_tr, y_tr = keep(data.x_train, data.y_train)
+        x_te, y_te = keep(data.x_test, data.y_test)
+        ood = ((None, None) if data.x_ood is None else keep(data.x_ood, data.y_ood))
+        return data._replace(x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te,
+                             num_classes=len(classes), x_ood=ood[0], y_ood=ood[1])
+
+    return part(source), part(target)
+
+
+def frozen_layer_nc(model, data: Dataset, layer_samples: int = 1000) -> dict:
+    """NC1 and NC2 (class means) of every layer of `model` (no head needed) on every split of
+    `data`, from the split's first `layer_samples` samples (class-stratified):
+    "<split>_nc1_layers", "<split>_nc2_layers" (arrays over layers)."""
+    K = data.num_classes
+    out = {}
+    for split, x, y in data.splits():
+        take = _stratified(y, layer_samples, K)
+        labels = jnp.asarray(y[take])
+        layers = representations(model, x[take])
+        out[f"{split}_nc1_layers"] = np.array(
+            [float(metrics.nc1(jnp.asarray(r.T), labels, K)) for r in layers])
+        out[f"{split}_nc2_layers"] = np.array(
+            [float(metrics.nc2_means(jnp.asarray(r.T), labels, K)) for r in layers])
+    return out
+
+
+def ridge_classifier(features, labels, num_classes: int, ridge: float = PROBE_RIDGE):
+    """(W (K, d), b (K,)): least squares from [features, 1] to one-hot targets with a ridge
+    penalty ridge * mean ||h||^2 per coordinate (float64, closed form)."""
+    X = np.asarray(features, np.float64)
+    scale = max(float(np.mean(np.sum(X**2, axis=1))), 1e-300)
+    A = np.hstack([X, np.ones((len(X), 1))])
+    gram = A.T @ A + ridge * scale * len(X) / X.shape[1] * np.eye(A.shape[1])
+    coefficients = np.linalg.solve(gram, A.T @ np.eye(num_classes)[labels])
+    return coefficients[:-1].T, coefficients[-1]
+
+
+def ridge_probe(features_train, y_train, evaluations, num_classes: int,
+                ridge: float = PROBE_RIDGE) -> list[float]:
+    """A linear probe (`ridge_classifier` on the training features), its accuracy on each
+    (features, labels) of `evaluations`."""
+    W, b = ridge_classifier(features_train, y_train, num_classes, ridge)
+    return [float(np.mean(np.argmax(np.asarray(f, np.float64) @ W.T + b, axis=1) == labels))
+            for f, labels in evaluations]
+
+
+def probe_layers(model, data: Dataset, ridge: float = PROBE_RIDGE) -> dict:
+    """A ridge linear probe on every layer's frozen features: trained on the training split,
+    "<split>_probe_acc_layers" (arrays over layers) on every split."""
+    train_layers = representations(model, data.x_train)
+    others = [(split, representations(model, x), y) for split, x, y in data.splits()]
+    out = {f"{split}_probe_acc_layers": [] for split, _, _ in others}
+    for j, H in enumerate(train_layers):
+        accuracies = ridge_probe(H, data.y_train, [(layers[j], y) for _, layers, y in others],
+                                 data.num_classes, ridge)
+        for (split, _, _), accuracy in zip(others, accuracies):
+            out[f"{split}_probe_acc_layers"].append(accuracy)
+    return {k: np.array(v) for k, v in out.items()}
+
+
+def choose_layer(nc1_layers) -> int:
+    """The layer to fine-tune from the target data's frozen NC1 curve: the one after its
+    minimum (where the target classes stop separating further), or the last layer when the
+    curve falls all the way."""
+    nc1 = np.asarray(nc1_layers, np.float64)
+    return int(min(int(np.nanargmin(nc1)) + 1, len(nc1) - 1))
+
+
+def trainable_filter(model, mode: str, layer: int | None = None):
+    """The nnx filter of the parameters that `mode` trains (module docstring): the head's, and
+    with "layer" those of representation `layer` (`model.layer_paths()`), or all."""
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r} is not allowed: one of {list(MODES)}")
+    if mode == "full":
+        return nnx.Param
+    prefixes = [("head",)]
+    if mode == "layer":
+        paths = model.layer_paths()
+        if layer is None or not -len(paths) <= layer < len(paths):
+            raise ValueError(f"layer={layer!r} is not allowed: a layer index in "
+                             f"0..{len(paths) - 1}")
+        prefixes += list(paths[layer])
+
+    def chosen(path, value):
+        return isinstance(value, nnx.Param) and any(
+            tuple(path[:len(prefix)]) == tuple(prefix) for prefix in prefixes)
+
+    return chosen
+
+
+def count_parameters(model, selected=nnx.Param) -> int:
+    """Entries of the parameters the nnx filter `selected` picks."""
+    return int(sum(np.size(x) for x in jax.tree.leaves(nnx.state(model, selected))))
+
+
+def fine_tune(model, target: Dataset, mode: str, settings: TrainSettings = TrainSettings(), *,
+              layer: int | None = None, head: str = "learned", progress: bool | None = False,
+              out=None):
+    """Adapt a copy of a pretrained `model` to `target`: a new head ("learned" or "cmf") for its
+    classes, then training of what `mode` selects (`trainable_filter`). Returns (TrainResult,
+    info) with info = {"mode", "layer", "params_trained", "params_total"}; the model passed in
+    is left as it was."""
+    tuned = copy.deepcopy(model)  # nnx modules are Python objects: a deep copy is independent
+    features = tuned.head.W[...].shape[1]
+    tuned.head = models.Head(features, target.num_classes, kind=head,
+                             bias=tuned.head.b is not None, normalize=tuned.head.normalize,
+                             rngs=nnx.Rngs(settings.seed + 1))
+    selected = trainable_filter(tuned, mode, layer)
+    info = {"mode": mode, "layer": -1 if mode != "layer" else int(layer),
+            "params_trained": count_parameters(tuned, selected),
+            "params_total": count_parameters(tuned)}
+    result = train(tuned, target, settings, trainable=selected, progress=progress, out=out)
+    return result, info
