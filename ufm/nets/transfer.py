@@ -153,13 +153,14 @@ def count_parameters(model, selected=nnx.Param) -> int:
     return int(sum(np.size(x) for x in jax.tree.leaves(nnx.state(model, selected))))
 
 
-def fine_tune(model, target: Dataset, mode: str, settings: TrainSettings = TrainSettings(), *,
+def fine_tune(model, target: Dataset, mode: str, settings: TrainSettings | None = None, *,
               layer: int | None = None, head: str = "learned", progress: bool | None = False,
               out=None):
     """Adapt a copy of a pretrained `model` to `target`: a new head ("learned" or "cmf") for its
     classes, then training of what `mode` selects (`trainable_filter`). Returns (TrainResult,
     info) with info = {"mode", "layer", "params_trained", "params_total"}; the model passed in
     is left as it was."""
+    settings = TrainSettings() if settings is None else settings
     tuned = copy.deepcopy(model)  # nnx modules are Python objects: a deep copy is independent
     features = tuned.head.W[...].shape[1]
     tuned.head = models.Head(features, target.num_classes, kind=head,
