@@ -101,4 +101,7 @@ def test_every_shipped_experiment_file_is_valid(path):
     if exp.kind == "net":
         assert ufm.nets.experiment.configurations(exp)
         return
+    if exp.kind == "transfer":
+        assert ufm.nets.transfer_kind.configurations(exp)
+        return
     assert ufm.grid.configurations(exp)

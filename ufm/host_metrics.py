@@ -238,3 +238,39 @@ def compression_metrics(H, labels, num_classes: int, eps2: float = 0.5) -> dict:
                     for k in range(num_classes) if np.any(labels == k))
     return {"effective_rank": rank, "coding_rate": float(total),
             "rate_reduction": float(total - per_class)}
+
+
+def layer_nc(H, labels, num_classes: int) -> dict:
+    """NC1 = (1/K) tr(Sigma_W Sigma_B^+) and NC2 of the class means, || M^T M / ||M^T M||_F - E
+    ||_F, of a layer's features H (d, N) on the host (numpy, float64; the definitions of
+    `ufm.metrics.nc1` and `nc2_H`, mu_G the mean of the class means, Sigma_B^+ at rank K - 1
+    and at round-off). Host-side: a network's layers have as many shapes as layers and splits,
+    and a jitted metric would compile once for each. Also returns the centred means M (d, K)."""
+    H = np.asarray(H, np.float64)
+    labels = np.asarray(labels)
+    K = num_classes
+    d, N = H.shape
+    counts = np.bincount(labels, minlength=K).astype(np.float64)
+    means = (H @ np.eye(K)[labels]) / counts[None, :]
+    M = means - means.mean(axis=1, keepdims=True)
+    within = H - means[:, labels]
+    U, S, _ = np.linalg.svd(M, full_matrices=False)
+    keep = (np.arange(S.size) < K - 1) & (S > np.finfo(np.float64).eps * max(d, K) * S[0])
+    projected = np.sum((U[:, keep].T @ within) ** 2, axis=1)
+    nc1 = float(np.sum(projected / S[keep] ** 2) / N) if S[0] > 0 else float("nan")
+    gram = M.T @ M
+    etf = (np.eye(K) - 1.0 / K) / np.sqrt(K - 1)
+    nc2 = float(np.linalg.norm(gram / np.linalg.norm(gram) - etf)) if S[0] > 0 else float("nan")
+    return {"nc1": nc1, "nc2": nc2, "M": M}
+
+
+def ridge_classifier(features, labels, num_classes: int, ridge: float = 1e-3):
+    """(W (K, d), b (K,)): least squares from [features, 1] (N, d + 1) to one-hot targets with
+    a ridge penalty ridge * mean ||h||^2 per coordinate (float64, closed form): a layer's
+    linear probe."""
+    X = np.asarray(features, np.float64)
+    scale = max(float(np.mean(np.sum(X**2, axis=1))), 1e-300)
+    A = np.hstack([X, np.ones((len(X), 1))])
+    gram = A.T @ A + ridge * scale * len(X) / X.shape[1] * np.eye(A.shape[1])
+    coefficients = np.linalg.solve(gram, A.T @ np.eye(num_classes)[labels])
+    return coefficients[:-1].T, coefficients[-1]

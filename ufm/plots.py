@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ufm import results
-from ufm.tables import CONFIG_COLUMNS, all_balanced, series_labels
+from ufm.tables import CONFIG_COLUMNS, all_balanced, cross_loss_spread, series_labels
 
 # (history key, axis label, log scale)
 TRAJECTORY_FIGURES = (
@@ -517,7 +517,39 @@ def plot_net(directory: Path) -> list[Path]:
         ax.grid(True, which="major", alpha=0.3)
         _legend(fig, ax, len(series))
         written.append(_save(fig, directory / "layer_nc1.png"))
+    written += plot_loss_equivalence(directory, table)
     return written
+
+
+def plot_loss_equivalence(directory: Path, table: dict) -> list[Path]:
+    """Where train.loss varies with model.width and train.epochs: heatmaps over (width,
+    epochs) of the variance across losses of the test accuracy and of NC1 (Zhou et al. 2022's
+    figure)."""
+    spread = dict(cross_loss_spread(table))
+    if not spread or not all(c in table for c in ("model.width", "train.epochs")):
+        return []
+    widths = sorted({int(w) for w in table["model.width"]})
+    epochs = sorted({int(e) for e in table["train.epochs"]})
+    if len(widths) * len(epochs) != len(spread):
+        return []  # another axis varies too: the table's lines say it
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), layout="constrained")
+    for ax, (key, title) in zip(axes, (("test_acc_var", "variance of test accuracy"),
+                                       ("nc1_var", "variance of NC1"))):
+        grid = np.full((len(widths), len(epochs)), np.nan)
+        for label, values in spread.items():
+            parts = dict(part.split("=") for part in label.split(", "))
+            grid[widths.index(int(parts["width"])), epochs.index(int(parts["epochs"]))] = \
+                values[key]
+        im = ax.imshow(np.log10(np.maximum(grid, 1e-300)), origin="lower", aspect="auto",
+                       cmap="viridis")
+        ax.set_xticks(range(len(epochs)), epochs)
+        ax.set_yticks(range(len(widths)), widths)
+        ax.set_xlabel("epochs")
+        ax.set_ylabel("width")
+        ax.set_title(f"across losses: log10 {title}", fontsize=10)
+        fig.colorbar(im, ax=ax)
+    return [_save(fig, directory / "loss_equivalence.png")]
 
 
 def plot_transfer(directory: Path) -> list[Path]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ufm.problem import Hyper
+from ufm.results import float_column
 
 PROBLEM_COLUMNS = ("num_classes", "feature_dim", "n_per_class", "class_counts", "loss",
                    "geometry", "bias", "classifier", "dtype", "label_sets", "set_counts",
@@ -71,3 +72,26 @@ def net_varying_columns(table: dict, seeds: bool = False) -> list[str]:
     differ across rows."""
     prefixes = NET_SECTIONS + (("seed",) if seeds else ())
     return [c for c in table if c.split(".")[0] in prefixes and len({str(v) for v in table[c]}) > 1]
+
+
+def cross_loss_spread(table: dict) -> list[tuple[str, dict]]:
+    """Where train.loss varies: for each setting of the other varying columns (seeds pooled by
+    their mean), the variance across losses of test accuracy and of the final NC1 (Zhou et al.
+    2022, "Are all losses created equal?": at the end of long training it is small)."""
+    if "train.loss" not in table or len(set(map(str, table["train.loss"]))) < 2:
+        return []
+    others = [c for c in net_varying_columns(table) if c != "train.loss"]
+    key = lambda i: ", ".join(f"{c.split('.')[-1]}={table[c][i]}" for c in others) or "all"
+    out = {}
+    for i in range(len(table["row"])):
+        out.setdefault(key(i), {}).setdefault(str(table["train.loss"][i]), []).append(i)
+    spread = []
+    for label, by_loss in out.items():
+        means = {metric: [float(np.mean(float_column(table, metric)[rows]))
+                          for rows in by_loss.values()] for metric in ("test_acc", "nc1")}
+        spread.append((label, {"losses": len(by_loss),
+                               "test_acc_var": float(np.var(means["test_acc"])),
+                               "nc1_var": float(np.var(means["nc1"])),
+                               "test_acc_mean": float(np.mean(means["test_acc"])),
+                               "nc1_mean": float(np.mean(means["nc1"]))}))
+    return spread

@@ -41,7 +41,7 @@ from ufm.nets import models
 from ufm.nets.training import TrainSettings, _stratified, layer_nc3, train
 from ufm.problem import Hyper
 from ufm.results import UnitResult, float_column
-from ufm.tables import fmt, format_table, net_varying_columns
+from ufm.tables import cross_loss_spread, fmt, format_table, net_varying_columns
 
 DEFAULTS = {
     "data": {"name": "digits", "path": "", "variant": "none", "n_train": 0, "image": False,
@@ -199,29 +199,6 @@ def summary(table: dict) -> str:
                "trainable, the classifier's in brackets)")
     out += loss_equivalence_lines(table)
     return "\n".join(out)
-
-
-def cross_loss_spread(table: dict) -> list[tuple[str, dict]]:
-    """Where train.loss varies: for each setting of the other varying columns (seeds pooled by
-    their mean), the variance across losses of test accuracy and of the final NC1 (Zhou et al.
-    2022, "Are all losses created equal?": at the end of long training it is small)."""
-    if "train.loss" not in table or len(set(map(str, table["train.loss"]))) < 2:
-        return []
-    others = [c for c in net_varying_columns(table) if c != "train.loss"]
-    key = lambda i: ", ".join(f"{c.split('.')[-1]}={table[c][i]}" for c in others) or "all"
-    out = {}
-    for i in range(len(table["row"])):
-        out.setdefault(key(i), {}).setdefault(str(table["train.loss"][i]), []).append(i)
-    spread = []
-    for label, by_loss in out.items():
-        means = {metric: [float(np.mean(float_column(table, metric)[rows]))
-                          for rows in by_loss.values()] for metric in ("test_acc", "nc1")}
-        spread.append((label, {"losses": len(by_loss),
-                               "test_acc_var": float(np.var(means["test_acc"])),
-                               "nc1_var": float(np.var(means["nc1"])),
-                               "test_acc_mean": float(np.mean(means["test_acc"])),
-                               "nc1_mean": float(np.mean(means["nc1"]))}))
-    return spread
 
 
 def loss_equivalence_lines(table: dict) -> list[str]:

@@ -261,12 +261,13 @@ def evaluate(model, data, layer_samples: int = 1000) -> dict:
         out.update({f"{split}_{k}": v for k, v in host_metrics.compression_metrics(
             H.T, y, K).items()})
         take = _stratified(y, layer_samples, K)
-        layers = representations(model, x[take])
-        labels = jnp.asarray(y[take])
-        nc1 = np.array([float(metrics.nc1(jnp.asarray(r.T), labels, K)) for r in layers])
+        # on the host: every layer and split has its own shape (a jitted metric would compile
+        # for each)
+        found = [host_metrics.layer_nc(r.T, y[take], K) for r in representations(model,
+                                                                                x[take])]
+        nc1 = np.array([f["nc1"] for f in found])
         out[f"{split}_nc1_layers"] = nc1
-        out[f"{split}_nc2_layers"] = np.array(
-            [float(metrics.nc2_means(jnp.asarray(r.T), labels, K)) for r in layers])
+        out[f"{split}_nc2_layers"] = np.array([f["nc2"] for f in found])
         fit = metrics.geometric_decay(nc1)
         out[f"{split}_nc1_decay_ratio"], out[f"{split}_nc1_decay_r2"] = fit["ratio"], fit["r2"]
     out.update({k[len("train_"):]: v for k, v in list(out.items())
@@ -276,17 +277,16 @@ def evaluate(model, data, layer_samples: int = 1000) -> dict:
 
 def layer_nc3(model, x, y, num_classes: int) -> np.ndarray:
     """NC3 of every layer, || W M / ||W M||_F - E ||_F with M the layer's centred class means
-    and W the layer's own linear classifier, a ridge probe fit to it (`transfer.ridge_classifier`;
-    a hidden layer has no classifier of its own). At the last layer it measures the probe, not
-    the network's head (nc3 does that)."""
-    from ufm.nets.transfer import ridge_classifier
-
+    and W the layer's own linear classifier, a ridge probe fit to it
+    (`host_metrics.ridge_classifier`; a hidden layer has no classifier of its own). At the last
+    layer it measures the probe, not the network's head (nc3 does that)."""
+    K = num_classes
+    etf = (np.eye(K) - 1.0 / K) / np.sqrt(K - 1)
     out = []
     for H in representations(model, x):
-        W, _ = ridge_classifier(H, y, num_classes)
-        M = metrics._class_statistics(jnp.asarray(H.T, jnp.float32), jnp.asarray(y), num_classes,
-                                      "class_means")[2]
-        out.append(float(metrics._gram_to_etf(jnp.asarray(W, jnp.float32), M.T)))
+        W, _ = host_metrics.ridge_classifier(H, y, K)
+        G = W @ host_metrics.layer_nc(H.T, y, K)["M"]
+        out.append(float(np.linalg.norm(G / np.linalg.norm(G) - etf)))
     return np.array(out)
 
 

@@ -26,11 +26,10 @@ from __future__ import annotations
 import copy
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ufm import metrics
+from ufm import host_metrics
 from ufm.nets import models
 from ufm.nets.data import Dataset
 from ufm.nets.training import TrainSettings, _stratified, representations, train
@@ -75,31 +74,18 @@ def frozen_layer_nc(model, data: Dataset, layer_samples: int = 1000) -> dict:
     out = {}
     for split, x, y in data.splits():
         take = _stratified(y, layer_samples, K)
-        labels = jnp.asarray(y[take])
-        layers = representations(model, x[take])
-        out[f"{split}_nc1_layers"] = np.array(
-            [float(metrics.nc1(jnp.asarray(r.T), labels, K)) for r in layers])
-        out[f"{split}_nc2_layers"] = np.array(
-            [float(metrics.nc2_means(jnp.asarray(r.T), labels, K)) for r in layers])
+        found = [host_metrics.layer_nc(r.T, y[take], K) for r in representations(model,
+                                                                                x[take])]
+        out[f"{split}_nc1_layers"] = np.array([f["nc1"] for f in found])
+        out[f"{split}_nc2_layers"] = np.array([f["nc2"] for f in found])
     return out
-
-
-def ridge_classifier(features, labels, num_classes: int, ridge: float = PROBE_RIDGE):
-    """(W (K, d), b (K,)): least squares from [features, 1] to one-hot targets with a ridge
-    penalty ridge * mean ||h||^2 per coordinate (float64, closed form)."""
-    X = np.asarray(features, np.float64)
-    scale = max(float(np.mean(np.sum(X**2, axis=1))), 1e-300)
-    A = np.hstack([X, np.ones((len(X), 1))])
-    gram = A.T @ A + ridge * scale * len(X) / X.shape[1] * np.eye(A.shape[1])
-    coefficients = np.linalg.solve(gram, A.T @ np.eye(num_classes)[labels])
-    return coefficients[:-1].T, coefficients[-1]
 
 
 def ridge_probe(features_train, y_train, evaluations, num_classes: int,
                 ridge: float = PROBE_RIDGE) -> list[float]:
-    """A linear probe (`ridge_classifier` on the training features), its accuracy on each
-    (features, labels) of `evaluations`."""
-    W, b = ridge_classifier(features_train, y_train, num_classes, ridge)
+    """A linear probe (`host_metrics.ridge_classifier` on the training features), its accuracy
+    on each (features, labels) of `evaluations`."""
+    W, b = host_metrics.ridge_classifier(features_train, y_train, num_classes, ridge)
     return [float(np.mean(np.argmax(np.asarray(f, np.float64) @ W.T + b, axis=1) == labels))
             for f, labels in evaluations]
 
