@@ -120,3 +120,21 @@ def test_evaluate_needs_every_class_in_a_split():
     with pytest.raises(ValueError, match="classes 1, 2 have no samples"):
         evaluate(model, broken)
     jax.clear_caches()
+
+
+def test_a_diverging_network_is_flagged_and_its_neighbours_finish(tmp_path):
+    file = tmp_path / "net.toml"
+    file.write_text('kind = "net"\nname = "d"\n[data]\nname = "gaussian"\ngaussian_dim = 8\n'
+                    '[model]\nwidth = 8\ndepth = 1\n[train]\nepochs = 3\neval_every = 3\n'
+                    'optimizer = "gd"\nschedule = "constant"\nlr = [0.05, 1e6]\n')
+    result = ufm.run(file, out=tmp_path / "out", progress=False)
+    ok, broken = result.rows
+    assert ok["status"] == "finished" and ok["test_acc"] > 0
+    assert broken["status"] == "diverged" and broken["diverged_at"] == 1
+    assert broken["test_acc"] is None
+    assert "diverged at epoch 1" in ufm.experiment.summary(tmp_path / "out")
+    data = nets_data.load("gaussian", shape=(8,))  # as the file's
+    model = models.build("mlp", input_shape=(8,), num_classes=10, width=8, depth=1)
+    with pytest.raises(FloatingPointError, match=r"diverged at epoch 1 .*lower train\.lr"):
+        train(model, data, TrainSettings(epochs=3, eval_every=3, lr=1e6, optimizer="gd",
+                                         schedule="constant"), progress=False)

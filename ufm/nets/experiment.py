@@ -149,7 +149,8 @@ def run_unit(experiment, unit: Unit, bar, scratch) -> UnitResult:
     result = train(model, data, result_settings, out=scratch, progress=bar is not None,
                    model_description=json.dumps({k: v for k, v in cfg.items()
                                                  if not k.startswith("train.")},
-                                                sort_keys=True))
+                                                sort_keys=True),
+                   on_divergence="stop")  # a diverging configuration is flagged, not fatal
     layers = np.asarray(result.history["nc1_layers"])
     # per-layer arrays (evaluations, layers) become one history key per layer:
     # nc1_layers -> nc1_layer0, nc1_layer1, ...; test_nc2_layers -> test_nc2_layer0, ...
@@ -159,15 +160,21 @@ def run_unit(experiment, unit: Unit, bar, scratch) -> UnitResult:
             for j, column in enumerate(np.asarray(value).T):
                 history[f"{key[:-len('s')]}{j}"] = column
     row = {"row": index, **cfg}  # configuration columns keep their "section." prefix
-    row.update({k: float(v[-1]) for k, v in history.items() if k != "iteration"})
+    diverged = result.status == "diverged"
+    # a diverged run's last evaluation is not its end point: its metrics are left empty
+    row.update({k: (None if diverged else float(v[-1])) for k, v in history.items()
+                if k != "iteration"})
+    row["status"] = result.status
+    row["diverged_at"] = result.diverged_at
     row["epochs_run"] = int(history["iteration"][-1])
     row["layers"] = int(layers.shape[1])
     row["ood"] = data.ood
     row.update(models.parameter_counts(model))
     take = _stratified(data.y_train, result_settings.layer_samples, data.num_classes)
-    for j, value in enumerate(layer_nc3(model, data.x_train[take], data.y_train[take],
-                                        data.num_classes)):
-        row[f"nc3_layer{j}"] = float(value)
+    if not diverged:
+        for j, value in enumerate(layer_nc3(model, data.x_train[take], data.y_train[take],
+                                            data.num_classes)):
+            row[f"nc3_layer{j}"] = float(value)
     row["seconds"] = result.seconds
     return UnitResult([row], [history], {})
 
@@ -184,6 +191,10 @@ def summary(table: dict) -> str:
     for i in range(len(table["row"])):
         label = ", ".join(f"{c.split('.')[-1]}={table[c][i]}" for c in varying) or "run"
         layers = int(table["layers"][i])
+        if "status" in table and str(table["status"][i]) == "diverged":
+            lines.append([label, f"diverged at epoch {int(table['diverged_at'][i])}", "-", "-",
+                          "-", "-", "-"])
+            continue
         splits = ("train", "test", "ood") if ood else ("train", "test")
         accuracy = "/".join(f"{float_column(table, f'{s}_acc')[i]:.3f}" for s in splits)
         nc1 = "/".join(fmt(float_column(table, f"{s}_nc1")[i]) for s in splits)

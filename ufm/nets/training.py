@@ -112,6 +112,8 @@ class TrainResult:
     history: dict
     final: dict
     seconds: float
+    status: str = "finished"  # or "diverged" (train's on_divergence="stop")
+    diverged_at: int | None = None  # the epoch whose loss was not finite
 
 
 def _schedule(s: TrainSettings, steps_per_epoch: int):
@@ -334,10 +336,13 @@ def _load_checkpoint(path: Path, settings_json: str, model, optimizer):
 
 def train(model: nnx.Module, data, settings: TrainSettings = TrainSettings(), *, out=None,
           progress: bool | None = None, model_description: str = "",
-          trainable=nnx.Param) -> TrainResult:
+          trainable=nnx.Param, on_divergence: str = "raise") -> TrainResult:
     """Train `model` on `data` (a `ufm.nets.data.Dataset`), evaluating NC as it goes.
     `trainable`: an nnx filter of the parameters trained (default all; `ufm.nets.transfer`
     freezes all but a head and a chosen layer); the others stay bit for bit as they were.
+    `on_divergence`: "raise" (FloatingPointError naming the epoch and train.lr) or "stop" (the
+    result has status "diverged", diverged_at, and the history up to the last evaluation; no
+    checkpoint of the broken state is written).
 
     Example:
       >>> data = ufm.nets.data.load("digits")
@@ -365,6 +370,9 @@ def train(model: nnx.Module, data, settings: TrainSettings = TrainSettings(), *,
     bar = runner.progress_bar(progress, settings.epochs, "train")
     if bar is not None:
         bar.update(first_epoch - 1)
+    if on_divergence not in ("raise", "stop"):
+        raise ValueError(f"on_divergence={on_divergence!r} is not allowed: 'raise' or 'stop'")
+    diverged_at = None
     x_all, y_all = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
     if first_epoch == 1:
         _record(history, 0, float("nan"), evaluate(model, data, settings.layer_samples))
@@ -374,6 +382,9 @@ def train(model: nnx.Module, data, settings: TrainSettings = TrainSettings(), *,
         take = jnp.asarray(order[:steps_per_epoch * batch].reshape(steps_per_epoch, batch))
         total_loss = float(jnp.sum(run_epoch(model, optimizer, x_all[take], y_all[take])))
         if not math.isfinite(total_loss):
+            if on_divergence == "stop":
+                diverged_at = epoch
+                break
             raise FloatingPointError(f"training diverged at epoch {epoch} (loss {total_loss}); "
                                      f"lower train.lr={settings.lr}")
         if epoch % settings.eval_every == 0 or epoch == settings.epochs:
@@ -390,7 +401,8 @@ def train(model: nnx.Module, data, settings: TrainSettings = TrainSettings(), *,
         bar.close()
     history = {k: np.asarray(v) for k, v in history.items()}
     final = {k: v[-1] for k, v in history.items()}
-    return TrainResult(model, history, final, time.perf_counter() - t0)
+    return TrainResult(model, history, final, time.perf_counter() - t0,
+                       "finished" if diverged_at is None else "diverged", diverged_at)
 
 
 def _record(history: dict, epoch: int, train_loss: float, evaluation: dict) -> None:

@@ -167,7 +167,7 @@ def summary(table: dict) -> str:
                and len({str(v) for v in table[c]}) > 1]
     ood = "ood_acc" in table and not np.all(np.isnan(float_column(table, "ood_acc")))
     splits = ("train", "test", "ood") if ood else ("train", "test")
-    header = ["configuration", "mode", "layer", "params trained / all",
+    header = ["configuration", "mode", "layer (from 0)", "params trained / all",
               "target acc " + "/".join(splits), "target nc1 " + "/".join(splits)]
     lines = []
     for i in range(len(table["row"])):
