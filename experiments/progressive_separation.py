@@ -44,7 +44,8 @@ def networks(depths, epochs: int) -> list[dict]:
                             progress=False)
         final = result.final
         take = _stratified(data.y_train, 1000, 10)
-        row = {"model": "mlp", "depth": depth, "train_acc": final["train_acc"],
+        row = {"model": "mlp", "depth": depth, "status": "trained",
+               "train_acc": final["train_acc"],
                "test_acc": final["test_acc"], "nc1_layers": final["train_nc1_layers"],
                "test_nc1_layers": final["test_nc1_layers"], "nc2_layers": final["nc2_layers"],
                "nc3_layers": layer_nc3(model, data.x_train[take], data.y_train[take], 10)}
@@ -83,16 +84,17 @@ def main(argv=None) -> int:
         row.update(ratio=fit["ratio"], rate=fit["rate"], r2=fit["r2"], fit=fit,
                    test_ratio=test_fit["ratio"], test_r2=test_fit["r2"])
         table.append({k: row[k] for k in ("model", "depth", "ratio", "rate", "r2",
-                                          "test_ratio", "test_r2", "train_acc", "test_acc")})
+                                          "test_ratio", "test_r2", "train_acc", "test_acc",
+                                          "status")})
     with open(out / "progressive_separation.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(table[0]))
         writer.writeheader()
         writer.writerows(table)
     print(f"{'model':16s} {'depth':>5s} {'ratio/layer':>11s} {'R^2':>7s} {'test ratio':>10s} "
-          f"{'test R^2':>8s} {'test acc':>8s}")
+          f"{'test R^2':>8s} {'test acc':>8s}  status")
     for r in table:
         print(f"{r['model']:16s} {r['depth']:5d} {r['ratio']:11.3f} {r['r2']:7.4f} "
-              f"{r['test_ratio']:10.3f} {r['test_r2']:8.4f} {r['test_acc']:8.3f}")
+              f"{r['test_ratio']:10.3f} {r['test_r2']:8.4f} {r['test_acc']:8.3f}  {r['status']}")
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 3.9), layout="constrained")
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]

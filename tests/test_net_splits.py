@@ -138,3 +138,20 @@ def test_a_diverging_network_is_flagged_and_its_neighbours_finish(tmp_path):
     with pytest.raises(FloatingPointError, match=r"diverged at epoch 1 .*lower train\.lr"):
         train(model, data, TrainSettings(epochs=3, eval_every=3, lr=1e6, optimizer="gd",
                                          schedule="constant"), progress=False)
+
+
+def test_cross_loss_spread_is_the_variance_across_losses():
+    from ufm.tables import cross_loss_spread
+
+    table = {"row": np.arange(6), "seed": np.array([0, 0, 0, 0, 1, 1]),
+             "train.loss": np.array(["ce", "mse", "ce", "mse", "ce", "mse"], dtype=object),
+             "train.lr": np.array([0.1, 0.01, 0.1, 0.01, 0.1, 0.01]),  # zipped with the loss
+             "model.width": np.array([64, 64, 256, 256, 256, 256]),
+             "test_acc": np.array([0.9, 0.7, 0.95, 0.93, 0.97, np.nan]),
+             "nc1": np.array([1e-2, 3e-2, 1e-3, 2e-3, 3e-3, np.nan])}
+    spread = dict(cross_loss_spread(table))
+    assert set(spread) == {"width=64", "width=256"}
+    assert spread["width=64"]["test_acc_var"] == pytest.approx(np.var([0.9, 0.7]))
+    # seeds pooled by their mean; a diverged (empty) run left out of its loss's mean
+    assert spread["width=256"]["test_acc_var"] == pytest.approx(np.var([0.96, 0.93]))
+    assert spread["width=256"]["nc1_var"] == pytest.approx(np.var([2e-3, 2e-3]))

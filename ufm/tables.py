@@ -82,7 +82,10 @@ def cross_loss_spread(table: dict) -> list[tuple[str, dict]]:
     variance NaN."""
     if "train.loss" not in table or len(set(map(str, table["train.loss"]))) < 2:
         return []
-    others = [c for c in net_varying_columns(table) if c != "train.loss"]
+    losses = list(map(str, table["train.loss"]))
+    # a column that advances with the loss (a [[zip]] of loss and lr) is part of "the loss"
+    follows_loss = lambda c: len(set(zip(losses, map(str, table[c])))) == len(set(losses))
+    others = [c for c in net_varying_columns(table) if c != "train.loss" and not follows_loss(c)]
     key = lambda i: ", ".join(f"{c.split('.')[-1]}={table[c][i]}" for c in others) or "all"
     out = {}
     for i in range(len(table["row"])):
