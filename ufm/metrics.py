@@ -127,14 +127,6 @@ def nc1(H, labels, num_classes: int, *, global_mean: str = "class_means"):
     )
 
 
-def nc2_means(H, labels, num_classes: int, *, global_mean: str = "class_means"):
-    """NC2 of the class means alone, || M^T M / ||M^T M||_F - E ||_F with M the centred class
-    means of H (d, N): the layer-wise NC2 of an intermediate representation (no classifier).
-    Equal to nc_metrics' nc2_H."""
-    M = _class_statistics(H, jnp.asarray(labels), int(num_classes), global_mean)[2]
-    return _gram_to_etf(M.T, M.T)
-
-
 def geometric_decay(values) -> dict:
     """Fit log v_l = a + l log(ratio) by least squares over l = 0, 1, ... (host numpy): the law
     of progressive separation, NC1 shrinking by a constant ratio per layer (He & Su 2023, "A
