@@ -97,7 +97,8 @@ def landscape_spectra(out: Path, quick: bool) -> Path:
                        quick else 2, loss="ce", dtype="float64")
     hyp = ufm.Hyper(lam_W=5e-3, lam_H=5e-3, lam_b=5e-3)
     named = {"origin": theory.origin(prob, hyp),
-             "rank-2 critical point": points.rank_r_critical_point(prob, hyp, rank=2),
+             "rank-2 critical point": points.rank_r_critical_point(
+                 prob, hyp, rank=2, steps=300 if quick else 5000),
              "global minimum (ETF)": theory.optimum_point(prob, hyp)}
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.2), layout="constrained")
     for ax, (name, point) in zip(axes, named.items()):
@@ -118,14 +119,14 @@ def landscape_spectra(out: Path, quick: bool) -> Path:
 def phase_transition(out: Path, quick: bool) -> Path:
     """The origin's smallest Hessian eigenvalue against lam = lam_W = lam_H: the probe's, and
     the closed form lam - sigma, sigma = c_L / (K sqrt n) for each loss."""
-    losses = ("ce", "mse") if quick else ("ce", "ls", "focal", "mse")
+    losses = ("ce",) if quick else ("ce", "ls", "focal", "mse")
     # Without a bias: the Hessian is then the (W, H) block alone, whose smallest eigenvalue the
     # closed form gives (a bias adds the loss's curvature in b, which caps it: 1/K for CE).
     problems = {loss: ufm.Problem(num_classes=4, feature_dim=3, n_per_class=2, loss=loss,
                                   bias=False, dtype="float64") for loss in losses}
     sigmas = {loss: theory.origin_singular_value(p, ufm.Hyper()) for loss, p in problems.items()}
     lams = np.geomspace(0.4 * min(sigmas.values()), 2.5 * max(sigmas.values()),
-                        7 if quick else 25)
+                        4 if quick else 25)
     fig, ax = plt.subplots(figsize=(6.2, 3.4), layout="constrained")
     for color, (loss, prob) in zip(COLORS, problems.items()):
         hypers = [ufm.Hyper(lam_W=lam, lam_H=lam, lam_b=0.0) for lam in lams]
@@ -147,12 +148,12 @@ def phase_transition(out: Path, quick: bool) -> Path:
 
 def gnc_margin(out: Path, quick: bool) -> Path:
     Ks = [7] if quick else [5, 8, 12, 20]
-    taus = [1.0, 0.3, 0.1] if quick else [2.0, 1.0, 0.5, 0.3, 0.2, 0.1, 0.07, 0.05]
+    taus = [1.0, 0.1] if quick else [2.0, 1.0, 0.5, 0.3, 0.2, 0.1, 0.07, 0.05]
     grid = {"name": "gnc_d2",
             "problem": {"num_classes": Ks, "feature_dim": 2, "n_per_class": 1, "loss": "ce",
                         "geometry": "sphere", "dtype": "float64"},
             "hyper": {"tau": taus},
-            "solver": {"name": "lbfgs", "steps": 150 if quick else 1000, "tol": 1e-14},
+            "solver": {"name": "lbfgs", "steps": 60 if quick else 1000, "tol": 1e-14},
             "run": {"seeds": [0] if quick else [0, 1, 2]}}
     folder = Path(tempfile.mkdtemp()) / "gnc"
     ufm.run(ufm.experiment.resolve(grid), out=folder, progress=False)
@@ -201,7 +202,7 @@ def multilabel(out: Path, quick: bool) -> Path:
             "problem": {"num_classes": 4, "feature_dim": 8, "multiplicity_counts": [10, 4],
                         "loss": "pick_all_label", "dtype": "float64"},
             "hyper": {"lam_W": 1e-3, "lam_H": 1e-3, "lam_b": 1e-3, "lr": 1.0},
-            "solver": {"steps": 1500 if quick else 20000, "log_every": 50 if quick else 200},
+            "solver": {"steps": 500 if quick else 20000, "log_every": 50 if quick else 200},
             "run": {"seeds": [0] if quick else [0, 1, 2]}}
     folder = Path(tempfile.mkdtemp()) / "multilabel"
     ufm.run(ufm.experiment.resolve(grid), out=folder, progress=False)
@@ -221,9 +222,9 @@ def network_layers(out: Path, quick: bool) -> Path:
     from ufm import nets
 
     data = nets.data.load("digits")
-    epochs = 6 if quick else 300
+    epochs = 4 if quick else 300
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 3.4), layout="constrained")
-    for color, depth in zip(COLORS, (2, 4) if quick else (2, 4, 6)):
+    for color, depth in zip(COLORS, (3,) if quick else (2, 4, 6)):
         model = nets.models.build("mlp", input_shape=data.input_shape, num_classes=10,
                                   width=128, depth=depth)
         settings = nets.TrainSettings(epochs=epochs, eval_every=max(2, epochs // 10))

@@ -105,6 +105,9 @@ def _two_processes(file, out):
     assert not [f for f in out.rglob("*") if ".tmp" in f.name]
 
 
+# Slow (22 s together): the grid's two-process test above covers the shared machinery
+# (ufm.experiment.run's rounds and gathering) in the default suite.
+@pytest.mark.slow
 @pytest.mark.parametrize("text", [LANDSCAPE, NET], ids=["landscape", "net"])
 def test_two_processes_write_one_folder_of_any_kind(tmp_path, text):
     file = tmp_path / "experiment.toml"
