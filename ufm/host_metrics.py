@@ -271,6 +271,10 @@ def ridge_classifier(features, labels, num_classes: int, ridge: float = 1e-3):
     X = np.asarray(features, np.float64)
     scale = max(float(np.mean(np.sum(X**2, axis=1))), 1e-300)
     A = np.hstack([X, np.ones((len(X), 1))])
-    gram = A.T @ A + ridge * scale * len(X) / X.shape[1] * np.eye(A.shape[1])
-    coefficients = np.linalg.solve(gram, A.T @ np.eye(num_classes)[labels])
+    Y = np.eye(num_classes)[labels]
+    penalty = ridge * scale * len(X) / X.shape[1]
+    if A.shape[1] <= len(A):
+        coefficients = np.linalg.solve(A.T @ A + penalty * np.eye(A.shape[1]), A.T @ Y)
+    else:  # more features than samples (a convolutional layer): the same solution, dual form
+        coefficients = A.T @ np.linalg.solve(A @ A.T + penalty * np.eye(len(A)), Y)
     return coefficients[:-1].T, coefficients[-1]

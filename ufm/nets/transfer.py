@@ -35,8 +35,10 @@ from ufm.nets.data import Dataset
 from ufm.nets.training import TrainSettings, _stratified, representations, train
 
 MODES = ("probe", "layer", "full")
-# Ridge penalty of the linear probes, relative to the mean squared feature norm.
+# Ridge penalty of the linear probes, relative to the mean squared feature norm, and the
+# samples per split they are trained and evaluated on at most.
 PROBE_RIDGE = 1e-3
+PROBE_SAMPLES = 2000
 
 
 def split_classes(data: Dataset, source, target) -> tuple[Dataset, Dataset]:
@@ -90,14 +92,21 @@ def ridge_probe(features_train, y_train, evaluations, num_classes: int,
             for f, labels in evaluations]
 
 
-def probe_layers(model, data: Dataset, ridge: float = PROBE_RIDGE) -> dict:
-    """A ridge linear probe on every layer's frozen features: trained on the training split,
-    "<split>_probe_acc_layers" (arrays over layers) on every split."""
-    train_layers = representations(model, data.x_train)
-    others = [(split, representations(model, x), y) for split, x, y in data.splits()]
+def probe_layers(model, data: Dataset, ridge: float = PROBE_RIDGE,
+                 samples: int = PROBE_SAMPLES) -> dict:
+    """A ridge linear probe on every layer's frozen features: trained on (at most `samples`,
+    class-stratified) samples of the training split, "<split>_probe_acc_layers" (arrays over
+    layers) on as many of every split's. The cap keeps a ResNet's flattened feature maps
+    (16,384 numbers a sample in its first stage) within memory."""
+    K = data.num_classes
+    first = lambda x, y: (x[_stratified(y, samples, K)], y[_stratified(y, samples, K)])
+    x_train, y_train = first(data.x_train, data.y_train)
+    train_layers = representations(model, x_train)
+    others = [(split, representations(model, first(x, y)[0]), first(x, y)[1])
+              for split, x, y in data.splits()]
     out = {f"{split}_probe_acc_layers": [] for split, _, _ in others}
     for j, H in enumerate(train_layers):
-        accuracies = ridge_probe(H, data.y_train, [(layers[j], y) for _, layers, y in others],
+        accuracies = ridge_probe(H, y_train, [(layers[j], y) for _, layers, y in others],
                                  data.num_classes, ridge)
         for (split, _, _), accuracy in zip(others, accuracies):
             out[f"{split}_probe_acc_layers"].append(accuracy)
