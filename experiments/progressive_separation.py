@@ -3,7 +3,7 @@
 He & Su (2023, "A law of data separation in deep learning") observed that in a well-trained
 network the within-class variability of layer l, NC1_l, decays geometrically: log NC1_l is a
 line in l. This script trains MLPs of several depths on the bundled digits, fits
-log NC1_l = a + l log(ratio) (`ufm.metrics.geometric_decay`: ratio per layer and R^2) on the
+log NC1_l = a + l log(ratio) (`ufm.host_metrics.geometric_decay`: ratio per layer, R^2) on the
 training split and the test split, reports the layer-wise NC2 (class means against the simplex
 ETF) and NC3 (each layer's ridge-probe classifier against its class means), and puts the deep
 UFM's layer-wise NC1 (free features, then L - 1 trained layers) beside them.
@@ -29,7 +29,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 import ufm  # noqa: E402
-from ufm import metrics, nets  # noqa: E402
+from ufm import host_metrics, nets  # noqa: E402
 from ufm.nets.training import _stratified, layer_nc3  # noqa: E402
 
 
@@ -78,8 +78,8 @@ def main(argv=None) -> int:
     ufm_rows = deep_ufms([2, 3] if args.quick else [2, 3, 4, 6], 300 if args.quick else 20000)
     table = []
     for row in nets_rows + ufm_rows:
-        fit = metrics.geometric_decay(row["nc1_layers"])
-        test_fit = (metrics.geometric_decay(row["test_nc1_layers"])
+        fit = host_metrics.geometric_decay(row["nc1_layers"])
+        test_fit = (host_metrics.geometric_decay(row["test_nc1_layers"])
                     if "test_nc1_layers" in row else {"ratio": np.nan, "r2": np.nan})
         row.update(ratio=fit["ratio"], rate=fit["rate"], r2=fit["r2"], fit=fit,
                    test_ratio=test_fit["ratio"], test_r2=test_fit["r2"])

@@ -211,33 +211,68 @@ def imbalance_metrics(W, H, labels, class_counts) -> dict:
             "w_norm_ratio": ratio(w_norms), "h_norm_ratio": ratio(centred)}
 
 
-def compression_metrics(H, labels, num_classes: int, eps2: float = 0.5) -> dict:
-    """Feature compression of H (d, N) on the host (numpy, float64), the definitions of
-    `ufm.metrics.compression_metrics`: effective_rank of the centred features (Roy & Vetterli
-    2007), coding_rate R(Z, eps) = 1/2 logdet(I + d/(N eps^2) Z Z^T) of the unit-normalized
-    features Z and rate_reduction R(Z, eps) - sum_k (n_k/N) R(Z_k, eps) (Yu et al. 2020, MCR^2),
-    eps^2 = `eps2`. Host-side because jaxlib's CPU LAPACK kernels can deadlock when a program
-    runs several batched ones at once (see `ufm.metrics.compression_metrics`)."""
+# The distortion of the coding rate: eps^2 = 0.5, the value of Yu et al. (2020, MCR^2) for
+# unit-norm features.
+CODING_EPS2 = 0.5
+
+
+def coding_rate(Z, eps2: float = CODING_EPS2) -> float:
+    """R(Z, eps) = 1/2 log det(I_d + d / (N eps^2) Z Z^T) of features Z (d, N): the nats needed
+    to code the columns of Z up to distortion eps (Ma et al. 2007; Yu et al. 2020, "Learning
+    diverse and discriminative representations via the principle of maximal coding rate
+    reduction"), through the smaller of Z Z^T and Z^T Z (the same nonzero eigenvalues)."""
+    Z = np.asarray(Z, np.float64)
+    d, N = Z.shape
+    gram = Z @ Z.T if d <= N else Z.T @ Z
+    return float(0.5 * np.linalg.slogdet(np.eye(len(gram)) + d / (N * eps2) * gram)[1])
+
+
+def rate_reduction(Z, labels, num_classes: int, eps2: float = CODING_EPS2) -> float:
+    """Delta R = R(Z, eps) - sum_k (n_k / N) R(Z_k, eps), Z_k the columns of class k (Yu et al.
+    2020): large when the whole is spread and each class compressed. R(Z_k) keeps the ambient
+    d: 1/2 log det(I + d / (n_k eps^2) Z_k Z_k^T)."""
+    Z, labels = np.asarray(Z, np.float64), np.asarray(labels)
+    N = Z.shape[1]
+    per_class = sum(np.sum(labels == k) / N * _class_rate(Z, labels == k, eps2)
+                    for k in range(num_classes) if np.any(labels == k))
+    return coding_rate(Z, eps2) - per_class
+
+
+def _class_rate(Z, mask, eps2) -> float:
+    d, X = Z.shape[0], Z[:, mask]
+    gram = X @ X.T if d <= X.shape[1] else X.T @ X
+    return float(0.5 * np.linalg.slogdet(np.eye(len(gram)) + d / (X.shape[1] * eps2) * gram)[1])
+
+
+def effective_rank(Z) -> float:
+    """exp of the entropy of the normalized singular values p_i = s_i / sum_j s_j of Z (d, N)
+    (Roy & Vetterli 2007): between 1 and min(d, N); K - 1 for centred features collapsed onto
+    a simplex ETF. Singular values at round-off count as zeros."""
+    Z = np.asarray(Z, np.float64)
+    s = np.linalg.svd(Z, compute_uv=False)
+    s = s[s > s.max(initial=0.0) * max(Z.shape) * np.finfo(np.float64).eps]
+    if not s.size:
+        return 0.0
+    p = s / s.sum()
+    return float(np.exp(-np.sum(p * np.log(p))))
+
+
+def compression_metrics(H, labels, num_classes: int, eps2: float = CODING_EPS2) -> dict:
+    """Feature compression of H (d, N) (numpy, float64): effective_rank of the centred features
+    H - mean, coding_rate and rate_reduction of the unit-normalized features h_i / ||h_i|| (the
+    scale-free convention of MCR^2; a zero feature stays zero).
+
+    On the host, not in the jitted `ufm.metrics.nc_metrics`: jaxlib's CPU LAPACK kernels (LU,
+    SVD, eigh) split a batched call over XLA's intra-op thread pool and wait for their pieces,
+    and two that one program runs at once can hold every pool thread and wait for each other
+    for ever. Measured: the default `ufm run` (2 cores) hung in its metrics program once these
+    metrics' LU and eigh ran beside NC1's SVD, optimization barriers between them or not."""
     H = np.asarray(H, np.float64)
-    labels = np.asarray(labels)
-    d, N = H.shape
-    centred = H - H.mean(axis=1, keepdims=True)
-    s = np.linalg.svd(centred, compute_uv=False)
-    s = s[s > s.max(initial=0.0) * max(d, N) * np.finfo(np.float64).eps]
-    p = s / s.sum() if s.size else s
-    rank = float(np.exp(-np.sum(p * np.log(p)))) if s.size else 0.0
     norms = np.linalg.norm(H, axis=0, keepdims=True)
     Z = H / np.where(norms > 0, norms, 1.0)
-
-    def rate(X, n):
-        gram = X @ X.T if X.shape[0] <= X.shape[1] else X.T @ X
-        return 0.5 * np.linalg.slogdet(np.eye(len(gram)) + d / (n * eps2) * gram)[1]
-
-    total = rate(Z, N)
-    per_class = sum(np.sum(labels == k) / N * rate(Z[:, labels == k], np.sum(labels == k))
-                    for k in range(num_classes) if np.any(labels == k))
-    return {"effective_rank": rank, "coding_rate": float(total),
-            "rate_reduction": float(total - per_class)}
+    return {"effective_rank": effective_rank(H - H.mean(axis=1, keepdims=True)),
+            "coding_rate": coding_rate(Z, eps2),
+            "rate_reduction": rate_reduction(Z, labels, num_classes, eps2)}
 
 
 def layer_nc(H, labels, num_classes: int) -> dict:
@@ -278,3 +313,22 @@ def ridge_classifier(features, labels, num_classes: int, ridge: float = 1e-3):
     else:  # more features than samples (a convolutional layer): the same solution, dual form
         coefficients = A.T @ np.linalg.solve(A @ A.T + penalty * np.eye(len(A)), Y)
     return coefficients[:-1].T, coefficients[-1]
+
+
+def geometric_decay(values) -> dict:
+    """Fit log v_l = a + l log(ratio) by least squares over l = 0, 1, ...: the law
+    of progressive separation, NC1 shrinking by a constant ratio per layer (He & Su 2023, "A
+    law of data separation in deep learning"). Returns ratio (fitted v_{l+1} / v_l), rate
+    (-log ratio, decay per layer in nats), intercept a and r2 (of the fit in log space; NaN
+    with fewer than 3 layers or non-positive values)."""
+    v = np.asarray(values, np.float64)
+    nan = float("nan")
+    if v.size < 2 or not np.all(np.isfinite(v)) or np.any(v <= 0):
+        return {"ratio": nan, "rate": nan, "intercept": nan, "r2": nan}
+    layer = np.arange(v.size, dtype=np.float64)
+    slope, intercept = np.polyfit(layer, np.log(v), 1)
+    residual = np.log(v) - (intercept + slope * layer)
+    spread = np.sum((np.log(v) - np.mean(np.log(v))) ** 2)
+    r2 = 1.0 - np.sum(residual**2) / spread if v.size >= 3 and spread > 0 else nan
+    return {"ratio": float(np.exp(slope)), "rate": float(-slope), "intercept": float(intercept),
+            "r2": float(r2)}

@@ -17,11 +17,8 @@ Conventions (defaults; the variants are returned under their own names):
   equiangular_W/H  mean over k != k' of |cos + 1/(K-1)|
   maxangle_W/H     mean over k of |max_{k' != k} cos + 1/(K-1)| (Papyan's max-angle deviation)
 
-Feature compression (`compression_metrics`, jittable; `host_metrics.compression_metrics` for
-tables, see there): effective_rank (exp of the entropy of the normalized singular values of the
-centred features), coding_rate R(Z, eps) = 1/2 logdet(I + d/(N eps^2) Z Z^T) of the
-unit-normalized features, rate_reduction R(Z, eps) - sum_k (n_k/N) R(Z_k, eps) (Yu et al.
-2020), eps^2 = 0.5.
+Feature compression (effective rank, coding rate, rate reduction) and the geometric-decay fit
+of layer-wise NC1 are host-side: `ufm.host_metrics`.
 
 Sigma_B^+ never forms a d x d matrix: with M = U S V^T, tr(Sigma_W Sigma_B^+) =
 (K/N) sum_j ||U_j^T (H - mu_Y)||^2 / S_j^2, which keeps float32 accurate (no squared condition
@@ -127,25 +124,6 @@ def nc1(H, labels, num_classes: int, *, global_mean: str = "class_means"):
     )
 
 
-def geometric_decay(values) -> dict:
-    """Fit log v_l = a + l log(ratio) by least squares over l = 0, 1, ... (host numpy): the law
-    of progressive separation, NC1 shrinking by a constant ratio per layer (He & Su 2023, "A
-    law of data separation in deep learning"). Returns ratio (fitted v_{l+1} / v_l), rate
-    (-log ratio, decay per layer in nats), intercept a and r2 (of the fit in log space; NaN
-    with fewer than 3 layers or non-positive values)."""
-    v = np.asarray(values, np.float64)
-    nan = float("nan")
-    if v.size < 2 or not np.all(np.isfinite(v)) or np.any(v <= 0):
-        return {"ratio": nan, "rate": nan, "intercept": nan, "r2": nan}
-    layer = np.arange(v.size, dtype=np.float64)
-    slope, intercept = np.polyfit(layer, np.log(v), 1)
-    residual = np.log(v) - (intercept + slope * layer)
-    spread = np.sum((np.log(v) - np.mean(np.log(v))) ** 2)
-    r2 = 1.0 - np.sum(residual**2) / spread if v.size >= 3 and spread > 0 else nan
-    return {"ratio": float(np.exp(slope)), "rate": float(-slope), "intercept": float(intercept),
-            "r2": float(r2)}
-
-
 def _nc_metrics(W, H, labels, b, global_mean):
     K, d = W.shape
     N = H.shape[1]
@@ -204,106 +182,6 @@ METRIC_NAMES = (
     "equinorm_W", "equinorm_H", "equiangular_W", "equiangular_H", "maxangle_W", "maxangle_H",
 )
 
-
-# ---------------------------------------------------------------------- feature compression
-
-# rate_reduction forms every class's Gram matrix through a (K, N) mask while K N d stays
-# below this (cheap, one einsum); above it, from segment sums of outer products a block of
-# samples at a time, OUTER_ENTRIES numbers per block. (A first version used blocks of 2^22
-# entries: vmapped over a grid's log points and configurations, that is gigabytes, and the
-# default run ground to a halt in swap.)
-GRAM_BY_MASK_ENTRIES = 1 << 24
-OUTER_ENTRIES = 1 << 16
-
-# The distortion of the coding rate: eps^2 = 0.5, the value of Yu et al. (2020, MCR^2) for
-# unit-norm features.
-CODING_EPS = 0.5 ** 0.5
-
-
-def _logdet_identity_plus(Z, scale):
-    """log det(I + scale Z Z^T) for Z (d, n), through the smaller of Z Z^T and Z^T Z (the same
-    nonzero eigenvalues)."""
-    gram = Z @ Z.T if Z.shape[0] <= Z.shape[1] else Z.T @ Z
-    eye = jnp.eye(gram.shape[0], dtype=gram.dtype)
-    return jnp.linalg.slogdet(eye + scale * gram)[1]
-
-
-def coding_rate(Z, eps: float = CODING_EPS):
-    """R(Z, eps) = 1/2 log det(I_d + d / (N eps^2) Z Z^T) of features Z (d, N): the bits
-    (in nats) needed to code the columns of Z up to distortion eps (Ma et al. 2007; Yu et al.
-    2020, "Learning diverse and discriminative representations via the principle of maximal
-    coding rate reduction"). Jittable."""
-    d, N = Z.shape
-    return 0.5 * _logdet_identity_plus(Z, d / (N * eps**2))
-
-
-def rate_reduction(Z, labels, num_classes: int, eps: float = CODING_EPS):
-    """Delta R = R(Z, eps) - sum_k (n_k / N) R_k, with R_k = 1/2 log det(I + d / (n_k eps^2)
-    Z_k Z_k^T) the rate of class k's columns alone (Yu et al. 2020): large when the whole is
-    spread and each class compressed. Class Gram matrices are segment sums of the samples'
-    outer products, a block of samples at a time (never a K x N mask). Jittable."""
-    d, N = Z.shape
-    K = num_classes
-    counts = jax.ops.segment_sum(jnp.ones((N,), Z.dtype), labels, K)
-    eye = jnp.eye(d, dtype=Z.dtype)
-    scales = d / (jnp.maximum(counts, 1.0) * eps**2)
-    class_rate = lambda G, c: 0.5 * jnp.linalg.slogdet(eye + c * G)[1]
-    if K * N * d <= GRAM_BY_MASK_ENTRIES:  # small: Z diag(1[y = k]) Z^T for every k at once
-        onehot = (labels[None, :] == jnp.arange(K)[:, None]).astype(Z.dtype)  # (K, N)
-        grams = jnp.einsum("kn,dn,en->kde", onehot, Z, Z)
-        per_class = jax.vmap(class_rate)(grams, scales)
-        return coding_rate(Z, eps) - jnp.sum(counts / N * per_class)
-    # Large: segment sums of the samples' outer products, OUTER_ENTRIES at a time (a block's
-    # (rows, d, d) products are live at once, times any vmap over points and configurations).
-    rows = max(1, min(N, OUTER_ENTRIES // max(d * d, 1)))
-    blocks = -(-N // rows)
-    pad = blocks * rows - N
-    Zp = jnp.concatenate([Z, jnp.zeros((d, pad), Z.dtype)], axis=1) if pad else Z
-    yp = jnp.concatenate([labels, jnp.zeros((pad,), labels.dtype)]) if pad else labels
-
-    def block(carry, start):
-        X = jax.lax.dynamic_slice_in_dim(Zp, start, rows, axis=1)
-        y = jax.lax.dynamic_slice_in_dim(yp, start, rows)
-        outer = X.T[:, :, None] * X.T[:, None, :]  # (rows, d, d); padded columns are zero
-        return carry + jax.ops.segment_sum(outer, y, K), None
-
-    grams, _ = jax.lax.scan(block, jnp.zeros((K, d, d), Z.dtype), jnp.arange(blocks) * rows)
-    per_class = jax.vmap(class_rate)(grams, scales)
-    return coding_rate(Z, eps) - jnp.sum(counts / N * per_class)
-
-
-def effective_rank(Z):
-    """exp of the entropy of the normalized singular values p_i = s_i / sum_j s_j of Z (d, N)
-    (Roy & Vetterli 2007): between 1 and min(d, N); K - 1 for centred features collapsed onto
-    a simplex ETF. Jittable."""
-    gram = Z @ Z.T if Z.shape[0] <= Z.shape[1] else Z.T @ Z
-    eig = jnp.linalg.eigvalsh(gram)
-    # Round-off leaves eigenvalues of about eps * max on the null space; their square roots,
-    # sqrt(eps) * s_max, would count as tiny directions. They are zeros.
-    floor = jnp.max(eig) * gram.shape[0] * jnp.finfo(gram.dtype).eps
-    s = jnp.sqrt(jnp.where(eig > floor, eig, 0.0))
-    p = s / jnp.sum(s)
-    return jnp.exp(-jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0)))
-
-
-def compression_metrics(H, labels, num_classes: int, eps: float = CODING_EPS) -> dict:
-    """effective_rank of the centred features H - mean; coding_rate and rate_reduction of the
-    unit-normalized features h_i / ||h_i|| (the scale-free convention of MCR^2; a zero feature
-    stays zero). Jittable.
-
-    Not part of `nc_metrics`, and computed on the host for results tables
-    (`host_metrics.compression_metrics`): jaxlib's CPU LAPACK kernels (LU, SVD, eigh) split a
-    batched call over XLA's intra-op thread pool and wait for their pieces, and two of them
-    that one program runs at once can hold every pool thread and wait for each other for
-    ever. Measured: the default `ufm run` (2 cores) hung in its metrics program with these
-    metrics' LU and eigh beside NC1's SVD, even with optimization barriers between them."""
-    centred = H - jnp.mean(H, axis=1, keepdims=True)
-    norms = jnp.linalg.norm(H, axis=0, keepdims=True)
-    unit = H / jnp.where(norms > 0, norms, 1.0)
-    rank = effective_rank(centred)
-    rate = coding_rate(unit, eps)
-    reduction = rate_reduction(unit, labels, num_classes, eps)
-    return {"effective_rank": rank, "coding_rate": rate, "rate_reduction": reduction}
 
 _nc_metrics_jit = jax.jit(_nc_metrics, static_argnames="global_mean")
 

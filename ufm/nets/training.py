@@ -243,7 +243,7 @@ def evaluate(model, data, layer_samples: int = 1000) -> dict:
     the accuracy, every NC metric of the penultimate features with the classifier and bias
     (`ufm.nc_metrics`, compression included), and on the split's first `layer_samples` samples
     (class-stratified: the same share of every class) the NC1 and NC2 of every layer with the
-    geometric-decay fit of the layer NC1 (`metrics.geometric_decay`).
+    geometric-decay fit of the layer NC1 (`host_metrics.geometric_decay`).
 
     Keys "<split>_<metric>": train_acc, test_nc1, ood_nc2_W, ...; "<split>_nc1_layers" and
     "<split>_nc2_layers" (arrays, one entry per layer), "<split>_nc1_decay_ratio" and
@@ -270,7 +270,7 @@ def evaluate(model, data, layer_samples: int = 1000) -> dict:
         nc1 = np.array([f["nc1"] for f in found])
         out[f"{split}_nc1_layers"] = nc1
         out[f"{split}_nc2_layers"] = np.array([f["nc2"] for f in found])
-        fit = metrics.geometric_decay(nc1)
+        fit = host_metrics.geometric_decay(nc1)
         out[f"{split}_nc1_decay_ratio"], out[f"{split}_nc1_decay_r2"] = fit["ratio"], fit["r2"]
     out.update({k[len("train_"):]: v for k, v in list(out.items())
                 if k.startswith("train_") and k != "train_acc"})

@@ -99,10 +99,10 @@ def probe_layers(model, data: Dataset, ridge: float = PROBE_RIDGE,
     layers) on as many of every split's. The cap keeps a ResNet's flattened feature maps
     (16,384 numbers a sample in its first stage) within memory."""
     K = data.num_classes
-    first = lambda x, y: (x[_stratified(y, samples, K)], y[_stratified(y, samples, K)])
-    x_train, y_train = first(data.x_train, data.y_train)
-    train_layers = representations(model, x_train)
-    others = [(split, representations(model, first(x, y)[0]), first(x, y)[1])
+    take = {split: _stratified(y, samples, K) for split, _, y in data.splits()}
+    y_train = data.y_train[take["train"]]
+    train_layers = representations(model, data.x_train[take["train"]])
+    others = [(split, representations(model, x[take[split]]), y[take[split]])
               for split, x, y in data.splits()]
     out = {f"{split}_probe_acc_layers": [] for split, _, _ in others}
     for j, H in enumerate(train_layers):
