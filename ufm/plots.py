@@ -1,60 +1,166 @@
 """Figures of a results folder: every NC metric and the gap to the closed-form optimum against
-iteration, log scale, one line per configuration (median over seeds, min-max band)."""
+iteration, log scale, one line per configuration (median over seeds, min-max band), and the
+figures of the other kinds.
+
+Figures never lose or fail a run: the results are complete before any is drawn, each figure is
+drawn in isolation (`draw_figure`: one that fails prints one line naming it and the reason, and
+the others are still written), and every plot function takes what a real table holds: runs
+that diverged (drawn to their last finite point and marked x, left out of final-value
+figures), NaN or zero metrics on log axes, an axis with one value, one row, a missing column.
+"""
 from __future__ import annotations
 
-import warnings
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from ufm import results
-from ufm.tables import CONFIG_COLUMNS, all_balanced, cross_loss_spread, series_labels
+from ufm.tables import CONFIG_COLUMNS, all_balanced, cross_loss_spread, label_value, series_labels
 
-# (history key, axis label, log scale)
+# (history key, axis label, y scale: "log", "linear" or "fraction" (symmetric-log near 0, for
+# a share of samples that is often exactly 0))
 TRAJECTORY_FIGURES = (
-    ("rel_gap", "relative gap to f*  |f - f*| / |f*|", True),
-    ("nc1", "NC1  tr(Σ_W Σ_B⁺)/K", True),
-    ("nc2_W", "NC2 (classifier)  ‖WWᵀ/‖WWᵀ‖ − E‖", True),
-    ("nc2_H", "NC2 (features)  ‖MᵀM/‖MᵀM‖ − E‖", True),
-    ("nc3", "NC3  ‖WM/‖WM‖ − E‖", True),
-    ("nc4", "NC4  NCC disagreement", False),
-    ("nc_m", "NC_m  angle(μ_S − μ_G, Σ_{k∈S} (μ_k − μ_G))", True),
-    ("objective", "objective f", True),
+    ("rel_gap", "relative gap to f*  |f - f*| / |f*|", "log"),
+    ("nc1", "NC1  tr(Σ_W Σ_B⁺)/K", "log"),
+    ("nc2_W", "NC2 (classifier)  ‖WWᵀ/‖WWᵀ‖ − E‖", "log"),
+    ("nc2_H", "NC2 (features)  ‖MᵀM/‖MᵀM‖ − E‖", "log"),
+    ("nc3", "NC3  ‖WM/‖WM‖ − E‖", "log"),
+    ("nc4", "NC4  share of samples where NCC ≠ argmax", "fraction"),
+    ("nc_m", "NC_m  angle(μ_S − μ_G, Σ_{k∈S} (μ_k − μ_G))", "log"),
+    ("objective", "objective f", "log"),
 )
 IGNORED_COLUMNS = {"row", "group", "seed", "status", "steps", "diverged_at", "seconds", "f_star",
                    "optimum_is_zero"}
+# A log axis shows values in this range; beyond it (a run about to overflow) matplotlib's tick
+# arithmetic itself overflows.
+LOG_RANGE = (1e-300, 1e150)
+# The symmetric-log axis of shares of samples: linear below one in a thousand.
+FRACTION_LINTHRESH = 1e-3
+FIGURE_FAILED = "not drawn"
 
 
-def _draw(ax, iteration, values, labels, key, log):
+def draw_figure(name: str, draw, *args, **kwargs) -> list[Path]:
+    """Call `draw` (returning a path or a list of paths) in isolation: a figure that fails
+    prints one line ("ufm: figure NAME not drawn: the reason") and gives [] so the others are
+    still drawn and the run still succeeds."""
+    try:
+        written = draw(*args, **kwargs)
+    except Exception as err:  # a figure never fails a finished run: say so and go on
+        _pyplot().close("all")
+        reason = str(err).splitlines()[0] if str(err) else ""
+        print(f"ufm: figure {name} {FIGURE_FAILED}: {type(err).__name__}: {reason}",
+              file=sys.stderr)
+        return []
+    return [written] if isinstance(written, Path) else list(written or [])
+
+
+def nan_stats(data: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(median, min, max) over axis 0 ignoring NaN; NaN (without a warning) where a column has
+    no finite value."""
+    data = np.atleast_2d(np.asarray(data, float))
+    data = np.where(np.isfinite(data), data, np.nan)
+    some = ~np.all(np.isnan(data), axis=0)
+    mid, lo, hi = (np.full(data.shape[1], np.nan) for _ in range(3))
+    if some.any():
+        kept = data[:, some]
+        mid[some] = np.nanmedian(kept, axis=0)
+        lo[some], hi[some] = np.nanmin(kept, axis=0), np.nanmax(kept, axis=0)
+    return mid, lo, hi
+
+
+def shown_on(values, scale: str) -> np.ndarray:
+    """Values as an axis of `scale` can show them: non-finite ones dropped (NaN), and on a log
+    axis also those <= 0 or outside LOG_RANGE."""
+    values = np.asarray(values, float)
+    ok = np.isfinite(values)
+    if scale == "log":
+        ok &= (values >= LOG_RANGE[0]) & (values <= LOG_RANGE[1])
+    return np.where(ok, values, np.nan)
+
+
+def _short_number(value: float, _=None) -> str:
+    """A step count for a tick: 0, 500, 12.5k, 2M."""
+    for size, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= size:
+            return f"{value / size:.3g}{suffix}"
+    return f"{value:.3g}"
+
+
+def step_axis(ax, label: str = "iteration") -> None:
+    """An x axis of steps or epochs with a few short tick labels at any count (5k, 10k, ...)."""
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True, min_n_ticks=2))
+    ax.xaxis.set_major_formatter(FuncFormatter(_short_number))
+    ax.set_xlabel(label)
+
+
+def _set_scale(ax, scale: str) -> None:
+    if scale == "log" and any(line.get_ydata().size and np.isfinite(
+            np.asarray(line.get_ydata(), float)).any() for line in ax.get_lines()):
+        ax.set_yscale("log")
+    elif scale == "fraction":
+        ax.set_yscale("symlog", linthresh=FRACTION_LINTHRESH, linscale=0.5)
+        ax.set_ylim(-FRACTION_LINTHRESH / 4, 1.05)
+
+
+def run_ends(table: dict, n_points: int, iteration) -> np.ndarray:
+    """(rows, T) mask of the log points each run really reached: a run that stopped
+    (converged, diverged, or on a plateau) is frozen there, and the history repeats its last
+    point to the end of the batch's logging; keep up to the first log point at or after its
+    last step."""
+    steps = results.float_column(table, "steps") if "steps" in table else None
+    n_rows = len(table["row"])
+    if steps is None:
+        return np.ones((n_rows, n_points), bool)
+    iteration = np.asarray(iteration, float)[:n_points]
+    before = np.concatenate([[-np.inf], iteration[:-1]])
+    keep = before[None, :] < np.where(np.isnan(steps), np.inf, steps)[:, None]
+    return keep
+
+
+def draw_trajectories(ax, iteration, values, labels, key, scale, keep=None, diverged=None):
+    """One line per label (median over its rows, min-max band), each run up to its last real
+    log point (`keep`), runs that diverged ending in an x (`diverged`)."""
+    values = np.asarray(values, float)
+    if keep is not None:
+        values = np.where(keep, values, np.nan)
+    if key == "rel_gap":
+        values = np.abs(values)
+    values = shown_on(values, "log" if scale == "log" else "linear")
     for label in dict.fromkeys(labels):
         rows = [i for i, lab in enumerate(labels) if lab == label]
-        data = values[rows]
-        if key == "rel_gap":
-            data = np.abs(data)
-        if log:
-            data = np.where(data > 0, data, np.nan)
-        if np.all(np.isnan(data)):
+        mid, lo, hi = nan_stats(values[rows])
+        if np.all(np.isnan(mid)):
             continue
-        with warnings.catch_warnings():  # all-NaN columns (undefined metrics) are expected
-            warnings.simplefilter("ignore", RuntimeWarning)
-            mid = np.nanmedian(data, axis=0)
-            lo, hi = np.nanmin(data, axis=0), np.nanmax(data, axis=0)
         (line,) = ax.plot(iteration, mid, label=label, lw=1.5)
         if len(rows) > 1:
             ax.fill_between(iteration, lo, hi, color=line.get_color(), alpha=0.2, lw=0)
-    if log:
-        ax.set_yscale("log")
-    ax.set_xlabel("iteration")
+        for i in rows if diverged is not None else ():
+            finite = np.flatnonzero(np.isfinite(values[i]))
+            if diverged[i] and finite.size:
+                last = finite[-1]
+                ax.plot(iteration[last], values[i, last], "x", color=line.get_color(), ms=7)
+    _set_scale(ax, scale)
+    step_axis(ax)
     ax.grid(True, which="major", alpha=0.3)
 
 
-def _legend(fig, ax, n_series):
-    """Inside the axes for a few series; outside, to the right, in columns for many."""
-    if n_series <= 8:
-        ax.legend(fontsize=8)
+def figure_legend(fig, axes, max_inside: int = 8) -> None:
+    """One legend per figure, with every series drawn in any of its panels: inside the single
+    panel for a few series, else outside to the right (in columns for many)."""
+    handles = {}
+    for ax in np.ravel(axes):
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    if not handles:
+        return
+    if len(np.ravel(axes)) == 1 and len(handles) <= max_inside:
+        np.ravel(axes)[0].legend(handles.values(), handles.keys(), fontsize=8)
     else:
-        fig.legend(*ax.get_legend_handles_labels(), loc="outside right upper", fontsize=6,
-                   ncols=1 + n_series // 30)
+        fig.legend(handles.values(), handles.keys(), loc="outside right upper",
+                   fontsize=7 if len(handles) <= 30 else 6, ncols=1 + len(handles) // 30)
 
 
 def _pyplot():
@@ -64,6 +170,40 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+# What a subtitle names when it is the same for the whole table: (column, short name).
+SETTINGS = (("num_classes", "K"), ("feature_dim", "d"), ("n_per_class", "n"), ("loss", "loss"),
+            ("geometry", ""), ("lam_W", "λ_W"), ("lam_H", "λ_H"), ("lam_b", "λ_b"),
+            ("tau", "τ"), ("solver", ""), ("lr", "lr"), ("dtype", ""))
+
+
+def settings_line(table: dict) -> str:
+    """The settings shared by every row of a UFM table, for a figure's subtitle ("K=10, d=32,
+    n=50, wd, λ_W=0.0005, ..."); the varying ones are the legend's. Penalties that do not
+    apply (no W/H penalty off the weight-decay geometry, no bias) are left out."""
+    same = lambda c: c in table and len({str(v) for v in table[c]}) == 1
+    geometry = str(table["geometry"][0]) if same("geometry") else None
+    parts = []
+    for column, short in SETTINGS:
+        if not same(column) or str(table[column][0]) in ("", "nan"):
+            continue
+        if column in ("lam_W", "lam_H") and geometry not in (None, "wd"):
+            continue
+        if column == "lam_b" and same("bias") and not _truthy(table["bias"][0]):
+            continue
+        if column == "tau" and float(table[column][0]) == 1.0 and geometry == "wd":
+            continue
+        value = label_value(table[column][0])
+        parts.append(f"{short}={value}" if short else value)
+    seeds = len(set(map(str, table["seed"]))) if "seed" in table else 0
+    if seeds:
+        parts.append(f"{seeds} seed{'s' if seeds > 1 else ''}")
+    return ", ".join(parts)
+
+
+def _truthy(value) -> bool:
+    return str(value).lower() in ("true", "1", "1.0")
 
 
 GRID_METRICS = ("nc1", "nc2_W", "nc3", "rel_gap")
@@ -80,16 +220,25 @@ def _numeric_axes(table: dict) -> list[str]:
     return axes
 
 
+def _diverged(table: dict) -> np.ndarray:
+    if "status" not in table:
+        return np.zeros(len(table["row"]), bool)
+    return np.array([str(s) == "diverged" for s in table["status"]])
+
+
 def _final(table, metric, rows):
-    values = np.asarray(table[metric], float)[rows]
+    """A metric's final values on `rows`, without the runs that diverged (their metrics are
+    those of the last finite point before the blow-up, not of a result)."""
+    rows = [i for i in rows if not _diverged(table)[i]]
+    values = results.float_column(table, metric)[rows]
     return np.abs(values) if metric == "rel_gap" else values
 
 
 def plot_grid(directory, table, metrics=None, x=None, y=None) -> list[Path]:
     """Final metrics over the grid's numeric axes: heatmaps over two axes (median over seeds;
-    one panel per value of the other varying fields), or lines over one axis with a min-max
-    band over seeds. Axes are chosen from the grid unless x / y name them."""
-    plt = _pyplot()
+    one panel per value of the other varying fields; a cell whose runs all diverged is grey and
+    says so), or lines over one axis with a min-max band over seeds. Axes are chosen from the
+    grid unless x / y name them. Each figure is drawn in isolation (`draw_figure`)."""
     axes = _numeric_axes(table)
     x = x or (axes[0] if axes else None)
     if x is None:
@@ -102,51 +251,87 @@ def plot_grid(directory, table, metrics=None, x=None, y=None) -> list[Path]:
               and len(set(map(str, table[c]))) > 1 and (c not in axes or independent(c))
               and not (c == "class_counts" and all_balanced(table))]
     n_rows = len(table["row"])
-    panel_of = [", ".join(f"{c}={table[c][i]}" for c in others) or "all" for i in range(n_rows)]
+    panel_of = [", ".join(f"{c}={label_value(table[c][i])}" for c in others) or "all"
+                for i in range(n_rows)]
     panels = list(dict.fromkeys(panel_of))
     written = []
     for metric in [m for m in (metrics or GRID_METRICS) if m in table]:
-        if np.all(np.isnan(np.asarray(table[metric], float))):
+        if np.all(np.isnan(results.float_column(table, metric))):
             continue
         if y is not None:
-            xs = sorted(set(np.asarray(table[x], float)))
-            ys = sorted(set(np.asarray(table[y], float)))
-            fig, axs = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.8),
-                                    layout="constrained", squeeze=False)
-            for ax, panel in zip(axs.flat, panels):
-                grid_values = np.full((len(ys), len(xs)), np.nan)
-                for iy, yv in enumerate(ys):
-                    for ix, xv in enumerate(xs):
-                        rows = [i for i in range(n_rows) if panel_of[i] == panel
-                                and table[x][i] == xv and table[y][i] == yv]
-                        if rows:
-                            grid_values[iy, ix] = np.nanmedian(_final(table, metric, rows))
-                shown = np.log10(np.where(grid_values > 0, grid_values, np.nan))
-                im = ax.imshow(shown, origin="lower", aspect="auto", cmap="viridis")
-                ax.set_xticks(range(len(xs)), [f"{v:.3g}" for v in xs], rotation=45, fontsize=7)
-                ax.set_yticks(range(len(ys)), [f"{v:.3g}" for v in ys], fontsize=7)
-                ax.set_xlabel(x)
-                ax.set_ylabel(y)
-                ax.set_title(panel, fontsize=8)
-                fig.colorbar(im, ax=ax, label=f"log10 {metric}")
-            written.append(_save(fig, Path(directory) / f"grid_{metric}_{x}_{y}.png"))
+            name = f"grid_{metric}_{x}_{y}.png"
+            written += draw_figure(name, _grid_heatmap, Path(directory) / name, table, metric,
+                                   x, y, panels, panel_of)
         else:
-            fig, ax = plt.subplots(figsize=(5.5, 3.8), layout="constrained")
-            for panel in panels:
-                rows = [i for i in range(n_rows) if panel_of[i] == panel]
-                xs = sorted(set(np.asarray(table[x], float)[rows]))
-                per_x = [_final(table, metric, [i for i in rows if table[x][i] == xv]) for xv in xs]
-                mid = [np.nanmedian(v) for v in per_x]
-                (line,) = ax.plot(xs, mid, "o-", label=panel)
-                ax.fill_between(xs, [np.nanmin(v) for v in per_x], [np.nanmax(v) for v in per_x],
-                                color=line.get_color(), alpha=0.2, lw=0)
-            ax.set_xscale("log" if min(np.asarray(table[x], float)) > 0 else "linear")
-            ax.set_yscale("log")
-            ax.set_xlabel(x)
-            ax.set_ylabel(f"final {metric} (median, min-max over seeds)")
-            ax.legend(fontsize=7)
-            written.append(_save(fig, Path(directory) / f"grid_{metric}_{x}.png"))
+            name = f"grid_{metric}_{x}.png"
+            written += draw_figure(name, _grid_lines, Path(directory) / name, table, metric, x,
+                                   panels, panel_of)
     return written
+
+
+def _grid_heatmap(path, table, metric, x, y, panels, panel_of) -> Path:
+    plt = _pyplot()
+    n_rows = len(table["row"])
+    xs = sorted(set(np.asarray(table[x], float)))
+    ys = sorted(set(np.asarray(table[y], float)))
+    cells = {}  # (panel, iy, ix) -> (log10 median or NaN, every run there diverged)
+    for panel in panels:
+        for iy, yv in enumerate(ys):
+            for ix, xv in enumerate(xs):
+                rows = [i for i in range(n_rows) if panel_of[i] == panel
+                        and float(table[x][i]) == xv and float(table[y][i]) == yv]
+                if not rows:
+                    continue
+                value = nan_stats(shown_on(_final(table, metric, rows), "log")[:, None])[0][0]
+                cells[panel, iy, ix] = (np.log10(value) if np.isfinite(value) else np.nan,
+                                        bool(_diverged(table)[rows].all()))
+    finite = [v for v, _ in cells.values() if np.isfinite(v)]
+    low, high = (min(finite), max(finite)) if finite else (0.0, 1.0)
+    if low == high:
+        low, high = low - 0.5, high + 0.5
+    fig, axs = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.8),
+                            layout="constrained", squeeze=False)
+    cmap = plt.get_cmap("viridis").with_extremes(bad="0.85")
+    for ax, panel in zip(axs.flat, panels):
+        shown = np.full((len(ys), len(xs)), np.nan)
+        for (p, iy, ix), (value, all_diverged) in cells.items():
+            if p != panel:
+                continue
+            shown[iy, ix] = value
+            if all_diverged:
+                ax.text(ix, iy, "diverged", ha="center", va="center", fontsize=7)
+        im = ax.imshow(np.ma.masked_invalid(shown), origin="lower", aspect="auto", cmap=cmap,
+                       vmin=low, vmax=high)
+        ax.set_xticks(range(len(xs)), [f"{v:.3g}" for v in xs], rotation=45, fontsize=7)
+        ax.set_yticks(range(len(ys)), [f"{v:.3g}" for v in ys], fontsize=7)
+        ax.set_xlabel(x)
+        ax.set_ylabel(y)
+        ax.set_title(panel, fontsize=8)
+        fig.colorbar(im, ax=ax, label=f"log10 {metric} (median over seeds)")
+    fig.suptitle(settings_line(table), fontsize=8)
+    return _save(fig, path)
+
+
+def _grid_lines(path, table, metric, x, panels, panel_of) -> Path:
+    plt = _pyplot()
+    n_rows = len(table["row"])
+    fig, ax = plt.subplots(figsize=(5.5, 3.8), layout="constrained")
+    for panel in panels:
+        rows = [i for i in range(n_rows) if panel_of[i] == panel]
+        xs = sorted(set(np.asarray(table[x], float)[rows]))
+        stats = [nan_stats(shown_on(_final(table, metric, [i for i in rows
+                                                           if float(table[x][i]) == xv]),
+                                    "log")[:, None]) for xv in xs]
+        mid, lo, hi = (np.array([s[j][0] for s in stats]) for j in range(3))
+        (line,) = ax.plot(xs, mid, "o-", label=panel)
+        ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.2, lw=0)
+    ax.set_xscale("log" if min(np.asarray(table[x], float)) > 0 else "linear")
+    _set_scale(ax, "log")
+    ax.set_xlabel(x)
+    ax.set_ylabel(f"final {metric} (median, min-max over seeds)")
+    ax.set_title(settings_line(table), fontsize=7)
+    figure_legend(fig, ax)
+    return _save(fig, path)
 
 
 def check_figure_options(table: dict, history: dict, metrics=None, x=None, y=None) -> None:
@@ -172,55 +357,60 @@ def check_figure_options(table: dict, history: dict, metrics=None, x=None, y=Non
 
 def plot_grid_results(directory, metrics=None, x=None, y=None) -> list[Path]:
     """The figures of a grid's results folder (trajectories, overview, final metrics over the
-    grid's axes, and GNC, imbalance and layer-wise figures where they apply); returns the files
-    written. Any results folder: `ufm.experiment.figures`."""
+    grid's axes, and GNC, imbalance and layer-wise figures where they apply), each drawn in
+    isolation; returns the files written. Any results folder: `ufm.experiment.figures`."""
     directory = Path(directory)
-    plt = _pyplot()
     table = results.read_table(directory / results.RESULTS)
     with np.load(directory / results.HISTORY, allow_pickle=False) as data:
         history = {k: data[k] for k in data.files}
     check_figure_options(table, history, metrics, x, y)
-    grid_written = plot_grid(directory, table, metrics, x, y)
-    if "gnc2_margin" in table and len(set(map(str, table["tau"]))) > 1:
-        grid_written += plot_gnc_margin(directory, table)
+    written = []
+    if history.get("iteration") is not None and len(table["row"]):
+        figures = [f for f in TRAJECTORY_FIGURES if f[0] in history
+                   and (metrics is None or f[0] in metrics)
+                   and np.isfinite(np.asarray(history[f[0]], float)).any()]
+        for figure in figures:
+            written += draw_figure(f"{figure[0]}.png", _trajectory_figure, directory, table,
+                                   history, [figure], f"{figure[0]}.png")
+        if figures:
+            written += draw_figure("overview.png", _trajectory_figure, directory, table,
+                                   history, figures, "overview.png")
+    written += plot_grid(directory, table, metrics, x, y)
+    if "gnc2_margin" in table and len(set(map(str, table.get("tau", [])))) > 1:
+        written += draw_figure("gnc_margin.png", plot_gnc_margin, directory, table)
     if "minority_cos" in table:
-        grid_written += plot_imbalance(directory, table)
+        written += draw_figure("imbalance.png", plot_imbalance, directory, table)
     if "nc1_layer0" in table:
-        grid_written += plot_layer_nc1(directory, table)
+        written += draw_figure("layer_nc1.png", plot_layer_nc1, directory, table)
+    return written
+
+
+def _trajectory_figure(directory, table, history, figures, filename) -> Path:
+    """One panel per (key, label, scale) of `figures` against iteration: one figure for a
+    metric, the overview for several; one legend, the shared settings as the title."""
+    plt = _pyplot()
     labels, _ = series_labels(table)
     n_series = len(set(labels))
     width = 5.5 if n_series <= 8 else 8.5 + 2.5 * (n_series // 30)
-    iteration = history["iteration"]
-    figures = [
-        f for f in TRAJECTORY_FIGURES if f[0] in history and (metrics is None or f[0] in metrics)
-    ]
-    figures = [f for f in figures if not np.all(np.isnan(history[f[0]]))]
-    written = []
-    for key, ylabel, log in figures:
-        fig, ax = plt.subplots(figsize=(width, 3.8), layout="constrained")
-        _draw(ax, iteration, history[key], labels, key, log)
-        ax.set_ylabel(ylabel)
-        _legend(fig, ax, n_series)
-        path = directory / f"{key}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
-    if figures:
-        cols = min(3, len(figures))
-        rows = -(-len(figures) // cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols + width - 5.5, 3.4 * rows),
-                                 layout="constrained", squeeze=False)
-        for ax, (key, ylabel, log) in zip(axes.flat, figures):
-            _draw(ax, iteration, history[key], labels, key, log)
+    iteration = np.asarray(history["iteration"])
+    keep = run_ends(table, iteration.size, iteration)
+    diverged = _diverged(table)
+    cols = min(3, len(figures))
+    rows = -(-len(figures) // cols)
+    size = (width, 3.8) if len(figures) == 1 else (4.6 * cols + width - 5.5, 3.4 * rows)
+    fig, axes = plt.subplots(rows, cols, figsize=size, layout="constrained", squeeze=False)
+    for ax, (key, ylabel, scale) in zip(axes.flat, figures):
+        draw_trajectories(ax, iteration, history[key], labels, key, scale, keep, diverged)
+        if len(figures) == 1:
+            ax.set_ylabel(ylabel)
+        else:
             ax.set_title(ylabel, fontsize=9)
-        for ax in list(axes.flat)[len(figures):]:
-            ax.axis("off")
-        _legend(fig, axes.flat[0], n_series)
-        path = directory / "overview.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
-    return written + grid_written
+    for ax in list(axes.flat)[len(figures):]:
+        ax.axis("off")
+    figure_legend(fig, axes.flat[:len(figures)])
+    note = " (x: diverged)" if diverged.any() else ""
+    fig.suptitle(settings_line(table) + note, fontsize=8)
+    return _save(fig, Path(directory) / filename)
 
 
 def plot_gnc_margin(directory, table) -> list[Path]:
@@ -239,13 +429,13 @@ def plot_gnc_margin(directory, table) -> list[Path]:
         for K in sorted(set(K_col[d_col == d])):
             rows = (d_col == d) & (K_col == K)
             taus = sorted(set(tau[rows]))
-            best = [np.nanmax(margin[rows & (tau == t)]) for t in taus]
+            best = [nan_stats(margin[rows & (tau == t)][:, None])[2][0] for t in taus]
             (line,) = ax.plot(taus, best, "o-", label=f"K={K}")
             known = code[rows]
             if np.isfinite(known).any():
                 ax.axhline(np.nanmax(known), color=line.get_color(), ls="--", lw=1)
         ax.set_xscale("log")
-        ax.set_yscale("log")
+        _set_scale(ax, "log")
         ax.set_xlabel("tau")
         ax.set_title(f"d = {d}", fontsize=9)
         ax.legend(fontsize=7)
@@ -351,8 +541,14 @@ def _symlog_edges(top: float, linthresh: float, per_side: int = 24) -> np.ndarra
 def plot_benign(directory: Path) -> list[Path]:
     """Fraction of starts reaching f* per start kind, and Hessian spectra at the saddles and
     at the optimum (symmetric-log axis: the saddles' negative eigenvalues left of zero)."""
-    plt = _pyplot()
+    directory = Path(directory)
     table = results.read_table(directory / results.RESULTS)
+    return (draw_figure("benign_reached.png", _benign_reached, directory, table)
+            + draw_figure("benign_spectra.png", _benign_spectra, directory, table))
+
+
+def _benign_reached(directory: Path, table) -> Path:
+    plt = _pyplot()
     labels, series = _rows_by_label(table)
     starts = list(dict.fromkeys(table["start"]))
     fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(series) * len(starts) / 3), 4.0),
@@ -371,8 +567,13 @@ def plot_benign(directory: Path) -> list[Path]:
     ax.set_ylabel("fraction of starts reaching f*")
     ax.set_ylim(0, 1.05)
     ax.legend(fontsize=7, ncols=2)
-    written = [_save(fig, directory / "benign_reached.png")]
+    return _save(fig, directory / "benign_reached.png")
 
+
+def _benign_spectra(directory: Path, table) -> list[Path]:
+    plt = _pyplot()
+    labels, _ = _rows_by_label(table)
+    written = []
     spectra_path = directory / "spectra.npz"
     if spectra_path.is_file():
         with np.load(spectra_path, allow_pickle=False) as data:
@@ -403,8 +604,12 @@ def plot_benign(directory: Path) -> list[Path]:
 def plot_origin_phase(directory: Path) -> list[Path]:
     """Smallest eigenvalue at the origin (measured and formula) and where random starts end,
     against sqrt(lam_W lam_H) / (c_L / (K sqrt n))."""
+    table = results.read_table(Path(directory) / results.RESULTS)
+    return draw_figure("origin_phase.png", _origin_phase, Path(directory), table)
+
+
+def _origin_phase(directory: Path, table) -> list[Path]:
     plt = _pyplot()
-    table = results.read_table(directory / results.RESULTS)
     labels, series = _rows_by_label(table)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
     for label in series:
@@ -429,8 +634,17 @@ def plot_origin_phase(directory: Path) -> list[Path]:
 def plot_saddle_escape(directory: Path) -> list[Path]:
     """Plateau length against the start's distance from the saddle and against 1/|eig_min|;
     objective trajectories."""
-    plt = _pyplot()
+    directory = Path(directory)
     table = results.read_table(directory / results.RESULTS)
+    written = draw_figure("saddle_escape.png", _saddle_escape, directory, table)
+    if (directory / results.HISTORY).is_file():
+        written += draw_figure("escape_trajectories.png", _escape_trajectories, directory,
+                               table)
+    return written
+
+
+def _saddle_escape(directory: Path, table) -> Path:
+    plt = _pyplot()
     labels, series = _rows_by_label(table)
     eps = np.asarray(table["epsilon"], float)
     plateau = np.asarray(table["plateau"], float)
@@ -455,94 +669,110 @@ def plot_saddle_escape(directory: Path) -> list[Path]:
     ax2.set_ylabel("plateau length (iterations)")
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
-    written = [_save(fig, directory / "saddle_escape.png")]
-    if (directory / results.HISTORY).is_file():
-        with np.load(directory / results.HISTORY, allow_pickle=False) as data:
-            objective, iteration = data["objective"], data["iteration"]
-        fig, ax = plt.subplots(figsize=(6, 3.8), layout="constrained")
-        cmap = plt.get_cmap("viridis")
-        span = np.ptp(np.log10(eps)) or 1.0
-        for k in range(objective.shape[0]):
-            ax.plot(
-                iteration,
-                objective[k],
-                color=cmap((np.log10(eps[k]) - np.log10(eps).min()) / span),
-                lw=0.8,
-            )
-        ax.set_xlabel("iteration")
-        ax.set_ylabel("objective (colour: log10 epsilon)")
-        ax.grid(alpha=0.3)
-        written.append(_save(fig, directory / "escape_trajectories.png"))
-    return written
+    return _save(fig, directory / "saddle_escape.png")
 
 
-NET_FIGURES = (("nc1", "NC1", True), ("nc2_W", "NC2 (W)", True), ("nc2_H", "NC2 (H)", True),
-               ("nc3", "NC3", True), ("train_acc", "train accuracy", False),
-               ("test_acc", "test accuracy", False))
+def _escape_trajectories(directory: Path, table) -> Path:
+    plt = _pyplot()
+    eps = np.asarray(table["epsilon"], float)
+    with np.load(directory / results.HISTORY, allow_pickle=False) as data:
+        objective, iteration = data["objective"], data["iteration"]
+    fig, ax = plt.subplots(figsize=(6, 3.8), layout="constrained")
+    cmap = plt.get_cmap("viridis")
+    span = np.ptp(np.log10(eps)) or 1.0
+    for k in range(objective.shape[0]):
+        ax.plot(iteration, objective[k], lw=0.8,
+                color=cmap((np.log10(eps[k]) - np.log10(eps).min()) / span))
+    step_axis(ax)
+    ax.set_ylabel("objective (colour: log10 epsilon)")
+    ax.grid(alpha=0.3)
+    return _save(fig, directory / "escape_trajectories.png")
+
+
+NET_FIGURES = (("nc1", "NC1", "log"), ("nc2_W", "NC2 (W)", "log"), ("nc2_H", "NC2 (H)", "log"),
+               ("nc3", "NC3", "log"), ("train_acc", "train accuracy", "linear"),
+               ("test_acc", "test accuracy", "linear"))
 
 
 def plot_net(directory: Path) -> list[Path]:
     """Network experiments: NC metrics and accuracies over epochs (median and range over
-    seeds), and the final NC1 of every layer (progressive separation, log scale)."""
-    plt = _pyplot()
+    seeds), the final NC1 of every layer (progressive separation, log scale) and, where the
+    loss varies with the width and the epochs, the cross-loss variance; each in isolation."""
+    directory = Path(directory)
     table = results.read_table(directory / results.RESULTS)
     with np.load(directory / results.HISTORY, allow_pickle=False) as data:
         history = {k: data[k] for k in data.files}
+    written = draw_figure("net_training.png", _net_training, directory, table, history)
+    if any(k.startswith("nc1_layer") for k in history):
+        written += draw_figure("layer_nc1.png", _net_layer_nc1, directory, table, history)
+    written += draw_figure("loss_equivalence.png", plot_loss_equivalence, directory, table)
+    return written
+
+
+def _net_training(directory, table, history) -> Path:
+    plt = _pyplot()
     labels, _ = series_labels(table)
-    series = list(dict.fromkeys(labels))
-    epochs = history["iteration"]
+    epochs = np.asarray(history["iteration"])
+    diverged = _diverged(table)
     fig, axes = plt.subplots(2, 3, figsize=(13, 6.8), layout="constrained")
-    for ax, (key, title, log) in zip(axes.flat, NET_FIGURES):
+    for ax, (key, title, scale) in zip(axes.flat, NET_FIGURES):
         if key in history:
-            _draw(ax, epochs, history[key], labels, key, log)
+            draw_trajectories(ax, epochs, history[key], labels, key, scale, diverged=diverged)
+        step_axis(ax, "epoch")
         ax.set_title(title, fontsize=9)
-        ax.set_xlabel("epoch")
-    _legend(fig, axes.flat[0], len(series))
-    written = [_save(fig, directory / "net_training.png")]
+    figure_legend(fig, axes)
+    return _save(fig, directory / "net_training.png")
+
+
+def _net_layer_nc1(directory, table, history) -> Path:
+    plt = _pyplot()
+    labels, _ = series_labels(table)
     layer_keys = sorted((k for k in history if k.startswith("nc1_layer")),
                         key=lambda k: int(k[len("nc1_layer"):]))
-    if layer_keys:
-        fig, ax = plt.subplots(figsize=(5.8, 3.8), layout="constrained")
-        final = np.array([[table[k][i] if k in table else np.nan for k in layer_keys]
-                          for i in range(len(table["row"]))], dtype=float)
-        for label in series:
-            rows = [i for i, lab in enumerate(labels) if lab == label]
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                ax.plot(np.arange(1, len(layer_keys) + 1), np.nanmedian(final[rows], axis=0),
-                        "o-", label=label)
-        ax.set_yscale("log")
-        ax.set_xlabel("layer")
-        ax.set_ylabel("NC1 at the end of training")
-        ax.grid(True, which="major", alpha=0.3)
-        _legend(fig, ax, len(series))
-        written.append(_save(fig, directory / "layer_nc1.png"))
-    written += plot_loss_equivalence(directory, table)
-    return written
+    fig, ax = plt.subplots(figsize=(5.8, 3.8), layout="constrained")
+    final = np.array([[results.float_column(table, k)[i] for k in layer_keys]
+                      for i in range(len(table["row"]))], dtype=float)
+    for label in dict.fromkeys(labels):
+        rows = [i for i, lab in enumerate(labels) if lab == label]
+        mid = nan_stats(shown_on(final[rows], "log"))[0]
+        if np.isfinite(mid).any():
+            ax.plot(np.arange(1, len(layer_keys) + 1), mid, "o-", label=label)
+    _set_scale(ax, "log")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("NC1 at the end of training")
+    ax.grid(True, which="major", alpha=0.3)
+    figure_legend(fig, ax)
+    return _save(fig, directory / "layer_nc1.png")
 
 
 def plot_loss_equivalence(directory: Path, table: dict) -> list[Path]:
     """Where train.loss varies with model.width and train.epochs: heatmaps over (width,
     epochs) of the variance across losses of the test accuracy and of NC1 (Zhou et al. 2022's
-    figure)."""
-    spread = dict(cross_loss_spread(table))
-    if not spread or not all(c in table for c in ("model.width", "train.epochs")):
+    figure). Nothing where the width and the epochs do not both vary, or another axis does
+    too (the summary's lines give the spread there)."""
+    spread = cross_loss_spread(table)
+    axes = ("model.width", "train.epochs")
+    if not spread or not all(c in spread[0][1]["setting"] for c in axes):
         return []
-    widths = sorted({int(w) for w in table["model.width"]})
-    epochs = sorted({int(e) for e in table["train.epochs"]})
-    if len(widths) * len(epochs) != len(spread):
+    if any(set(values["setting"]) != set(axes) for _, values in spread):
         return []  # another axis varies too: the table's lines say it
+    widths = sorted({int(values["setting"]["model.width"]) for _, values in spread})
+    epochs = sorted({int(values["setting"]["train.epochs"]) for _, values in spread})
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), layout="constrained")
-    for ax, (key, title) in zip(axes, (("test_acc_var", "variance of test accuracy"),
-                                       ("nc1_var", "variance of NC1"))):
+    fig, axs = plt.subplots(1, 2, figsize=(10, 3.6), layout="constrained")
+    for ax, (key, title) in zip(axs, (("test_acc_var", "variance of test accuracy"),
+                                      ("nc1_var", "variance of NC1"))):
         grid = np.full((len(widths), len(epochs)), np.nan)
-        for label, values in spread.items():
-            parts = dict(part.split("=") for part in label.split(", "))
-            grid[widths.index(int(parts["width"])), epochs.index(int(parts["epochs"]))] = \
-                values[key]
-        im = ax.imshow(np.log10(np.maximum(grid, 1e-300)), origin="lower", aspect="auto",
-                       cmap="viridis")
+        for _, values in spread:
+            setting = values["setting"]
+            grid[widths.index(int(setting["model.width"])),
+                 epochs.index(int(setting["train.epochs"]))] = values[key]
+        shown = shown_on(grid, "log")
+        finite = shown[np.isfinite(shown)]
+        low, high = (np.log10(finite.min()), np.log10(finite.max())) if finite.size else (0, 1)
+        im = ax.imshow(np.ma.masked_invalid(np.log10(shown)), origin="lower", aspect="auto",
+                       cmap=plt.get_cmap("viridis").with_extremes(bad="0.85"), vmin=low,
+                       vmax=high if high > low else low + 1)
         ax.set_xticks(range(len(epochs)), epochs)
         ax.set_yticks(range(len(widths)), widths)
         ax.set_xlabel("epochs")
@@ -557,9 +787,13 @@ def plot_transfer(directory: Path) -> list[Path]:
     (the two-phase curve where it appears), the ridge probe's accuracy per layer, and the
     target accuracy of each fine-tuning mode with the parameters it trains (first
     configuration of each distinct pretraining)."""
-    plt = _pyplot()
     directory = Path(directory)
     table = results.read_table(directory / results.RESULTS)
+    return draw_figure("transfer.png", _transfer, directory, table)
+
+
+def _transfer(directory: Path, table) -> list[Path]:
+    plt = _pyplot()
     layers = int(table["layers"][0])
     splits = [s for s in ("train", "test", "ood")
               if not np.all(np.isnan(results.float_column(table, f"frozen_{s}_nc1_layer0")))]

@@ -77,9 +77,10 @@ def net_varying_columns(table: dict, seeds: bool = False) -> list[str]:
 def cross_loss_spread(table: dict) -> list[tuple[str, dict]]:
     """Where train.loss varies: for each setting of the other varying columns (seeds pooled by
     their mean), the variance across losses of test accuracy and of the final NC1 (Zhou et al.
-    2022, "Are all losses created equal?": at the end of long training it is small). A
-    diverged run has empty metrics: a loss whose runs all diverged makes its setting's
-    variance NaN."""
+    2022, "Are all losses created equal?": at the end of long training it is small). Each
+    entry is (label, values); values["setting"] maps the other varying columns to their values
+    there (empty when only the loss varies: the label is then "all"). A diverged run has
+    empty metrics: a loss whose runs all diverged makes its setting's variance NaN."""
     if "train.loss" not in table or len(set(map(str, table["train.loss"]))) < 2:
         return []
     losses = list(map(str, table["train.loss"]))
@@ -87,16 +88,17 @@ def cross_loss_spread(table: dict) -> list[tuple[str, dict]]:
     follows_loss = lambda c: len(set(zip(losses, map(str, table[c])))) == len(set(losses))
     others = [c for c in net_varying_columns(table) if c != "train.loss" and not follows_loss(c)]
     key = lambda i: ", ".join(f"{c.split('.')[-1]}={table[c][i]}" for c in others) or "all"
-    out = {}
+    out, settings = {}, {}
     for i in range(len(table["row"])):
         out.setdefault(key(i), {}).setdefault(str(table["train.loss"][i]), []).append(i)
+        settings.setdefault(key(i), {c: table[c][i] for c in others})
     spread = []
     for label, by_loss in out.items():
         means = {metric: [float(np.nanmean(float_column(table, metric)[rows]))
                           if np.any(np.isfinite(float_column(table, metric)[rows]))
                           else float("nan") for rows in by_loss.values()]
                  for metric in ("test_acc", "nc1")}
-        spread.append((label, {"losses": len(by_loss),
+        spread.append((label, {"setting": settings[label], "losses": len(by_loss),
                                "test_acc_var": float(np.var(means["test_acc"])),
                                "nc1_var": float(np.var(means["nc1"])),
                                "test_acc_mean": float(np.mean(means["test_acc"])),
