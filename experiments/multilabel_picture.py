@@ -25,7 +25,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/multilabel_picture")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 100x fewer steps")
     args = parser.parse_args()
+    stages = [(name, max(1, steps // 100) if args.quick else steps) for name, steps in STAGES]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -34,7 +36,7 @@ def main() -> None:
                           loss="pick_all_label", dtype="float64")
     hyper = ufm.Hyper(lam_W=1e-3, lam_H=1e-3, lam_b=1e-3, lr=0.5)
     snapshots, done, params = [], 0, None
-    for name, steps in STAGES:
+    for name, steps in stages:
         result = ufm.solve(
             problem,
             hyper,

@@ -135,7 +135,11 @@ def main() -> None:
     parser.add_argument("--tol", type=float, default=1e-6,
                         help="a gap above this (both values exact) counts as a difference")
     parser.add_argument("--out", default="runs/softmax_vs_tammes")
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run: d = 3, K = 5 and 6, 4 starts, 1 batch, 200 steps")
     args = parser.parse_args()
+    if args.quick:
+        args.dims, args.max_K, args.starts, args.batches, args.steps = [3], 6, 4, 1, 200
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []

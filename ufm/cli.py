@@ -16,6 +16,7 @@ from ufm.tables import fmt
 def _run_command(args) -> str:
     """The command that resumes this run (for the interruption message)."""
     parts = ["ufm", "run"] + ([args.config] if args.config else []) + ["--out", str(args.out)]
+    parts += ["--quick"] if args.quick else []
     for item in args.set or []:
         parts += ["--set", item]
     return " ".join(shlex.quote(p) for p in parts)
@@ -30,7 +31,7 @@ def _cmd_run(args) -> int:
             return 2
     main = multihost.is_main()
     try:
-        chosen = experiment.as_experiment(args.config, args.set or ())
+        chosen = experiment.as_experiment(args.config, args.set or (), quick=args.quick)
     except ConfigError as err:
         print(f"ufm run: {err}", file=sys.stderr)
         return 2
@@ -109,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="override a key, e.g. --set problem.loss=mse --set steps=1000")
     run.add_argument("--no-plots", action="store_true", help="skip the figures")
+    run.add_argument("--quick", action="store_true",
+                     help="a smoke run: the kind's quick settings (few steps, one seed, ...)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     hosts = run.add_argument_group(
         "several hosts", "run one process per host (or per GPU); each runs a share of the grid "

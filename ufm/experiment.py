@@ -76,15 +76,30 @@ def dumps(experiment: Experiment) -> str:
     return config.dumps(experiment, kind.schema, kind.notes(experiment))
 
 
-def as_experiment(path_or_experiment=None, overrides=()) -> Experiment:
-    """An Experiment from a path, an Experiment, or None (the built-in default)."""
+def as_experiment(path_or_experiment=None, overrides=(), quick: bool = False) -> Experiment:
+    """An Experiment from a path, an Experiment, or None (the built-in default); `quick`
+    merges its kind's quick settings (`Kind.quick`) in before the overrides."""
     if isinstance(path_or_experiment, Experiment):
         experiment = path_or_experiment
     elif path_or_experiment is None:
         experiment = load_default()
     else:
         experiment = load(path_or_experiment)
+    if quick:
+        experiment = quick_version(experiment)
     return apply_overrides(experiment, overrides) if overrides else experiment
+
+
+def quick_version(experiment: Experiment) -> Experiment:
+    """The experiment with its kind's quick settings (`Kind.quick`: few steps, one seed, ...)
+    merged in, keys its schema lacks left out; checked again."""
+    kind = kinds.get(experiment.kind)
+    raw = experiment.to_dict()
+    for section, values in kind.quick.items():
+        if section in kind.schema.sections:
+            raw.setdefault(section, {}).update(
+                {k: v for k, v in values.items() if k in kind.schema.sections[section]})
+    return resolve(raw)
 
 
 def describe(experiment: Experiment) -> str:

@@ -12,7 +12,8 @@ distributed over processes (`ufm.experiment.run`).
     [solver]    name ("gd" | "momentum" | "nesterov" | "adam" | "lbfgs"), steps, log_every, tol,
                 init_scale, fast (the first-order solvers' fast path, see `ufm.solve`),
                 check_every (steps between its convergence / divergence checks), kernel
-                ("xla" | "pallas": plain GD's one-pass Pallas kernel, see `ufm.kernels`)
+                ("xla" | "pallas": plain GD's one-pass Pallas kernel, see `ufm.kernels`),
+                anneal_from, anneal_fraction (continuation in tau, see `ufm.solve`)
     [run]       seeds (a list of ints), batch (configurations per vmapped slice; 0 = auto),
                 chunk (configurations per compiled call and checkpoint; 0 = auto, from memory)
 
@@ -44,7 +45,14 @@ from ufm.problem import (
     unused_hyper_fields,
 )
 from ufm.results import ResultsFolderError, UnitResult, float_column
-from ufm.solvers import CHECK_EVERY, SOLVERS, STATUSES, check_solver_geometry, solve_batch
+from ufm.solvers import (
+    CHECK_EVERY,
+    SOLVERS,
+    STATUS_MEANINGS,
+    STATUSES,
+    check_solver_geometry,
+    solve_batch,
+)
 from ufm.tables import PROBLEM_COLUMNS, counts, fmt, format_table, label_value, series_labels
 
 at_least = lambda n: (lambda v: v >= n, f"an integer >= {n}")
@@ -77,6 +85,9 @@ SOLVER_SECTION = {
     "fast": Field(True, "bool"),
     "check_every": Field(CHECK_EVERY, "int", rule=at_least(1)),
     "kernel": Field("xla", "str", choices=KERNELS),
+    "anneal_from": Field(None, "float", optional=True,
+                         rule=(lambda v: v > 0, "a temperature > 0 (omit: no annealing)")),
+    "anneal_fraction": Field(0.5, "float", rule=(lambda v: 0 < v <= 1, "a number > 0 and <= 1")),
 }
 AUTO = "an integer >= 0 (0 chooses from the problem size and the device)"
 RUN_SECTION = {
@@ -168,7 +179,10 @@ def _row(index, group, cfg, solver, status, steps, diverged_at, f_star, is_zero,
     row.update({"seed": cfg.seed, "status": status, "steps": int(steps),
                 "diverged_at": None if diverged_at < 0 else int(diverged_at),
                 "f_star": None if np.isnan(f_star) else float(f_star),
-                "optimum_is_zero": None if np.isnan(f_star) else bool(is_zero)})
+                "optimum_is_zero": None if np.isnan(f_star) else bool(is_zero),
+                # why f* and rel_gap are empty, in words
+                "no_closed_form": (theory.no_closed_form(cfg.problem, cfg.hyper)
+                                   if np.isnan(f_star) else None)})
     for key, values in history.items():  # final values; "loss" names the loss function here
         if key != "iteration":
             row["mean_loss" if key == "loss" else key] = float(values[-1])
@@ -188,6 +202,8 @@ def _run_chunk(configs, solver, problem, solver_name, indices, size, width, bar)
                         log_every=solver["log_every"], tol=solver["tol"], solver=solver_name,
                         init_scale=solver["init_scale"], fast=solver["fast"],
                         check_every=solver["check_every"], kernel=solver["kernel"],
+                        anneal_from=solver["anneal_from"],
+                        anneal_fraction=solver["anneal_fraction"],
                         progress=bar if bar is not None else False, width=width)
     n = len(indices)
     arrays = {f"history/{k}": (v if k == "iteration" else np.asarray(v)[:n])
@@ -423,7 +439,8 @@ def units(experiment, folder) -> list[Unit]:
 
 
 # Solver settings every configuration shares: a grid extends another only with equal ones.
-SHARED_SOLVER_KEYS = ("steps", "log_every", "tol", "init_scale", "fast", "check_every", "kernel")
+SHARED_SOLVER_KEYS = ("steps", "log_every", "tol", "init_scale", "fast", "check_every", "kernel",
+                      "anneal_from", "anneal_fraction")
 
 
 def _identity(cfg: Configuration) -> tuple:
@@ -557,8 +574,10 @@ def summary(table: dict) -> str:
         seconds = float(np.mean(np.asarray(table["seconds"], dtype=float)[rows]))
         lines.append([label, str(len(rows)), status, *worst, str(steps), f"{seconds:.2f}"])
     out = format_table(header, lines)
-    out.append("(worst over seeds of the final values; rel_gap = |f - f*|/|f*|, '-' where no "
-               "closed form is known)")
+    out.append("(worst over seeds of the final values; rel_gap: |f - f*|/|f*| to the closed-form "
+               "optimum, signed (f - f*)/|f*| in results.csv)")
+    out += _no_closed_form_lines(table, labels)
+    out += _status_lines(table)
     if "minority_cos" in table:
         out.append("(minority_cos: mean cosine between minority classifiers, 1 at collapse; "
                    "oracle_gap: (f - f_oracle)/|f_oracle|; collapse_ratio: the n_max/n_min at "
@@ -567,6 +586,28 @@ def summary(table: dict) -> str:
         out.append("(gnc2_margin: min one-vs-rest distance of the normalized classifiers; "
                    "code_margin: the softmax code's, where known exactly)")
     return "\n".join(out)
+
+
+def _no_closed_form_lines(table: dict, labels: list[str]) -> list[str]:
+    """One line per reason for an empty rel_gap ('-'), naming the configurations it covers."""
+    if "no_closed_form" not in table:
+        return []
+    by_reason: dict[str, list[str]] = {}
+    for label, reason in zip(labels, table["no_closed_form"]):
+        if reason not in ("", None) and label not in by_reason.setdefault(str(reason), []):
+            by_reason[str(reason)].append(label)
+    lines = []
+    for reason, which in by_reason.items():
+        named = "; ".join(which[:3]) + (f"; and {len(which) - 3} more" if len(which) > 3 else "")
+        lines.append(f"(rel_gap '-': no closed form: {reason}: {named})")
+    return lines
+
+
+def _status_lines(table: dict) -> list[str]:
+    """What the statuses that appear mean (`ufm.solvers.STATUS_MEANINGS`)."""
+    shown = {str(s) for s in table.get("status", [])}
+    return [f"({name}: {STATUS_MEANINGS[name]})" for name in STATUSES
+            if name in shown and name in STATUS_MEANINGS]
 
 
 def figures(directory, table, metrics=None, x=None, y=None):
@@ -587,5 +628,8 @@ def describe(experiment) -> str:
     return f"{len(configurations(experiment))} runs"
 
 
+# `ufm run FILE --quick`: few steps, one seed.
+QUICK = {"solver": {"steps": 300, "log_every": 100}, "run": {"seeds": [0]}}
+
 KINDS = {"grid": Kind("grid", SCHEMA, check, units, run_unit, summary, figures, describe,
-                      manifest, notes, extend)}
+                      manifest, notes, extend, QUICK)}

@@ -53,3 +53,4 @@ class Kind(NamedTuple):
     manifest: Callable = lambda experiment, units: {}
     notes: Callable = lambda experiment: {}
     extend: Callable | None = None
+    quick: dict = {}

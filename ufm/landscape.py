@@ -384,9 +384,11 @@ class Probe(NamedTuple):
     grad_norm: (Riemannian) gradient norm.  eig_min, eig_max: extreme Hessian eigenvalues;
     eig_min_residual: their residual bound (0 on the dense path).  n_negative, n_zero,
     n_positive: eigenvalue counts below -zero_tol, within zero_tol, above (dense path; -1 with
-    Lanczos).  n_symmetry: zeros predicted by the orthogonal symmetry (and the extra MSE and
+    Lanczos, and -1 at a point that is not critical, where they would mean nothing).
+    n_symmetry: zeros predicted by the orthogonal symmetry (and the extra MSE and
     bias-shift directions).  eig_min_off_symmetry: smallest eigenvalue once the n_symmetry
-    eigenvalues nearest zero are set aside (dense path; NaN with Lanczos).  sigma_G: top singular
+    eigenvalues nearest zero are set aside (dense path; NaN with Lanczos or off a critical
+    point).  sigma_G: top singular
     value of G = dL/dZ.  certified_global: sigma_G <= sqrt(lam_W lam_H) at a critical point of a
     convex loss (or, on the sphere, f equal to the closed-form f*).  verdict: one of VERDICTS.
     zero_tol, scale: the thresholds used.  dim: number of coordinates.  method: dense|lanczos.
@@ -490,6 +492,13 @@ def _probe_arrays(problem, hyper, params, key, *, method, num_iters, grad_rtol, 
         negative = (eig_min < -zero_tol) & (residual < 0.5 * jnp.abs(eig_min))
     certified = _certificate(problem, hyper, params, grad_norm, sigma_G, f_star)
     critical = grad_norm <= grad_rtol * scale
+    # Counts of zero, negative and positive eigenvalues mean something only at a critical
+    # point (elsewhere the zero band, widened by 10 ||grad||, swallows the spectrum): -1 and
+    # NaN there, as on the Lanczos path.
+    unknown = jnp.full((), -1, jnp.int32)
+    n_negative, n_zero, n_positive = (jnp.where(critical, n, unknown)
+                                      for n in (n_negative, n_zero, n_positive))
+    off_symmetry = jnp.where(critical, off_symmetry, jnp.nan)
     verdict = jnp.where(~critical, NOT_CRITICAL,
                         jnp.where(negative, STRICT_SADDLE,
                                   jnp.where(certified, GLOBAL_MIN, LOCAL_MIN)))

@@ -142,14 +142,16 @@ def _describe(experiment) -> str:
     return f"{len(_pairs(experiment))} configurations"
 
 
-def _kind(name, summary, draw) -> Kind:
+def _kind(name, summary, draw, quick) -> Kind:
     return Kind(name, SCHEMA, grid.check, units, run_unit, summary,
                 lambda directory, table, metrics=None, x=None, y=None: draw(directory),
-                _describe, notes=grid.notes)
+                _describe, notes=grid.notes, quick=grid.QUICK | quick)
 
 
 KINDS = {
-    "benign": _kind("benign", _benign_summary, plots.plot_benign),
-    "origin_phase": _kind("origin_phase", _origin_summary, plots.plot_origin_phase),
-    "saddle_escape": _kind("saddle_escape", _escape_summary, plots.plot_saddle_escape),
+    "benign": _kind("benign", _benign_summary, plots.plot_benign,
+                    {"landscape": {"random_starts": 3, "saddle_starts": 1}}),
+    "origin_phase": _kind("origin_phase", _origin_summary, plots.plot_origin_phase,
+                          {"landscape": {"ratios": [0.5, 2.0]}}),
+    "saddle_escape": _kind("saddle_escape", _escape_summary, plots.plot_saddle_escape, {}),
 }

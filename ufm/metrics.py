@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ufm import deprecation
 from ufm.problem import x64_scope
 
 GLOBAL_MEANS = ("class_means", "samples")
@@ -319,3 +320,9 @@ def _multilabel_metrics(W, H, sample_sets, label_sets, b):
     else:
         found["nc_m"] = jnp.asarray(jnp.nan, H.dtype)
     return found
+
+
+# Host-side metrics (exact QPs, imbalance) that lived here before `ufm.host_metrics`.
+__getattr__ = deprecation.forward(__name__, {name: "ufm.host_metrics" for name in (
+    "gnc_metrics", "imbalance_metrics", "min_norm_point", "min_pairwise_distance",
+    "minority_spread", "one_vs_rest_margins")})

@@ -278,19 +278,13 @@ def multilabel_sets(num_classes: int, counts_by_size) -> tuple[tuple, tuple]:
     return tuple(sets), tuple(counts)
 
 
-class Hyper(NamedTuple):
-    """Traced hyperparameters; every field may carry a batch axis for vmap.
-
-    lam_W, lam_H, lam_b: weight decays (ignored for W and H on the sphere and the norm balls).
-    tau: temperature, logits are divided by tau.  alpha: label smoothing.  gamma: focal.
-    kappa, M: rescaled-MSE scale and target magnitude.  lr, momentum, beta1, beta2: solver.
-    E_W, E_H: the norm balls' bounds (geometries "norm_ball", "norm_ball_each"; ignored by
-    the others): (1/K) ||W||_F^2 <= E_W, and (1/N) ||H||_F^2 <= E_H or every ||h_i||^2 <= E_H.
-    """
-
+class _HyperFields(NamedTuple):
     lam_W: float = 5e-4
     lam_H: float = 5e-4
-    lam_b: float = 5e-4
+    # No bias penalty by default (the built-in run, grid files and Python alike): b* = 0 for
+    # CE, focal and label smoothing either way, and MSE keeps its closed form (b* = 1/K) only
+    # with an unpenalized bias.
+    lam_b: float = 0.0
     tau: float = 1.0
     alpha: float = 0.1
     gamma: float = 2.0
@@ -302,6 +296,31 @@ class Hyper(NamedTuple):
     beta2: float = 0.999
     E_W: float = 1.0
     E_H: float = 1.0
+
+
+class Hyper(_HyperFields):
+    """Traced hyperparameters; every field may carry a batch axis for vmap.
+
+    lam_W, lam_H, lam_b: weight decays (ignored for W and H on the sphere and the norm balls;
+    lam_b defaults to 0, an unpenalized bias). tau: temperature, logits are divided by tau.
+    alpha: label smoothing.  gamma: focal.  kappa, M: rescaled-MSE scale and target
+    magnitude.  lr, momentum, beta1, beta2: solver.  E_W, E_H: the norm balls' bounds
+    (geometries "norm_ball", "norm_ball_each"; ignored by the others): (1/K) ||W||_F^2 <= E_W,
+    and (1/N) ||H||_F^2 <= E_H or every ||h_i||^2 <= E_H. A field given as text is refused
+    (`Hyper(lam_H="1e-3")`): numbers, arrays or tracers only.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, *args, **kwargs):
+        self = super().__new__(cls, *args, **kwargs)
+        for name, value in zip(cls._fields, self):
+            if isinstance(value, (str, bytes)) or (
+                    isinstance(value, np.ndarray) and value.dtype.kind in "USO"):
+                raise TypeError(f"Hyper.{name}={value!r} is not allowed: a number (or an "
+                                f"array of numbers), not text; e.g. {name}="
+                                f"{getattr(_HyperFields(), name)!r}")
+        return self
 
     def astype(self, dtype) -> "Hyper":
         """Every field as an array of `dtype` (keeps batch axes)."""

@@ -46,11 +46,75 @@ from ufm.problem import (
 SOLVERS = ("gd", "momentum", "nesterov", "adam", "lbfgs")
 # The solvers that take projected steps on the norm balls.
 PROJECTED_SOLVERS = ("gd", "momentum", "nesterov", "adam")
-STATUSES = ("running", "converged", "max_steps", "diverged")
-RUNNING, CONVERGED, MAX_STEPS, DIVERGED = range(4)
-HISTORY_KEYS = ("objective", "loss", "grad_norm", "gap", "rel_gap") + metrics.METRIC_NAMES
+# Appended only: checkpoints store a status by its index.
+STATUSES = ("running", "converged", "max_steps", "diverged", "plateau")
+RUNNING, CONVERGED, MAX_STEPS, DIVERGED, PLATEAU = range(5)
+# What each final status means (the summary tables print the lines of those that appear).
+STATUS_MEANINGS = {
+    "converged": "stationary to tol at the loss's own scale (`ufm.solvers.stationarity`), or "
+                 "within tol of the closed-form f* (relative) when the step budget ran out",
+    "max_steps": "the step budget ran out before the run was stationary",
+    "plateau": "the step budget ran out with the gradient norm under tol, but not at the "
+               "loss's own scale: a plateau (at small tau, anneal tau or use L-BFGS; "
+               "docs/science.md, section 7)",
+    "diverged": "the iterate turned non-finite; frozen at its last finite point",
+}
+# A run that ends on a plateau: gradient norm <= tol, stationarity > PLATEAU_FACTOR tol.
+PLATEAU_FACTOR = 10.0
+HISTORY_KEYS = ("objective", "loss", "grad_norm", "stationarity", "gap",
+                "rel_gap") + metrics.METRIC_NAMES
 # Steps between convergence / divergence checks on the fast path (`_fast_block`).
 CHECK_EVERY = 25
+
+
+def stationarity(problem: Problem, hyper: Hyper, value, grad_norm):
+    """The number a run's tolerance is compared with: stationarity at the loss's own scale.
+
+    On the weight-decay UFM it is the gradient norm: the penalties give the objective its
+    scale. Without penalties on W and H (the sphere, the norm balls) the loss's gradient
+    vanishes like exp(-margin / tau) on its way to the optimum, so an absolute test says
+    "converged" on plateaus far from it. There it is the gradient norm of tau log f,
+
+        tau ||grad f|| / f,
+
+    the gradient of a smooth maximum of minus the logit margins at temperature tau (the
+    objective the softmax-code search minimizes, `ufm.codes`): scale-free in tau and f (f > 0
+    for every loss), zero exactly at the critical points of f."""
+    if problem.geometry == "wd":
+        return grad_norm
+    return grad_norm * hyper.tau / jnp.abs(value)
+
+
+def final_status(status, grad_norm, stat, rel_gap, tol):
+    """The status of a run whose steps have ended (numpy or jax arrays): a run still RUNNING
+    when its budget ran out is CONVERGED if its objective is within tol of the closed-form f*
+    (relative; rel_gap NaN where none is known), PLATEAU if its gradient norm is under tol
+    while its stationarity is more than PLATEAU_FACTOR tol, and MAX_STEPS otherwise."""
+    xp = jnp if isinstance(status, jax.Array) else np
+    near_optimum = xp.abs(rel_gap) <= tol  # False for NaN
+    plateau = (grad_norm <= tol) & (stat > PLATEAU_FACTOR * tol)
+    ended = xp.where(near_optimum, CONVERGED, xp.where(plateau, PLATEAU, MAX_STEPS))
+    return xp.where(status == RUNNING, ended, status)
+
+
+class Anneal(NamedTuple):
+    """Continuation in the temperature: the run starts at `tau_from` and lowers tau
+    geometrically, one value per log interval, to Hyper.tau over its first `steps` steps; each
+    change restarts the optimizer's state (an L-BFGS memory belongs to one objective) and
+    lets a run that became stationary at the last value go on. tau_from <= tau: no annealing.
+    Traced scalars: one compilation for every schedule."""
+
+    tau_from: Any  # shape=(): the starting temperature (0: off)
+    steps: Any  # shape=(), int32: steps over which tau falls to Hyper.tau
+
+
+def annealed_tau(anneal: Anneal | None, tau, start):
+    """The temperature of the log interval that starts at global step `start`."""
+    if anneal is None:
+        return tau
+    tau_from = jnp.maximum(jnp.asarray(anneal.tau_from, jnp.result_type(tau)), tau)
+    done = jnp.clip(start / jnp.maximum(anneal.steps, 1), 0.0, 1.0)
+    return jnp.where(done < 1.0, tau * (tau_from / tau) ** (1.0 - done), tau)
 
 
 class FastPath(NamedTuple):
@@ -71,6 +135,7 @@ class RunState(NamedTuple):
     status: jax.Array  # shape=(), int32: RUNNING, CONVERGED or DIVERGED
     diverged_at: jax.Array  # shape=(), int32: step whose update went non-finite, -1 if none
     grad_norm: jax.Array  # shape=(): (Riemannian) gradient norm at the last step's start
+    stationarity: jax.Array  # shape=(): `stationarity` there, at the temperature stepped at
 
 
 def _optimizer(solver: str, hyper: Hyper) -> optax.GradientTransformation:
@@ -144,7 +209,8 @@ def _make_step(
             updates = manifolds.project(problem, variables, updates)
         running = state.status == RUNNING
         active = running & (state.step < max_steps)
-        converged = active & (grad_norm <= tol)
+        stat = stationarity(problem, hyper, value, grad_norm)
+        converged = active & (stat <= tol)
         # Finiteness from scalars only: the value, the gradient norm and the update's norm (a
         # reduction XLA fuses into the update's producer), never a separate pass over the
         # new iterate; the frozen branch adds an exact zero, so no select over whole trees.
@@ -169,21 +235,24 @@ def _make_step(
             status=status.astype(jnp.int32),
             diverged_at=jnp.where(diverged, state.step, state.diverged_at),
             grad_norm=jnp.where(active, grad_norm, state.grad_norm),
+            stationarity=jnp.where(active, stat, state.stationarity),
         )
 
     return tx, step
 
 
-def _record(problem: Problem, solver: str, hyper: Hyper, variables: Params, grad_norm,
+def _record(problem: Problem, solver: str, hyper: Hyper, variables: Params, grad_norm, stat,
             f_star) -> dict:
     """Every logged quantity at one point of a run (one log point of the history): the
-    optimizer's `variables` there and the gradient norm at the last step's start."""
+    optimizer's `variables` there, the gradient norm and the stationarity at the last step's
+    start (at the temperature stepped at, while tau is annealed)."""
     point = point_of(problem, solver, variables)
     value = objective(problem, hyper, point)
     record = {
         "objective": value,
         "loss": mean_loss(problem, hyper, point),
         "grad_norm": grad_norm,
+        "stationarity": stat,
         "gap": value - f_star,
         "rel_gap": (value - f_star) / jnp.abs(f_star),
     }
@@ -204,12 +273,12 @@ def _record(problem: Problem, solver: str, hyper: Hyper, variables: Params, grad
 
 def _records(problem: Problem, solver: str, hyper: Hyper, trace, f_star,
              points_at_once: int | None = None) -> dict:
-    """`_record` at every point of one run's trace ((variables, grad_norm) with a leading
-    axis of log points), `points_at_once` of them vmapped at a time (None: all)."""
-    variables, grad_norm = trace
-    one = lambda point: _record(problem, solver, hyper, point[0], point[1], f_star)
-    return runner.map_points(one, (variables, grad_norm),
-                             grad_norm.shape[0] if points_at_once is None else points_at_once)
+    """`_record` at every point of one run's trace ((variables, grad_norm, stationarity)
+    with a leading axis of log points), `points_at_once` of them vmapped at a time (None:
+    all)."""
+    one = lambda point: _record(problem, solver, hyper, *point, f_star)
+    return runner.map_points(one, trace,
+                             trace[1].shape[0] if points_at_once is None else points_at_once)
 
 
 def _initial_state(problem: Problem, solver: str, hyper: Hyper, key, init_scale,
@@ -227,6 +296,7 @@ def _initial_state(problem: Problem, solver: str, hyper: Hyper, key, init_scale,
         status=jnp.full((), RUNNING, jnp.int32),
         diverged_at=jnp.full((), -1, jnp.int32),
         grad_norm=jnp.full((), jnp.nan, dtype),
+        stationarity=jnp.full((), jnp.nan, dtype),
     )
 
 
@@ -237,7 +307,7 @@ def _fast_block(problem: Problem, solver: str, hyper: Hyper, tol, max_steps, log
 
     Steps run in intervals of `check_every`: plain steps (`fused.plain_step`: no reductions,
     no masks), then one checked step that applies the reference's rules at its start point x:
-    gradient norm <= tol: converged, frozen at x; objective or gradient non-finite at x:
+    stationarity <= tol: converged, frozen at x; objective or gradient non-finite at x:
     diverged, frozen at the interval's first point (the last one that passed a check, with
     `diverged_at` its step: the first non-finite iterate came within check_every steps of it);
     update non-finite: diverged, frozen at x with `diverged_at` its step (the reference's rule
@@ -260,7 +330,8 @@ def _fast_block(problem: Problem, solver: str, hyper: Hyper, tol, max_steps, log
         value, grad_norm, updates, new_opt_state = fused.checked_step(
             problem, hyper, tx, Y, variables, opt_state, project_update=project_update)
         running = state.status == RUNNING
-        converged = running & (grad_norm <= tol)
+        stat = stationarity(problem, hyper, value, grad_norm)
+        converged = running & (stat <= tol)
         point_finite = jnp.isfinite(value) & jnp.isfinite(grad_norm)
         # Plain GD's update is -lr grad: its norm is a scalar product, not another pass.
         update_norm = hyper.lr * grad_norm if solver == "gd" else optax.tree.norm(updates)
@@ -281,6 +352,7 @@ def _fast_block(problem: Problem, solver: str, hyper: Hyper, tol, max_steps, log
             diverged_at=jnp.where(diverged, jnp.where(point_finite, last, state.step),
                                   state.diverged_at),
             grad_norm=jnp.where(running, grad_norm, state.grad_norm),
+            stationarity=jnp.where(running, stat, state.stationarity),
         )
 
     def run_interval(state, first, length):
@@ -301,14 +373,19 @@ def _fast_block(problem: Problem, solver: str, hyper: Hyper, tol, max_steps, log
 
 
 def _run_logs(problem, solver, log_every, num_points, hyper, state, tol, max_steps,
-              first_step=0, fast_path: FastPath | None = None):
+              first_step=0, fast_path: FastPath | None = None, anneal: Anneal | None = None):
     """Scan over `num_points` log points from global step `first_step`: at each, the point is
     kept (its variables and gradient norm: the trace its metrics are computed from, after the
     scan) and then `log_every` steps run, none past `max_steps`. `fast_path` None is the
     reference path (autodiff, every step checked), else the fast path (`_fast_block`).
+    `anneal`: the temperature's continuation schedule (`Anneal`; None: tau throughout).
     Returns (state after the last point's steps, trace)."""
-    if fast_path is None:
-        _, step = _make_step(problem, solver, hyper)
+
+    def steps_at(interval_hyper):
+        if fast_path is not None:
+            return _fast_block(problem, solver, interval_hyper, tol, max_steps, log_every,
+                               fast_path)
+        _, step = _make_step(problem, solver, interval_hyper)
 
         def steps(state, _):
             # Until `log_every` steps, the step budget or the run's end (under vmap: every
@@ -319,16 +396,32 @@ def _run_logs(problem, solver, log_every, num_points, hyper, state, tol, max_ste
 
             return jax.lax.while_loop(going, lambda c: (c[0] + 1, step(c[1], tol, max_steps)),
                                       (jnp.zeros((), jnp.int32), state))[1]
-    else:
-        steps = _fast_block(problem, solver, hyper, tol, max_steps, log_every, fast_path)
+
+        return steps
+
+    steps = steps_at(hyper)
 
     def advance(state, start):
         # A finished run skips its steps (a real branch when unbatched, e.g. one configuration
         # at a time under `lax.map`; under vmap both sides run and the mask keeps it frozen).
-        return jax.lax.cond(state.status == RUNNING, steps, lambda s, _: s, state, start)
+        if anneal is None:
+            return jax.lax.cond(state.status == RUNNING, steps, lambda s, _: s, state, start)
+        tau = annealed_tau(anneal, hyper.tau, start)
+        changed = tau != annealed_tau(anneal, hyper.tau, start - log_every)
+        # A new temperature is a new objective: fresh optimizer state, and a run that was
+        # stationary at the last one goes on.
+        fresh = _initial_state(problem, solver, hyper, None, 1.0, state.variables,
+                               fast=fast_path is not None).opt_state
+        state = state._replace(
+            opt_state=jax.tree.map(lambda a, b: jnp.where(changed, a, b), fresh,
+                                   state.opt_state),
+            status=jnp.where(changed & (state.status == CONVERGED), RUNNING,
+                             state.status).astype(jnp.int32))
+        interval = steps_at(hyper._replace(tau=tau))
+        return jax.lax.cond(state.status == RUNNING, interval, lambda s, _: s, state, start)
 
     def outer(state, index):
-        kept = (state.variables, state.grad_norm)
+        kept = (state.variables, state.grad_norm, state.stationarity)
         start = first_step + index * log_every
         # Past the step budget (the run's last point, or a call that only reads the points)
         # nothing runs: the predicate is the same for a whole batch, so this branch is real.
@@ -356,23 +449,26 @@ def _fast_path(problem: Problem, solver: str, fast: bool, check_every,
 
 def make_run(problem: Problem, *, solver: str = "gd", steps: int, log_every: int = 100,
              tol: float = 0.0, init_scale: float = 1.0, fast: bool = True,
-             check_every: int = CHECK_EVERY, kernel: str = "xla") -> Callable:
+             check_every: int = CHECK_EVERY, kernel: str = "xla",
+             anneal_from: float | None = None, anneal_fraction: float = 0.5) -> Callable:
     """A whole run as one pure function `run(hyper, key, f_star) -> (params, history, steps,
     status)`, jittable and vmappable over all three arguments (status is an int code into
     `STATUSES`; history holds the initial point and every log point). `f_star` is the
     closed-form optimum (NaN when unknown); hyper should already be in the problem's dtype.
-    `fast`, `check_every`, `kernel`: as in `solve`."""
+    `fast`, `check_every`, `kernel`, `anneal_from`, `anneal_fraction`: as in `solve`."""
     _check_run_args(problem, solver, steps, log_every, tol)
     fast_path = _fast_path(problem, solver, fast, check_every, kernel)
+    anneal = _anneal(anneal_from, anneal_fraction, steps)
     num_logs = math.ceil(steps / log_every)
 
     def run(hyper: Hyper, key, f_star):
         state = _initial_state(problem, solver, hyper, key, init_scale,
                                fast=fast_path is not None)
         state, trace = _run_logs(problem, solver, log_every, num_logs + 1, hyper, state, tol,
-                                 steps, 0, fast_path)
+                                 steps, 0, fast_path, anneal)
         history = _records(problem, solver, hyper, trace, f_star)
-        status = jnp.where(state.status == RUNNING, MAX_STEPS, state.status)
+        status = final_status(state.status, state.grad_norm, state.stationarity,
+                              history["rel_gap"][-1], tol)
         return point_of(problem, solver, state.variables), history, state.step, status
 
     return run
@@ -381,8 +477,8 @@ def make_run(problem: Problem, *, solver: str = "gd", steps: int, log_every: int
 class Result(NamedTuple):
     """A finished run: the point reached, its history (one entry per log point, the initial
     point first; `history["iteration"]` gives the iteration of each), steps run, status
-    ("converged" | "max_steps" | "diverged"), the step that diverged (or None), the closed-form
-    optimum (None where unknown) and wall seconds."""
+    ("converged" | "max_steps" | "plateau" | "diverged"; `STATUS_MEANINGS`), the step that
+    diverged (or None), the closed-form optimum (None where unknown) and wall seconds."""
 
     params: Params
     history: dict
@@ -403,6 +499,21 @@ class BatchResult(NamedTuple):
     diverged_at: np.ndarray  # (B,), -1 where none
     optimum: list  # B entries, None where unknown
     seconds: float
+
+
+def _anneal(anneal_from, anneal_fraction, steps: int) -> Anneal | None:
+    """The continuation schedule of `solve`'s anneal options (checked), or None."""
+    if anneal_from is None:
+        return None
+    if isinstance(anneal_from, bool) or not isinstance(anneal_from, (int, float, np.floating)) \
+            or not anneal_from > 0:
+        raise ValueError(f"anneal_from={anneal_from!r} is not allowed: a temperature > 0 (or "
+                         "None: no annealing)")
+    if isinstance(anneal_fraction, bool) or not isinstance(
+            anneal_fraction, (int, float, np.floating)) or not 0 < anneal_fraction <= 1:
+        raise ValueError(f"anneal_fraction={anneal_fraction!r} is not allowed: a number > 0 "
+                         "and <= 1 (the share of the steps over which tau falls)")
+    return Anneal(float(anneal_from), max(1, int(round(anneal_fraction * steps))))
 
 
 def _check_run_args(problem, solver, steps, log_every, tol):
@@ -443,21 +554,23 @@ def optimum_values(problem: Problem, hypers: Hyper) -> tuple[list, np.ndarray]:
 
 @functools.lru_cache(maxsize=64)
 def _compiled_chunk(problem, solver, log_every, points_per_chunk, batched, width=None,
-                    fast_path=None):
+                    fast_path=None, annealing=False):
     """jit(start), jit(chunk) (over a configuration axis when `batched`, see
     `runner.over_batch`); one compilation per static signature. `fast_path`: as in
-    `_run_logs`. Neither computes a metric: `_compiled_records` does, from the chunk's trace."""
+    `_run_logs`; `annealing`: whether the chunk's `anneal` argument (an `Anneal` of traced
+    scalars) schedules tau. Neither computes a metric: `_compiled_records` does, from the
+    chunk's trace."""
 
-    def chunk(hyper, state, tol, max_steps, first_step):
+    def chunk(hyper, state, tol, max_steps, first_step, anneal):
         return _run_logs(problem, solver, log_every, points_per_chunk, hyper, state, tol,
-                         max_steps, first_step, fast_path)
+                         max_steps, first_step, fast_path, anneal if annealing else None)
 
     def start(hyper, key, init_scale, start_params):
         return _initial_state(problem, solver, hyper, key, init_scale, start_params,
                               fast=fast_path is not None)
 
     if batched:
-        chunk = runner.over_batch(chunk, (0, 0, None, None, None), width)
+        chunk = runner.over_batch(chunk, (0, 0, None, None, None, None), width)
         start = runner.over_batch(start, (0, 0, None, 0), width)
     return jax.jit(start), jax.jit(chunk)
 
@@ -486,7 +599,7 @@ def _as_key(key):
 
 def _execute(problem, hyper, keys, f_star, *, solver, steps, log_every, tol, init_scale,
              start_params, progress, batched, batch_size, desc=None, width=None,
-             fast_path=None):
+             fast_path=None, anneal=None):
     """Host loop over jitted chunks, each followed by the metrics of the points it kept;
     returns host arrays of everything (a batch is sharded over the local devices and trimmed
     back to `batch_size`)."""
@@ -505,7 +618,9 @@ def _execute(problem, hyper, keys, f_star, *, solver, steps, log_every, tol, ini
     per_chunk, n_chunks = runner.logs_per_call(problem, n_points, configs)
     at_once = width or -(-configs // n_dev) if batched else 1
     start, chunk = _compiled_chunk(problem, solver, log_every, per_chunk, batched, width,
-                                   fast_path)
+                                   fast_path, anneal is not None)
+    anneal_args = Anneal(jnp.asarray(0.0 if anneal is None else anneal.tau_from, dtype),
+                         jnp.asarray(0 if anneal is None else anneal.steps, jnp.int32))
     records = _compiled_records(problem, _uses_pullback(problem, solver), batched, width,
                                 runner.points_width(problem, at_once, per_chunk))
     tol_arr, steps_arr = jnp.asarray(tol, dtype), jnp.asarray(steps, jnp.int32)
@@ -525,7 +640,7 @@ def _execute(problem, hyper, keys, f_star, *, solver, steps, log_every, tol, ini
     kept = 0  # points whose metrics are in history_parts
     for c in range(n_chunks):
         first_step = jnp.asarray(c * per_chunk * log_every, jnp.int32)
-        state, trace = chunk(hyper, state, tol_arr, steps_arr, first_step)
+        state, trace = chunk(hyper, state, tol_arr, steps_arr, first_step, anneal_args)
         history_parts.append(jax.tree.map(trim, records(hyper, trace, f_star)))
         kept += per_chunk
         finished = int(np.sum(trim(state.status) != RUNNING))
@@ -537,10 +652,11 @@ def _execute(problem, hyper, keys, f_star, *, solver, steps, log_every, tol, ini
         done_steps = advance
         if kept >= n_points:
             break
-        if finished == batch_size:
+        annealing = anneal is not None and (c + 1) * per_chunk * log_every < anneal.steps
+        if finished == batch_size and not annealing:
             # Every run stopped within the chunk, perhaps after its last kept point: keep the
             # point it stopped at (a call with no step budget only reads the points).
-            _, trace = chunk(hyper, state, tol_arr, no_steps, first_step)
+            _, trace = chunk(hyper, state, tol_arr, no_steps, first_step, anneal_args)
             final = jax.tree.map(lambda a: trim(a)[..., :1], records(hyper, trace, f_star))
             history_parts.append(final)
             kept += 1
@@ -564,14 +680,19 @@ def solve(problem: Problem, hyper: Hyper = Hyper(), *, key=0, steps: int = 10_00
           log_every: int = 100, tol: float | None = None, solver: str = "gd",
           init_scale: float = 1.0, start: Params | None = None,
           progress: bool | None = None, fast: bool = True,
-          check_every: int = CHECK_EVERY, kernel: str = "xla") -> Result:
+          check_every: int = CHECK_EVERY, kernel: str = "xla",
+          anneal_from: float | None = None, anneal_fraction: float = 0.5) -> Result:
     """Minimize the UFM objective of `problem` from a random start.
 
     Args:
       problem, hyper: the UFM and its hyperparameters (scalars).
       key: a `jax.random.key` or an int seed; identical keys give identical runs.
       steps: maximum number of steps; log_every: steps between logged metrics.
-      tol: stop when the (Riemannian) gradient norm is <= tol; default `default_tol(problem)`.
+      tol: stop ("converged") when the run is stationary to tol at the loss's own scale
+        (`stationarity`: the (Riemannian) gradient norm on weight decay, tau ||grad f|| / f
+        without penalties on W and H); default `default_tol(problem)`. A run whose budget
+        runs out is "converged" within tol of a closed-form f*, "plateau" where only the
+        gradient norm is under tol, else "max_steps" (`final_status`).
       solver: one of SOLVERS.  init_scale: norm scale of the random start.
       start: a point (Params) to start from instead of a random one (e.g. near a saddle).
       progress: show a progress bar (default: when stderr is a terminal), or a tqdm-like bar
@@ -583,6 +704,10 @@ def solve(problem: Problem, hyper: Hyper = Hyper(), *, key=0, steps: int = 10_00
         run that stops early agree to within `check_every`.
       kernel: "xla", or "pallas" for plain GD on weight decay: the one-pass Pallas kernel
         (`ufm.kernels`; a GPU's Triton backend, interpret mode elsewhere, for testing).
+      anneal_from, anneal_fraction: continuation in the temperature (`Anneal`): start at
+        tau = anneal_from and lower it geometrically to hyper.tau over the first
+        anneal_fraction of the steps (how small temperatures reach the softmax code on the
+        sphere, docs/science.md, section 7); None: no annealing.
     Returns:
       `Result` (params, history, steps, status, diverged_at, optimum, seconds).
 
@@ -593,6 +718,7 @@ def solve(problem: Problem, hyper: Hyper = Hyper(), *, key=0, steps: int = 10_00
     tol = default_tol(problem) if tol is None else tol
     _check_run_args(problem, solver, steps, log_every, tol)
     fast_path = _fast_path(problem, solver, fast, check_every, kernel)
+    anneal = _anneal(anneal_from, anneal_fraction, steps)
     validate_hyper(hyper)
     if any(np.ndim(v) for v in hyper):
         raise ValueError("solve() takes one configuration: every Hyper field must be a scalar "
@@ -605,11 +731,11 @@ def solve(problem: Problem, hyper: Hyper = Hyper(), *, key=0, steps: int = 10_00
             problem, hyper.astype(dtype), _as_key(key), jnp.asarray(f_star[0], dtype),
             solver=solver, steps=steps, log_every=log_every, tol=tol, init_scale=init_scale,
             start_params=start, progress=progress, batched=False, batch_size=1,
-            fast_path=fast_path)
+            fast_path=fast_path, anneal=anneal)
         params = point_of(problem, solver, state.variables)
         jax.block_until_ready(params)
-    status = int(state.status)
-    status = MAX_STEPS if status == RUNNING else status
+    status = int(final_status(np.asarray(state.status), np.asarray(state.grad_norm),
+                              np.asarray(state.stationarity), history["rel_gap"][-1], tol))
     diverged_at = int(state.diverged_at)
     return Result(params, history, int(state.step), STATUSES[status],
                   None if diverged_at < 0 else diverged_at, opts[0], time.perf_counter() - t0)
@@ -620,7 +746,9 @@ def solve_batch(problem: Problem, hypers: Hyper, keys, *, steps: int = 10_000,
                 init_scale: float = 1.0, start: Params | None = None,
                 progress: bool | None = None, desc: str | None = None,
                 width: int | None = None, fast: bool = True,
-                check_every: int = CHECK_EVERY, kernel: str = "xla") -> BatchResult:
+                check_every: int = CHECK_EVERY, kernel: str = "xla",
+                anneal_from: float | None = None,
+                anneal_fraction: float = 0.5) -> BatchResult:
     """`solve` for a batch of configurations in ONE jitted, vmapped call.
 
     `width`: configurations per vmapped slice; None vmaps the whole batch, a smaller width runs
@@ -631,11 +759,13 @@ def solve_batch(problem: Problem, hypers: Hyper, keys, *, steps: int = 10_000,
     `hypers` fields are scalars or arrays of a common length B; `keys` is a batch of B keys or
     a list of B int seeds; `start`, if given, is a batch of B starting points (leaves with a
     leading axis B). A diverging configuration is flagged and frozen without touching its
-    neighbours. `fast`, `check_every`, `kernel`: as in `solve`.
+    neighbours. `fast`, `check_every`, `kernel`, `anneal_from`, `anneal_fraction`: as in
+    `solve`.
     """
     tol = default_tol(problem) if tol is None else tol
     _check_run_args(problem, solver, steps, log_every, tol)
     fast_path = _fast_path(problem, solver, fast, check_every, kernel)
+    anneal = _anneal(anneal_from, anneal_fraction, steps)
     validate_hyper(hypers)
     if isinstance(keys, (list, tuple, np.ndarray)) and all(
             isinstance(k, (int, np.integer)) for k in np.asarray(keys).ravel()):
@@ -659,10 +789,10 @@ def solve_batch(problem: Problem, hypers: Hyper, keys, *, steps: int = 10_000,
             problem, hypers, keys, jnp.asarray(f_star, dtype), solver=solver, steps=steps,
             log_every=log_every, tol=tol, init_scale=init_scale, start_params=start,
             progress=progress, batched=True, batch_size=batch, desc=desc, width=width,
-            fast_path=fast_path)
+            fast_path=fast_path, anneal=anneal)
         params = jax.vmap(functools.partial(point_of, problem, solver))(state.variables)
         jax.block_until_ready(params)
-    status = np.asarray(state.status)
-    status = np.where(status == RUNNING, MAX_STEPS, status)
+    status = final_status(np.asarray(state.status), np.asarray(state.grad_norm),
+                          np.asarray(state.stationarity), history["rel_gap"][:, -1], tol)
     return BatchResult(params, history, np.asarray(state.step), [STATUSES[s] for s in status],
                        np.asarray(state.diverged_at), opts, time.perf_counter() - t0)

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ufm import deprecation
 from ufm.frames import etf_gram, helmert_basis, simplex_etf  # noqa: F401  (closed forms use them)
 from ufm.losses import LOSSES
 from ufm.problem import Hyper, Params, Problem, logit_gradient, x64_scope
@@ -129,7 +130,8 @@ def deep_linear_mse(K: int, n: int, depth: int, lam_W: float, lam_H: float,
 
 
 def optimum(problem: Problem, hyper: Hyper) -> Optimum | None:
-    """The closed-form global optimum of docs/science.md, section 4, or None where none is known.
+    """The closed-form global optimum of docs/science.md, section 4, or None where none is known
+    (`no_closed_form` says why).
 
     Known: weight decay, balanced classes, learned classifier, d >= K-1, for CE, label smoothing
     and focal (b* = 0; bias on or off); MSE with an unpenalized bias (lam_b = 0) and MSE without
@@ -137,15 +139,32 @@ def optimum(problem: Problem, hyper: Hyper) -> Optimum | None:
     sphere with CE and no bias. Temperature is folded in exactly: dividing logits by tau is the
     same problem with W' = W / tau and lam_W' = lam_W tau^2.
     """
+    found = _optimum_or_reason(problem, hyper)
+    return None if isinstance(found, str) else found
+
+
+def no_closed_form(problem: Problem, hyper: Hyper) -> str | None:
+    """Why `optimum` knows no closed form here ("the bias is penalized (lam_b > 0)", ...), or
+    None where it does: the reason a results table gives for an empty f* and rel_gap."""
+    found = _optimum_or_reason(problem, hyper)
+    return found if isinstance(found, str) else None
+
+
+def _optimum_or_reason(problem: Problem, hyper: Hyper) -> Optimum | str:
     if problem.multilabel:  # single labels written as label sets: the same problem
         problem = problem.single_label_equivalent()
         if problem is None:
-            return None
+            return "samples carry several labels"
     K, d = problem.num_classes, problem.feature_dim
     if problem.classifier == "identity":
-        return identity_classifier_optimum(problem, hyper)
-    if not problem.balanced or problem.classifier != "learned" or d < K - 1:
-        return None
+        return identity_classifier_optimum(problem, hyper) or (
+            "W = I has one only on the sphere with CE, balanced classes and no bias")
+    if not problem.balanced:
+        return "the classes are imbalanced (the convex oracle's columns give the optimum)"
+    if problem.classifier != "learned":
+        return f"the classifier is {problem.classifier}"
+    if d < K - 1:
+        return "d < K-1: generalized NC (code_margin gives the softmax code's margin)"
     n = problem.n_per_class
     lam_W, lam_H, lam_b = (_scalar(getattr(hyper, f), f) for f in ("lam_W", "lam_H", "lam_b"))
     tau = _scalar(hyper.tau, "tau")
@@ -154,30 +173,34 @@ def optimum(problem: Problem, hyper: Hyper) -> Optimum | None:
         if (problem.activation != "linear" or problem.loss != "mse" or tau != 1.0
                 or min(lam_W, lam_H) <= 0.0 or (problem.bias and lam_b != 0.0)
                 or (not problem.bias and d < K)):
-            return None
+            return ("deep UFM: only the deep linear MSE (tau = 1, both penalties, an "
+                    "unpenalized bias or d >= K) has one")
         f, w_sq, h_sq, is_zero = deep_linear_mse(K, n, problem.depth, lam_W, lam_H,
                                                  problem.bias)
         b = np.full(K, 1.0 / K) if problem.bias else np.zeros(K)
         return Optimum(f, w_sq, h_sq, b, bool(is_zero))
 
     if problem.geometry == "sphere":
-        if problem.loss != "ce" or problem.bias:
-            return None
+        if problem.loss != "ce":
+            return f"{problem.loss} on the sphere"
+        if problem.bias:
+            return "a bias on the sphere"
         f_star = math.log1p((K - 1) * math.exp(-K / ((K - 1) * tau)))
         return Optimum(f_star, 1.0, 1.0, np.zeros(K), False)
     if problem.geometry in ("norm_ball", "norm_ball_each"):
-        return norm_ball_optimum(problem, hyper)
+        return norm_ball_optimum(problem, hyper) or (
+            f"{problem.geometry} has one only for CE without a bias")
 
     # f(W, H, b) = c * f_canonical(W / t, H, b / t) with canonical lambdas (see docstring).
     loss, c, t = problem.loss, 1.0, tau
     if loss == "mse_rescaled":
         if _scalar(hyper.kappa, "kappa") != 1.0:
-            return None
+            return "rescaled MSE with kappa != 1"
         M = _scalar(hyper.M, "M")
         loss, c, t = "mse", 2.0 * M**2 / K, tau * M
     lam_W_c, lam_H_c, lam_b_c = lam_W * t**2 / c, lam_H / c, lam_b * t**2 / c
     if min(lam_W_c, lam_H_c) <= 0.0:
-        return None  # without both penalties the infimum is not attained
+        return "lam_W or lam_H is 0 (the infimum is not attained)"
 
     b_c = np.zeros(K)
     if loss == "pick_all_label":  # single labels (multi-label problems are not balanced)
@@ -187,7 +210,7 @@ def optimum(problem: Problem, hyper: Hyper) -> Optimum | None:
         if loss == "ls_off_target":  # alpha/(K-1) off target is "ls" with alpha K/(K-1)
             alpha = alpha * K / (K - 1)
             if alpha > 1.0:  # the target below 1/K: no closed form here
-                return None
+                return "label smoothing puts the target below 1/K"
         f_c, w_sq_c, is_zero = _ce_like(K, n, lam_W_c, lam_H_c, alpha)
     elif loss == "focal":
         f_c, w_sq_c, is_zero = _focal(K, n, lam_W_c, lam_H_c, _scalar(hyper.gamma, "gamma"))
@@ -196,18 +219,18 @@ def optimum(problem: Problem, hyper: Hyper) -> Optimum | None:
         sigma = max(1.0 - K * s, 0.0)
         if problem.bias:
             if lam_b_c != 0.0:
-                return None
+                return "the bias is penalized (lam_b > 0)"
             f_c = (K - 1) * (1 - sigma) ** 2 / (2 * K) + (K - 1) * s * sigma
             w_sq_c = math.sqrt(n * lam_H_c / lam_W_c) * sigma * (K - 1) / K
             b_c = np.full(K, 1.0 / K)
         else:
             if d < K:
-                return None
+                return "MSE without a bias needs d >= K"
             f_c = (1 - sigma) ** 2 / 2 + K * s * sigma
             w_sq_c = math.sqrt(n * lam_H_c / lam_W_c) * sigma
         is_zero = sigma == 0.0
     else:
-        return None
+        return f"no closed form is known for loss {loss!r}"
     h_sq = lam_W_c / (n * lam_H_c) * w_sq_c
     return Optimum(c * f_c, t**2 * w_sq_c, h_sq, t * b_c, bool(is_zero))
 
@@ -429,3 +452,9 @@ def known_code_margin(K: int, d: int) -> float | None:
     if d == 2:
         return 1.0 - math.cos(2.0 * math.pi / K)
     return None
+
+
+# Names that lived here before the codes, frames and numerical critical points had modules.
+__getattr__ = deprecation.forward(__name__, {
+    "softmax_code": "ufm.codes", "tammes_code": "ufm.codes", "Code": "ufm.codes",
+    "rank_r_critical_point": "ufm.points"})

@@ -223,7 +223,11 @@ def loss_equivalence_lines(table: dict) -> list[str]:
         header, lines)
 
 
+# `ufm run FILE --quick`: two epochs on 20 samples per class, one seed.
+QUICK = {"train": {"epochs": 2, "eval_every": 1, "layer_samples": 100},
+         "data": {"n_train": 20}, "run": {"seeds": [0]}}
+
 KINDS = {"net": Kind(
     "net", SCHEMA, check, units, run_unit, summary,
     lambda directory, table, metrics=None, x=None, y=None: plots.plot_net(directory),
-    lambda experiment: f"{len(configurations(experiment))} trainings")}
+    lambda experiment: f"{len(configurations(experiment))} trainings", quick=QUICK)}

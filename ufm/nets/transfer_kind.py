@@ -198,4 +198,6 @@ KINDS = {"transfer": Kind(
     "transfer", SCHEMA, check, units, run_unit, summary,
     lambda directory, table, metrics=None, x=None, y=None: plots.plot_transfer(directory),
     lambda experiment: f"{len(configurations(experiment))} transfers "
-                       f"({len(transfer.MODES)} fine-tunings each)")}
+                       f"({len(transfer.MODES)} fine-tunings each)",
+    quick={"pretrain": {"epochs": 2, "eval_every": 1}, "finetune": {"epochs": 2, "eval_every": 1},
+           "data": {"n_train": 20}, "run": {"seeds": [0]}})}
