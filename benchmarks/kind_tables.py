@@ -4,8 +4,9 @@ the check that a refactoring of the run machinery changed no number.
     python benchmarks/kind_tables.py record DIR            # run each file quickly, keep its table
     python benchmarks/kind_tables.py compare BEFORE AFTER  # cell by cell, timing columns aside
 
-Each file runs through the `ufm` command with the settings in QUICK merged into it (few
-steps, one seed, few starts, two epochs), so the whole set takes minutes on a CPU. `compare`
+Each file runs through the `ufm` command with its kind's quick settings merged into it (few
+steps, one seed, few starts, two epochs: `ufm.kind.Kind.quick`, the settings of `ufm run FILE
+--quick`), so the whole set takes minutes on a CPU. `compare`
 prints, per file, the number of rows and columns compared and the largest relative difference
 of a number; text cells must be equal. Columns renamed since the recording are matched through
 RENAMED.
@@ -28,15 +29,14 @@ EXPERIMENTS = ROOT / "experiments"
 TIMING = {"seconds", "wall_seconds"}
 # Old column name -> new (layer-wise NC1 of networks is named as in the UFM's histories).
 RENAMED = {f"layer_nc1_{j}": f"nc1_layer{j}" for j in range(64)}
-_UFM = {"solver": {"steps": 300, "log_every": 100}, "run": {"seeds": [0]}}
-QUICK = {
-    "solve": _UFM,
-    "benign": _UFM | {"landscape": {"random_starts": 3, "saddle_starts": 1}},
-    "origin_phase": _UFM | {"landscape": {"ratios": [0.5, 2.0]}},
-    "saddle_escape": _UFM,
-    "net": {"train": {"epochs": 2, "eval_every": 1, "layer_samples": 100},
-            "data": {"n_train": 20}, "run": {"seeds": [0]}},
-}
+
+
+def _quick(kind: str) -> dict:
+    """The kind's quick settings, defined once with the kind (`ufm.kind.Kind.quick`; what
+    `ufm run FILE --quick` merges in)."""
+    from ufm import kinds
+
+    return kinds.get(kind).quick
 
 
 def _toml(value) -> str:
@@ -52,10 +52,10 @@ def _toml(value) -> str:
 
 
 def quick_file(path: Path, directory: Path) -> Path:
-    """The experiment file with QUICK's settings merged in (a file, not --set overrides, so
+    """The experiment file with its kind's quick settings merged in (a file, not --set overrides, so
     the same input reaches every version of the code)."""
     raw = tomllib.loads(path.read_text())
-    for section, values in QUICK[raw.get("kind", "solve")].items():
+    for section, values in _quick(raw.get("kind", "grid")).items():
         raw.setdefault(section, {}).update(values)
     lines = [f"{k} = {_toml(v)}" for k, v in raw.items() if not isinstance(v, (dict, list))
              or (isinstance(v, list) and not all(isinstance(t, dict) for t in v))]

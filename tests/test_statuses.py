@@ -117,3 +117,23 @@ def test_probe_counts_are_absent_off_critical_points():
     assert p.n_negative == p.n_zero == p.n_positive == -1 and np.isnan(p.eig_min_off_symmetry)
     at_origin = ufm.landscape.probe(problem, hyper, theory.origin(problem, hyper))
     assert at_origin.n_negative > 0 and at_origin.n_zero >= 0
+
+
+def test_the_shipped_gnc_experiment_reaches_the_code_at_its_smallest_tau(tmp_path):
+    """experiments/gnc_margin.toml as shipped (L-BFGS, tau annealed from 1), at its quick
+    settings: K = 10 in d = 2 and d = 64, where the codes are known exactly (the regular
+    decagon, the simplex ETF)."""
+    from pathlib import Path
+
+    from ufm import experiment
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "gnc_margin.toml"
+    chosen = experiment.as_experiment(path, quick=True)
+    result = ufm.run(chosen, out=tmp_path / "gnc")
+    smallest = min(row["tau"] for row in result.rows)
+    assert smallest <= 0.02
+    rows = [row for row in result.rows if row["tau"] == smallest]
+    assert {row["feature_dim"] for row in rows} == {2, 64}
+    for row in rows:
+        assert row["status"] == "converged"
+        assert row["gnc2_margin"] == pytest.approx(row["code_margin"], abs=1e-6)

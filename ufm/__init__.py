@@ -18,6 +18,7 @@ SUBMODULES = (
     "cli",
     "codes",
     "config",
+    "deprecation",
     "experiment",
     "frames",
     "fused",

@@ -68,7 +68,7 @@ class Schema:
     default_name: str = "experiment"
 
 
-TOP_LEVEL = ("name", "description", "kind", "zip")
+TOP_LEVEL = ("name", "description", "kind", "zip", "quick")
 
 
 @dataclasses.dataclass
@@ -81,6 +81,9 @@ class Experiment:
     kind: str
     sections: dict  # section -> key -> value (a list for an axis)
     zips: list = dataclasses.field(default_factory=list)  # [{(section, key): [values]}]
+    # [quick.<section>] tables: this file's own smoke-run settings (`ufm run FILE --quick`),
+    # merged over its kind's (`ufm.kind.Kind.quick`); checked when applied
+    quick: dict = dataclasses.field(default_factory=dict)
 
     def __getattr__(self, name):
         if name != "sections" and name in self.__dict__.get("sections", {}):
@@ -93,7 +96,8 @@ class Experiment:
         return {"name": self.name, "description": self.description, "kind": self.kind,
                 **{s: {k: v for k, v in values.items() if (s, k) not in zipped}
                    for s, values in self.sections.items()},
-                "zip": [{f"{s}.{k}": list(v) for (s, k), v in t.items()} for t in self.zips]}
+                "zip": [{f"{s}.{k}": list(v) for (s, k), v in t.items()} for t in self.zips],
+                **({"quick": {s: dict(v) for s, v in self.quick.items()}} if self.quick else {})}
 
     def zipped(self) -> set:
         return {key for table in self.zips for key in table}
@@ -242,7 +246,22 @@ def resolve(raw: dict, schema: Schema, kind: str) -> Experiment:
                 value = list(value)
             sections[section][key] = _resolve_field(f"{section}.{key}", value, field)
     zips = _resolve_zips(raw.get("zip", []), raw, schema)
-    return Experiment(name, description, kind, sections, zips)
+    return Experiment(name, description, kind, sections, zips, _resolve_quick(raw, schema))
+
+
+def _resolve_quick(raw: dict, schema: Schema) -> dict:
+    """[quick.<section>] tables: keys of the schema's sections (values are checked when the
+    quick version is built)."""
+    quick = raw.get("quick", {})
+    if not isinstance(quick, dict) or not all(isinstance(v, dict) for v in quick.values()):
+        raise ConfigError(f"quick={quick!r} is not allowed: [quick.<section>] tables of keys")
+    for section, values in quick.items():
+        if section not in schema.sections:
+            raise _unknown("quick.", section, schema.sections)
+        for key in values:
+            if key not in schema.sections[section]:
+                raise _unknown(f"quick.{section}.", key, schema.sections[section])
+    return {section: dict(values) for section, values in quick.items()}
 
 
 def _resolve_zips(given, raw: dict, schema: Schema) -> list[dict]:
@@ -381,4 +400,6 @@ def dumps(experiment: Experiment, schema: Schema, notes: dict | None = None) -> 
             else:
                 comment = f"  # {beside[key]}" if key in beside else ""
                 lines.append(f"{key} = {toml_value(value)}{comment}")
+    for section, values in experiment.quick.items():
+        lines += ["", f"[quick.{section}]"] + [f"{k} = {toml_value(v)}" for k, v in values.items()]
     return "\n".join(lines) + "\n"

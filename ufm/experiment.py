@@ -92,13 +92,15 @@ def as_experiment(path_or_experiment=None, overrides=(), quick: bool = False) ->
 
 def quick_version(experiment: Experiment) -> Experiment:
     """The experiment with its kind's quick settings (`Kind.quick`: few steps, one seed, ...)
-    merged in, keys its schema lacks left out; checked again."""
+    merged in (keys its schema lacks left out), then the file's own [quick.<section>] tables
+    (a large grid's smaller axes); checked again."""
     kind = kinds.get(experiment.kind)
     raw = experiment.to_dict()
-    for section, values in kind.quick.items():
-        if section in kind.schema.sections:
-            raw.setdefault(section, {}).update(
-                {k: v for k, v in values.items() if k in kind.schema.sections[section]})
+    for settings in (kind.quick, experiment.quick):
+        for section, values in settings.items():
+            if section in kind.schema.sections:
+                raw.setdefault(section, {}).update(
+                    {k: v for k, v in values.items() if k in kind.schema.sections[section]})
     return resolve(raw)
 
 

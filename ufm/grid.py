@@ -580,8 +580,9 @@ def summary(table: dict) -> str:
     out += _status_lines(table)
     if "minority_cos" in table:
         out.append("(minority_cos: mean cosine between minority classifiers, 1 at collapse; "
-                   "oracle_gap: (f - f_oracle)/|f_oracle|; collapse_ratio: the n_max/n_min at "
-                   "which the minority collapses, from the convex oracle)")
+                   "oracle_gap: |f - f_oracle|/|f_oracle|, signed in results.csv; "
+                   "collapse_ratio: the n_max/n_min at which the minority collapses, from the "
+                   "convex oracle)")
     if "gnc2_margin" in table:
         out.append("(gnc2_margin: min one-vs-rest distance of the normalized classifiers; "
                    "code_margin: the softmax code's, where known exactly)")

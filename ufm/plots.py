@@ -156,7 +156,8 @@ def figure_legend(fig, axes, max_inside: int = 8) -> None:
             handles.setdefault(label, handle)
     if not handles:
         return
-    if len(np.ravel(axes)) == 1 and len(handles) <= max_inside:
+    short = max(map(len, handles)) <= 40  # long labels inside would squeeze the panel away
+    if len(np.ravel(axes)) == 1 and len(handles) <= max_inside and short:
         np.ravel(axes)[0].legend(handles.values(), handles.keys(), fontsize=8)
     else:
         fig.legend(handles.values(), handles.keys(), loc="outside right upper",

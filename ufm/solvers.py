@@ -399,24 +399,25 @@ def _run_logs(problem, solver, log_every, num_points, hyper, state, tol, max_ste
 
         return steps
 
-    steps = steps_at(hyper)
-
     def advance(state, start):
         # A finished run skips its steps (a real branch when unbatched, e.g. one configuration
         # at a time under `lax.map`; under vmap both sides run and the mask keeps it frozen).
         if anneal is None:
-            return jax.lax.cond(state.status == RUNNING, steps, lambda s, _: s, state, start)
+            return jax.lax.cond(state.status == RUNNING, steps_at(hyper), lambda s, _: s,
+                                state, start)
         tau = annealed_tau(anneal, hyper.tau, start)
         changed = tau != annealed_tau(anneal, hyper.tau, start - log_every)
         # A new temperature is a new objective: fresh optimizer state, and a run that was
         # stationary at the last one goes on.
         fresh = _initial_state(problem, solver, hyper, None, 1.0, state.variables,
                                fast=fast_path is not None).opt_state
+        resumed = changed & (state.status == CONVERGED)
         state = state._replace(
             opt_state=jax.tree.map(lambda a, b: jnp.where(changed, a, b), fresh,
                                    state.opt_state),
-            status=jnp.where(changed & (state.status == CONVERGED), RUNNING,
-                             state.status).astype(jnp.int32))
+            status=jnp.where(resumed, RUNNING, state.status).astype(jnp.int32),
+            # it waited, frozen, for this interval: its steps count from here
+            step=jnp.where(resumed, jnp.maximum(state.step, start), state.step))
         interval = steps_at(hyper._replace(tau=tau))
         return jax.lax.cond(state.status == RUNNING, interval, lambda s, _: s, state, start)
 
@@ -652,7 +653,10 @@ def _execute(problem, hyper, keys, f_star, *, solver, steps, log_every, tol, ini
         done_steps = advance
         if kept >= n_points:
             break
-        annealing = anneal is not None and (c + 1) * per_chunk * log_every < anneal.steps
+        # Runs stationary at an annealed temperature go on at the next one: the last change
+        # comes at the first interval starting at or after anneal.steps.
+        annealing = anneal is not None and (c + 1) * per_chunk * log_every < (
+            anneal.steps + log_every)
         if finished == batch_size and not annealing:
             # Every run stopped within the chunk, perhaps after its last kept point: keep the
             # point it stopped at (a call with no step budget only reads the points).

@@ -22,10 +22,26 @@ def fmt(value) -> str:
 
 
 def label_value(value) -> str:
-    """A configuration value in a row label: numbers to 4 significant digits."""
+    """A configuration value in a row label: numbers to 4 significant digits; a long list of
+    counts run-length encoded ("20 20 20 4 4 4" -> "20x3 4x3")."""
     if isinstance(value, (float, np.floating)):
         return f"{float(value):.4g}"
+    tokens = str(value).split()
+    if len(tokens) >= 4:
+        runs = []
+        for token in tokens:
+            if runs and runs[-1][0] == token:
+                runs[-1][1] += 1
+            else:
+                runs.append([token, 1])
+        return " ".join(t if n == 1 else f"{t}x{n}" for t, n in runs)
     return str(value)
+
+
+def _determined(table: dict, column: str, by: list[str]) -> bool:
+    """Whether `column` is a function of the columns `by` across the table's rows."""
+    keys = lambda cols: {tuple(str(table[c][i]) for c in cols) for i in range(len(table["row"]))}
+    return bool(by) and len(keys(by)) == len(keys(by + [column]))
 
 
 def format_table(header, lines) -> list[str]:
@@ -60,6 +76,9 @@ def series_labels(table: dict) -> tuple[list[str], list[str]]:
     varying = [c for c in candidates if len({str(v) for v in table[c]}) > 1]
     if "class_counts" in varying and all_balanced(table):
         varying.remove("class_counts")  # n_per_class and num_classes already tell them apart
+    if "label_sets" in varying and _determined(table, "label_sets",
+                                               [c for c in varying if c != "label_sets"]):
+        varying.remove("label_sets")  # every set of each size: given by K and the counts
     labels = [", ".join(f"{c}={label_value(table[c][i])}" for c in varying) or "run"
               for i in range(n_rows)]
     if varying == ["loss"]:
