@@ -140,3 +140,17 @@ def test_the_subtitle_names_the_shared_settings():
              "bias": np.array([False, False]), "lam_W": np.array([5e-4] * 2),
              "lam_b": np.array([0.0] * 2), "tau": np.array([0.1, 0.1])}
     assert plots.settings_line(table) == "K=10, d=32, n=50, sphere, τ=0.1, 2 seeds"
+
+
+def test_panels_leave_out_columns_the_others_determine():
+    """Multi-label grids: the label sets follow from K and the counts; a panel title or legend
+    that spells them out squeezed the axes to nothing."""
+    table = {"row": np.arange(4), "num_classes": np.array([3, 3, 5, 5]),
+             "label_sets": np.array(["0 1 2 0+1 0+2 1+2"] * 2 + ["0 1 2 3 4 0+1 0+2"] * 2,
+                                    dtype=object),
+             "set_counts": np.array(["20 20 20 20 20 20", "20 20 20 4 4 4",
+                                     "20 20 20 20 20 20 20", "20 20 20 20 20 4 4"],
+                                    dtype=object)}
+    labels, varying = __import__("ufm").tables.series_labels(table)
+    assert varying == ["num_classes", "set_counts"]
+    assert labels[1] == "num_classes=3, set_counts=20x3 4x3"

@@ -40,6 +40,10 @@ class Kind(NamedTuple):
                 configuration is the folder's; raise ResultsFolderError (saying what changed)
                 when the new experiment does not extend the old. None: a folder of another
                 configuration is refused.
+    quick       {section: {key: value}}: the settings `ufm run FILE --quick` merges into any
+                file of this kind (few steps, one seed, few starts, two epochs), before the
+                file's own [quick.<section>] tables: a smoke run of every shipped experiment
+                in minutes (CI's stage `.ci/experiments`).
     """
 
     name: str

@@ -11,12 +11,20 @@ figures), NaN or zero metrics on log axes, an axis with one value, one row, a mi
 from __future__ import annotations
 
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
 
 from ufm import results
-from ufm.tables import CONFIG_COLUMNS, all_balanced, cross_loss_spread, label_value, series_labels
+from ufm.tables import (
+    CONFIG_COLUMNS,
+    all_balanced,
+    cross_loss_spread,
+    determined_by,
+    label_value,
+    series_labels,
+)
 
 # (history key, axis label, y scale: "log", "linear" or "fraction" (symmetric-log near 0, for
 # a share of samples that is often exactly 0))
@@ -251,6 +259,12 @@ def plot_grid(directory, table, metrics=None, x=None, y=None) -> list[Path]:
     others = [c for c in CONFIG_COLUMNS if c in table and c not in (x, y)
               and len(set(map(str, table[c]))) > 1 and (c not in axes or independent(c))
               and not (c == "class_counts" and all_balanced(table))]
+    # A column the others (and the axes) determine (the label sets, given K and the counts)
+    # tells no panel apart.
+    shown = [a for a in (x, y) if a is not None]
+    for c in list(others):  # one at a time: of two that determine each other, one stays
+        if determined_by(table, c, shown + [o for o in others if o != c]):
+            others.remove(c)
     n_rows = len(table["row"])
     panel_of = [", ".join(f"{c}={label_value(table[c][i])}" for c in others) or "all"
                 for i in range(n_rows)]
@@ -326,11 +340,17 @@ def _grid_lines(path, table, metric, x, panels, panel_of) -> Path:
         mid, lo, hi = (np.array([s[j][0] for s in stats]) for j in range(3))
         (line,) = ax.plot(xs, mid, "o-", label=panel)
         ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.2, lw=0)
-    ax.set_xscale("log" if min(np.asarray(table[x], float)) > 0 else "linear")
+    values = sorted(set(np.asarray(table[x], float)))
+    ax.set_xscale("log" if min(values) > 0 else "linear")
+    if len(values) <= 12:  # the grid's own values as ticks, not powers of ten
+        from matplotlib.ticker import NullLocator
+
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xticks(values, [f"{v:.3g}" for v in values])
     _set_scale(ax, "log")
     ax.set_xlabel(x)
     ax.set_ylabel(f"final {metric} (median, min-max over seeds)")
-    ax.set_title(settings_line(table), fontsize=7)
+    ax.set_title(textwrap.fill(settings_line(table), 80), fontsize=7)
     figure_legend(fig, ax)
     return _save(fig, path)
 

@@ -38,7 +38,7 @@ def label_value(value) -> str:
     return str(value)
 
 
-def _determined(table: dict, column: str, by: list[str]) -> bool:
+def determined_by(table: dict, column: str, by: list[str]) -> bool:
     """Whether `column` is a function of the columns `by` across the table's rows."""
     keys = lambda cols: {tuple(str(table[c][i]) for c in cols) for i in range(len(table["row"]))}
     return bool(by) and len(keys(by)) == len(keys(by + [column]))
@@ -76,7 +76,7 @@ def series_labels(table: dict) -> tuple[list[str], list[str]]:
     varying = [c for c in candidates if len({str(v) for v in table[c]}) > 1]
     if "class_counts" in varying and all_balanced(table):
         varying.remove("class_counts")  # n_per_class and num_classes already tell them apart
-    if "label_sets" in varying and _determined(table, "label_sets",
+    if "label_sets" in varying and determined_by(table, "label_sets",
                                                [c for c in varying if c != "label_sets"]):
         varying.remove("label_sets")  # every set of each size: given by K and the counts
     labels = [", ".join(f"{c}={label_value(table[c][i])}" for c in varying) or "run"
