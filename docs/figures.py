@@ -38,7 +38,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 import ufm  # noqa: E402
-from ufm import host_metrics, landscape, oracle, points, theory  # noqa: E402
+from ufm import host_metrics, landscape, oracle, plots, points, theory  # noqa: E402
 
 DPI = 80  # small files: the README shows them at about 700 px wide
 COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -75,6 +75,9 @@ def default_run(out: Path, quick: bool, folder: Path | None = None) -> Path:
     table, history = ufm.load_results(folder)
     losses = list(dict.fromkeys(table["loss"]))
     it = history["iteration"]
+    # each run drawn to its last real step (a converged run is frozen there)
+    keep = plots.run_ends({"row": np.asarray(table["row"]), "steps": np.asarray(table["steps"])},
+                          it.size, it)
     fig, axes = plt.subplots(1, 4, figsize=(13, 3.1), layout="constrained")
     panels = (("nc1", "NC1 (within-class variability)"), ("nc2_W", "NC2: classifiers vs ETF"),
               ("nc3", "NC3: classifiers vs class means"),
@@ -82,7 +85,7 @@ def default_run(out: Path, quick: bool, folder: Path | None = None) -> Path:
     for ax, (key, title) in zip(axes, panels):
         for color, loss in zip(COLORS, losses):
             rows = np.flatnonzero(np.asarray(table["loss"] == loss))
-            _bands(ax, it, history[key][rows], loss, color,
+            _bands(ax, it, np.where(keep[rows], history[key][rows], np.nan), loss, color,
                    floor=1e-8 if key == "rel_gap" else 1e-16)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("gradient-descent step")
