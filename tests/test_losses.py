@@ -85,3 +85,23 @@ def test_closed_form_logit_gradients_equal_autodiff(x64, name, multi_hot):
         expected = jax.grad(lambda z: jnp.sum(loss(z, jnp.asarray(Y), hyper)))(jnp.asarray(Z))
         np.testing.assert_allclose(grad(jnp.asarray(Z), jnp.asarray(Y), hyper), expected,
                                    rtol=1e-13, atol=1e-15)
+
+
+def test_small_losses_keep_their_relative_precision():
+    """At tau = 0.03 and margin 1 (logits ~33) CE is ~3.5e-15: log softmax and p_y - 1 in
+    their usual forms round to exactly 0 in float32 (p_y rounds to 1); the log1p forms keep
+    it to relative precision, and the accurate gradient equals jax.grad of the loss."""
+    Z = jnp.array([[33.3, 0.0], [0.0, 33.3]], jnp.float32)
+    Y = jnp.eye(2, dtype=jnp.float32)
+    expected = np.exp(-33.3)
+    np.testing.assert_allclose(losses.cross_entropy(Z, Y), expected, rtol=1e-5)
+    assert float(-jax.nn.log_softmax(Z, axis=0)[0, 0]) == 0.0  # what the usual form gives
+    accurate = losses.accurate_cross_entropy_grad(Z, Y)
+    np.testing.assert_allclose(accurate, [[-expected, expected], [expected, -expected]],
+                               rtol=1e-5)
+    assert float(losses.cross_entropy_grad(Z, Y)[0, 0]) == 0.0  # the plain form's cancellation
+    Zr = jax.random.normal(jax.random.key(1), (5, 7)) * 3
+    Yr = jax.nn.one_hot(jnp.arange(7) % 5, 5, axis=0)
+    np.testing.assert_allclose(
+        losses.accurate_cross_entropy_grad(Zr, Yr),
+        jax.grad(lambda z: jnp.sum(losses.cross_entropy(z, Yr)))(Zr), rtol=1e-5, atol=1e-7)

@@ -69,6 +69,15 @@ def trained(problem: Problem, params: Params) -> Params:
                   params.b if problem.bias else None)
 
 
+def logit_gradient_fn(problem: Problem):
+    """The loss's closed-form logit gradient; without penalties on W and H (the sphere, the
+    norm balls), where the loss falls like exp(-margin / tau), the form accurate there
+    (`ufm.losses.ACCURATE_LOGIT_GRADIENTS`)."""
+    if problem.geometry != "wd" and problem.loss in _losses.ACCURATE_LOGIT_GRADIENTS:
+        return _losses.ACCURATE_LOGIT_GRADIENTS[problem.loss]
+    return _losses.LOGIT_GRADIENTS[problem.loss]
+
+
 def gradient(problem: Problem, hyper: Hyper, params: Params, Y, *, with_value: bool = False):
     """(objective or None, gradient of the trained leaves): Euclidean for weight decay,
     Riemannian (tangent-projected) on the sphere. `Y` from `targets`."""
@@ -78,7 +87,7 @@ def gradient(problem: Problem, hyper: Hyper, params: Params, Y, *, with_value: b
         Z = Z + b[:, None]
     S = Z / hyper.tau
     # The reference's order: the mean's cotangent 1/N, then the temperature's 1/tau.
-    G = _losses.LOGIT_GRADIENTS[problem.loss](S, Y, hyper) * (1.0 / problem.num_samples) / hyper.tau
+    G = logit_gradient_fn(problem)(S, Y, hyper) * (1.0 / problem.num_samples) / hyper.tau
     wd = problem.geometry == "wd"
     grad_W = grad_b = None
     if problem.classifier == "learned":
