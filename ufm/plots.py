@@ -238,7 +238,8 @@ def _diverged(table: dict) -> np.ndarray:
 def _final(table, metric, rows):
     """A metric's final values on `rows`, without the runs that diverged (their metrics are
     those of the last finite point before the blow-up, not of a result)."""
-    rows = [i for i in rows if not _diverged(table)[i]]
+    diverged = _diverged(table)
+    rows = [i for i in rows if not diverged[i]]
     values = results.float_column(table, metric)[rows]
     return np.abs(values) if metric == "rel_gap" else values
 
