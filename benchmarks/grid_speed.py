@@ -15,10 +15,21 @@ compilation and warm-up are excluded):
                  up to 4 configurations: its rate does not depend on how many follow)
   torch-bmm      PyTorch, every configuration batched along a leading axis (`baddbmm`, one
                  cross entropy over the batch), autograd, one SGD over the stacked tensors
-  torch-compile  torch-bmm with its loss under `torch.compile` (accelerators only)
+  torch-compile  torch-bmm with its loss under `torch.compile` (inductor: C++ on a CPU, Triton
+                 on a GPU)
+  jax-hand       the 15 lines of JAX a user would write instead of ufm:
+                 `jit(vmap(lambda p, lam: fori_loop(0, steps, gd_step, p)))`, `jax.grad` of
+                 optax's integer-label cross entropy plus the penalties, every configuration
+                 in one vmap
+  jax-hand-mom   the same with `optax.sgd(lr, momentum=0.9)` updates (momentum's peer; not
+                 compared with ufm's GD rate)
 
-ufm runs with its default logging (every NC metric of every configuration every 100 steps and
-at the start), which the peers do not do: its numbers include that work.
+ufm is timed twice: `ufm` with the runner's default logging (every NC metric of every
+configuration every 100 steps and at the start), and `ufm-ends` with metrics at the start and
+the end only (`log_every = steps`), the same work as the peers. The fixed cost of one
+`solve_batch` call (start, records, host copies) is reported on its own: the difference of
+two ends-only runs of `steps` and `steps // 10` steps gives the per-step time; the rest is
+fixed.
 
 The roofline, per configuration-step: FLOPs 6 K d N (Z = W H, G H^T and W^T G; the elementwise
 work is O(K N)); bytes 2 d N x 4 (one read and one write of H: the floor of a one-pass step,
@@ -65,7 +76,8 @@ def _lam_H(n_configs):
 
 # ---- ufm -------------------------------------------------------------------------------------
 
-def ufm_arm(K, d, n, steps, n_configs, fast=True, kernel="xla", geometry="wd"):
+def ufm_arm(K, d, n, steps, n_configs, fast=True, kernel="xla", geometry="wd",
+            log_every=LOG_EVERY):
     """A timed run of the grid runner (compiled and warmed up first); returns a callable that
     runs the whole grid once and gives its seconds, plus the runner's (width, chunk)."""
     prob = ufm.Problem(num_classes=K, feature_dim=d, n_per_class=n, geometry=geometry)
@@ -75,7 +87,7 @@ def ufm_arm(K, d, n, steps, n_configs, fast=True, kernel="xla", geometry="wd"):
                        lam_b=np.full(n_configs, LAM), lr=np.full(n_configs, LR),
                        # on the sphere a temperature sweep; CE at tau = 1 like the peers else
                        tau=np.geomspace(0.1, 1.0, n_configs) if geometry == "sphere" else 1.0)
-    kwargs = dict(steps=steps, log_every=min(LOG_EVERY, steps), tol=0.0, progress=False,
+    kwargs = dict(steps=steps, log_every=min(log_every, steps), tol=0.0, progress=False,
                   width=width, fast=fast, kernel=kernel)
 
     def chunk(lo):  # padded to the chunk size like the runner's last chunk: no recompilation
@@ -90,6 +102,58 @@ def ufm_arm(K, d, n, steps, n_configs, fast=True, kernel="xla", geometry="wd"):
                    for lo in range(0, n_configs, size))
 
     return run, width, size
+
+
+def ufm_fixed_cost(K, d, n, steps, n_configs):
+    """(seconds of fixed cost per `solve_batch` call, seconds per configuration-step) from two
+    ends-only runs of `steps` and `max(1, steps // 10)` steps (median of 3 each)."""
+    short = max(1, steps // 10)
+    times = {}
+    for s in (steps, short):
+        run, _, _ = ufm_arm(K, d, n, s, n_configs, log_every=s)
+        times[s] = statistics.median(run() for _ in range(3))
+    per_step = (times[steps] - times[short]) / (steps - short) if steps > short else 0.0
+    return max(0.0, times[short] - short * per_step), per_step / n_configs
+
+
+# ---- hand-written JAX ------------------------------------------------------------------------
+
+def jax_hand_arm(K, d, n, n_configs, momentum=False):
+    """The loop a JAX user writes in a quarter of an hour: `run(steps) -> seconds` (compiled
+    per step count, compilation excluded)."""
+    import optax
+
+    N = K * n
+    labels = jnp.repeat(jnp.arange(K), n)
+    tx = optax.sgd(LR, momentum=0.9) if momentum else optax.sgd(LR)
+
+    def objective(p, lam_H):
+        W, H, b = p
+        Z = W @ H + b[:, None]
+        ce = optax.softmax_cross_entropy_with_integer_labels(Z.T, labels).mean()
+        return ce + LAM / 2 * jnp.sum(W**2) + lam_H / 2 * jnp.sum(H**2) + LAM / 2 * jnp.sum(b**2)
+
+    def run_all(p, lam_H, steps):  # steps traced: one compilation serves every count
+        def step(_, carry):
+            p, state = carry
+            updates, state = tx.update(jax.grad(objective)(p, lam_H), state, p)
+            return optax.apply_updates(p, updates), state
+
+        return jax.lax.fori_loop(0, steps, step, (p, tx.init(p)))[0]
+
+    program = jax.jit(jax.vmap(run_all, in_axes=(0, 0, None)))
+    key = jax.random.key(0)
+    p = (jax.random.normal(key, (n_configs, K, d)) / d**0.5,
+         jax.random.normal(key, (n_configs, d, N)) / d**0.5, jnp.zeros((n_configs, K)))
+    lam = jnp.asarray(_lam_H(n_configs), jnp.float32)
+    jax.block_until_ready(program(p, lam, 1))
+
+    def run(steps):
+        t0 = time.perf_counter()
+        jax.block_until_ready(program(p, lam, steps))
+        return time.perf_counter() - t0
+
+    return run, n_configs
 
 
 # ---- PyTorch ---------------------------------------------------------------------------------
@@ -257,6 +321,9 @@ def main():
             arms = {}
             run, width, size = ufm_arm(K, d, n, steps, n_configs, geometry=geometry)
             arms["ufm"] = (lambda run=run: n_configs * steps / run())
+            ends_run, _, _ = ufm_arm(K, d, n, steps, n_configs, geometry=geometry,
+                                     log_every=steps)
+            arms["ufm-ends"] = (lambda run=ends_run: n_configs * steps / run())
             if args.reference:
                 ref_run, _, _ = ufm_arm(K, d, n, steps, n_configs, fast=False, geometry=geometry)
                 arms["ufm-ref"] = (lambda ref_run=ref_run: n_configs * steps / ref_run())
@@ -268,10 +335,15 @@ def main():
                     print(f"  ufm-pallas skipped: {type(error).__name__}: {str(error)[:300]}")
             if torch is not None:
                 peers = [("torch-loop", torch_loop_arm(torch, device, K, d, n, n_configs)),
-                         ("torch-bmm", torch_batched_arm(torch, device, K, d, n, n_configs))]
-                if device.type == "cuda":
-                    peers.append(("torch-compile", torch_batched_arm(torch, device, K, d, n,
-                                                                     n_configs, compiled=True)))
+                         ("torch-bmm", torch_batched_arm(torch, device, K, d, n, n_configs)),
+                         ("torch-compile", torch_batched_arm(torch, device, K, d, n,
+                                                             n_configs, compiled=True))]
+            else:
+                peers = []
+            if not args.sphere:
+                peers += [("jax-hand", jax_hand_arm(K, d, n, n_configs)),
+                          ("jax-hand-mom", jax_hand_arm(K, d, n, n_configs, momentum=True))]
+            if peers:
                 for name, (peer, count) in peers:
                     peer_steps = _sized(peer, steps)
                     arms[name] = (lambda peer=peer, count=count, s=peer_steps:
@@ -286,12 +358,17 @@ def main():
             mm = matmul_seconds(K, d, N, min(width, 1024 if accelerator else 64))
             flop_floor, byte_floor = mm, 2 * d * N * 4 / bandwidth
             binding = "matmul" if flop_floor >= byte_floor else "bandwidth"
-            peers = {k: v for k, v in rate.items() if k.startswith("torch")}
+            # GD peers only (the momentum arm is another algorithm)
+            peers = {k: v for k, v in rate.items()
+                     if k.startswith("torch") or k == "jax-hand"}
             best_peer = max(peers, key=peers.get) if peers else None
+            fixed, per_step = ufm_fixed_cost(K, d, n, steps, n_configs)
             rows.append(dict(
                 size=(K, d, n), configs=n_configs, width=width, chunk=size, steps=steps,
                 rates=rate, best_peer=best_peer,
                 ratio=rate["ufm"] / peers[best_peer] if best_peer else None,
+                ratio_ends=rate["ufm-ends"] / peers[best_peer] if best_peer else None,
+                fixed=fixed, per_step=per_step,
                 gflops=6 * K * d * N * rate["ufm"] / 1e9,
                 matmul_gflops=6 * K * d * N / mm / 1e9, bandwidth=bandwidth / 1e9,
                 of_matmul=flop_floor * rate["ufm"], of_bandwidth=byte_floor * rate["ufm"],
@@ -317,7 +394,12 @@ def _print_row(row, arm_names):
           f"chunk {row['chunk']}, {row['steps']} ufm steps)")
     print("  " + "  ".join(f"{name}: {rate[name]:,.0f}" for name in arm_names))
     if row["best_peer"]:
-        print(f"  ufm / best peer ({row['best_peer']}): {row['ratio']:.2f}x")
+        print(f"  ufm / best GD peer ({row['best_peer']}): {row['ratio']:.2f}x default logging, "
+              f"{row['ratio_ends']:.2f}x ends only")
+    steps_worth = row["fixed"] / max(row["per_step"] * row["configs"], 1e-12)
+    print(f"  fixed cost of a solve_batch call: {row['fixed']:.3f} s "
+          f"(= {steps_worth:.1f} steps of the whole batch); default logging costs "
+          f"{rate['ufm-ends'] / rate['ufm'] - 1:+.1%} against ends only")
     print(f"  ufm {row['gflops']:.1f} GFLOP/s = {row['of_matmul']:.0%} of the matmul rate "
           f"({row['matmul_gflops']:.1f} GFLOP/s); {row['of_bandwidth']:.0%} of the bandwidth "
           f"floor ({row['bandwidth']:.1f} GB/s); binding: {row['binding']}, "

@@ -89,10 +89,55 @@ def _gram_to_etf(A, B):
     return jnp.sqrt(jnp.sum(_map_rows(rows, K, K)))
 
 
-def _class_statistics(H, labels, K, global_mean, max_rank=None):
+def gram_pinv(C):
+    """The pseudo-inverse of a symmetric positive semidefinite C (..., K, K) by matmuls only
+    (no LAPACK or cuSOLVER call, so it vectorizes on a GPU): the Newton-Schulz iteration
+
+        X_{k+1} = X_k (2 I - C X_k),    X_0 = C / ||C||_F^2,
+
+    which keeps X in the range of C (its null space, e.g. the class means' 1, stays null) and
+    sends every eigenvalue lambda of C X to 1 quadratically once lambda X_0 is not small
+    (Ben-Israel & Greville 2003, sec. 7.7). It runs until an iterate moves by less than
+    sqrt(eps) of its size (at most MAX_NEWTON_SCHULZ), then polishes twice. Eigenvalues below
+    about 2^-(iterations / 2) of the largest (a condition number of M beyond ~10^7 in float64)
+    are left partly uninverted: a soft truncation where the SVD form cuts at eps."""
+    dtype = C.dtype
+    scale = jnp.sum(C * C)
+    X = C / jnp.where(scale > 0, scale, 1.0)
+    eye = jnp.eye(C.shape[-1], dtype=dtype)
+    tol = jnp.sqrt(jnp.finfo(dtype).eps)
+
+    def step(X):
+        return X @ (2.0 * eye - C @ X)
+
+    def going(carry):
+        k, _, moved = carry
+        return (k < MAX_NEWTON_SCHULZ) & moved
+
+    def body(carry):
+        k, X, _ = carry
+        new = step(X)
+        size = jnp.max(jnp.abs(new))
+        return k + 1, new, jnp.max(jnp.abs(new - X)) > tol * size
+
+    _, X, _ = jax.lax.while_loop(going, body, (jnp.zeros((), jnp.int32), X, jnp.array(True)))
+    return step(step(X))
+
+
+# Newton-Schulz iterations at most: ~2 log2(condition number of M) + log2(K) are needed.
+MAX_NEWTON_SCHULZ = 100
+
+
+def _class_statistics(H, labels, K, global_mean, max_rank=None, gram=False):
     """Counts, class means, M, within-class deviations and NC1 (Papyan's
     tr(Sigma_W Sigma_B^+)) of features H (d, N); Sigma_B^+ at rank K-1 (or `max_rank`).
-    Class sums are segment sums over the labels (no K x N one-hot)."""
+    Class sums are segment sums over the labels (no K x N one-hot).
+
+    `gram`: the matmul-only form the run's records program uses (no SVD: batched SVDs of
+    small matrices are slow on GPUs). With C = M^T M (K x K) and P = M^T (H - mu_Y),
+    tr(Sigma_W Sigma_B^+) = (K/N) ||C^+ P||_F^2 (M = U S V^T: U_j^T w = V_j^T M^T w / S_j),
+    C^+ by `gram_pinv`; the rank is min(K-1, d) through the null space of C itself (class
+    means as the global mean; not for `max_rank` or the sample mean, which keep the SVD)."""
     d, N = H.shape
     dtype = H.dtype
     counts = jax.ops.segment_sum(jnp.ones((N,), dtype), labels, K)  # (K,)
@@ -100,6 +145,13 @@ def _class_statistics(H, labels, K, global_mean, max_rank=None):
     mu_G = jnp.mean(means, axis=1) if global_mean == "class_means" else jnp.mean(H, axis=1)
     M = means - mu_G[:, None]  # (d, K)
     within = H - means[:, labels]  # (d, N): h_i - mu_{y_i}
+    nan = jnp.asarray(jnp.nan, dtype)
+    if gram and max_rank is None and global_mean == "class_means":
+        C = M.T @ M
+        defined = jnp.trace(C) > 0
+        projected = gram_pinv(C) @ (M.T @ within)  # (K, N)
+        nc1_papyan = jnp.where(defined, (K / N) * jnp.sum(projected**2), nan)
+        return counts, means, M, within, defined, nan, nc1_papyan
 
     # NC1 through the SVD of M, truncated at rank min(K-1, d) and at round-off.
     U, S, _ = jnp.linalg.svd(M, full_matrices=False)
@@ -109,7 +161,6 @@ def _class_statistics(H, labels, K, global_mean, max_rank=None):
     inv_sq = jnp.where(keep, 1.0 / jnp.where(keep, S, 1.0) ** 2, 0.0)
     projected_sq = jnp.sum((U.T @ within) ** 2, axis=1)  # (r,)
     defined = S[0] > 0
-    nan = jnp.asarray(jnp.nan, dtype)
     nc1_papyan = jnp.where(defined, (K / N) * jnp.sum(inv_sq * projected_sq), nan)
     return counts, means, M, within, defined, nan, nc1_papyan
 
@@ -125,12 +176,12 @@ def nc1(H, labels, num_classes: int, *, global_mean: str = "class_means"):
     )
 
 
-def _nc_metrics(W, H, labels, b, global_mean):
+def _nc_metrics(W, H, labels, b, global_mean, gram=False):
     K, d = W.shape
     N = H.shape[1]
     dtype = H.dtype
-    counts, means, M, within, defined, nan, nc1_papyan = _class_statistics(H, labels, K,
-                                                                          global_mean)
+    counts, means, M, within, defined, nan, nc1_papyan = _class_statistics(
+        H, labels, K, global_mean, gram=gram)
     trace_W = jnp.sum(within**2) / N
     trace_B = jnp.sum(M**2) / K
     nc1_trace = jnp.where(defined, trace_W / jnp.where(defined, trace_B, 1.0), nan)
@@ -184,7 +235,15 @@ METRIC_NAMES = (
 )
 
 
-_nc_metrics_jit = jax.jit(_nc_metrics, static_argnames="global_mean")
+_nc_metrics_jit = jax.jit(_nc_metrics, static_argnames=("global_mean", "gram"))
+
+
+def run_metrics(W, H, labels, b=None) -> dict:
+    """`nc_metrics` as a run's records program computes them (inside jit/vmap): the same
+    definitions with NC1's Sigma_B^+ by matmuls (`_class_statistics(gram=True)`), so that the
+    compiled program holds no decomposition (no LAPACK call on a CPU, no cuSOLVER call on a
+    GPU). Equal to `nc_metrics` to round-off wherever M's condition number is below ~1e7."""
+    return _nc_metrics(W, H, labels, b, "class_means", gram=True)
 
 
 def check_inputs(W, H, labels, b=None) -> None:

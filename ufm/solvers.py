@@ -39,6 +39,7 @@ from ufm.problem import (
     init_traced,
     mean_loss,
     objective,
+    penalty,
     representations,
     validate_hyper,
 )
@@ -247,10 +248,11 @@ def _record(problem: Problem, solver: str, hyper: Hyper, variables: Params, grad
     optimizer's `variables` there, the gradient norm and the stationarity at the last step's
     start (at the temperature stepped at, while tau is annealed)."""
     point = point_of(problem, solver, variables)
-    value = objective(problem, hyper, point)
+    loss = mean_loss(problem, hyper, point)  # once: `objective` is loss + penalty
+    value = loss + penalty(problem, hyper, point)
     record = {
         "objective": value,
-        "loss": mean_loss(problem, hyper, point),
+        "loss": loss,
         "grad_norm": grad_norm,
         "stationarity": stat,
         "gap": value - f_star,
@@ -263,7 +265,7 @@ def _record(problem: Problem, solver: str, hyper: Hyper, variables: Params, grad
         record.update(metrics.multilabel_metrics(point.W, reps[-1], problem.sample_sets,
                                                 problem.label_sets, b))
     else:
-        record.update(metrics.nc_metrics(point.W, reps[-1], jnp.asarray(problem.labels), b))
+        record.update(metrics.run_metrics(point.W, reps[-1], jnp.asarray(problem.labels), b))
     if problem.depth > 1:  # layer-wise NC1: the free features (layer 0) up to the last layer
         sets = problem.sample_sets
         for layer, X in enumerate(reps):
