@@ -12,5 +12,5 @@ export PYTHONPATH=$PWD
 python -c "import jax, optax, flax; print('jax', jax.__version__, 'flax', flax.__version__, jax.devices())"
 timeout ${KERNEL_SECONDS:-120} python benchmarks/kernel_check.py 2>&1 | tee "$OUT/kernel_gpu.txt"
 timeout ${GRID_SECONDS:-360} python benchmarks/grid_speed.py --grids 1024 --reps 2 \
-  --steps-scale 2 "$@" 2>&1 | tee "$OUT/grid_speed_gpu.txt"
+  --steps-scale 1 "$@" 2>&1 | tee "$OUT/grid_speed_gpu.txt"
 timeout ${RESNET_SECONDS:-90} python benchmarks/resnet_throughput.py 2>&1 | tee "$OUT/resnet_gpu.txt"

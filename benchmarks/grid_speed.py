@@ -104,13 +104,13 @@ def ufm_arm(K, d, n, steps, n_configs, fast=True, kernel="xla", geometry="wd",
     return run, width, size
 
 
-def ufm_fixed_cost(K, d, n, steps, n_configs):
+def ufm_fixed_cost(K, d, n, steps, n_configs, geometry="wd"):
     """(seconds of fixed cost per `solve_batch` call, seconds per configuration-step) from two
     ends-only runs of `steps` and `max(1, steps // 10)` steps (median of 3 each)."""
     short = max(1, steps // 10)
     times = {}
     for s in (steps, short):
-        run, _, _ = ufm_arm(K, d, n, s, n_configs, log_every=s)
+        run, _, _ = ufm_arm(K, d, n, s, n_configs, geometry=geometry, log_every=s)
         times[s] = statistics.median(run() for _ in range(3))
     per_step = (times[steps] - times[short]) / (steps - short) if steps > short else 0.0
     return max(0.0, times[short] - short * per_step), per_step / n_configs
@@ -362,7 +362,7 @@ def main():
             peers = {k: v for k, v in rate.items()
                      if k.startswith("torch") or k == "jax-hand"}
             best_peer = max(peers, key=peers.get) if peers else None
-            fixed, per_step = ufm_fixed_cost(K, d, n, steps, n_configs)
+            fixed, per_step = ufm_fixed_cost(K, d, n, steps, n_configs, geometry)
             rows.append(dict(
                 size=(K, d, n), configs=n_configs, width=width, chunk=size, steps=steps,
                 rates=rate, best_peer=best_peer,
