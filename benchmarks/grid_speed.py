@@ -104,23 +104,24 @@ def ufm_arm(K, d, n, steps, n_configs, fast=True, kernel="xla", geometry="wd",
     return run, width, size
 
 
-def ufm_fixed_cost(K, d, n, steps, n_configs, geometry="wd"):
-    """(seconds of fixed cost per `solve_batch` call, seconds per configuration-step) from two
-    ends-only runs of `steps` and `max(1, steps // 10)` steps (median of 3 each)."""
+def ufm_fixed_cost(K, d, n, steps, n_configs, seconds, geometry="wd"):
+    """(seconds of fixed cost per `solve_batch` call, seconds per configuration-step) from the
+    ends-only run of `steps` steps (`seconds`, measured by the `ufm-ends` arm) and one of
+    `max(1, steps // 10)` steps (median of 3)."""
     short = max(1, steps // 10)
-    times = {}
-    for s in (steps, short):
-        run, _, _ = ufm_arm(K, d, n, s, n_configs, geometry=geometry, log_every=s)
-        times[s] = statistics.median(run() for _ in range(3))
-    per_step = (times[steps] - times[short]) / (steps - short) if steps > short else 0.0
-    return max(0.0, times[short] - short * per_step), per_step / n_configs
+    if short == steps:
+        return 0.0, seconds / (steps * n_configs)
+    run, _, _ = ufm_arm(K, d, n, short, n_configs, geometry=geometry, log_every=short)
+    short_seconds = statistics.median(run() for _ in range(3))
+    per_step = (seconds - short_seconds) / (steps - short)
+    return max(0.0, short_seconds - short * per_step), per_step / n_configs
 
 
 # ---- hand-written JAX ------------------------------------------------------------------------
 
 def jax_hand_arm(K, d, n, n_configs, momentum=False):
-    """The loop a JAX user writes in a quarter of an hour: `run(steps) -> seconds` (compiled
-    per step count, compilation excluded)."""
+    """The loop a JAX user writes in a quarter of an hour: `run(steps) -> seconds` (one
+    compilation for every step count, excluded from the time)."""
     import optax
 
     N = K * n
@@ -343,11 +344,9 @@ def main():
             if not args.sphere:
                 peers += [("jax-hand", jax_hand_arm(K, d, n, n_configs)),
                           ("jax-hand-mom", jax_hand_arm(K, d, n, n_configs, momentum=True))]
-            if peers:
-                for name, (peer, count) in peers:
-                    peer_steps = _sized(peer, steps)
-                    arms[name] = (lambda peer=peer, count=count, s=peer_steps:
-                                  count * s / peer(s))
+            for name, (peer, count) in peers:
+                peer_steps = _sized(peer, steps)
+                arms[name] = (lambda peer=peer, count=count, s=peer_steps: count * s / peer(s))
             rates = {name: [] for name in arms}
             for _ in range(args.reps):
                 for name, arm in arms.items():
@@ -362,7 +361,8 @@ def main():
             peers = {k: v for k, v in rate.items()
                      if k.startswith("torch") or k == "jax-hand"}
             best_peer = max(peers, key=peers.get) if peers else None
-            fixed, per_step = ufm_fixed_cost(K, d, n, steps, n_configs, geometry)
+            fixed, per_step = ufm_fixed_cost(K, d, n, steps, n_configs,
+                                             n_configs * steps / rate["ufm-ends"], geometry)
             rows.append(dict(
                 size=(K, d, n), configs=n_configs, width=width, chunk=size, steps=steps,
                 rates=rate, best_peer=best_peer,

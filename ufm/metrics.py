@@ -90,7 +90,7 @@ def _gram_to_etf(A, B):
 
 
 def gram_pinv(C):
-    """The pseudo-inverse of a symmetric positive semidefinite C (..., K, K) by matmuls only
+    """The pseudo-inverse of a symmetric positive semidefinite C (K, K) by matmuls only
     (no LAPACK or cuSOLVER call, so it vectorizes on a GPU): the Newton-Schulz iteration
 
         X_{k+1} = X_k (2 I - C X_k),    X_0 = C / ||C||_F^2,
