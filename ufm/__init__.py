@@ -28,6 +28,7 @@ SUBMODULES = (
     "kind",
     "kinds",
     "landscape",
+    "lbfgs",
     "losses",
     "manifolds",
     "metrics",

@@ -1,7 +1,8 @@
 """Full-batch solvers for the UFM and the one entry point `solve`.
 
-Solvers (optax): "gd", "momentum" (heavy ball), "nesterov", "adam", "lbfgs" (zoom line search;
-`Hyper.lr` is not used). On the sphere the first-order solvers are Riemannian: the gradient is
+Solvers (optax): "gd", "momentum" (heavy ball), "nesterov", "adam", "lbfgs" (`ufm.lbfgs`:
+optax's L-BFGS with its zoom line search and a preconditioner that vmaps; `Hyper.lr` is not
+used). On the sphere the first-order solvers are Riemannian: the gradient is
 projected to the tangent space, the optimizer's update is projected again (Adam's per-coordinate
 scaling leaves the tangent space) and the step is retracted by normalization. L-BFGS on the
 sphere minimizes the pullback f(normalize(V)) over unconstrained V, whose Euclidean gradient is
@@ -30,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ufm import fused, kernels, manifolds, metrics, runner, theory
+from ufm import fused, kernels, lbfgs, manifolds, metrics, runner, theory
 from ufm.problem import (
     BALL_GEOMETRIES,
     Hyper,
@@ -66,6 +67,8 @@ HISTORY_KEYS = ("objective", "loss", "grad_norm", "stationarity", "gap",
                 "rel_gap") + metrics.METRIC_NAMES
 # Steps between convergence / divergence checks on the fast path (`_fast_block`).
 CHECK_EVERY = 25
+# The reference path's steps between two tests of whether a run goes on (`_run_logs`).
+REFERENCE_STEPS_PER_TEST = 10
 
 
 def stationarity(problem: Problem, hyper: Hyper, value, grad_norm):
@@ -147,7 +150,7 @@ def _optimizer(solver: str, hyper: Hyper) -> optax.GradientTransformation:
     if solver == "adam":
         return optax.adam(hyper.lr, b1=hyper.beta1, b2=hyper.beta2)
     if solver == "lbfgs":
-        return optax.lbfgs()
+        return lbfgs.lbfgs()  # optax.lbfgs() with a preconditioner that vmaps (`ufm.lbfgs`)
     raise ValueError(f"solver={solver!r} is not allowed: one of {list(SOLVERS)}")
 
 
@@ -201,15 +204,14 @@ def _make_step(
         else:
             grad = manifolds.riemannian_grad(problem, variables, grad, hyper)
             grad_norm = optax.tree.norm(grad)
+        running = state.status == RUNNING
+        active = running & (state.step < max_steps)
         if solver == "lbfgs":
-            updates, opt_state = tx.update(
-                grad, state.opt_state, variables, value=value, grad=grad, value_fn=value_fn
-            )
+            updates, opt_state = tx.update(grad, state.opt_state, variables, value=value,
+                                           grad=grad, value_fn=value_fn, moving=active)
         else:
             updates, opt_state = tx.update(grad, state.opt_state, variables)
             updates = manifolds.project(problem, variables, updates)
-        running = state.status == RUNNING
-        active = running & (state.step < max_steps)
         stat = stationarity(problem, hyper, value, grad_norm)
         converged = active & (stat <= tol)
         # Finiteness from scalars only: the value, the gradient norm and the update's norm (a
@@ -231,7 +233,8 @@ def _make_step(
         status = jnp.where(converged, CONVERGED, jnp.where(diverged, DIVERGED, state.status))
         return RunState(
             variables=moved,
-            opt_state=jax.tree.map(lambda a, b: jnp.where(move, a, b), opt_state, state.opt_state),
+            # L-BFGS's memory is not selected over (`lbfgs.freeze`): a point not left adds no pair.
+            opt_state=lbfgs.freeze(move, opt_state, state.opt_state),
             step=state.step + move.astype(jnp.int32),
             status=status.astype(jnp.int32),
             diverged_at=jnp.where(diverged, state.step, state.diverged_at),
@@ -388,16 +391,27 @@ def _run_logs(problem, solver, log_every, num_points, hyper, state, tol, max_ste
             return _fast_block(problem, solver, interval_hyper, tol, max_steps, log_every,
                                fast_path)
         _, step = _make_step(problem, solver, interval_hyper)
+        per_test = min(REFERENCE_STEPS_PER_TEST, log_every)
+        full, rest = divmod(log_every, per_test)
+
+        def some(state, n):  # n steps, a fixed count: no test between them
+            return jax.lax.fori_loop(0, n, lambda _, s: step(s, tol, max_steps), state)
 
         def steps(state, _):
-            # Until `log_every` steps, the step budget or the run's end (under vmap: every
-            # run's end; `step` keeps a finished run frozen meanwhile).
+            # `log_every` steps in groups of `per_test`, until the step budget or the run's end
+            # (under vmap: every run's end). `step` keeps a finished run frozen, so a group
+            # needs no test inside it; under vmap a loop whose test is batched selects its
+            # whole carry (L-BFGS's memory too) at every turn, so it turns once per group.
             def going(carry):
                 i, s = carry
-                return (i < log_every) & (s.status == RUNNING) & (s.step < max_steps)
+                return (i < full) & (s.status == RUNNING) & (s.step < max_steps)
 
-            return jax.lax.while_loop(going, lambda c: (c[0] + 1, step(c[1], tol, max_steps)),
-                                      (jnp.zeros((), jnp.int32), state))[1]
+            state = jax.lax.while_loop(going, lambda c: (c[0] + 1, some(c[1], per_test)),
+                                       (jnp.zeros((), jnp.int32), state))[1]
+            if not rest:
+                return state
+            return jax.lax.cond((state.status == RUNNING) & (state.step < max_steps),
+                                lambda s: some(s, rest), lambda s: s, state)
 
         return steps
 
