@@ -78,8 +78,9 @@ def scale_by_compact_lbfgs(memory_size: int = MEMORY_SIZE) -> optax.GradientTran
         dtype = jax.tree.leaves(params)[0].dtype
         stacked = jax.tree.map(lambda x: jnp.zeros((m,) + x.shape, x.dtype), params)
         return CompactLBFGSState(
-            count=jnp.zeros((), jnp.int32), started=jnp.zeros((), bool), last_params=optax.tree.zeros_like(params),
-            last_grad=optax.tree.zeros_like(params), s=stacked, y=stacked,
+            count=jnp.zeros((), jnp.int32), started=jnp.zeros((), bool),
+            last_params=optax.tree.zeros_like(params), last_grad=optax.tree.zeros_like(params),
+            s=stacked, y=stacked,
             sy=jnp.zeros((m, m), dtype), yy=jnp.zeros((m, m), dtype))
 
     def update_fn(grad, state, params):
@@ -124,7 +125,8 @@ def scale_by_compact_lbfgs(memory_size: int = MEMORY_SIZE) -> optax.GradientTran
         v = jax.lax.fori_loop(0, m, second, jnp.zeros_like(Sg))
         direction = jax.tree.map(lambda g, sv, yu: gamma * g + sv + gamma * yu, grad,
                                  _combine(v, S), _combine(u, Y))
-        return direction, CompactLBFGSState(count=count, started=jnp.ones((), bool), last_params=params, last_grad=grad, s=S, y=Y,
+        return direction, CompactLBFGSState(count=count, started=jnp.ones((), bool),
+                                            last_params=params, last_grad=grad, s=S, y=Y,
                                             sy=sy, yy=yy)
 
     return optax.GradientTransformation(init_fn, update_fn)
