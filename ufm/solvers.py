@@ -142,7 +142,9 @@ class RunState(NamedTuple):
     stationarity: jax.Array  # shape=(): `stationarity` there, at the temperature stepped at
 
 
-def _optimizer(solver: str, hyper: Hyper) -> optax.GradientTransformation:
+def _optimizer(solver: str, hyper: Hyper, vmapped: bool = True) -> optax.GradientTransformation:
+    """`vmapped`: whether the step runs under vmap (L-BFGS's compact preconditioner there, the
+    two-loop recursion for one run at a time; `ufm.lbfgs`)."""
     if solver == "gd":
         return optax.sgd(hyper.lr)
     if solver in ("momentum", "nesterov"):
@@ -150,7 +152,7 @@ def _optimizer(solver: str, hyper: Hyper) -> optax.GradientTransformation:
     if solver == "adam":
         return optax.adam(hyper.lr, b1=hyper.beta1, b2=hyper.beta2)
     if solver == "lbfgs":
-        return lbfgs.lbfgs()  # optax.lbfgs() with a preconditioner that vmaps (`ufm.lbfgs`)
+        return lbfgs.lbfgs(compact=vmapped)  # optax.lbfgs() that vmaps (`ufm.lbfgs`)
     raise ValueError(f"solver={solver!r} is not allowed: one of {list(SOLVERS)}")
 
 
@@ -173,10 +175,10 @@ def _trainable_mask(problem: Problem, grads: Params) -> Params:
 
 
 def _make_step(
-    problem: Problem, solver: str, hyper: Hyper
+    problem: Problem, solver: str, hyper: Hyper, vmapped: bool = True
 ) -> tuple[optax.GradientTransformation, Callable]:
     """The optimizer and one masked step: state -> state (frozen once converged or diverged)."""
-    tx = _optimizer(solver, hyper)
+    tx = _optimizer(solver, hyper, vmapped)
     pullback = _uses_pullback(problem, solver)
 
     def value_fn(variables):
@@ -287,8 +289,9 @@ def _records(problem: Problem, solver: str, hyper: Hyper, trace, f_star,
 
 
 def _initial_state(problem: Problem, solver: str, hyper: Hyper, key, init_scale,
-                   start: Params | None = None, fast: bool = False) -> RunState:
-    tx = _optimizer(solver, hyper)
+                   start: Params | None = None, fast: bool = False,
+                   vmapped: bool = True) -> RunState:
+    tx = _optimizer(solver, hyper, vmapped)
     variables = init_traced(problem, key, init_scale) if start is None else start
     if problem.geometry in BALL_GEOMETRIES:  # a projected method starts feasible
         variables = manifolds.retract(problem, variables, hyper)
@@ -378,7 +381,8 @@ def _fast_block(problem: Problem, solver: str, hyper: Hyper, tol, max_steps, log
 
 
 def _run_logs(problem, solver, log_every, num_points, hyper, state, tol, max_steps,
-              first_step=0, fast_path: FastPath | None = None, anneal: Anneal | None = None):
+              first_step=0, fast_path: FastPath | None = None, anneal: Anneal | None = None,
+              vmapped: bool = True):
     """Scan over `num_points` log points from global step `first_step`: at each, the point is
     kept (its variables and gradient norm: the trace its metrics are computed from, after the
     scan) and then `log_every` steps run, none past `max_steps`. `fast_path` None is the
@@ -390,7 +394,7 @@ def _run_logs(problem, solver, log_every, num_points, hyper, state, tol, max_ste
         if fast_path is not None:
             return _fast_block(problem, solver, interval_hyper, tol, max_steps, log_every,
                                fast_path)
-        _, step = _make_step(problem, solver, interval_hyper)
+        _, step = _make_step(problem, solver, interval_hyper, vmapped)
         per_test = min(REFERENCE_STEPS_PER_TEST, log_every)
         full, rest = divmod(log_every, per_test)
 
@@ -426,7 +430,7 @@ def _run_logs(problem, solver, log_every, num_points, hyper, state, tol, max_ste
         # A new temperature is a new objective: fresh optimizer state, and a run that was
         # stationary at the last one goes on.
         fresh = _initial_state(problem, solver, hyper, None, 1.0, state.variables,
-                               fast=fast_path is not None).opt_state
+                               fast=fast_path is not None, vmapped=vmapped).opt_state
         resumed = changed & (state.status == CONVERGED)
         state = state._replace(
             opt_state=jax.tree.map(lambda a, b: jnp.where(changed, a, b), fresh,
@@ -578,13 +582,16 @@ def _compiled_chunk(problem, solver, log_every, points_per_chunk, batched, width
     scalars) schedules tau. Neither computes a metric: `_compiled_records` does, from the
     chunk's trace."""
 
+    vmapped = batched and width != 1  # `runner.over_batch`: width 1 runs unbatched
+
     def chunk(hyper, state, tol, max_steps, first_step, anneal):
         return _run_logs(problem, solver, log_every, points_per_chunk, hyper, state, tol,
-                         max_steps, first_step, fast_path, anneal if annealing else None)
+                         max_steps, first_step, fast_path, anneal if annealing else None,
+                         vmapped=vmapped)
 
     def start(hyper, key, init_scale, start_params):
         return _initial_state(problem, solver, hyper, key, init_scale, start_params,
-                              fast=fast_path is not None)
+                              fast=fast_path is not None, vmapped=vmapped)
 
     if batched:
         chunk = runner.over_batch(chunk, (0, 0, None, None, None, None), width)
