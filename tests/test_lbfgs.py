@@ -123,4 +123,4 @@ def test_vmapped_and_one_at_a_time_lbfgs_give_the_same_runs():
     # (The iterates are held to optax's at the optimizer's level above; here the line
     # search's discrete choices let rounding grow.) Both end at the same optimum.
     np.testing.assert_allclose(runs[0].history["objective"][:, -1],
-                               runs[1].history["objective"][:, -1], rtol=1e-11)
+                               runs[1].history["objective"][:, -1], rtol=1e-9)
