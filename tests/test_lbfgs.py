@@ -65,15 +65,15 @@ def test_a_point_not_left_writes_no_pair_and_a_frozen_search_ends_at_once():
     problem, hyper, x = _problem_and_start(seed=2)
     value_fn = lambda v: objective(problem, hyper, v)
     tx = lbfgs.lbfgs()
+    frozen = jax.jit(lambda grad, state, x, value: tx.update(
+        grad, state, x, value=value, grad=grad, value_fn=value_fn, moving=False))
     with jax.enable_x64(True):
         xs, state = _iterates(tx, value_fn, x, 4)
         x = xs[-1]
         value, grad = jax.value_and_grad(value_fn)(x)
         # The first call at this point writes the pair that ends at it; a second writes none.
-        _, once = tx.update(grad, state, x, value=value, grad=grad, value_fn=value_fn,
-                            moving=False)
-        updates, twice = tx.update(grad, once, x, value=value, grad=grad, value_fn=value_fn,
-                                   moving=False)
+        _, once = frozen(grad, state, x, value)
+        updates, twice = frozen(grad, once, x, value)
     assert int(once[0].count) == int(state[0].count) + 1
     assert int(twice[0].count) == int(once[0].count)
     assert _max_diff((once[0].s, once[0].y, once[0].sy), (twice[0].s, twice[0].y,
