@@ -19,12 +19,12 @@ from what the state keeps (S^T y = S^T g - S^T g_old, Y^T s = t Y^T d for the la
 and step t) and direct dots. In exact arithmetic the direction is the two-loop's; in floating
 point it agrees to rounding (`tests/test_lbfgs.py`: 25 iterations within 1e-11 of optax's).
 
-Measured (2-core CPU, float64, (K, d, n) = (10, 64, 100), 16 configurations, 35 iterations,
-`python benchmarks/converged_grid.py`): 1.8 s in slices of 4 (the runner's width rule) against
-3.3 s with optax's preconditioner. For one run at a time (width 1; large problems on a CPU)
-the two-loop recursion is the faster one (a memory that one step both writes and reads is
-copied whole there), so `lbfgs(compact=False)` keeps it; the solvers choose by whether the
-step is vmapped.
+Measured (2-core CPU, float64, (K, d, n) = (10, 64, 100), 16 configurations, 35 iterations of
+`ufm.solve_batch(..., solver="lbfgs", width=4, tol=0.0)`, the runner's width there): 1.8 s
+against 3.3 s with optax's preconditioner (`benchmarks/RESULTS.md`). For one run at a time
+(width 1; large problems on a CPU) the two-loop recursion is the faster one (a memory that one
+step both writes and reads is copied whole there), so `lbfgs(compact=False)` keeps it; the
+solvers choose by whether the step is vmapped.
 
 A point the optimizer has not left writes no pair (s = 0: the count stays, the memory is
 untouched), so a configuration frozen under `vmap` (converged, diverged, out of steps) keeps
