@@ -16,6 +16,10 @@ L-BFGS also gets its cost in gradient evaluations: seconds per iteration over th
 one vmapped value-and-gradient of the grid, and the line search's evaluations per iteration
 (the mean over configurations, and the batch's maximum, which a vmapped search waits for).
 
+On a CPU the process is split into host devices as `ufm run` splits it (one per usable core,
+at most 8; `--host-devices 1` for one): ufm shards its grid over them, the hand-written loops
+run as written, on the first device.
+
     python benchmarks/converged_grid.py                      # S1 and S2 (S2 without GD)
     python benchmarks/converged_grid.py --sizes S1 --arms ufm-lbfgs jax-lbfgs torch-lbfgs
     python benchmarks/converged_grid.py --sizes S2 --repeats 1
@@ -287,9 +291,13 @@ def main(argv=None):
     parser.add_argument("--arms", nargs="+", choices=list(ARMS),
                         help="default: every arm at S1, all but GD at S2")
     parser.add_argument("--repeats", type=int, default=REPEATS, help="timed runs (median)")
+    parser.add_argument("--host-devices", type=int, default=None,
+                        help="CPU devices, as `ufm run --host-devices` (default: as it chooses)")
     args = parser.parse_args(argv)
     REPEATS = args.repeats
-    print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {N_CONFIGS} configurations, "
+    runner.use_host_devices(args.host_devices)  # before anything starts JAX
+    print(f"jax {jax.__version__} on {jax.local_device_count()} x {jax.devices()[0].platform}, "
+          f"{N_CONFIGS} configurations, "
           f"target rel_gap <= {TARGET:g}, float64")
     for size in args.sizes:
         problem, hypers, f_star = grid(size)

@@ -24,6 +24,11 @@ compilation and warm-up are excluded):
   jax-hand-mom   the same with `optax.sgd(lr, momentum=0.9)` updates (momentum's peer; not
                  compared with ufm's GD rate)
 
+On a CPU the process is split into host devices as `ufm run` splits it
+(`runner.use_host_devices`: the usable cores, at most 8; `--host-devices 1` for one device):
+the runner shards its batch over them, while jax-hand is the user's loop as written, unsharded
+(it runs on the first device; splitting the CPU does not change its rate, measured on 2 cores).
+
 ufm is timed twice: `ufm` with the runner's default logging (every NC metric of every
 configuration every 100 steps and at the start), and `ufm-ends` with metrics at the start and
 the end only (`log_every = steps`), the same work as the peers. The fixed cost of one
@@ -34,7 +39,8 @@ fixed.
 The roofline, per configuration-step: FLOPs 6 K d N (Z = W H, G H^T and W^T G; the elementwise
 work is O(K N)); bytes 2 d N x 4 (one read and one write of H: the floor of a one-pass step,
 where the update of column i needs only W, b and column i's logits, and dW accumulates in the
-same sweep). The machine's rates are measured here: copy bandwidth as a jitted read-and-write
+same sweep). The machine's rates are measured here, on every device at once (a split CPU's
+floor is the whole machine's): copy bandwidth as a jitted read-and-write
 loop over an array the size of one vmapped slice's H (the working set the runner keeps hot), and
 the matmul rate as the three matmuls of a step timed alone at these shapes (the better of
 batched and one at a time). "of floor" is the binding floor's time over ufm's time.
@@ -244,33 +250,42 @@ def _best_seconds(fn, args, reps=10):
     return best
 
 
+def _every_device(fn, n_args):
+    """jit(fn) run by every local device at once on its own shard of arguments whose leading
+    axis is a multiple of the device count (the split CPU's floors are the whole machine's)."""
+    return jax.jit(runner.over_devices(fn, (0,) * n_args))
+
+
 def copy_bandwidth(n_bytes: int, passes: int = 50) -> float:
-    """Bytes per second of a jitted read-and-write loop over an array of `n_bytes` (float32),
-    `passes` passes in one call: the bandwidth at that working-set size."""
-    x = jnp.ones((max(n_bytes // 4, 1024),), jnp.float32)
-    loop = jax.jit(lambda x: jax.lax.fori_loop(0, passes, lambda _, y: y * 0.999 + 1e-3, x))
+    """Bytes per second of a jitted read-and-write loop over an array of `n_bytes` (float32) on
+    every local device at once, `passes` passes in one call: the bandwidth at that working-set
+    size."""
+    n_dev = jax.local_device_count()
+    x = runner.shard_over_devices(jnp.ones((n_dev * max(n_bytes // 4, 1024),), jnp.float32))
+    loop = _every_device(lambda x: jax.lax.fori_loop(0, passes, lambda _, y: y * 0.999 + 1e-3, x),
+                         1)
     return 2 * x.size * 4 * passes / _best_seconds(loop, (x,))
 
 
 def matmul_seconds(K, d, N, width):
     """Seconds per configuration of a step's three matmuls (Z = W H, G H^T, W^T G) at
-    precision "highest", each timed alone, the better of `width` configurations batched and
-    one configuration at a time."""
+    precision "highest", each timed alone on every local device at once, the better of
+    `width` configurations batched and one configuration at a time on each device."""
     key = jax.random.key(0)
+    n_dev = jax.local_device_count()
     B = max(width, 1)
-    W = jax.random.normal(key, (B, K, d))
-    H = jax.random.normal(key, (B, d, N))
-    G = jax.random.normal(key, (B, K, N))
+    W, H, G = (runner.shard_over_devices(jax.random.normal(key, (n_dev * B,) + shape))
+               for shape in ((K, d), (d, N), (K, N)))
     products = [
-        (lambda W, H, G: jnp.einsum("bkd,bdn->bkn", W, H), lambda W, H, G: W[0] @ H[0]),
-        (lambda W, H, G: jnp.einsum("bkn,bdn->bkd", G, H), lambda W, H, G: G[0] @ H[0].T),
-        (lambda W, H, G: jnp.einsum("bkd,bkn->bdn", W, G), lambda W, H, G: W[0].T @ G[0]),
+        (lambda W, H, G: jnp.einsum("bkd,bdn->bkn", W, H), lambda W, H, G: W[:1] @ H[0]),
+        (lambda W, H, G: jnp.einsum("bkn,bdn->bkd", G, H), lambda W, H, G: G[:1] @ H[0].T),
+        (lambda W, H, G: jnp.einsum("bkd,bkn->bdn", W, G), lambda W, H, G: W[0].T[None] @ G[0]),
     ]
     total = 0.0
     with jax.default_matmul_precision("highest"):
         for batched, single in products:
-            total += min(_best_seconds(jax.jit(batched), (W, H, G)) / B,
-                         _best_seconds(jax.jit(single), (W, H, G)))
+            total += min(_best_seconds(_every_device(batched, 3), (W, H, G)) / (B * n_dev),
+                         _best_seconds(_every_device(single, 3), (W, H, G)) / n_dev)
     return total
 
 
@@ -291,7 +306,11 @@ def main():
     parser.add_argument("--steps-scale", type=float, default=None,
                         help="multiply ufm's step counts (default 1 on a CPU, 10 on an "
                         "accelerator)")
+    parser.add_argument("--host-devices", type=int, default=None,
+                        help="CPU devices to split the process into, as `ufm run "
+                        "--host-devices` (default: as `ufm run` chooses)")
     args = parser.parse_args()
+    runner.use_host_devices(args.host_devices)  # before anything starts JAX
     accelerator = jax.default_backend() != "cpu"
     try:
         import torch
@@ -305,7 +324,8 @@ def main():
         torch, args.reference = None, True  # PyTorch arms are for the weight-decay UFM
     geometry = "sphere" if args.sphere else "wd"
     jax_device = jax.devices()[0]
-    print(f"jax {jax.__version__} on {getattr(jax_device, 'device_kind', jax_device)} "
+    print(f"jax {jax.__version__} on {jax.local_device_count()} x "
+          f"{getattr(jax_device, 'device_kind', jax_device)} "
           f"({jax_device.platform}); float32 CE, {geometry} geometry, plain GD; "
           f"median of {args.reps} "
           "alternating repetitions; rates in configuration-steps per second\n")

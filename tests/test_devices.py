@@ -27,6 +27,11 @@ SCRIPT = textwrap.dedent("""
             found.update({f"{loss}_W": np.asarray(b.params.W), f"{loss}_H": np.asarray(b.params.H),
                           f"{loss}_objective": b.history["objective"],
                           f"{loss}_steps": b.steps, f"{loss}_status": np.array(b.status)})
+            # one configuration at a time (on 4 devices: two slices on each, under lax.map)
+            one = ufm.solve_batch(prob, hyp, list(range(6)), steps=300, log_every=50,
+                                  progress=False, width=1)
+            found.update({f"{loss}_w1_H": np.asarray(one.params.H),
+                          f"{loss}_w1_steps": one.steps})
         np.savez(path, **found)
 
     if __name__ == "__main__":
@@ -51,7 +56,45 @@ def test_results_agree_on_one_and_four_devices(tmp_path):
     for loss in ("ce", "mse"):
         for key in ("steps", "status"):
             np.testing.assert_array_equal(one[f"{loss}_{key}"], four[f"{loss}_{key}"])
+        np.testing.assert_array_equal(one[f"{loss}_steps"], four[f"{loss}_w1_steps"])
+        np.testing.assert_allclose(one[f"{loss}_H"], four[f"{loss}_w1_H"], rtol=1e-12,
+                                   atol=1e-14, err_msg=f"{loss} H, one at a time")
         for key in ("W", "H", "objective"):
             np.testing.assert_allclose(one[f"{loss}_{key}"], four[f"{loss}_{key}"], rtol=1e-12,
                                        atol=1e-14, err_msg=f"{loss} {key}")
         assert list(four[f"{loss}_status"]).count("diverged") == 1
+
+
+HOST_DEVICES = textwrap.dedent("""
+    import os, sys, jax
+    from ufm import runner
+    try:
+        runner.use_host_devices(0)
+    except ValueError as err:
+        print("refused:", err)
+    print("set:", runner.use_host_devices(3))
+    print("devices:", jax.local_device_count())
+    print("again:", runner.use_host_devices(2))  # JAX has started: not ufm's choice any more
+""")
+
+
+def test_host_devices_split_the_cpu_before_jax_starts(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    out = subprocess.run([sys.executable, "-c", HOST_DEVICES], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "refused: host devices=0 is not allowed: an integer >= 1" in out.stdout
+    assert "set: 3" in out.stdout and "devices: 3" in out.stdout and "again: None" in out.stdout
+    # A device count forced through XLA_FLAGS is the user's choice: left as it is.
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    out = subprocess.run([sys.executable, "-c", HOST_DEVICES], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "set: None" in out.stdout and "devices: 2" in out.stdout
+
+
+def test_cli_refuses_a_bad_host_device_count(capsys):
+    from ufm import cli
+
+    assert cli.main(["run", "--host-devices", "0", "--no-plots"]) == 2
+    assert "--host-devices 0 is not allowed: an integer >= 1" in capsys.readouterr().err

@@ -130,13 +130,13 @@ def test_chunked_groups_equal_one_batch_and_padding_is_dropped(tmp_path):
 def test_batch_width_follows_problem_size(monkeypatch):
     from ufm.problem import Problem
 
-    small = Problem(num_classes=10, feature_dim=64, n_per_class=100)
-    large = Problem(num_classes=10, feature_dim=512, n_per_class=500)
-    assert runner.batch_width(small, 16) == 8  # ~1 MB a configuration: slices of 8
-    assert runner.batch_width(small, 12) == 6  # equal slices, no padding
-    assert runner.batch_width(small, 5) == 5
-    assert runner.batch_width(large, 16) == 1  # ~40 MB: one at a time on this CPU
-    assert runner.config_bytes(large) > runner.CPU_BATCH_BYTES > 8 * runner.config_bytes(small)
+    small = Problem(num_classes=10, feature_dim=32, n_per_class=50)
+    large = Problem(num_classes=10, feature_dim=64, n_per_class=100)
+    assert runner.batch_width(small, 16) == 3  # slices of 3 (6 of them: 2 padded)
+    assert runner.batch_width(small, 12) == 3  # ~0.3 MB a configuration: equal slices of 3
+    assert runner.batch_width(small, 2) == 2
+    assert runner.batch_width(large, 16) == 1  # ~1.1 MB: one at a time on a CPU
+    assert runner.config_bytes(large) > runner.CPU_BATCH_BYTES > 3 * runner.config_bytes(small)
     # Chunks: whole groups while memory allows (a multiple of the width), cut beyond it.
     assert runner.chunk_size(small, 10, width=4) == 12  # whole group, padded to the width
     assert runner.chunk_size(small, 10**6) == 4082  # 245 equal chunks of at most MAX_CHUNK

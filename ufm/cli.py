@@ -7,7 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from ufm import experiment, multihost, results
+from ufm import experiment, multihost, results, runner
 from ufm.config import ConfigError, InputError
 from ufm.results import ResultsFolderError
 from ufm.tables import fmt
@@ -23,12 +23,18 @@ def _run_command(args) -> str:
 
 
 def _cmd_run(args) -> int:
+    if args.host_devices is not None and args.host_devices < 1:
+        print(f"ufm run: --host-devices {args.host_devices} is not allowed: an integer >= 1",
+              file=sys.stderr)
+        return 2
     if args.distributed or args.coordinator or multihost.requested_by_environment():
         try:
             multihost.initialize(args.coordinator, args.num_processes, args.process_id)
         except ValueError as err:
             print(f"ufm run: {err}", file=sys.stderr)
             return 2
+    else:  # before anything starts JAX; one process per host keeps JAX's own device choice
+        runner.use_host_devices(args.host_devices)
     main = multihost.is_main()
     try:
         chosen = experiment.as_experiment(args.config, args.set or (), quick=args.quick)
@@ -113,6 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quick", action="store_true",
                      help="a smoke run: the kind's quick settings (few steps, one seed, ...)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--host-devices", type=int, metavar="N",
+                     help="on a CPU, split it into N JAX devices and shard each batch over "
+                     "them (default: the usable cores, at most "
+                     f"{runner.MAX_HOST_DEVICES}; 1: one device)")
     hosts = run.add_argument_group(
         "several hosts", "run one process per host (or per GPU); each runs a share of the grid "
         "and process 0 writes the results. SLURM / TPU pod slices: --distributed alone. "

@@ -48,7 +48,7 @@ def chunking(num_logs: int, target_chunks: int = 10,
     """(logs per chunk, chunks): about `target_chunks` equal chunks with the least overshoot,
     at most `max_per_chunk` logs each."""
     best = None
-    for n_chunks in range(max(1, target_chunks - 3), target_chunks + 4):
+    for n_chunks in range(max(1, math.ceil(0.7 * target_chunks)), target_chunks + 4):
         per = math.ceil(num_logs / n_chunks)
         if max_per_chunk is not None:
             per = max(1, min(per, max_per_chunk))
@@ -89,17 +89,72 @@ def pad_batch(tree, batch: int, multiple: int):
         lambda x: jnp.concatenate([x, jnp.repeat(x[-1:], padded - batch, axis=0)]), tree)
 
 
+def _grid_mesh():
+    """A 1-D mesh "grid" over this process's devices (with several hosts each process shards
+    its own chunk)."""
+    return jax.make_mesh((jax.local_device_count(),), ("grid",),
+                         (jax.sharding.AxisType.Auto,), devices=jax.local_devices())
+
+
+def over_devices(fn, in_axes):
+    """`fn` over a leading configuration axis sharded over the local devices, each device
+    running `fn` on its own shard (`jax.shard_map`): a vmapped run loop whose test is batched
+    ends on each device when that device's runs have ended, and the devices never wait for
+    each other (no collective inside the loop; under automatic partitioning its test was an
+    all-reduce at every turn). Arguments with axis None are replicated. One device: `fn`."""
+    if jax.local_device_count() == 1:
+        return fn
+    spec = jax.sharding.PartitionSpec
+    in_specs = tuple(spec() if ax is None else spec("grid") for ax in in_axes)
+    return jax.shard_map(fn, mesh=_grid_mesh(), in_specs=in_specs, out_specs=spec("grid"),
+                         check_vma=False)
+
+
 def shard_over_devices(tree):
     """Shard the leading (configuration) axis, already a multiple of the local device count,
     over a 1-D mesh "grid" (docs/architecture.md: scaling out). One device: unchanged."""
     n_dev = jax.local_device_count()
     if n_dev == 1:
         return tree
-    # This process's devices only: with several hosts each process shards its own chunk.
-    mesh = jax.make_mesh((n_dev,), ("grid",), (jax.sharding.AxisType.Auto,),
-                         devices=jax.local_devices())
-    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("grid"))
+    sharding = jax.sharding.NamedSharding(_grid_mesh(), jax.sharding.PartitionSpec("grid"))
     return jax.device_put(tree, sharding)
+
+
+# Devices the `ufm` command splits a CPU into at most (`use_host_devices`): measured only on a
+# 2-core machine, where two devices ran 1.4x the configuration-steps of one at (K, d, n) =
+# (10, 64, 100) (benchmarks/RESULTS.md); more devices than this give each too few
+# configurations to fill a vector unit, a guess not yet measured.
+MAX_HOST_DEVICES = 8
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def use_host_devices(count: int | None = None) -> int | None:
+    """Split the CPU into `count` JAX devices (default: the usable cores, at most
+    MAX_HOST_DEVICES) so that batches are sharded over them, each device running its share
+    (`over_devices`). On one device a small problem's vmapped step leaves cores idle (XLA
+    parallelizes inside an operation, and at (10, 64, 100) there is too little work in one:
+    1.5 of 2 cores busy), while two devices run two shares at once. Returns the count set, or
+    None where the choice is not ufm's to make: JAX has already started its backends, or the
+    count is already set (`jax_num_cpu_devices`, or --xla_force_host_platform_device_count in
+    XLA_FLAGS). An accelerator's devices are not affected."""
+    if count is None:
+        count = min(usable_cores(), MAX_HOST_DEVICES)
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"host devices={count!r} is not allowed: an integer >= 1")
+    if ("xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
+            or jax.config.jax_num_cpu_devices > 0):
+        return None
+    try:
+        jax.config.update("jax_num_cpu_devices", count)
+    except RuntimeError:  # "should be updated before backends are initialized"
+        return None
+    return count
 
 
 def notice(message: str) -> None:
@@ -145,12 +200,17 @@ def progress_bar(progress, total, desc):
 
 # ---------------------------------------------------------------- sizes of slices and calls
 
-# Working set under which a vmapped slice stays fast on a CPU. Measured on the 2-core
-# development machine at (K, d, n) = (10, 64, 100) (~1.1 MB a configuration), 64 configurations,
-# GD: slices of 1/2/4/8/16/32/64 ran 5975/6269/8121/8617/8108/5905/4875 configuration-steps/s;
-# at (10, 512, 500) (~40 MB) one vmapped configuration runs several times slower than an
-# unbatched one (a batched matmul misses the fast path), so large problems go one at a time.
-CPU_BATCH_BYTES = 10 * 2**20
+# Working set of one vmapped slice on a CPU device: about one core's L2 cache. Measured on the
+# 2-core development machine (Zen 4, 1 MB L2 a core) split into two host devices, 64
+# configurations, GD, configuration-steps/s for slices of 1/2/4/8/16 (benchmarks/RESULTS.md):
+# (K, d, n) = (4, 8, 10), 0.01 MB a configuration: 0.53/0.81/1.11/1.39/1.48 M;
+# (10, 32, 50), 0.31 MB: 73/82/83/71/55 k; (10, 64, 100), 1.1 MB: 23.1/21.0/14.6/12.4/13.1 k;
+# (10, 128, 200), 4.2 MB: 4.4/3.4/3.2/2.8/2.0 k. On one device (10, 64, 100) also ran fastest
+# one at a time (9.3 k against 7.2 k in slices of 8). Larger slices leave the cache; smaller
+# ones pay each operation's fixed cost once per configuration.
+CPU_BATCH_BYTES = 2**20
+# Working set of the log points whose metrics are computed at once on a CPU (`points_width`).
+CPU_RECORDS_BYTES = 10 * 2**20
 # Share of memory one compiled call may fill with configurations' state: host memory on a CPU,
 # device memory on an accelerator (the rest is for XLA's temporaries and the histories).
 HOST_MEMORY_FRACTION = 0.25
@@ -158,6 +218,10 @@ ACCELERATOR_MEMORY_FRACTION = 0.5
 # Share of that memory the log points one call hands back may fill (their metrics are computed
 # after the call, all points of a call at once where they fit: `logs_per_call`).
 TRACE_MEMORY_FRACTION = 0.25
+# Log points one compiled call keeps at least, where the run has them: every call costs the host
+# a round trip and its records a dispatch. Measured on 2 host devices, (10, 64, 100), 16
+# configurations, 400 steps logged every 100: 11% slower than ends-only in 5 calls, 5% in 1.
+MIN_POINTS_PER_CALL = 8
 # Configurations per compiled call at most, whatever the memory: one chunk is also one
 # checkpoint, so this bounds the work an interruption can lose.
 MAX_CHUNK = 4096
@@ -198,43 +262,48 @@ def point_bytes(problem: Problem) -> int:
 def logs_per_call(problem: Problem, n_points: int, n_configs: int) -> tuple[int, int]:
     """(log points per compiled call, calls) for a run of `n_points` log points over
     `n_configs` configurations: about ten calls (a progress bar advances, a finished batch stops
-    early), and the points one call hands back (`n_configs` x points x `point_bytes`) within
-    TRACE_MEMORY_FRACTION of the memory the call may use."""
+    early) of at least MIN_POINTS_PER_CALL points (fewer calls for a short run), and the points
+    one call hands back (`n_configs` x points x `point_bytes`) within TRACE_MEMORY_FRACTION of
+    the memory the call may use."""
     device = jax.local_devices()[0]
     budget = TRACE_MEMORY_FRACTION * _memory_bytes(device) * jax.local_device_count()
     cap = max(1, int(budget // (max(1, n_configs) * point_bytes(problem))))
-    return chunking(n_points, max_per_chunk=cap)
+    calls = min(10, -(-n_points // MIN_POINTS_PER_CALL))
+    return chunking(n_points, target_chunks=calls, max_per_chunk=cap)
 
 
 def points_width(problem: Problem, configs_at_once: int, n_points: int) -> int:
     """Log points whose metrics are computed at once (vmapped) for each of `configs_at_once`
-    configurations: on a CPU within the cache-sized CPU_BATCH_BYTES, on an accelerator within
+    configurations: on a CPU within the cache-sized CPU_RECORDS_BYTES, on an accelerator within
     the memory one call may use (each point needs about `config_bytes` of temporaries)."""
     device = jax.local_devices()[0]
-    budget = _memory_bytes(device) if accelerator(device) else CPU_BATCH_BYTES
+    budget = _memory_bytes(device) if accelerator(device) else CPU_RECORDS_BYTES
     fits = int(budget // (max(1, configs_at_once) * config_bytes(problem)))
     return max(1, min(n_points, fits))
 
 
 def batch_width(problem: Problem, n_configs: int) -> int:
-    """Configurations per vmapped slice. CPU: as many as fit the cache-sized working-set budget
-    (1 for large problems: one at a time, the fast way there); accelerator: the whole chunk
-    (vmap fills the device). Times the local device count the batch is sharded over."""
+    """Configurations per vmapped slice on each local device (each device runs its share of a
+    batch, `over_devices`). CPU: as many as fit the cache-sized working-set budget (1 for
+    large problems: one at a time, the fast way there); accelerator: the device's whole share
+    of the chunk (vmap fills the device)."""
     device = jax.local_devices()[0]
+    n_dev = jax.local_device_count()
     if accelerator(device):
-        return chunk_size(problem, n_configs)
-    per_device = max(1, int(CPU_BATCH_BYTES // config_bytes(problem)))
-    widest = max(1, min(n_configs, per_device * jax.local_device_count()))
-    return -(-n_configs // -(-n_configs // widest))  # equal slices: the least padding
+        return -(-chunk_size(problem, n_configs) // n_dev)
+    share = -(-n_configs // n_dev)
+    widest = max(1, min(share, int(CPU_BATCH_BYTES // config_bytes(problem))))
+    return -(-share // -(-share // widest))  # equal slices: the least padding
 
 
 def chunk_size(problem: Problem, n_configs: int, width: int = 1) -> int:
     """Configurations per compiled call (and per checkpoint): as many as fit the memory of the
-    local devices, at most MAX_CHUNK, a multiple of `width`; a grid larger than memory runs as
-    several chunks."""
+    local devices, at most MAX_CHUNK, a multiple of `width` times the local device count (whole
+    slices on every device); a grid larger than memory runs as several chunks."""
     device = jax.local_devices()[0]
+    unit = width * jax.local_device_count()
     fits = int(_memory_bytes(device) * jax.local_device_count() // config_bytes(problem))
-    fits = max(width, min(fits, MAX_CHUNK) // width * width)
+    fits = max(unit, min(fits, MAX_CHUNK) // unit * unit)
     n_chunks = -(-n_configs // fits)
     per_chunk = -(-n_configs // n_chunks)  # equal chunks: the least padding
-    return -(-per_chunk // width) * width
+    return -(-per_chunk // unit) * unit

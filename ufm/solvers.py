@@ -593,9 +593,10 @@ def _compiled_chunk(problem, solver, log_every, points_per_chunk, batched, width
         return _initial_state(problem, solver, hyper, key, init_scale, start_params,
                               fast=fast_path is not None, vmapped=vmapped)
 
-    if batched:
-        chunk = runner.over_batch(chunk, (0, 0, None, None, None, None), width)
-        start = runner.over_batch(start, (0, 0, None, 0), width)
+    if batched:  # each local device runs its shard in slices of `width` (`ufm.runner`)
+        chunk_axes, start_axes = (0, 0, None, None, None, None), (0, 0, None, 0)
+        chunk = runner.over_devices(runner.over_batch(chunk, chunk_axes, width), chunk_axes)
+        start = runner.over_devices(runner.over_batch(start, start_axes, width), start_axes)
     return jax.jit(start), jax.jit(chunk)
 
 
@@ -611,7 +612,7 @@ def _compiled_records(problem, pullback, batched, width, points_at_once):
         return _records(problem, solver, hyper, trace, f_star, points_at_once)
 
     if batched:
-        records = runner.over_batch(records, (0, 0, 0), width)
+        records = runner.over_devices(runner.over_batch(records, (0, 0, 0), width), (0, 0, 0))
     return jax.jit(records)
 
 
@@ -630,17 +631,20 @@ def _execute(problem, hyper, keys, f_star, *, solver, steps, log_every, tol, ini
     num_logs = math.ceil(steps / log_every)
     n_points = num_logs + 1  # the start and every log point
     n_dev = jax.local_device_count()
-    if batched and n_dev > 1:
-        width = None  # the configuration axis is sharded over devices: one vmap over it
     dtype = problem.jnp_dtype
     if start_params is not None:
         start_params = jax.tree.map(lambda x: jnp.asarray(x, dtype), start_params)
-    if batched:  # pad to whole slices (one device) or to a multiple of the devices, then shard
+    if batched:
+        # Each local device runs an equal share in slices of `width` (None: its whole share,
+        # one vmap); pad to whole slices on every device, then shard.
+        share = -(-batch_size // n_dev)
+        if width is not None and width >= share:
+            width = None
         hyper, keys, f_star, start_params = runner.shard_over_devices(runner.pad_batch(
-            (hyper, keys, f_star, start_params), batch_size, width or n_dev))
+            (hyper, keys, f_star, start_params), batch_size, (width or share) * n_dev))
     configs = int(np.shape(f_star)[0]) if batched else 1
     per_chunk, n_chunks = runner.logs_per_call(problem, n_points, configs)
-    at_once = width or -(-configs // n_dev) if batched else 1
+    at_once = width or configs // n_dev if batched else 1
     start, chunk = _compiled_chunk(problem, solver, log_every, per_chunk, batched, width,
                                    fast_path, anneal is not None)
     anneal_args = Anneal(jnp.asarray(0.0 if anneal is None else anneal.tau_from, dtype),
@@ -665,7 +669,8 @@ def _execute(problem, hyper, keys, f_star, *, solver, steps, log_every, tol, ini
     for c in range(n_chunks):
         first_step = jnp.asarray(c * per_chunk * log_every, jnp.int32)
         state, trace = chunk(hyper, state, tol_arr, steps_arr, first_step, anneal_args)
-        history_parts.append(jax.tree.map(trim, records(hyper, trace, f_star)))
+        # Left on the device until the end: the host waits only for the statuses below.
+        history_parts.append(records(hyper, trace, f_star))
         kept += per_chunk
         finished = int(np.sum(trim(state.status) != RUNNING))
         advance = min(kept * log_every, steps) * batch_size
@@ -684,7 +689,7 @@ def _execute(problem, hyper, keys, f_star, *, solver, steps, log_every, tol, ini
             # Every run stopped within the chunk, perhaps after its last kept point: keep the
             # point it stopped at (a call with no step budget only reads the points).
             _, trace = chunk(hyper, state, tol_arr, no_steps, first_step, anneal_args)
-            final = jax.tree.map(lambda a: trim(a)[..., :1], records(hyper, trace, f_star))
+            final = jax.tree.map(lambda a: a[..., :1], records(hyper, trace, f_star))
             history_parts.append(final)
             kept += 1
             break
@@ -694,7 +699,7 @@ def _execute(problem, hyper, keys, f_star, *, solver, steps, log_every, tol, ini
             bar.close()
     n_logged = min(n_points, kept)
     history = {
-        k: np.concatenate([r[k] for r in history_parts], axis=-1)[..., :n_logged]
+        k: np.concatenate([trim(r[k]) for r in history_parts], axis=-1)[..., :n_logged]
         for k in history_parts[0]
     }
     history["iteration"] = np.minimum(np.arange(n_logged) * log_every, steps)
@@ -781,7 +786,8 @@ def solve_batch(problem: Problem, hypers: Hyper, keys, *, steps: int = 10_000,
     `width`: configurations per vmapped slice; None vmaps the whole batch, a smaller width runs
     `lax.map` over slices of that many inside the same compiled call (1: one configuration at a
     time, the fast way for large problems on a CPU; see `ufm.runner.batch_width`). With several
-    local devices the batch is sharded over them and vmapped whole.
+    local devices the batch is sharded over them, and each device runs its share in slices of
+    `width` (None: its whole share in one vmap).
 
     `hypers` fields are scalars or arrays of a common length B; `keys` is a batch of B keys or
     a list of B int seeds; `start`, if given, is a batch of B starting points (leaves with a
@@ -806,8 +812,6 @@ def solve_batch(problem: Problem, hypers: Hyper, keys, *, steps: int = 10_000,
     if width is not None and (isinstance(width, bool) or not isinstance(width, (int, np.integer))
                               or width < 1):
         raise ValueError(f"width={width!r} is not allowed: None or an integer >= 1")
-    if width is not None and width >= batch:
-        width = None
     t0 = time.perf_counter()
     with problem.x64_scope():
         dtype = problem.jnp_dtype
