@@ -267,25 +267,39 @@ def copy_bandwidth(n_bytes: int, passes: int = 50) -> float:
     return 2 * x.size * 4 * passes / _best_seconds(loop, (x,))
 
 
-def matmul_seconds(K, d, N, width):
+def matmul_seconds(K, d, N, width, repeats=50):
     """Seconds per configuration of a step's three matmuls (Z = W H, G H^T, W^T G) at
     precision "highest", each timed alone on every local device at once, the better of
-    `width` configurations batched and one configuration at a time on each device."""
+    `width` configurations batched and one configuration at a time on each device. Each
+    product runs `repeats` times inside one call (a small matmul takes microseconds, less than
+    a call's dispatch), its small operand shifted by a scalar the last product's sum gives,
+    so that no repeat can be hoisted out of the loop or skipped."""
     key = jax.random.key(0)
     n_dev = jax.local_device_count()
     B = max(width, 1)
     W, H, G = (runner.shard_over_devices(jax.random.normal(key, (n_dev * B,) + shape))
                for shape in ((K, d), (d, N), (K, N)))
     products = [
-        (lambda W, H, G: jnp.einsum("bkd,bdn->bkn", W, H), lambda W, H, G: W[:1] @ H[0]),
-        (lambda W, H, G: jnp.einsum("bkn,bdn->bkd", G, H), lambda W, H, G: G[:1] @ H[0].T),
-        (lambda W, H, G: jnp.einsum("bkd,bkn->bdn", W, G), lambda W, H, G: W[0].T[None] @ G[0]),
+        (lambda W, H, G, s: jnp.einsum("bkd,bdn->bkn", W + s, H),
+         lambda W, H, G, s: (W[0] + s) @ H[0]),
+        (lambda W, H, G, s: jnp.einsum("bkn,bdn->bkd", G + s, H),
+         lambda W, H, G, s: (G[0] + s) @ H[0].T),
+        (lambda W, H, G, s: jnp.einsum("bkd,bkn->bdn", W + s, G),
+         lambda W, H, G, s: (W[0] + s).T @ G[0]),
     ]
+
+    def repeated(product):
+        def run(W, H, G):
+            step = lambda _, s: 1e-30 * jnp.sum(product(W, H, G, s))
+            return jax.lax.fori_loop(0, repeats, step, jnp.zeros((), W.dtype))[None]
+        return _every_device(run, 3)
+
     total = 0.0
     with jax.default_matmul_precision("highest"):
         for batched, single in products:
-            total += min(_best_seconds(_every_device(batched, 3), (W, H, G)) / (B * n_dev),
-                         _best_seconds(_every_device(single, 3), (W, H, G)) / n_dev)
+            seconds = min(_best_seconds(repeated(batched), (W, H, G)) / B,
+                          _best_seconds(repeated(single), (W, H, G)))
+            total += seconds / (repeats * n_dev)
     return total
 
 
