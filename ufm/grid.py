@@ -29,7 +29,6 @@ import re
 import warnings
 from typing import NamedTuple
 
-import jax
 import numpy as np
 
 from ufm import config, host_metrics, multihost, oracle, plots, results, runner, theory
@@ -230,21 +229,6 @@ def config_columns(problem: Problem, hyper: Hyper, solver: str) -> dict:
     return row
 
 
-def _timed_trial(problem, solver_name, solver, hypers, seeds, width) -> int:
-    """Keep `width` only if a short vmapped trial beats running its configurations one at a
-    time (both compiled first); otherwise run them one at a time."""
-    steps = min(solver["steps"], 50)
-    kwargs = dict(steps=steps, log_every=steps, tol=0.0, solver=solver_name,
-                  init_scale=solver["init_scale"], progress=False, fast=solver["fast"],
-                  check_every=solver["check_every"], kernel=solver["kernel"])
-    take = lambda tree, n: Hyper(*(np.asarray(v)[:n] for v in tree))
-    for _ in range(2):  # the first call of each compiles
-        batched = solve_batch(problem, take(hypers, width), seeds[:width], **kwargs).seconds
-        single = solve_batch(problem, take(hypers, width), seeds[:width], width=1,
-                             **kwargs).seconds
-    return width if batched <= single else 1
-
-
 def _extra_arrays(problem: Problem, hypers: Hyper, params, n: int, objective) -> dict:
     """Columns beyond the history's metrics, from the final points (host side): feature
     compression (`host_metrics.compression_metrics`), GNC metrics (`reports_gnc`), and for
@@ -348,26 +332,20 @@ def _chunk_rows(arrays, group, solver_name, indices, configs) -> UnitResult:
 
 def _plan(experiment, configs, groups, folder) -> list[tuple[int, int]]:
     """(vmapped width, chunk) per group: the file's run.batch / run.chunk, or
-    `runner.batch_width` (confirmed by `_timed_trial` when the group is worth a trial) and
+    `runner.batch_width` and
     `runner.chunk_size`. Saved in the folder, so a resumed run cuts its groups exactly as the
     first run did; process 0's plan is every process's."""
     saved = None if folder is None else folder.read_json("plan.json")
     if saved is not None and len(saved) == len(groups):
         return [tuple(p) for p in saved]
     plan = []
-    for (problem, solver_name), indices in groups.items():
+    for (problem, _), indices in groups.items():
         if experiment.run["batch"]:
             width = min(experiment.run["batch"], len(indices))
         else:
+            # Measured widths (`runner.CPU_BATCH_BYTES`); a timed trial of each group here
+            # cost two compilations a group (the default run: 60 s against 25 s) and is gone.
             width = runner.batch_width(problem, len(indices))
-            # A trial costs two compilations: worth it only for long runs of batches whose
-            # working set comes near the budget, where vmap can lose to one at a time.
-            near_budget = width * runner.config_bytes(problem) > runner.CPU_BATCH_BYTES / 4
-            if (width > 1 and near_budget and experiment.solver["steps"] >= 500
-                    and not runner.accelerator(jax.local_devices()[0])):
-                seeds = [configs[i].seed for i in indices]
-                width = _timed_trial(problem, solver_name, experiment.solver,
-                                     _group_hypers(configs, indices), seeds, width)
         if experiment.run["chunk"]:
             asked = experiment.run["chunk"]
             chunk = max(width, asked // width * width)

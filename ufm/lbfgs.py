@@ -22,9 +22,9 @@ point it agrees to rounding (`tests/test_lbfgs.py`: 25 iterations within 1e-11 o
 Measured (2-core CPU, float64, (K, d, n) = (10, 64, 100), 16 configurations, 35 iterations of
 `ufm.solve_batch(..., solver="lbfgs", width=4, tol=0.0)` on one device): 1.8 s against 3.3 s
 with optax's preconditioner (`benchmarks/RESULTS.md`). For one run at a time (width 1, what
-the runner now chooses on a CPU from this size up) the two-loop recursion is the faster one (a memory that one
-step both writes and reads is copied whole there), so `lbfgs(compact=False)` keeps it; the
-solvers choose by whether the step is vmapped.
+the runner now chooses on a CPU from this size up) the two-loop recursion is the faster one
+(a memory that one step both writes and reads is copied whole there), so
+`lbfgs(compact=False)` keeps it; the solvers choose by whether the step is vmapped.
 
 A point the optimizer has not left writes no pair (s = 0: the count stays, the memory is
 untouched), so a configuration frozen under `vmap` (converged, diverged, out of steps) keeps
