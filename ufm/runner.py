@@ -121,9 +121,9 @@ def shard_over_devices(tree):
 
 
 # Devices the `ufm` command splits a CPU into at most (`use_host_devices`): measured only on a
-# 2-core machine, where two devices ran 1.4x the configuration-steps of one at (K, d, n) =
-# (10, 64, 100) (benchmarks/RESULTS.md); more devices than this give each too few
-# configurations to fill a vector unit, a guess not yet measured.
+# 2-core machine, where two devices ran 2.6x the configuration-steps of one at (K, d, n) =
+# (10, 64, 100), one configuration at a time on each (benchmarks/RESULTS.md); the cap is a
+# guess, not measured on larger machines.
 MAX_HOST_DEVICES = 8
 
 
