@@ -104,3 +104,36 @@ def test_metrics_of_collapsed_to_zero_features_are_nan_where_undefined():
 def test_bad_global_mean_is_rejected():
     with pytest.raises(ValueError, match="global_mean='median'"):
         ufm.nc_metrics(np.eye(3), np.eye(3), np.arange(3), global_mean="median")
+
+
+@pytest.mark.parametrize("where", ["H_nan", "H_inf", "W_nan", "b_inf"])
+def test_a_non_finite_point_has_no_plausible_nc4(where):
+    """argmin / argmax of NaN or inf still pick a class: NC4 must be NaN with the others, not
+    the finite 0.70 it was for a NaN in H (0.85 clean)."""
+    rng = np.random.default_rng(3)
+    K, d, n = 4, 6, 5
+    W, H, b = rng.normal(size=(K, d)), rng.normal(size=(d, K * n)), rng.normal(size=K)
+    labels = np.repeat(np.arange(K), n)
+    clean = ufm.nc_metrics(W, H, labels, b=b)
+    assert np.isfinite(float(clean["nc4"]))
+    {"H_nan": H, "H_inf": H, "W_nan": W, "b_inf": b}[where].flat[3] = (
+        np.nan if where.endswith("nan") else np.inf)
+    m = ufm.nc_metrics(W, H, labels, b=b)
+    assert np.isnan(float(m["nc4"]))
+    if where.startswith("H"):
+        assert np.isnan(float(m["nc1"]))
+
+
+def test_integer_features_are_computed_in_float64():
+    """int64 features near 2^40 in float32 kept 24 bits: nc2_H 0.99999994 against 0.5475."""
+    rng = np.random.default_rng(4)
+    K, d, n = 4, 6, 5
+    labels = np.repeat(np.arange(K), n)
+    H = (rng.normal(size=(d, K * n)) * 2**20).astype(np.int64) + 2**40
+    W = rng.normal(size=(K, d))
+    got = ufm.nc_metrics(W.astype(np.int64) + 3, H, labels)
+    with jax.enable_x64(True):
+        want = ufm.nc_metrics((W.astype(np.int64) + 3).astype(np.float64), H.astype(np.float64),
+                              labels)
+    for name in METRIC_NAMES:
+        np.testing.assert_allclose(float(got[name]), float(want[name]), rtol=1e-9, err_msg=name)

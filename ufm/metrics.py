@@ -207,6 +207,12 @@ def _nc_metrics(W, H, labels, b, global_mean, gram=False):
         return jnp.argmin(sq_to_means, axis=0) != jnp.argmax(W @ X + bias[:, None], axis=0)
 
     nc4 = jnp.mean(_map_rows(nc4_samples, N, K).astype(dtype))
+    # argmin / argmax of NaN or inf still pick a class, so a non-finite point would get a
+    # plausible NC4; every other metric is NaN there. (A non-finite H column makes its class
+    # mean non-finite: the means' sum catches it without another pass over H.)
+    finite = jnp.isfinite(jnp.sum(means)) & jnp.isfinite(jnp.sum(W)) & jnp.isfinite(
+        jnp.sum(bias))
+    nc4 = jnp.where(finite, nc4, jnp.nan)
 
     eqn_W, eqa_W, maxa_W = _angle_metrics(W, K)
     eqn_H, eqa_H, maxa_H = _angle_metrics(M.T, K)
@@ -308,7 +314,10 @@ def nc_metrics(W, H, labels, b=None, *, global_mean: str = "class_means") -> dic
         return _nc_metrics(W, H, labels, b, global_mean)
     dtype = np.promote_types(*(getattr(x, "dtype", None) or np.asarray(x).dtype for x in (W, H)))
     if dtype not in (np.float32, np.float64):
-        dtype = np.dtype(np.float32)
+        # Integers in float64 (float32 keeps 24 bits: int64 values near 2^40 lose the metrics
+        # entirely), half precisions in float32.
+        integer = np.issubdtype(dtype, np.integer) or dtype == np.bool_
+        dtype = np.dtype(np.float64 if integer else np.float32)
     with x64_scope(dtype):
         W, H = jnp.asarray(W, dtype), jnp.asarray(H, dtype)
         b = None if b is None else jnp.asarray(b, dtype)
