@@ -79,3 +79,24 @@ def test_a_rerun_says_what_it_resumed_and_an_interruption_how_to_resume(default_
     err = capsys.readouterr().err
     assert "interrupted" in err and f"ufm run --out {default_run}" in err
     assert "Traceback" not in err
+
+
+def test_sigterm_ends_a_run_like_ctrl_c_with_the_resume_command(tmp_path, capsys, monkeypatch):
+    """A scheduler's SIGTERM (preemption, requeue) used to exit 143 silently."""
+    import os
+    import signal
+    import time
+
+    def terminated(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises here
+        raise AssertionError("SIGTERM did not interrupt the run")
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(ufm.experiment, "run", terminated)
+    out = tmp_path / "out"
+    assert cli.main(["run", "--out", str(out), "--no-progress"]) == 143
+    err = capsys.readouterr().err
+    assert "terminated (SIGTERM)" in err and f"ufm run --out {out}" in err
+    assert "Traceback" not in err
+    assert signal.getsignal(signal.SIGTERM) is before  # the caller's handler is back

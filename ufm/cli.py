@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from ufm import experiment, multihost, results, runner
@@ -20,6 +22,15 @@ def _run_command(args) -> str:
     for item in args.set or []:
         parts += ["--set", item]
     return " ".join(shlex.quote(p) for p in parts)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler preempting or requeueing the job) raised as an interruption, so
+    that it ends like Ctrl-C: finished units saved, the resume command printed."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated
 
 
 def _cmd_run(args) -> int:
@@ -50,15 +61,23 @@ def _cmd_run(args) -> int:
         hosts = f" on {multihost.count()} processes" if multihost.count() > 1 else ""
         print(f"ufm run: {chosen.name}: {experiment.describe(chosen)}{hosts} -> {args.out}",
               file=sys.stderr)
+    # SIGTERM ends the run as Ctrl-C does (a handler can only be set from the main thread).
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         result = experiment.run(chosen, out=args.out, progress=not args.no_progress)
-    except KeyboardInterrupt:
-        print(f"\nufm run: interrupted; finished units are saved in {args.out}/. Resume with:\n"
+    except KeyboardInterrupt as err:
+        why = "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted"
+        print(f"\nufm run: {why}; finished units are saved in {args.out}/. Resume with:\n"
               f"  {_run_command(args)}", file=sys.stderr)
-        return 130
+        return 143 if isinstance(err, Terminated) else 130
     except InputError as err:  # a bad file or folder, missing dataset files, ...
         print(f"ufm run: {err}", file=sys.stderr)
         return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     if not main:
         return 0  # process 0 writes the folder, the figures and the summary
     if not args.no_plots:
