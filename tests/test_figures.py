@@ -154,3 +154,31 @@ def test_panels_leave_out_columns_the_others_determine():
     labels, varying = __import__("ufm").tables.series_labels(table)
     assert varying == ["num_classes", "set_counts"]
     assert labels[1] == "num_classes=3, set_counts=20x3 4x3"
+
+
+def test_a_figure_is_written_whole_or_not_at_all(tmp_path):
+    """A full disk used to leave a 0-byte PNG: now the old figure stays until a new one is
+    whole, and no temporary file is left."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = tmp_path / "figure.png"
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    plots._save(fig, path)
+    good = path.read_bytes()
+    assert good.startswith(b"\x89PNG")
+
+    fig, ax = plt.subplots()
+
+    def disk_full(target, **kwargs):
+        open(target, "wb").write(b"\x89PN")  # cut off part way
+        raise OSError(28, "No space left on device")
+
+    fig.savefig = disk_full
+    with pytest.raises(OSError, match="No space left"):
+        plots._save(fig, path)
+    assert path.read_bytes() == good
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["figure.png"]

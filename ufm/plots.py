@@ -542,8 +542,14 @@ def plot_imbalance(directory, table) -> list[Path]:
 
 
 def _save(fig, path):
-    fig.savefig(path, dpi=110)
-    _pyplot().close(fig)
+    """Write the figure whole or not at all (a full disk left a 0-byte PNG): to a temporary
+    file, renamed onto `path` (`results.replace_atomically`)."""
+    path = Path(path)
+    try:
+        results.replace_atomically(path, lambda tmp: fig.savefig(tmp, dpi=110,
+                                                         format=path.suffix.lstrip(".")))
+    finally:
+        _pyplot().close(fig)
     return path
 
 
