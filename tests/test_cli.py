@@ -100,3 +100,19 @@ def test_sigterm_ends_a_run_like_ctrl_c_with_the_resume_command(tmp_path, capsys
     assert "terminated (SIGTERM)" in err and f"ufm run --out {out}" in err
     assert "Traceback" not in err
     assert signal.getsignal(signal.SIGTERM) is before  # the caller's handler is back
+
+
+@pytest.mark.parametrize("code, advice", [(28, "free some space"), (30, "choose a folder")])
+def test_a_full_or_read_only_disk_is_one_line_not_a_traceback(tmp_path, capsys, monkeypatch,
+                                                              code, advice):
+    import os
+
+    def disk(*args, **kwargs):
+        raise OSError(code, os.strerror(code), str(tmp_path / "out" / "results.csv"))
+
+    monkeypatch.setattr(ufm.experiment, "run", disk)
+    out = tmp_path / "out"
+    assert cli.main(["run", "--out", str(out), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert f"could not write {out}/results.csv: {os.strerror(code)}" in err
+    assert advice in err and f"ufm run --out {out}" in err and "Traceback" not in err

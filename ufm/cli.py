@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import shlex
 import signal
 import sys
@@ -31,6 +32,21 @@ class Terminated(KeyboardInterrupt):
 
 def _on_sigterm(signum, frame):
     raise Terminated
+
+
+def _disk_error(err: OSError, args) -> str:
+    """One line (and the resume command) for a write that failed, instead of a traceback."""
+    where = f" {err.filename}" if err.filename else ""
+    what = err.strerror or str(err)
+    if err.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        advice = "free some space, then resume with"
+    elif err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        advice = "choose a folder you can write (--out), or resume there with"
+    else:
+        advice = "resume with"
+    return (f"ufm run: could not write{where}: {what}. Finished units are saved in {args.out}/ "
+            f"(nothing is replaced before its new version is whole); {advice}:\n"
+            f"  {_run_command(args)}")
 
 
 def _cmd_run(args) -> int:
@@ -75,13 +91,20 @@ def _cmd_run(args) -> int:
     except InputError as err:  # a bad file or folder, missing dataset files, ...
         print(f"ufm run: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # the disk: full, read-only, not ours
+        print(_disk_error(err, args), file=sys.stderr)
+        return 1
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     if not main:
         return 0  # process 0 writes the folder, the figures and the summary
     if not args.no_plots:
-        experiment.figures(args.out)
+        try:
+            experiment.figures(args.out)
+        except OSError as err:  # the results are whole; only a figure could not be written
+            print(_disk_error(err, args), file=sys.stderr)
+            return 1
     print(experiment.summary(args.out))
     resumed = (f"; resumed {result.resumed} of {result.units} units from checkpoints"
                if result.resumed else "")
