@@ -66,7 +66,10 @@ def test_imbalanced_counts_and_count_axes(tmp_path):
     ("[hyper]\nalpha = 1.5", "hyper.alpha=1.5 is not allowed: a number >= 0 and < 1"),
     ("[hyper]\nlr = \"fast\"", "hyper.lr='fast' is not allowed: a number"),
     ("[solver]\nname = \"sgd\"", "solver.name='sgd' is not allowed: one of"),
-    ("[solver]\nsteps = 0", "solver.steps=0 is not allowed: an integer >= 1"),
+    ("[solver]\nsteps = 0", "solver.steps=0 is not allowed: an integer from 1 to 2147483647"),
+    # the step counter is int32: this was an OverflowError inside the run
+    ("[solver]\nsteps = 1000000000000",
+     "solver.steps=1000000000000 is not allowed: an integer from 1 to 2147483647"),
     ("[solver]\ntol = -1.0", "solver.tol=-1.0 is not allowed: a number >= 0"),
     ("[solver]\nfast = 1", "solver.fast=1 is not allowed: true or false"),
     ("[solver]\nfast = [true, false]", "solver.fast=[True, False] is not allowed: one value"),

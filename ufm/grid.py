@@ -46,6 +46,7 @@ from ufm.problem import (
 from ufm.results import ResultsFolderError, UnitResult, float_column
 from ufm.solvers import (
     CHECK_EVERY,
+    MAX_STEPS,
     SOLVERS,
     STATUS_MEANINGS,
     STATUSES,
@@ -55,6 +56,8 @@ from ufm.solvers import (
 from ufm.tables import PROBLEM_COLUMNS, counts, fmt, format_table, label_value, series_labels
 
 at_least = lambda n: (lambda v: v >= n, f"an integer >= {n}")
+step_count = (lambda v: 1 <= v <= MAX_STEPS, f"an integer from 1 to {MAX_STEPS} (step counts "
+              "are int32)")
 
 
 def _hyper_field(name: str, default: float) -> Field:
@@ -77,8 +80,8 @@ PROBLEM_SECTION = {
 HYPER_SECTION = {name: _hyper_field(name, default) for name, default in Hyper()._asdict().items()}
 SOLVER_SECTION = {
     "name": Field("gd", "str", axis=True, choices=SOLVERS),
-    "steps": Field(10_000, "int", rule=at_least(1)),
-    "log_every": Field(100, "int", rule=at_least(1)),
+    "steps": Field(10_000, "int", rule=step_count),
+    "log_every": Field(100, "int", rule=step_count),
     "tol": Field(None, "float", optional=True, rule=(lambda v: v >= 0, "a number >= 0")),
     "init_scale": Field(1.0, "float", rule=(lambda v: v > 0, "a number > 0")),
     "fast": Field(True, "bool"),

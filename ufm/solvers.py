@@ -69,6 +69,8 @@ HISTORY_KEYS = ("objective", "loss", "grad_norm", "stationarity", "gap",
 CHECK_EVERY = 25
 # The reference path's steps between two tests of whether a run goes on (`_run_logs`).
 REFERENCE_STEPS_PER_TEST = 10
+# Step counts are int32 inside the compiled run (the counter, max_steps, diverged_at).
+MAX_STEPS = 2**31 - 1
 
 
 def stationarity(problem: Problem, hyper: Hyper, value, grad_norm):
@@ -544,8 +546,10 @@ def _check_run_args(problem, solver, steps, log_every, tol):
         raise ValueError(f"solver={solver!r} is not allowed: one of {list(SOLVERS)}")
     check_solver_geometry(problem, solver)
     for name, value in (("steps", steps), ("log_every", log_every)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{name}={value!r} is not allowed: an integer >= 1")
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not (
+                1 <= value <= MAX_STEPS):
+            raise ValueError(f"{name}={value!r} is not allowed: an integer from 1 to {MAX_STEPS}"
+                             " (step counts are int32)")
     if not (isinstance(tol, (int, float, np.floating)) and tol >= 0):
         raise ValueError(f"tol={tol!r} is not allowed: a number >= 0")
 
