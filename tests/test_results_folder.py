@@ -159,3 +159,19 @@ def test_progress_off_a_terminal_prints_lines_not_carriage_returns(capsys):
     err = capsys.readouterr().err
     assert "\r" not in err
     assert 1 <= len(err.splitlines()) <= 3  # the first line, the last, nothing per update
+
+
+@pytest.mark.parametrize("damage, said", [
+    (lambda text: "", "has no header line"),
+    (lambda text: text.splitlines()[0] + "\n1,2\n", "line 2 has 2 cells, the header 3"),
+    (lambda text: text.encode() + b"\xff\xfe,\x80\n", "is damaged"),
+])
+def test_a_damaged_results_table_is_named_not_a_traceback(tmp_path, damage, said):
+    """An empty results.csv was a StopIteration, a cut line an IndexError."""
+    path = tmp_path / "results.csv"
+    results.write_table(path, [{"row": 0, "loss": "ce", "nc1": 0.5}])
+    assert list(results.read_table(path)) == ["row", "loss", "nc1"]
+    broken = damage(path.read_text())
+    path.write_bytes(broken if isinstance(broken, bytes) else broken.encode())
+    with pytest.raises(results.ResultsFolderError, match=said):
+        results.read_table(path)

@@ -119,7 +119,11 @@ def _cmd_show(args) -> int:
               file=sys.stderr)
         return 2
     if args.all:
-        table = results.read_table(path)
+        try:
+            table = results.read_table(path)
+        except ResultsFolderError as err:
+            print(f"ufm show: {err}", file=sys.stderr)
+            return 2
         columns = list(table)
         print(",".join(columns))
         for i in range(len(table["row"])):

@@ -46,18 +46,18 @@ from ufm.problem import (
 from ufm.results import ResultsFolderError, UnitResult, float_column
 from ufm.solvers import (
     CHECK_EVERY,
-    MAX_STEPS,
     SOLVERS,
     STATUS_MEANINGS,
     STATUSES,
+    STEP_LIMIT,
     check_solver_geometry,
     solve_batch,
 )
 from ufm.tables import PROBLEM_COLUMNS, counts, fmt, format_table, label_value, series_labels
 
 at_least = lambda n: (lambda v: v >= n, f"an integer >= {n}")
-step_count = (lambda v: 1 <= v <= MAX_STEPS, f"an integer from 1 to {MAX_STEPS} (step counts "
-              "are int32)")
+step_count = (lambda v: 1 <= v <= STEP_LIMIT,
+              f"an integer from 1 to {STEP_LIMIT} (step counts are int32)")
 
 
 def _hyper_field(name: str, default: float) -> Field:

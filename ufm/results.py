@@ -195,11 +195,27 @@ def _parse(text: str):
 
 
 def read_table(path) -> dict:
-    """results.csv as a dict of numpy columns (numbers typed, text kept as str)."""
-    with open(path, newline="") as handle:
-        reader = csv.reader(handle)
-        columns = next(reader)
-        cells = [[_parse(c) for c in row] for row in reader]
+    """results.csv as a dict of numpy columns (numbers typed, text kept as str). A damaged file
+    (empty, not UTF-8, a line with the wrong number of cells) raises ResultsFolderError naming
+    the file and the line."""
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.reader(handle)
+            columns = next(reader, None)
+            if not columns:
+                raise ResultsFolderError(f"{path} is empty or damaged: it has no header line; "
+                                         "rerun the experiment into this folder to rebuild it")
+            cells = []
+            for row in reader:
+                if len(row) != len(columns):
+                    raise ResultsFolderError(
+                        f"{path} is damaged: line {reader.line_num} has {len(row)} cells, the "
+                        f"header {len(columns)}; rerun the experiment into this folder to "
+                        "rebuild it from its checkpoints")
+                cells.append([_parse(c) for c in row])
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise ResultsFolderError(f"{path} is damaged ({err}); rerun the experiment into this "
+                                 "folder to rebuild it from its checkpoints") from None
     table = {}
     for j, name in enumerate(columns):
         values = [row[j] for row in cells]

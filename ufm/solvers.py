@@ -70,7 +70,7 @@ CHECK_EVERY = 25
 # The reference path's steps between two tests of whether a run goes on (`_run_logs`).
 REFERENCE_STEPS_PER_TEST = 10
 # Step counts are int32 inside the compiled run (the counter, max_steps, diverged_at).
-MAX_STEPS = 2**31 - 1
+STEP_LIMIT = 2**31 - 1
 
 
 def stationarity(problem: Problem, hyper: Hyper, value, grad_norm):
@@ -547,9 +547,9 @@ def _check_run_args(problem, solver, steps, log_every, tol):
     check_solver_geometry(problem, solver)
     for name, value in (("steps", steps), ("log_every", log_every)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not (
-                1 <= value <= MAX_STEPS):
-            raise ValueError(f"{name}={value!r} is not allowed: an integer from 1 to {MAX_STEPS}"
-                             " (step counts are int32)")
+                1 <= value <= STEP_LIMIT):
+            raise ValueError(f"{name}={value!r} is not allowed: an integer from 1 to "
+                             f"{STEP_LIMIT} (step counts are int32)")
     if not (isinstance(tol, (int, float, np.floating)) and tol >= 0):
         raise ValueError(f"tol={tol!r} is not allowed: a number >= 0")
 
