@@ -334,10 +334,9 @@ def _chunk_rows(arrays, group, solver_name, indices, configs) -> UnitResult:
 
 
 def _plan(experiment, configs, groups, folder) -> list[tuple[int, int]]:
-    """(vmapped width, chunk) per group: the file's run.batch / run.chunk, or
-    `runner.batch_width` and
-    `runner.chunk_size`. Saved in the folder, so a resumed run cuts its groups exactly as the
-    first run did; process 0's plan is every process's."""
+    """(vmapped width, chunk) per group: the file's run.batch / run.chunk, or the measured
+    rules `runner.batch_width` and `runner.chunk_size`. Saved in the folder, so a resumed run
+    cuts its groups exactly as the first run did; process 0's plan is every process's."""
     saved = None if folder is None else folder.read_json("plan.json")
     if saved is not None and len(saved) == len(groups):
         return [tuple(p) for p in saved]
@@ -345,9 +344,7 @@ def _plan(experiment, configs, groups, folder) -> list[tuple[int, int]]:
     for (problem, _), indices in groups.items():
         if experiment.run["batch"]:
             width = min(experiment.run["batch"], len(indices))
-        else:
-            # Measured widths (`runner.CPU_BATCH_BYTES`); a timed trial of each group here
-            # cost two compilations a group (the default run: 60 s against 25 s) and is gone.
+        else:  # no timed trial per group: it cost two compilations a group
             width = runner.batch_width(problem, len(indices))
         if experiment.run["chunk"]:
             asked = experiment.run["chunk"]

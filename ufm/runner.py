@@ -110,6 +110,12 @@ def over_devices(fn, in_axes):
                          check_vma=False)
 
 
+def over_configurations(fn, in_axes, width: int | None):
+    """`fn` over a leading configuration axis as every batched program runs: sharded over the
+    local devices (`over_devices`), each device's share in slices of `width` (`over_batch`)."""
+    return over_devices(over_batch(fn, in_axes, width), in_axes)
+
+
 def shard_over_devices(tree):
     """Shard the leading (configuration) axis, already a multiple of the local device count,
     over a 1-D mesh "grid" (docs/architecture.md: scaling out). One device: unchanged."""

@@ -598,9 +598,8 @@ def _compiled_chunk(problem, solver, log_every, points_per_chunk, batched, width
                               fast=fast_path is not None, vmapped=vmapped)
 
     if batched:  # each local device runs its shard in slices of `width` (`ufm.runner`)
-        chunk_axes, start_axes = (0, 0, None, None, None, None), (0, 0, None, 0)
-        chunk = runner.over_devices(runner.over_batch(chunk, chunk_axes, width), chunk_axes)
-        start = runner.over_devices(runner.over_batch(start, start_axes, width), start_axes)
+        chunk = runner.over_configurations(chunk, (0, 0, None, None, None, None), width)
+        start = runner.over_configurations(start, (0, 0, None, 0), width)
     return jax.jit(start), jax.jit(chunk)
 
 
@@ -616,7 +615,7 @@ def _compiled_records(problem, pullback, batched, width, points_at_once):
         return _records(problem, solver, hyper, trace, f_star, points_at_once)
 
     if batched:
-        records = runner.over_devices(runner.over_batch(records, (0, 0, 0), width), (0, 0, 0))
+        records = runner.over_configurations(records, (0, 0, 0), width)
     return jax.jit(records)
 
 
