@@ -122,7 +122,8 @@ def test_a_damaged_checkpoint_is_named_and_redone_and_the_table_never_missing(tm
 
 def test_a_checkpoint_of_other_rows_is_not_trusted(tmp_path):
     folder = results.ResultsFolder(tmp_path, "x")
-    blob = results.pack_unit("a", results.UnitResult([{"row": 3, "v": 1.5}], [], {}))
+    blob = results.pack_unit("a", results.UnitResult([{"row": 3, "v": 1.5}], [], {}),
+                             folder.digest)
     folder.save_unit("a", blob)
     assert folder.load_unit("a", [3]).rows == [{"row": 3, "v": 1.5}]
     with pytest.warns(UserWarning, match="rows are not this unit's"):
@@ -175,3 +176,213 @@ def test_a_damaged_results_table_is_named_not_a_traceback(tmp_path, damage, said
     path.write_bytes(broken if isinstance(broken, bytes) else broken.encode())
     with pytest.raises(results.ResultsFolderError, match=said):
         results.read_table(path)
+
+
+# --- one writer, checkpoints that prove what they hold, a damaged config.toml (issue 24) ---
+
+SLOW_GRID = """name = "two_writers"
+[problem]
+num_classes = 3
+feature_dim = 3
+n_per_class = 2
+dtype = "float64"
+[hyper]
+lam_W = [5e-3, 6e-3, 7e-3, 8e-3, 9e-3, 1e-2]
+lam_H = 5e-3
+lam_b = 0.0
+[solver]
+steps = 40000
+log_every = 2000
+[run]
+seeds = [0]
+chunk = 1
+batch = 1
+"""
+
+
+def _numbers(path):
+    table = results.read_table(path / results.RESULTS)
+    return {k: np.asarray(v) for k, v in table.items() if k != "seconds"}
+
+
+def _wait_for(condition, what, seconds=120.0):
+    import time
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def test_a_second_writer_refuses_and_sigterm_then_rerun_equals_the_uninterrupted_run(tmp_path,
+                                                                                      capsys):
+    """Two `ufm run`s on one folder used to both run the whole grid (and a killed second one
+    left a 7-row table beside a 12-row history). Now the second refuses naming the first; the
+    first, preempted with SIGTERM, says how to resume, and the resumed table is the straight
+    run's."""
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    from ufm import cli
+
+    file = tmp_path / "grid.toml"
+    file.write_text(SLOW_GRID)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "ufm", "run", str(file), "--out", str(out), "--no-plots",
+               "--no-progress", "--host-devices", "1"]
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lock = out / results.LOCK
+
+        def running():
+            try:
+                return json.loads(lock.read_text()).get("state") == "running"
+            except (OSError, ValueError):
+                return False
+        _wait_for(running, "the first run's lock")
+        assert cli.main(["run", str(file), "--out", str(out), "--no-plots",
+                         "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert f"is being written by process {first.pid} on host" in err, err
+        assert "Traceback" not in err
+        _wait_for(lambda: any((out / results.CHECKPOINTS).glob("group-*.npz")),
+                  "the first checkpoint")
+        first.send_signal(signal.SIGTERM)
+        _, first_err = first.communicate(timeout=120)
+    finally:
+        first.kill()
+    assert first.returncode == 143, first_err
+    assert "terminated (SIGTERM)" in first_err and "Resume with" in first_err
+    assert json.loads((out / results.LOCK).read_text())["state"] == "released"
+    finished = len(list((out / results.CHECKPOINTS).glob("group-*.npz")))
+    assert 1 <= finished < 6  # preempted mid-grid
+
+    experiment = ufm.experiment.load(file)
+    resumed = ufm.run(experiment, out=out, progress=False)  # the lock is free again
+    assert resumed.resumed == finished
+    ufm.run(experiment, out=tmp_path / "straight", progress=False)
+    got, want = _numbers(out), _numbers(tmp_path / "straight")
+    assert got.keys() == want.keys() and len(got["row"]) == 6
+    for key in want:
+        if want[key].dtype.kind == "f":
+            np.testing.assert_allclose(got[key], want[key], rtol=1e-9, atol=1e-12, err_msg=key)
+        else:
+            assert (got[key] == want[key]).all(), key
+
+
+def test_a_lock_of_a_live_process_refuses_and_of_a_dead_one_is_taken_over(tmp_path):
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    experiment = ufm.experiment.resolve(EXPERIMENTS["grid"])
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from ufm import results; "
+         "results.FolderLock(sys.argv[1]).acquire(); print('held', flush=True); "
+         "time.sleep(600)", str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(results.FolderBusy, match=f"process {holder.pid} on host"):
+            ufm.run(experiment, out=out, progress=False)
+    finally:
+        holder.kill()  # kill -9: the record still says "running"
+        holder.wait()
+    assert json.loads((out / results.LOCK).read_text())["state"] == "running"
+    with pytest.warns(UserWarning, match=f"stale lock of process {holder.pid}.*it has ended"):
+        ufm.run(experiment, out=out, progress=False)
+    assert len(results.read_table(out / results.RESULTS)["row"]) == 2
+
+    # A shared filesystem that passes no OS locks between hosts: the record and its heartbeat.
+    record = {"state": "running", "host": "elsewhere-" + socket.gethostname(), "pid": 4242,
+              "command": "ufm run grid.toml", "started": time.time() - 60,
+              "heartbeat": time.time() - 5}
+    (out / results.LOCK).write_text(json.dumps(record))
+    with pytest.raises(results.FolderBusy, match="process 4242 on host elsewhere-.*alive 5 s ago"):
+        ufm.run(experiment, out=out, progress=False)
+    record["heartbeat"] = time.time() - results.STALE_SECONDS - 1
+    (out / results.LOCK).write_text(json.dumps(record))
+    with pytest.warns(UserWarning, match="stale lock of process 4242.*silent for"):
+        ufm.run(experiment, out=out, progress=False)
+    assert os.path.exists(out / results.LOCK)  # never removed: see FolderLock
+
+
+def test_a_checkpoint_from_another_configuration_is_recomputed(tmp_path, monkeypatch):
+    """A chunk copied in from the same grid run with other solver.steps used to be resumed as
+    finished (its rows reporting the other run's steps)."""
+    experiment = ufm.experiment.resolve(EXPERIMENTS["grid"])
+    other = ufm.experiment.resolve(EXPERIMENTS["grid"] | {"solver": {"steps": 40,
+                                                                      "log_every": 20}})
+    ufm.run(experiment, out=tmp_path / "a", progress=False)
+    ufm.run(other, out=tmp_path / "b", progress=False)
+    straight = _table(tmp_path / "a")
+    tag = sorted((tmp_path / "b" / results.CHECKPOINTS).glob("group-*.npz"))[1].name
+    (tmp_path / "a" / results.CHECKPOINTS / tag).write_bytes(
+        (tmp_path / "b" / results.CHECKPOINTS / tag).read_bytes())
+    ran = []
+    _patch_run_unit(monkeypatch, "grid", lambda run_unit: lambda *a: (ran.append(a[1].tag),
+                                                                      run_unit(*a))[1])
+    with pytest.warns(UserWarning, match=f"{tag}: damaged checkpoint.*computed for another "
+                                         "configuration"):
+        ufm.run(experiment, out=tmp_path / "a", progress=False)
+    assert ran == [tag[:-4]]
+    assert _table(tmp_path / "a") == straight
+
+
+@pytest.mark.parametrize("damage", ["half", "cut at a line", "not UTF-8", "deleted",
+                                    "deleted with its copy"])
+def test_a_damaged_config_toml_is_restored_and_the_run_resumes(tmp_path, monkeypatch, damage):
+    """A half config.toml used to be read as "a different configuration" (its missing keys
+    filled with defaults), a deleted one blocked resuming with no hint."""
+    experiment = ufm.experiment.resolve(EXPERIMENTS["grid"])
+    out = tmp_path / "out"
+    ufm.run(experiment, out=out, progress=False)
+    straight = _table(out)
+    config, copy = out / results.CONFIG, out / results.CHECKPOINTS / results.CONFIG
+    text = config.read_text()
+    assert copy.read_text() == text
+    if damage == "half":
+        config.write_text(text[: len(text) // 2])
+    elif damage == "cut at a line":
+        config.write_text("".join(text.splitlines(keepends=True)[:12]))
+    elif damage == "not UTF-8":
+        config.write_bytes(b"\xff\xfe" + text.encode()[:40])
+    else:
+        config.unlink()
+        if damage == "deleted with its copy":
+            copy.unlink()
+    ran = []
+    _patch_run_unit(monkeypatch, "grid", lambda run_unit: lambda *a: (ran.append(a[1].tag),
+                                                                      run_unit(*a))[1])
+    source = "the digests of its checkpoints" if damage == "deleted with its copy" else "config"
+    with pytest.warns(UserWarning, match=f"config.toml is (damaged|missing).*; restored from "
+                                         f".*{source}"):
+        resumed = ufm.run(experiment, out=out, progress=False)
+    assert ran == [] and resumed.resumed == 2
+    assert config.read_text() == text and _table(out) == straight
+
+
+def test_a_damaged_config_toml_of_another_configuration_says_so(tmp_path):
+    experiment = ufm.experiment.resolve(EXPERIMENTS["grid"])
+    other = ufm.experiment.resolve(EXPERIMENTS["grid"] | {"solver": {"steps": 40,
+                                                                      "log_every": 20}})
+    out = tmp_path / "out"
+    ufm.run(experiment, out=out, progress=False)
+    text = (out / results.CONFIG).read_text()
+    (out / results.CONFIG).write_text(text[: len(text) // 2])
+    with pytest.raises(results.ResultsFolderError,
+                       match=r"config.toml is damaged .*its copy .* says it held results of a "
+                             r"different configuration"):
+        ufm.run(other, out=out, progress=False)
+    (out / results.CHECKPOINTS / results.CONFIG).unlink()
+    with pytest.raises(results.ResultsFolderError,
+                       match="config.toml is damaged .*nothing in the folder shows that it held "
+                             "this configuration"):
+        ufm.run(other, out=out, progress=False)
+    assert sorted((out / results.CHECKPOINTS).glob("group-*.npz"))  # nothing removed

@@ -118,12 +118,43 @@ def run(path_or_experiment=None, out=None, *, overrides=(), progress=None) -> Ru
     kind = kinds.get(experiment.kind)
     main = multihost.is_main()
     folder = None
+    config_text = dumps(experiment)
+    digest = results.config_digest(config_text)
     if out is not None and main:
-        folder = results.ResultsFolder(out, dumps(experiment))
+        folder = results.ResultsFolder(out, config_text, _checker(experiment.kind))
         try:
-            folder.claim()
+            folder.open()
         except results.DifferentConfiguration as err:
-            _extend(folder, experiment, err)
+            try:
+                _extend(folder, experiment, err)
+            except BaseException:
+                folder.close()
+                raise
+    try:
+        return _run(experiment, kind, folder, digest, progress)
+    finally:
+        if folder is not None:
+            folder.close()
+
+
+def _checker(kind_name: str):
+    """`ResultsFolder`'s test of a config.toml: a configuration of some kind, and not one cut
+    short at a line end (such a file still parses, its missing keys filled with defaults: it is
+    a strict beginning of the file its configuration writes)."""
+    def check(text: str) -> None:
+        try:
+            full = dumps(resolve(tomllib.loads(text)))
+        except ConfigError as err:
+            raise ValueError(str(err)) from None
+        if full != text and full.startswith(text):
+            raise ValueError(f"it stops after line {text.count(chr(10))} of "
+                             f"{full.count(chr(10))}: cut short")
+    return check
+
+
+def _run(experiment: Experiment, kind, folder, digest: str, progress) -> RunResult:
+    """`run` in a claimed folder (or none)."""
+    main = multihost.is_main()
     t0 = time.perf_counter()
     work = kind.units(experiment, folder)
     found = {}  # unit index -> (blob, result) read back from the folder (process 0)
@@ -152,7 +183,7 @@ def run(path_or_experiment=None, out=None, *, overrides=(), progress=None) -> Ru
             scratch = None if folder is None else folder.scratch(unit.tag)
             before = bar.n if bar is not None else 0
             result = kind.run_unit(experiment, unit, bar if n_proc == 1 else None, scratch)
-            blob = results.pack_unit(unit.tag, result)
+            blob = results.pack_unit(unit.tag, result, digest)
             if bar is not None and n_proc == 1:
                 bar.update(before + unit.work - bar.n)
         for k, got in zip(round_units, multihost.allgather_bytes(blob)):
@@ -188,7 +219,13 @@ def _extend(folder, experiment: Experiment, refusal) -> None:
         raise refusal from None
     if kind.extend is None or old.kind != experiment.kind:
         raise refusal
-    stale = kind.extend(old, experiment, folder)
+    try:
+        stale = kind.extend(old, experiment, folder)
+    except results.ResultsFolderError as err:
+        if not folder.damage:
+            raise
+        raise results.ResultsFolderError(f"{folder.path}: {folder.damage}held results of a "
+                                         f"different configuration: {err}") from None
     folder.adopt()  # from here on the folder is this experiment's
     for path in stale:
         Path(path).unlink(missing_ok=True)

@@ -454,7 +454,7 @@ def extend(old, new, folder) -> list:
     new_group = {i: g for g, indices in enumerate(_groups(new_configs).values())
                  for i in indices}
     # The folder as the old grid wrote it: its config.toml names its imports and chunk tags.
-    old_folder = results.ResultsFolder(folder.path, (folder.path / results.CONFIG).read_text())
+    old_folder = results.ResultsFolder(folder.path, folder.previous_text)
     old_imports = old_folder.read_json(_imports_file(old_folder)) or []
     listed = {tag for tag, _ in old_imports}
     chunk_tag = re.compile(r"group-\d{5}-chunk-\d{5}" + (
@@ -475,7 +475,7 @@ def extend(old, new, folder) -> list:
             continue
         tag = f"imported-{folder.config_id}-{len(carried):05d}"
         folder.save_unit(tag, results.pack_unit(tag, UnitResult(moved, result.histories,
-                                                                 result.arrays)))
+                                                                 result.arrays), folder.digest))
         carried.append([tag, [row["row"] for row in moved]])
         stale.append(path)
     folder.write_json(_imports_file(folder), carried)

@@ -7,11 +7,16 @@
     DIR/manifest.json       package versions, devices, wall time, git revision if any
     DIR/*.png               figures
     DIR/checkpoints/        one file per finished unit of work (a chunk of a grid, a
-                            configuration of a landscape or network experiment), and a unit's
-                            own progress (a network's training state) while it runs
+                            configuration of a landscape or network experiment), each with the
+                            digest of the configuration it was computed for; a unit's own
+                            progress (a network's training state) while it runs; config.toml,
+                            a second copy of the claimed configuration
+    DIR/.lock               held (an OS file lock, and the holder's host, pid and heartbeat)
+                            by the one process writing the folder
 
-`ResultsFolder` claims a folder (refusing another configuration's), checkpoints finished units,
-reads them back on a rerun (a damaged one is named in a warning and its unit recomputed), keeps
+`ResultsFolder` locks a folder (one writer at a time), claims it (refusing another
+configuration's), checkpoints finished units, reads them back on a rerun (a damaged one, or one
+computed for another configuration, is named in a warning and its unit recomputed), keeps
 results.csv growing as units finish, and writes the final files. Every file is written under a
 temporary name and renamed into place, so nothing the user has is removed before its
 replacement is complete. Files are numpy archives and JSON, read without pickle: data files
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import datetime
+import errno
 import hashlib
 import importlib.metadata
 import io
@@ -28,8 +34,12 @@ import json
 import math
 import os
 import platform
+import socket
 import subprocess
 import sys
+import threading
+import time
+import tomllib
 import warnings
 from pathlib import Path
 from typing import NamedTuple
@@ -39,12 +49,25 @@ import numpy as np
 
 from ufm.config import InputError
 
+try:  # POSIX; elsewhere the lock is the holder's record and heartbeat alone
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None
+
 CONFIG, RESULTS, HISTORY, MANIFEST = "config.toml", "results.csv", "history.npz", "manifest.json"
-CHECKPOINTS = "checkpoints"
+CHECKPOINTS, LOCK = "checkpoints", ".lock"
+# The lock's holder rewrites its heartbeat this often; a holder on another host silent for
+# STALE_SECONDS is taken to be dead (a shared filesystem that does not pass OS locks between
+# hosts). On one host the OS lock alone decides: it ends with its process.
+HEARTBEAT_SECONDS, STALE_SECONDS = 30.0, 180.0
 
 
 class ResultsFolderError(InputError):
     """The output folder holds something that is not this experiment's results."""
+
+
+class FolderBusy(ResultsFolderError):
+    """Another process is writing the folder."""
 
 
 class DifferentConfiguration(ResultsFolderError):
@@ -308,12 +331,18 @@ def _tuples(value):
     return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
 
 
-def pack_unit(tag: str, result: UnitResult) -> bytes:
-    """A unit's result as the bytes of an uncompressed numpy archive (no pickle): its tag and
-    rows as JSON, histories as h/<i>/<key>, arrays as a/<file>/<key>. The same bytes travel
-    between processes and are the checkpoint file."""
+def config_digest(config_text: str) -> str:
+    """The SHA-256 of a configuration's config.toml: what a checkpoint was computed for."""
+    return hashlib.sha256(config_text.encode()).hexdigest()
+
+
+def pack_unit(tag: str, result: UnitResult, digest: str = "") -> bytes:
+    """A unit's result as the bytes of an uncompressed numpy archive (no pickle): its tag, the
+    digest of the configuration it was computed for (`config_digest`) and its rows as JSON,
+    histories as h/<i>/<key>, arrays as a/<file>/<key>. The same bytes travel between
+    processes and are the checkpoint file."""
     arrays = {"unit": np.frombuffer(json.dumps(
-        {"tag": tag, "rows": result.rows, "histories": len(result.histories)},
+        {"tag": tag, "config": digest, "rows": result.rows, "histories": len(result.histories)},
         default=_json_default).encode(), np.uint8)}
     for i, history in enumerate(result.histories):
         arrays.update({f"h/{i}/{k}": np.asarray(v) for k, v in history.items()})
@@ -324,12 +353,17 @@ def pack_unit(tag: str, result: UnitResult) -> bytes:
     return buffer.getvalue()
 
 
-def unpack_unit(blob: bytes) -> tuple[str, UnitResult]:
+def unpack_unit(blob: bytes, digest: str | None = None) -> tuple[str, UnitResult]:
     """(tag, result) of `pack_unit`'s bytes; raises ValueError (or the archive's error) when the
-    bytes are damaged. List cells come back as tuples."""
+    bytes are damaged, or when `digest` is given and the unit was computed for another
+    configuration. List cells come back as tuples."""
     with np.load(io.BytesIO(blob), allow_pickle=False) as data:
         files = {k: data[k] for k in data.files}
     head = json.loads(files.pop("unit").tobytes().decode())
+    if digest is not None and head.get("config") != digest:
+        found = head.get("config") or "none"
+        raise ValueError(f"it was computed for another configuration (digest {found[:12]}, "
+                         f"this one {digest[:12]})")
     rows = [{k: _tuples(v) for k, v in row.items()} for row in head["rows"]]
     histories = [{} for _ in range(head["histories"])]
     arrays: dict = {}
@@ -346,40 +380,261 @@ def unpack_unit(blob: bytes) -> tuple[str, UnitResult]:
     return head["tag"], UnitResult(rows, histories, arrays)
 
 
+def _alive(pid: int) -> bool:
+    """Whether process `pid` exists on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+class FolderLock:
+    """The one-writer lock of a results folder: `DIR/.lock`, held with an OS lock (flock) for
+    the whole run and holding the holder's record (host, pid, command, start, heartbeat) as
+    JSON, so a refusal can name it.
+
+    A second writer refuses in one line naming the holder. A dead holder's lock is taken over:
+    on one host the OS releases a lock with its process (and a record naming a dead pid is
+    stale); on a shared filesystem that does not pass OS locks between hosts, a holder on
+    another host is dead once its heartbeat (rewritten every HEARTBEAT_SECONDS by a thread) is
+    STALE_SECONDS old. The file is never removed (removing a locked file lets two processes
+    lock two different files); a released lock's record says so."""
+
+    def __init__(self, folder):
+        self.path = Path(folder) / LOCK
+        self._fd = None
+        self._record: dict = {}
+        self._stop = threading.Event()
+        self._thread = None
+
+    def _read(self) -> dict:
+        try:
+            record = json.loads(self.path.read_text())
+        except (OSError, ValueError, UnicodeDecodeError):
+            return {}
+        return record if isinstance(record, dict) else {}
+
+    @staticmethod
+    def describe(record: dict) -> str:
+        if not record.get("pid"):
+            return "another process"
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.get("started", 0)))
+        command = f" ({record['command']})" if record.get("command") else ""
+        return (f"process {record['pid']} on host {record.get('host', '?')}, "
+                f"started {when}{command}")
+
+    def _write(self) -> None:
+        self._record["heartbeat"] = time.time()
+        data = json.dumps(self._record).encode()
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, data, 0)
+
+    def acquire(self) -> None:
+        """Take the lock or raise FolderBusy naming its holder; a stale lock is taken over
+        with a warning naming the dead holder."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        os_locked = False
+        try:
+            if fcntl is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    os_locked = True
+                except BlockingIOError:
+                    raise FolderBusy(f"{self.path.parent} is being written by "
+                                     f"{self.describe(self._read())}; wait for it to finish, "
+                                     "or choose another --out") from None
+                except OSError as err:  # a filesystem without OS locks: the record decides
+                    if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                        raise
+            held = self._read()
+            if held.get("state") == "running" and held.get("pid"):
+                self._check_holder(held, os_locked)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        self._record = {"state": "running", "host": socket.gethostname(), "pid": os.getpid(),
+                        "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:])
+                        if sys.argv and sys.argv[0] else "",
+                        "started": time.time()}
+        self._write()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._beat, daemon=True, name="ufm-lock")
+        self._thread.start()
+
+    def _check_holder(self, held: dict, os_locked: bool) -> None:
+        """The record names a running holder although the OS lock was free: refuse while it
+        may be alive, or warn and take over. On this host a free OS lock proves the holder
+        ended (its pid may since name another process)."""
+        if held.get("host") == socket.gethostname():
+            if not os_locked and held["pid"] != os.getpid() and _alive(int(held["pid"])):
+                raise FolderBusy(f"{self.path.parent} is being written by "
+                                 f"{self.describe(held)} (this filesystem does not pass OS "
+                                 "locks); wait for it to finish, or choose another --out")
+            why = "it has ended"
+        else:
+            silent = time.time() - float(held.get("heartbeat", 0))
+            if silent < STALE_SECONDS:
+                raise FolderBusy(
+                    f"{self.path.parent} is being written by {self.describe(held)}, alive "
+                    f"{silent:.0f} s ago; wait for it to finish, or choose another --out (a "
+                    f"holder silent for {STALE_SECONDS:.0f} s is taken to be dead and its lock "
+                    "taken over)")
+            why = f"silent for {silent:.0f} s"
+        warnings.warn(f"{self.path}: a stale lock of {self.describe(held)} taken over ({why})",
+                      stacklevel=3)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_SECONDS):
+            try:
+                self._write()
+            except OSError:  # a full disk: the OS lock still holds; the next beat retries
+                pass
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        try:
+            self._record["state"] = "released"
+            self._write()
+        except OSError:
+            pass
+        finally:
+            os.close(self._fd)  # releases the OS lock
+            self._fd = None
+
+
 class ResultsFolder:
     """A results folder being written by a run (see the module docstring). Only the writing
-    process (process 0 of a multi-process run) makes one."""
+    process (process 0 of a multi-process run) makes one.
 
-    def __init__(self, path, config_text: str):
+    `check(text)` raises ValueError when a config.toml's text is not a whole configuration (the
+    kind's schema decides; by default: UTF-8 TOML ending in a newline)."""
+
+    def __init__(self, path, config_text: str, check=None):
         self.path = Path(path)
         self.config_text = config_text
         self.checkpoints = self.path / CHECKPOINTS
+        self.check = check
+        self.lock = FolderLock(self.path)
+        self.previous_text = None  # the other configuration found by `claim`
+        self.damage = ""  # what claim found damaged on the way ("config.toml is damaged ...")
 
-    def claim(self) -> None:
-        """Refuse a folder that holds another configuration's results or other files; write
-        config.toml first, so an interrupted run is recognised and resumed."""
-        existing = self.path / CONFIG
+    @property
+    def digest(self) -> str:
+        return config_digest(self.config_text)
+
+    def _whole(self, path: Path) -> tuple[str | None, str | None]:
+        """(text, None) of a whole config file, (None, why) of a damaged one, (None, None) of
+        a missing one."""
+        if not path.is_file():
+            return None, None
+        try:
+            text = path.read_bytes().decode()
+            tomllib.loads(text)
+            if not text.endswith("\n"):
+                raise ValueError("it ends in the middle of a line")
+            if self.check is not None:
+                self.check(text)
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError, ValueError, InputError) as err:
+            return None, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        return text, None
+
+    def _own_checkpoint(self) -> Path | None:
+        """A checkpoint computed for this configuration, if the folder holds one."""
+        for path in sorted(self.checkpoints.glob("*.npz")):
+            try:
+                with np.load(path, allow_pickle=False) as data:
+                    head = json.loads(data["unit"].tobytes().decode())
+                if head.get("config") == self.digest:
+                    return path
+            except Exception:  # noqa: BLE001 (a damaged file proves nothing)
+                continue
+        return None
+
+    def open(self) -> None:
+        """Lock the folder (one writer at a time: `FolderLock`), then claim it."""
         if self.path.exists() and not self.path.is_dir():
             raise ResultsFolderError(f"{self.path} is a file, not a folder; choose another --out")
-        if existing.is_file():
-            old = existing.read_text()
-            if old != self.config_text:
-                diff = next((f"{a!r} != {b!r}" for a, b in zip(old.splitlines(),
-                                                                 self.config_text.splitlines())
-                             if a != b), "different length")
-                raise DifferentConfiguration(
-                    f"{self.path} holds results of a different configuration (first difference: "
-                    f"{diff}); choose another --out or remove the folder", old)
-        elif self.path.is_dir() and any(self.path.iterdir()):
+        if self.path.is_dir() and not (self.path / CONFIG).exists() and not \
+                self.checkpoints.is_dir() and any(p.name != LOCK for p in self.path.iterdir()):
             raise ResultsFolderError(f"{self.path} is not empty and is not a ufm results folder "
                                      f"({CONFIG} is missing); choose another --out")
         self.path.mkdir(parents=True, exist_ok=True)
-        write_text(existing, self.config_text)
+        self.lock.acquire()
+        try:
+            self.claim()
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def close(self) -> None:
+        self.lock.release()
+
+    def claim(self) -> None:
+        """Make the folder this configuration's, or raise: DifferentConfiguration when it
+        holds another configuration's results, ResultsFolderError when it is not a results
+        folder or its configuration is damaged beyond repair. config.toml is written first
+        (and its copy checkpoints/config.toml), so an interrupted run is recognised and
+        resumed; a damaged or missing config.toml is restored from the copy, or from the
+        checkpoints' digests, when they show it was this configuration. Call with the lock
+        held (`open`): that makes the check-then-write atomic."""
+        if self.path.exists() and not self.path.is_dir():
+            raise ResultsFolderError(f"{self.path} is a file, not a folder; choose another --out")
+        main_path, copy_path = self.path / CONFIG, self.checkpoints / CONFIG
+        text, damage = self._whole(main_path)
+        if text == self.config_text:
+            self._write_config(copy_only=True)
+            return
+        if text is not None:
+            self._different(text, "")
+        copy, _ = self._whole(copy_path)
+        state = f"{CONFIG} is damaged ({damage})" if damage else f"{CONFIG} is missing"
+        if copy == self.config_text or (copy is None and self._own_checkpoint() is not None):
+            if damage or any(p.name != LOCK for p in self.path.iterdir()):
+                source = copy_path if copy is not None else "the digests of its checkpoints"
+                warnings.warn(f"{self.path}: {state}; restored from {source}, and the run "
+                              "resumes", stacklevel=2)
+            self._write_config()
+            return
+        if copy is not None:
+            self._different(copy, f"{state}; its copy {copy_path} says it ")
+        if damage is None and not any(p.name != LOCK for p in self.path.iterdir()):
+            self._write_config()  # a new folder
+            return
+        raise ResultsFolderError(
+            f"{self.path}: {state}, and nothing in the folder shows that it held this "
+            f"configuration (no copy in {copy_path}, no checkpoint with this configuration's "
+            "digest); resume with the experiment that made it, or choose another --out")
+
+    def _different(self, old: str, prefix: str):
+        self.previous_text, self.damage = old, prefix
+        diff = next((f"{a!r} != {b!r}" for a, b in zip(old.splitlines(),
+                                                         self.config_text.splitlines())
+                     if a != b), "different length")
+        raise DifferentConfiguration(
+            f"{self.path}: {prefix}{'holds' if not prefix else 'held'} results of a different "
+            f"configuration (first difference: {diff}); choose another --out or remove the "
+            "folder", old)
+
+    def _write_config(self, copy_only: bool = False) -> None:
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        if not copy_only:
+            write_text(self.path / CONFIG, self.config_text)
+        copy = self.checkpoints / CONFIG
+        if not copy.is_file() or copy.read_bytes() != self.config_text.encode():
+            write_text(copy, self.config_text)
 
     def adopt(self) -> None:
         """Make this configuration the folder's (after its finished results were carried over
         to it: `ufm.experiment.run`)."""
-        write_text(self.path / CONFIG, self.config_text)
+        self._write_config()
 
     @property
     def config_id(self) -> str:
@@ -411,7 +666,7 @@ class ResultsFolder:
         if not path.is_file():
             return None
         try:
-            found, result = unpack_unit(path.read_bytes())
+            found, result = unpack_unit(path.read_bytes(), self.digest)
             if found != tag:
                 raise ValueError(f"it holds unit {found!r}")
             if expected_rows is not None and [r["row"] for r in result.rows] != list(expected_rows):
