@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
+import re
 import shlex
 import signal
 import sys
@@ -14,6 +16,14 @@ from ufm import experiment, multihost, results, runner
 from ufm.config import ConfigError, InputError
 from ufm.results import ResultsFolderError
 from ufm.tables import fmt
+
+
+def folder_name(name: str) -> str:
+    """An experiment's name as one folder under runs/: characters other than letters, digits,
+    '.', '_' and '-' become '_' and leading dots are dropped, so `name = "/elsewhere/x"` or
+    "../x" cannot put the default output anywhere else."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".")
+    return safe[:100] or "experiment"
 
 
 def _run_command(args) -> str:
@@ -68,7 +78,7 @@ def _cmd_run(args) -> int:
     except ConfigError as err:
         print(f"ufm run: {err}", file=sys.stderr)
         return 2
-    args.out = Path(args.out) if args.out else Path("runs") / chosen.name
+    args.out = Path(args.out) if args.out else Path("runs") / folder_name(chosen.name)
     if args.out.exists() and not args.out.is_dir():
         print(f"ufm run: {args.out} is a file, not a folder; choose another --out",
               file=sys.stderr)
@@ -196,7 +206,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except BrokenPipeError:  # `ufm show DIR | head`: the reader has all it wanted
+        try:
+            sys.stdout = open(os.devnull, "w")  # nothing more to flush at exit
+        except OSError:
+            pass
+        return 0
 
 
 if __name__ == "__main__":

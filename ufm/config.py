@@ -143,6 +143,12 @@ def _check_value(where: str, value, field: Field):
 
 
 SPACINGS = ("linspace", "logspace")
+# Bounds on what an experiment file may make before anything is allocated: values on one axis,
+# configurations in a grid (axes x zips x seeds), bytes and nesting of the file itself.
+MAX_AXIS_VALUES = 100_000
+MAX_POINTS = 1_000_000
+MAX_FILE_BYTES = 1 << 20
+MAX_NESTING = 8
 
 
 def _spaced(where: str, value: dict) -> list:
@@ -158,6 +164,9 @@ def _spaced(where: str, value: dict) -> list:
         raise ConfigError(f"{where}.{kind}={spec!r} is not allowed: [start, stop, num] with an "
                           "integer num >= 1")
     start, stop, num = float(spec[0]), float(spec[1]), spec[2]
+    if num > MAX_AXIS_VALUES:
+        raise ConfigError(f"{where}.{kind}={spec!r} is not allowed: num at most "
+                          f"{MAX_AXIS_VALUES} values on one axis")
     if kind == "logspace":
         if not (start > 0 and stop > 0):
             raise ConfigError(f"{where}.logspace={spec!r} is not allowed: start and stop > 0")
@@ -310,6 +319,12 @@ def points(experiment: Experiment, schema: Schema) -> list[Point]:
     varying = [keys for keys, values in axes if len(values) > 1 or
                any(k in zipped for k in keys)]
     seeds = experiment.sections.get("run", {}).get("seeds", [0])
+    total = math.prod(len(values) for _, values in axes) * len(seeds)
+    if total > MAX_POINTS:
+        sizes = " x ".join(f"{len(values)} ({','.join(k for _, k in keys)})"
+                           for keys, values in axes if len(values) > 1)
+        raise ConfigError(f"the grid has {total:.3g} configurations ({sizes} x {len(seeds)} "
+                          f"seeds): at most {MAX_POINTS} in one experiment; split it")
     out = []
     for combo in itertools.product(*(values for _, values in axes)):
         values = {}
@@ -325,10 +340,36 @@ def read_toml(path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"experiment file {str(path)!r} does not exist")
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise ConfigError(f"{path}: {size} bytes is not allowed for an experiment file: at most "
+                          f"{MAX_FILE_BYTES} (long axes: write {{linspace = [start, stop, num]}})")
+    with path.open("rb") as file:
+        data = file.read(MAX_FILE_BYTES + 1)
     try:
-        return tomllib.loads(path.read_text())
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not a text file (byte {err.start} is not UTF-8); an "
+                          "experiment file is TOML") from None
+    try:
+        raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: not valid TOML: {err}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deep (at most {MAX_NESTING} levels of tables "
+                          "and arrays)") from None
+    _check_nesting(path, raw, 0)
+    return raw
+
+
+def _check_nesting(path, value, depth: int) -> None:
+    if depth > MAX_NESTING:
+        raise ConfigError(f"{path}: nested too deep (at most {MAX_NESTING} levels of tables and "
+                          "arrays)")
+    children = value.values() if isinstance(value, dict) else value \
+        if isinstance(value, list) else ()
+    for child in children:
+        _check_nesting(path, child, depth + 1)
 
 
 def override(raw: dict, schema: Schema, overrides) -> dict:

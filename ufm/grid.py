@@ -83,7 +83,9 @@ SOLVER_SECTION = {
     "steps": Field(10_000, "int", rule=step_count),
     "log_every": Field(100, "int", rule=step_count),
     "tol": Field(None, "float", optional=True, rule=(lambda v: v >= 0, "a number >= 0")),
-    "init_scale": Field(1.0, "float", rule=(lambda v: v > 0, "a number > 0")),
+    # Above 1e6 the squared norms of a start (d N entries of size init_scale^2) leave float32's
+    # range and every run dies in its first metrics (1e39: "SVD did not converge", on every rerun).
+    "init_scale": Field(1.0, "float", rule=(lambda v: 0 < v <= 1e6, "a number in (0, 1e6]")),
     "fast": Field(True, "bool"),
     "check_every": Field(CHECK_EVERY, "int", rule=at_least(1)),
     "kernel": Field("xla", "str", choices=KERNELS),
@@ -333,11 +335,37 @@ def _chunk_rows(arrays, group, solver_name, indices, configs) -> UnitResult:
     return UnitResult(rows, histories, {})
 
 
+def _plan_shape(value) -> str | None:
+    """What is wrong with a saved plan.json: a list of [width, chunk] with 1 <= width <= chunk,
+    chunk a multiple of width."""
+    if not isinstance(value, list) or not all(
+            isinstance(p, list) and len(p) == 2 and all(type(v) is int for v in p)
+            and 1 <= p[0] <= p[1] and p[1] % p[0] == 0 for p in value):
+        return "not a list of [width, chunk] pairs of integers, 1 <= width <= chunk"
+    return None
+
+
+def _imports_shape(value, group_of=None) -> str | None:
+    """What is wrong with an imports-<id>.json: a list of [tag, [row, ...]], each unit's rows
+    distinct rows of one group of this grid (`group_of`: row -> group) and no row twice."""
+    if not isinstance(value, list) or not all(
+            isinstance(p, list) and len(p) == 2 and isinstance(p[0], str)
+            and re.fullmatch(r"[A-Za-z0-9_-]+", p[0]) and isinstance(p[1], list) and p[1]
+            and all(type(i) is int and i >= 0 for i in p[1]) for p in value):
+        return "not a list of [unit tag, [row, ...]] pairs"
+    if group_of is not None:
+        rows = [i for _, indices in value for i in indices]
+        if len(set(rows)) != len(rows) or not all(i in group_of for i in rows) or any(
+                len({group_of[i] for i in indices}) != 1 for _, indices in value):
+            return "its rows are not distinct rows of one group of this grid each"
+    return None
+
+
 def _plan(experiment, configs, groups, folder) -> list[tuple[int, int]]:
     """(vmapped width, chunk) per group: the file's run.batch / run.chunk, or the measured
     rules `runner.batch_width` and `runner.chunk_size`. Saved in the folder, so a resumed run
     cuts its groups exactly as the first run did; process 0's plan is every process's."""
-    saved = None if folder is None else folder.read_json("plan.json")
+    saved = None if folder is None else folder.read_json("plan.json", _plan_shape)
     if saved is not None and len(saved) == len(groups):
         return [tuple(p) for p in saved]
     plan = []
@@ -390,13 +418,14 @@ def units(experiment, folder) -> list[Unit]:
     main = multihost.is_main()
     plan = [tuple(p) for p in multihost.broadcast_json(
         [list(p) for p in _plan(experiment, configs, groups, folder)] if main else None)]
+    group_of = {i: g for g, indices in enumerate(groups.values()) for i in indices}
     imported = multihost.broadcast_json(
-        (folder.read_json(_imports_file(folder)) if folder is not None else None) or []
+        (folder.read_json(_imports_file(folder), lambda v: _imports_shape(v, group_of))
+         if folder is not None else None) or []
         if main else None)
     suffix = "" if not imported else f"-{folder.config_id}" if main else None
     suffix = multihost.broadcast_json(suffix if main else None)
     done = {i for _, indices in imported for i in indices}
-    group_of = {i: g for g, indices in enumerate(groups.values()) for i in indices}
     keys = list(groups)
     steps = experiment.solver["steps"]
     out = []
@@ -455,7 +484,7 @@ def extend(old, new, folder) -> list:
                  for i in indices}
     # The folder as the old grid wrote it: its config.toml names its imports and chunk tags.
     old_folder = results.ResultsFolder(folder.path, folder.previous_text)
-    old_imports = old_folder.read_json(_imports_file(old_folder)) or []
+    old_imports = old_folder.read_json(_imports_file(old_folder), _imports_shape) or []
     listed = {tag for tag, _ in old_imports}
     chunk_tag = re.compile(r"group-\d{5}-chunk-\d{5}" + (
         re.escape(f"-{old_folder.config_id}") if old_imports else "") + "$")

@@ -264,6 +264,9 @@ def check_inputs(W, H, labels, b=None) -> None:
         raise ValueError(f"H has shape {shape(H)}: (d, N) features (one column per sample) are "
                          "required")
     (K, d), (d_H, N) = shape(W), shape(H)
+    if K < 2:
+        raise ValueError(f"W has shape {shape(W)}: K = {K} class; neural collapse is measured "
+                         "between classes, at least 2 are required")
     if d_H != d:
         hint = " (H looks transposed: pass H.T)" if N == d else ""
         raise ValueError(f"H has shape {shape(H)} but W has shape {shape(W)}: H must be (d, N) "

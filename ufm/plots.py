@@ -383,8 +383,7 @@ def plot_grid_results(directory, metrics=None, x=None, y=None) -> list[Path]:
     isolation; returns the files written. Any results folder: `ufm.experiment.figures`."""
     directory = Path(directory)
     table = results.read_table(directory / results.RESULTS)
-    with np.load(directory / results.HISTORY, allow_pickle=False) as data:
-        history = {k: data[k] for k in data.files}
+    history = results.read_history(directory / results.HISTORY, len(table["row"]))
     check_figure_options(table, history, metrics, x, y)
     written = []
     if history.get("iteration") is not None and len(table["row"]):
@@ -703,8 +702,8 @@ def _saddle_escape(directory: Path, table) -> Path:
 def _escape_trajectories(directory: Path, table) -> Path:
     plt = _pyplot()
     eps = np.asarray(table["epsilon"], float)
-    with np.load(directory / results.HISTORY, allow_pickle=False) as data:
-        objective, iteration = data["objective"], data["iteration"]
+    history = results.read_history(directory / results.HISTORY, len(table["row"]))
+    objective, iteration = history["objective"], history["iteration"]
     fig, ax = plt.subplots(figsize=(6, 3.8), layout="constrained")
     cmap = plt.get_cmap("viridis")
     span = np.ptp(np.log10(eps)) or 1.0
@@ -728,8 +727,7 @@ def plot_net(directory: Path) -> list[Path]:
     loss varies with the width and the epochs, the cross-loss variance; each in isolation."""
     directory = Path(directory)
     table = results.read_table(directory / results.RESULTS)
-    with np.load(directory / results.HISTORY, allow_pickle=False) as data:
-        history = {k: data[k] for k in data.files}
+    history = results.read_history(directory / results.HISTORY, len(table["row"]))
     written = draw_figure("net_training.png", _net_training, directory, table, history)
     if any(k.startswith("nc1_layer") for k in history):
         written += draw_figure("layer_nc1.png", _net_layer_nc1, directory, table, history)

@@ -25,6 +25,7 @@ import contextlib
 import dataclasses
 import itertools
 import math
+import os
 from typing import NamedTuple
 
 import jax
@@ -55,6 +56,51 @@ def x64_scope(dtype):
         stack.enter_context(jax.enable_x64(True))
     stack.enter_context(jax.default_matmul_precision("highest"))
     return stack
+
+
+# Index arithmetic and labels are int32: N, K d and d N stay below 2^31.
+INDEX_LIMIT = 2**31 - 1
+# Each layer of a deep UFM is its own matmul in the compiled program (compile time grows with
+# depth: 1000 layers gave no output in 90 s); the deep-UFM papers use L <= 10.
+MAX_DEPTH = 64
+# `UFM_MEMORY_LIMIT` (bytes, e.g. 64e9, or "none") replaces the machine's available memory as
+# the bound on one configuration's estimated working set.
+MEMORY_LIMIT_VARIABLE = "UFM_MEMORY_LIMIT"
+
+
+def available_memory() -> float | None:
+    """Bytes a run may allocate: $UFM_MEMORY_LIMIT if set ("none": no bound), else the
+    machine's available memory (MemAvailable, or free pages), or None where unknown."""
+    given = os.environ.get(MEMORY_LIMIT_VARIABLE)
+    if given is not None:
+        if given.strip().lower() == "none":
+            return None
+        try:
+            return float(given)
+        except ValueError:
+            raise ValueError(f"{MEMORY_LIMIT_VARIABLE}={given!r} is not allowed: a number of "
+                             "bytes (e.g. 64e9) or none") from None
+    try:
+        with open("/proc/meminfo") as info:
+            for line in info:
+                if line.startswith("MemAvailable:"):
+                    return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def working_set_bytes(K: int, d: int, N: int, depth: int, itemsize: int, streamed: bool) -> int:
+    """An estimate of one configuration's memory while it is optimized: the variables (H d x N,
+    W K x d, b K, the deep layers d x d), their gradient and two optimizer moments (4 copies),
+    and the K x N logits three times (logits, softmax, their gradient) unless they are
+    streamed over class blocks (`ufm.streaming`)."""
+    variables = d * N + K * d + K + (depth - 1) * d * d
+    logits = 0 if streamed else 3 * K * N
+    return itemsize * (4 * variables + logits) + 4 * N  # + the int32 labels
 
 
 def _fail(field: str, value, allowed: str) -> None:
@@ -117,12 +163,18 @@ class Problem:
             _fail("num_classes", K, "an integer >= 2")
         if not _is_int(d) or d < 1:
             _fail("feature_dim", d, "an integer >= 1")
+        for field, value in (("num_classes", K), ("feature_dim", d)):
+            if value > INDEX_LIMIT:
+                _fail(field, value, f"at most {INDEX_LIMIT} (2^31 - 1: indices are int32)")
         if self.label_sets is not None or self.set_counts is not None:
             self._check_label_sets()
         elif self.class_counts is None:
             n = 1 if self.n_per_class is None else self.n_per_class
             if not _is_int(n) or n < 1:
                 _fail("n_per_class", n, "an integer >= 1")
+            if n * K > INDEX_LIMIT:
+                _fail("n_per_class", n, f"at most {INDEX_LIMIT // K} with num_classes={K}: "
+                      f"N = {n * K:.3g} samples exceed the int32 labels' 2^31 - 1")
             object.__setattr__(self, "n_per_class", int(n))
             object.__setattr__(self, "class_counts", (int(n),) * K)
         else:
@@ -167,6 +219,30 @@ class Problem:
         if self.depth > 1 and self.geometry != "wd":
             _fail("depth", self.depth, f"1 with geometry={self.geometry!r} (the deep UFM is a "
                   "weight-decay model)")
+        if self.depth > MAX_DEPTH:
+            _fail("depth", self.depth, f"an integer from 1 to {MAX_DEPTH} (each layer is "
+                  "compiled on its own)")
+        self._check_size()
+
+    def _check_size(self) -> None:
+        """Refuse sizes the int32 indices cannot hold, and a working set (`working_set_bytes`)
+        above the available memory (`available_memory`), before anything is allocated."""
+        K, d, N = self.num_classes, self.feature_dim, self.num_samples
+        for what, value in (("num_samples N", N), ("num_classes x feature_dim", K * d),
+                            ("feature_dim x num_samples", d * N)):
+            if value > INDEX_LIMIT:
+                raise ValueError(f"size: {what} = {value:.3g} is not allowed: at most "
+                                 f"{INDEX_LIMIT} (2^31 - 1; indices and labels are int32) "
+                                 f"(num_classes={K}, feature_dim={d}, N={N})")
+        need = working_set_bytes(K, d, N, self.depth, np.dtype(self.dtype).itemsize,
+                                 streams(self))
+        limit = available_memory()
+        if limit is not None and need > limit:
+            raise ValueError(
+                f"size: one configuration (num_classes={K}, feature_dim={d}, N={N}, "
+                f"{self.dtype}) needs about {need / 2**30:.3g} GiB and {limit / 2**30:.3g} GiB "
+                f"is available; make it smaller, or set {MEMORY_LIMIT_VARIABLE} (bytes, or "
+                "none) if you know better")
 
     def _check_label_sets(self) -> None:
         K = self.num_classes

@@ -281,6 +281,7 @@ def load_results(directory):
     if not (directory / RESULTS).is_file():
         raise FileNotFoundError(f"{directory} is not a results folder: {RESULTS} is missing")
     table = read_table(directory / RESULTS)
+    rows = len(table["row"]) if "row" in table else None
     try:
         import pandas
     except ImportError:
@@ -288,11 +289,31 @@ def load_results(directory):
     else:
         table = pandas.DataFrame({name: _typed(pandas, name, column)
                                   for name, column in table.items()})
-    history = {}
-    if (directory / HISTORY).is_file():
-        with np.load(directory / HISTORY, allow_pickle=False) as data:
-            history = {k: data[k] for k in data.files}
+    history = read_history(directory / HISTORY, rows) if (directory / HISTORY).is_file() else {}
     return table, history
+
+
+def read_history(path, rows: int | None = None) -> dict:
+    """history.npz as {key: array}; ResultsFolderError naming the file when it is damaged (cut
+    short, not an archive, arrays of other lengths than the table's `rows`)."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            history = {k: data[k] for k in data.files}
+    except FileNotFoundError:
+        raise ResultsFolderError(f"{path} is missing; rerun the experiment into its folder "
+                                 "(finished units are read back, not recomputed)") from None
+    except Exception as err:  # noqa: BLE001 (zipfile, numpy and OS errors alike)
+        raise ResultsFolderError(f"{path} is damaged ({type(err).__name__}: {err}); rerun the "
+                                 "experiment into its folder to write it again (finished units "
+                                 "are read back, not recomputed)") from None
+    if rows is not None:
+        for key, value in history.items():
+            if key != "iteration" and (value.ndim != 2 or len(value) != rows):
+                raise ResultsFolderError(f"{path}: {key} has shape {value.shape}, not one "
+                                         f"trajectory per row of the {rows}-row table; rerun "
+                                         "the experiment into its folder to write it again")
+    return history
 
 
 def _typed(pandas, name: str, column: np.ndarray):
@@ -677,17 +698,22 @@ class ResultsFolder:
             return None
         return result
 
-    def read_json(self, name: str):
+    def read_json(self, name: str, shape=None):
         """A small JSON file of the run (e.g. a grid's plan) from checkpoints/, or None when
-        missing or damaged (with a warning)."""
+        missing or damaged (with a warning); `shape(value)` returns what is wrong with a parsed
+        value of the wrong shape (or None when it is right)."""
         path = self.checkpoints / name
         if not path.is_file():
             return None
         try:
-            return json.loads(path.read_text())
-        except (ValueError, UnicodeDecodeError) as err:
+            value = json.loads(path.read_text())
+            wrong = shape(value) if shape is not None else None
+            if wrong:
+                raise ValueError(wrong)
+        except (ValueError, UnicodeDecodeError, RecursionError) as err:
             warnings.warn(f"{path}: damaged ({err}); made again", stacklevel=2)
             return None
+        return value
 
     def write_json(self, name: str, value) -> None:
         self.checkpoints.mkdir(parents=True, exist_ok=True)
