@@ -571,20 +571,22 @@ class ResultsFolder:
         """A checkpoint computed for this configuration, if the folder holds one."""
         for path in sorted(self.checkpoints.glob("*.npz")):
             try:
-                with np.load(path, allow_pickle=False) as data:
-                    head = json.loads(data["unit"].tobytes().decode())
-                if head.get("config") == self.digest:
-                    return path
-            except Exception:  # noqa: BLE001 (a damaged file proves nothing)
+                unpack_unit(path.read_bytes(), self.digest)
+                return path
+            except Exception:  # noqa: BLE001 (a damaged or foreign file proves nothing)
                 continue
         return None
+
+    def _holds_files(self) -> bool:
+        """Whether the folder holds anything besides its lock."""
+        return self.path.is_dir() and any(p.name != LOCK for p in self.path.iterdir())
 
     def open(self) -> None:
         """Lock the folder (one writer at a time: `FolderLock`), then claim it."""
         if self.path.exists() and not self.path.is_dir():
             raise ResultsFolderError(f"{self.path} is a file, not a folder; choose another --out")
-        if self.path.is_dir() and not (self.path / CONFIG).exists() and not \
-                self.checkpoints.is_dir() and any(p.name != LOCK for p in self.path.iterdir()):
+        if not (self.path / CONFIG).exists() and not self.checkpoints.is_dir() and \
+                self._holds_files():
             raise ResultsFolderError(f"{self.path} is not empty and is not a ufm results folder "
                                      f"({CONFIG} is missing); choose another --out")
         self.path.mkdir(parents=True, exist_ok=True)
@@ -606,8 +608,6 @@ class ResultsFolder:
         resumed; a damaged or missing config.toml is restored from the copy, or from the
         checkpoints' digests, when they show it was this configuration. Call with the lock
         held (`open`): that makes the check-then-write atomic."""
-        if self.path.exists() and not self.path.is_dir():
-            raise ResultsFolderError(f"{self.path} is a file, not a folder; choose another --out")
         main_path, copy_path = self.path / CONFIG, self.checkpoints / CONFIG
         text, damage = self._whole(main_path)
         if text == self.config_text:
@@ -618,7 +618,7 @@ class ResultsFolder:
         copy, _ = self._whole(copy_path)
         state = f"{CONFIG} is damaged ({damage})" if damage else f"{CONFIG} is missing"
         if copy == self.config_text or (copy is None and self._own_checkpoint() is not None):
-            if damage or any(p.name != LOCK for p in self.path.iterdir()):
+            if damage or self._holds_files():
                 source = copy_path if copy is not None else "the digests of its checkpoints"
                 warnings.warn(f"{self.path}: {state}; restored from {source}, and the run "
                               "resumes", stacklevel=2)
@@ -626,7 +626,7 @@ class ResultsFolder:
             return
         if copy is not None:
             self._different(copy, f"{state}; its copy {copy_path} says it ")
-        if damage is None and not any(p.name != LOCK for p in self.path.iterdir()):
+        if damage is None and not self._holds_files():
             self._write_config()  # a new folder
             return
         raise ResultsFolderError(
