@@ -3,6 +3,8 @@ each is refused in one line naming the field, the value and the limit, in well u
 before anything is allocated or compiled; a damaged file of a results folder is named."""
 import io
 import json
+import pickle
+import struct
 import sys
 import time
 
@@ -153,3 +155,140 @@ def test_imports_of_the_wrong_shape_are_named_and_their_rows_recomputed(tmp_path
     with pytest.warns(UserWarning, match="imports-.*damaged.*not distinct rows of one group"):
         ufm.run(extended, out=out, progress=False)
     assert list(results.read_table(out / results.RESULTS)["nc1"]) == list(straight["nc1"])
+
+
+# ---- CIFAR-10 python batches: the reader builds only checked numbers, in bounded memory ----
+
+class _Python2Pickler(pickle._Pickler):
+    """Writes bytes as Python 2 strings (BINSTRING), as the distributed CIFAR-10 batches are."""
+
+    dispatch = dict(pickle._Pickler.dispatch)
+
+    def save_bytes(self, obj):
+        if len(obj) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
+        self.memoize(obj)
+
+    dispatch[bytes] = save_bytes
+
+
+def _python2_batch(obj) -> bytes:
+    out = io.BytesIO()
+    _Python2Pickler(out, protocol=2).dump(obj)
+    return out.getvalue()
+
+
+def _shared_references(depth):
+    """A list whose 16^(depth+1) leaves are 16 references per level: a few hundred bytes of
+    pickle that np.asarray would expand to 16^(depth+1) numbers."""
+    level = [0] * 16
+    for _ in range(depth):
+        level = [level] * 16
+    return level
+
+
+class _Forged:
+    """An object that pickles as the given reduce tuple (a crafted file without hand-written
+    opcodes)."""
+
+    def __init__(self, *reduced):
+        self.reduced = reduced
+
+    def __reduce__(self):
+        return self.reduced
+
+
+def _pixels(rows):
+    return np.arange(rows * 3072, dtype=np.uint8).reshape(rows, 3072)
+
+
+def test_the_cifar_reader_reads_python_2_batches_as_distributed(tmp_path):
+    from ufm.nets import data
+
+    file = tmp_path / "data_batch_1"
+    file.write_bytes(_python2_batch({b"batch_label": b"training batch 1 of 5",
+                                     b"labels": [3, 9, 0], b"data": _pixels(3),
+                                     b"filenames": [b"a.png", b"b.png", b"c.png"]}))
+    assert b"_codecs" not in file.read_bytes()  # really the Python 2 string opcodes
+    x, y = data._cifar_batch(file)
+    assert x.shape == (3, 32, 32, 3) and y.tolist() == [3, 9, 0] and y.dtype == np.int32
+    np.testing.assert_array_equal(x[1, :, :, 0].ravel(), _pixels(3)[1, :1024])
+
+
+_HUGE_STATE = (1, (10**6, 3072), np.dtype("u1"), False, b"abc")
+
+
+@pytest.mark.parametrize("content, message", [
+    (lambda: pickle.dumps({b"data": _shared_references(8), b"labels": [0]}, protocol=2),
+     r"'data' is a list, not uint8 rows of 3072 bytes"),
+    (lambda: pickle.dumps({b"data": _pixels(2), b"labels": _shared_references(8)}, protocol=2),
+     r"'labels' is not a list of 2 integers"),
+    (lambda: pickle.dumps([_pixels(2), [0, 1]], protocol=2),
+     r"its top-level object is a list; a batch is a dict"),
+    (lambda: b"\x80\x02\x82\x01.", r"extension code opcode EXT1"),
+    (lambda: b"\x80\x02K\x01Q.", r"a persistent id"),
+    (lambda: pickle.dumps({b"data": np.array([1, [2]], dtype=object), b"labels": [0]},
+                          protocol=2), r"dtype 'O8' is not a numeric type"),
+    (lambda: pickle.dumps({b"data": _Forged(np.ndarray, ((10**10,),)), b"labels": [0]},
+                          protocol=2), r"numpy.ndarray called directly"),
+    (lambda: pickle.dumps({b"data": _Forged(np._core.multiarray._reconstruct,
+                                            (np.ndarray, (0,), b"b"), _HUGE_STATE)},
+                          protocol=2), r"shape \(1000000, 3072\) whose data is not its"),
+    (lambda: pickle.dumps({b"data": _pixels(2), b"labels": [0, 12]}, protocol=2),
+     r"'labels' hold 0..12; CIFAR-10's are 0..9"),
+    (lambda: pickle.dumps({b"data": _pixels(2), b"labels": [0, 1]}, protocol=2)[:200],
+     r"not a pickle|a damaged pickle"),
+    (lambda: bytes(range(256)) * 8, r"not a pickle"),
+    (lambda: pickle.dumps({b"data": _Forged(print, ("this ran",))}, protocol=2),
+     r"(__builtin__|builtins).print is not allowed"),
+], ids=["shared-references-data", "shared-references-labels", "top-level-list",
+        "extension-code", "persistent-id", "object-array", "ndarray-called", "huge-shape",
+        "labels-out-of-range", "truncated", "not-a-pickle", "code"])
+def test_a_malformed_cifar_batch_is_refused_naming_the_file(tmp_path, capsys, content, message):
+    from ufm.nets import data
+
+    file = tmp_path / "data_batch_1"
+    file.write_bytes(content())
+    start = time.perf_counter()
+    with pytest.raises(config.InputError, match=message) as refused:
+        data._cifar_batch(file)
+    assert time.perf_counter() - start < 5
+    assert str(refused.value).startswith(f"{file} is not a CIFAR-10 python batch: ")
+    assert "this ran" not in capsys.readouterr().out
+
+
+def test_a_cifar_batch_beyond_the_size_or_opcode_bounds_is_refused_unread(tmp_path, monkeypatch):
+    from ufm.nets import data
+
+    file = tmp_path / "data_batch_1"
+    file.write_bytes(pickle.dumps({b"data": _pixels(100), b"labels": list(range(10)) * 10}))
+    assert data._cifar_batch(file)[1].shape == (100,)
+    monkeypatch.setattr(data, "MAX_BATCH_OPCODES", 50)
+    with pytest.raises(config.InputError, match=r"more than 50 pickle opcodes"):
+        data._cifar_batch(file)
+    monkeypatch.setattr(data, "MAX_BATCH_BYTES", 10_000)
+    with pytest.raises(config.InputError, match=r"bytes, more than the 10,000 a CIFAR-10 batch"):
+        data._cifar_batch(file)
+
+
+def test_a_split_missing_a_class_is_refused_before_training(tmp_path):
+    from ufm.nets import data, models, training
+
+    for name in data.CIFAR_FILES:
+        labels = [k for k in range(10) if not (name == "test_batch" and k == 3)]
+        (tmp_path / name).write_bytes(pickle.dumps({b"data": _pixels(len(labels)),
+                                                    b"labels": labels}))
+    with pytest.raises(config.InputError, match=r"'cifar10': the test split has no sample of "
+                                                r"class \[3\] of 0..9"):
+        data.load("cifar10", path=tmp_path)
+    blobs = data.gaussian(num_classes=3, n_train=4, n_test=2, shape=(4,))
+    keep = blobs.y_test != 2
+    without = blobs._replace(x_test=blobs.x_test[keep], y_test=blobs.y_test[keep])
+    model = models.build("mlp", input_shape=(4,), num_classes=3)
+    with pytest.raises(config.InputError, match=r"the test split has no sample of class \[2\]"):
+        training.train(model, without, training.TrainSettings(epochs=1), progress=False)
+    wrong = blobs._replace(y_train=blobs.y_train[:-1])
+    with pytest.raises(config.InputError, match=r"the train split has 12 inputs and 11 labels"):
+        training.train(model, wrong, training.TrainSettings(epochs=1), progress=False)

@@ -171,14 +171,14 @@ def test_mnist_and_cifar_readers_read_the_standard_formats(tmp_path):
     assert mnist.x_train.shape == (20, 784) and mnist.x_test.shape == (10, 784)
     np.testing.assert_array_equal(mnist.y_train, labels)
     np.testing.assert_allclose(nets_data.read_idx(tmp_path / "train-images-idx3-ubyte.gz"), images)
-    pixels = rng.integers(0, 256, (6, 3 * 32 * 32), dtype=np.uint8)
+    pixels = rng.integers(0, 256, (20, 3 * 32 * 32), dtype=np.uint8)
     for name in nets_data.CIFAR_FILES:
         with open(tmp_path / name, "wb") as f:
-            pickle.dump({b"data": pixels, b"labels": list(range(6))}, f)
+            pickle.dump({b"data": pixels, b"labels": list(range(10)) * 2}, f)
     cifar = nets_data.load("cifar10", path=tmp_path)
-    assert cifar.x_train.shape == (30, 32, 32, 3) and cifar.x_test.shape == (6, 32, 32, 3)
+    assert cifar.x_train.shape == (100, 32, 32, 3) and cifar.x_test.shape == (20, 32, 32, 3)
     # Channel-last from CIFAR's channel-first rows: the red plane is the first 1024 bytes.
-    red = cifar.x_train[:6, :, :, 0].reshape(6, -1)
+    red = cifar.x_train[:20, :, :, 0].reshape(20, -1)
     assert np.corrcoef(red.ravel(), pixels[:, :1024].astype(float).ravel())[0, 1] > 0.9999
 
 

@@ -28,7 +28,9 @@ y_ood next to train and test, so NC and accuracy can be measured on all three:
 from __future__ import annotations
 
 import gzip
+import io
 import pickle
+import pickletools
 from pathlib import Path
 from typing import NamedTuple
 
@@ -75,6 +77,34 @@ class Dataset(NamedTuple):
 
 class DatasetFilesMissing(InputError, FileNotFoundError):
     """The files of a dataset the user must provide are not where they were looked for."""
+
+
+def check_classes(data: Dataset) -> Dataset:
+    """`data` if every split (train, test, ood) has as many labels as inputs, labels in
+    0..num_classes-1, and at least one sample of every class (the NC metrics average class
+    means, so a missing class would fail only after training); an InputError naming the split
+    and the classes otherwise."""
+    K = data.num_classes
+    for split, x, y in data.splits():
+        y = np.asarray(y)
+        if len(x) != len(y):
+            raise InputError(f"dataset {data.name!r}: the {split} split has {len(x)} inputs "
+                             f"and {len(y)} labels")
+        if y.dtype.kind not in "iu":
+            raise InputError(f"dataset {data.name!r}: the {split} labels are {y.dtype}, not "
+                             "integers")
+        outside = np.unique(y[(y < 0) | (y >= K)])
+        if outside.size:
+            raise InputError(f"dataset {data.name!r}: the {split} split has labels "
+                             f"{outside[:10].tolist()} outside 0..{K - 1}")
+        absent = np.flatnonzero(np.bincount(y, minlength=K) == 0)
+        if absent.size:
+            raise InputError(f"dataset {data.name!r}: the {split} split has no sample of "
+                             f"class{'es' if absent.size > 1 else ''} "
+                             f"{absent[:10].tolist()}{' ...' if absent.size > 10 else ''} of "
+                             f"0..{K - 1}; every class must be in every split (the NC metrics "
+                             "use each class's mean)")
+    return data
 
 
 def _split(x, y, test_fraction, seed):
@@ -147,39 +177,193 @@ def mnist(path, image: bool = False) -> Dataset:
     return Dataset("mnist", x_tr, y_tr.astype(np.int32), x_te, y_te.astype(np.int32), 10)
 
 
-class _CifarUnpickler(pickle.Unpickler):
-    """Builds only what a CIFAR-10 python batch holds (dicts, lists, bytes and numpy arrays):
-    a crafted file cannot run code (the standard unpickler calls any function a file names)."""
+# A CIFAR-10 python batch is about 31 MB (10,000 images) and its pickle a few tens of thousands
+# of opcodes; a file larger than this, or with more opcodes, is not one (and each opcode builds
+# at most one small object, so these two bounds bound the memory of what is unpickled).
+MAX_BATCH_BYTES = 128 * 2**20
+MAX_BATCH_OPCODES = 1_000_000
+CIFAR_IMAGE_BYTES = 3 * 32 * 32
+CIFAR_CLASSES = 10
 
-    ALLOWED = {
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"),
-        ("_codecs", "encode"),
-    }
+
+class _BatchNotReadable(Exception):
+    """Why a file is not a CIFAR-10 batch; `_cifar_batch` names the file."""
+
+
+class _NdarrayClass:
+    """What the name numpy.ndarray stands for inside a batch: a marker, never the class, so a
+    file cannot call ndarray(shape) to allocate."""
+
+    def __new__(cls, *args, **kwargs):
+        raise _BatchNotReadable("numpy.ndarray called directly (numpy pickles call "
+                                "_reconstruct)")
+
+
+class _PendingDtype:
+    """numpy.dtype(code, align, copy) as a pickle builds it, made real only after its state
+    is checked: a plain numeric type, no fields, no subarray (numpy's own __setstate__ is
+    not given hostile state)."""
+
+    def __init__(self, code, align=False, copy=True):
+        code = code.decode("latin1") if isinstance(code, bytes) else code
+        if not isinstance(code, str) or code[:1] not in "biuf" or not code[1:].isdigit():
+            raise _BatchNotReadable(f"dtype {code!r} is not a numeric type")
+        self.code, self.value = code, np.dtype(code)
+
+    def __setstate__(self, state):
+        if not (isinstance(state, tuple) and len(state) >= 5 and state[1] in "<>|="
+                and state[2] is None and state[3] is None and state[4] is None):
+            raise _BatchNotReadable("a dtype with fields or a subarray")
+        self.value = self.value.newbyteorder(state[1]) if state[1] in "<>" else self.value
+
+
+def _dtype_of(value) -> np.dtype:
+    if isinstance(value, _PendingDtype):
+        return value.value
+    if isinstance(value, (str, bytes)):
+        return _PendingDtype(value).value
+    raise _BatchNotReadable(f"{type(value).__name__} given where a dtype belongs")
+
+
+class _PendingArray:
+    """numpy's _reconstruct(ndarray, shape, dtype) as a pickle calls it: nothing is allocated
+    until the state arrives, and then only an array whose bytes are in the file (numpy's own
+    __setstate__ trusts the shape: an object array with a short list crashes the process)."""
+
+    array = None
+
+    def __init__(self, subtype, shape, dtype):
+        if subtype is not _NdarrayClass:
+            raise _BatchNotReadable("_reconstruct of something other than numpy.ndarray")
+
+    def __setstate__(self, state):
+        if not isinstance(state, tuple) or len(state) not in (4, 5):
+            raise _BatchNotReadable("an array state that is not numpy's")
+        shape, dtype, fortran, raw = state[-4:]
+        if not (isinstance(shape, tuple) and all(type(n) is int and n >= 0 for n in shape)):
+            raise _BatchNotReadable(f"array shape {shape!r}")
+        dtype = _dtype_of(dtype)
+        if not isinstance(raw, bytes) or len(raw) != int(np.prod(shape)) * dtype.itemsize:
+            raise _BatchNotReadable(f"array of shape {shape} whose data is not its "
+                                    f"{int(np.prod(shape)) * dtype.itemsize} bytes")
+        self.array = np.frombuffer(raw, dtype).reshape(shape, order="F" if fortran else "C")
+
+
+def _scalar(dtype, raw):
+    dtype = _dtype_of(dtype)
+    if not isinstance(raw, bytes) or len(raw) != dtype.itemsize:
+        raise _BatchNotReadable(f"a {dtype} scalar of {len(raw)} bytes")
+    return np.frombuffer(raw, dtype)[0]
+
+
+def _latin1(text, encoding="latin1"):
+    """_codecs.encode as numpy's protocol-2 pickles use it: str to bytes, latin-1 only."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise _BatchNotReadable(f"_codecs.encode({type(text).__name__}, {encoding!r})")
+    return text.encode("latin1")
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Builds only what a CIFAR-10 python batch holds (dicts, lists, bytes, ints and numpy
+    arrays of numbers), each through a checked stand-in: a crafted file cannot run code (the
+    standard unpickler calls any function a file names) nor make numpy allocate or crash."""
+
+    ALLOWED = {("numpy", "ndarray"): _NdarrayClass, ("numpy", "dtype"): _PendingDtype,
+               ("_codecs", "encode"): _latin1}
+    for _core in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        ALLOWED[(_core, "_reconstruct")] = _PendingArray
+        ALLOWED[(_core, "scalar")] = _scalar
+    del _core
 
     def find_class(self, module, name):
         if (module, name) in self.ALLOWED:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a CIFAR-10 batch (only "
-                                     "numpy arrays, lists, dicts and bytes are read)")
+            return self.ALLOWED[(module, name)]
+        raise _BatchNotReadable(f"{module}.{name} is not allowed in a CIFAR-10 batch (only "
+                                "numpy arrays, lists, dicts and bytes are read)")
+
+    def persistent_load(self, pid):
+        raise _BatchNotReadable("a persistent id")
+
+
+def _scan_opcodes(blob: bytes) -> None:
+    """Walk the pickle's opcodes without running them: at most MAX_BATCH_OPCODES, and no
+    extension codes (copyreg's registry names classes by number; a batch has none)."""
+    count = 0
+    try:
+        for opcode, _, _ in pickletools.genops(blob):
+            count += 1
+            if count > MAX_BATCH_OPCODES:
+                raise _BatchNotReadable(f"more than {MAX_BATCH_OPCODES:,} pickle opcodes (a "
+                                        "CIFAR-10 batch has a few tens of thousands)")
+            if opcode.name.startswith("EXT"):
+                raise _BatchNotReadable(f"extension code opcode {opcode.name} (a CIFAR-10 "
+                                        "batch uses none)")
+    except _BatchNotReadable:
+        raise
+    except Exception as err:  # noqa: BLE001 - genops reports a damaged pickle many ways
+        raise _BatchNotReadable(f"not a pickle ({type(err).__name__}: {err})") from None
+
+
+def _field(batch: dict, key: str):
+    value = batch.get(key.encode(), batch.get(key))
+    return value.array if isinstance(value, _PendingArray) else value
+
+
+def _labels(value, rows: int) -> np.ndarray:
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind not in "iu" or value.shape != (rows,):
+            raise _BatchNotReadable(f"'labels' is an array of {value.dtype} {value.shape}, not "
+                                    f"{rows} integers")
+        labels = value
+    elif isinstance(value, list):
+        # Checked element by element before numpy sees it: a list of shared references to
+        # lists would expand without bound inside np.asarray.
+        if len(value) != rows or not all(type(k) is int for k in value):
+            raise _BatchNotReadable(f"'labels' is not a list of {rows} integers (one per row of "
+                                    "'data')")
+        labels = np.array(value, np.int64)
+    else:
+        raise _BatchNotReadable(f"'labels' is a {type(value).__name__}, not a list of integers")
+    if labels.size and not (0 <= labels.min() and labels.max() < CIFAR_CLASSES):
+        raise _BatchNotReadable(f"'labels' hold {labels.min()}..{labels.max()}; CIFAR-10's "
+                                f"are 0..{CIFAR_CLASSES - 1}")
+    return labels.astype(np.int32)
 
 
 def _cifar_batch(file: Path):
-    with open(file, "rb") as f:
+    """(images uint8 (N, 32, 32, 3), labels int32 (N,)) of one python batch; an InputError
+    naming the file when it is not one (too large, a damaged or foreign pickle, a top-level
+    object that is not a dict, data that is not N x 3072 bytes, labels out of 0..9)."""
+    try:
+        size = file.stat().st_size
+        if size > MAX_BATCH_BYTES:
+            raise _BatchNotReadable(f"{size:,} bytes, more than the {MAX_BATCH_BYTES:,} a "
+                                    "CIFAR-10 batch can be (they are about 31 MB)")
+        blob = file.read_bytes()
+        _scan_opcodes(blob)
         try:
-            batch = _CifarUnpickler(f, encoding="bytes").load()
-        except pickle.UnpicklingError as err:
-            raise InputError(f"{file}: {err}") from None
-    data = batch.get(b"data", batch.get("data"))
-    labels = batch.get(b"labels", batch.get("labels"))
-    if data is None or labels is None:
-        raise ValueError(f"{file} is not a CIFAR-10 python batch (no 'data'/'labels' keys)")
-    x = np.asarray(data, np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-    return x, np.asarray(labels, np.int32)
+            batch = _CifarUnpickler(io.BytesIO(blob), encoding="bytes").load()
+        except _BatchNotReadable:
+            raise
+        except Exception as err:  # noqa: BLE001 - a damaged pickle fails many ways
+            raise _BatchNotReadable(f"a damaged pickle ({type(err).__name__}: {err})") from None
+        if not isinstance(batch, dict):
+            raise _BatchNotReadable(f"its top-level object is a {type(batch).__name__}; a batch "
+                                    "is a dict with 'data' and 'labels'")
+        data, labels = _field(batch, "data"), _field(batch, "labels")
+        if data is None or labels is None:
+            raise _BatchNotReadable("no 'data'/'labels' keys")
+        if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2
+                and data.shape[1] == CIFAR_IMAGE_BYTES):
+            shown = (f"an array of {data.dtype} {data.shape}" if isinstance(data, np.ndarray)
+                     else f"a {type(data).__name__}")
+            raise _BatchNotReadable(f"'data' is {shown}, not uint8 rows of "
+                                    f"{CIFAR_IMAGE_BYTES} bytes")
+        labels = _labels(labels, len(data))
+    except _BatchNotReadable as err:
+        raise InputError(f"{file} is not a CIFAR-10 python batch: {err}") from None
+    x = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return x, labels
 
 
 def cifar10(path, ood: str = "none") -> Dataset:
@@ -324,4 +508,4 @@ def load(name: str = "digits", *, path=None, variant: str = "none", seed: int = 
         )
     if ood in SHIFT_STRENGTHS:
         data = shift(data, ood, ood_strength, seed)
-    return apply_variant(data, variant, seed)
+    return check_classes(apply_variant(data, variant, seed))

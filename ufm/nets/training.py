@@ -34,6 +34,7 @@ from flax import nnx
 
 from ufm import host_metrics, metrics, results, runner
 from ufm import losses as _losses
+from ufm.nets import data as _data
 from ufm.problem import Hyper, validate_hyper
 
 OPTIMIZERS = ("gd", "momentum", "adam")  # the names of `ufm.solvers`
@@ -351,6 +352,7 @@ def train(model: nnx.Module, data, settings: TrainSettings = TrainSettings(), *,
       >>> result.final["nc1"], result.final["train_acc"]
     """
     settings.check()
+    _data.check_classes(data)
     t0 = time.perf_counter()
     n = len(data.y_train)
     batch = min(settings.batch_size, n)
