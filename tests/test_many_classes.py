@@ -113,3 +113,16 @@ def test_margin_zero_inside_the_hull_and_the_simplex_etf():
     etf = ufm.theory.simplex_etf(6, 5)
     np.testing.assert_allclose(host_metrics.one_vs_rest_margins(etf, neighbours=1), 6 / 5,
                                rtol=1e-12)
+
+
+def test_records_metrics_at_fifty_thousand_classes_fit_in_blocks():
+    """K = 5 x 10^4 in d = 4: K (K - 1) pairs exceed 2^31 (a Python int there used to
+    overflow int32 when traced), and the records' NC1 uses the d x d Gram (the K x K one
+    would take 90 GiB); XLA's own account of the program's scratch memory, nothing run."""
+    K, d = 50_000, 4
+    S = jax.ShapeDtypeStruct
+    compiled = jax.jit(metrics.run_metrics).lower(
+        S((K, d), jnp.float32), S((d, K), jnp.float32), S((K,), jnp.int32),
+        S((K,), jnp.float32)).compile()
+    scratch = compiled.memory_analysis().temp_size_in_bytes
+    assert scratch < 64 * metrics.CHUNK_ENTRIES * 4 + 64 * K * d * 4, scratch

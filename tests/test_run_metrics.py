@@ -64,6 +64,19 @@ def test_gram_form_at_collapsed_and_nearly_collapsed_points():
     _assert_equal(svd, gram)
 
 
+def test_gram_form_below_the_simplex_dimension_near_collapse():
+    # d < K: the d x d Gram form (generalized NC), to 1e-10 relative where NC1 is 1e-6.
+    K, d, n = 12, 3, 4
+    rng = np.random.default_rng(5)
+    labels = np.repeat(np.arange(K), n)
+    means = rng.standard_normal((d, K))
+    H = means[:, labels] + 1e-3 * rng.standard_normal((d, K * n))
+    svd, gram = _both(rng.standard_normal((K, d)), H, labels)
+    assert 1e-9 < svd["nc1"] < 1e-4
+    assert abs(svd["nc1"] - gram["nc1"]) <= 1e-10 * svd["nc1"]
+    _assert_equal(svd, gram)
+
+
 def test_gram_form_with_means_of_lower_rank():
     # Two classes share a mean: M has rank K - 2 < min(K - 1, d); both forms drop the null
     # direction and agree.

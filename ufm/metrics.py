@@ -70,7 +70,7 @@ def _angle_metrics(X, K):
         return deviation, jnp.max(jnp.where(off, cos, -jnp.inf), axis=1)
 
     deviation, max_cos = _map_rows(rows, K, K)
-    equiangular = jnp.sum(deviation) / (K * (K - 1))
+    equiangular = jnp.sum(deviation) / float(K * (K - 1))  # a float: over 2^31 from K = 46,342
     maxangle = jnp.mean(jnp.abs(max_cos + 1.0 / (K - 1)))
     return equinorm, equiangular, maxangle
 
@@ -134,10 +134,13 @@ def _class_statistics(H, labels, K, global_mean, max_rank=None, gram=False):
     Class sums are segment sums over the labels (no K x N one-hot).
 
     `gram`: the matmul-only form the run's records program uses (no SVD: batched SVDs of
-    small matrices are slow on GPUs). With C = M^T M (K x K) and P = M^T (H - mu_Y),
-    tr(Sigma_W Sigma_B^+) = (K/N) ||C^+ P||_F^2 (M = U S V^T: U_j^T w = V_j^T M^T w / S_j),
-    C^+ by `gram_pinv`; the rank is min(K-1, d) through the null space of C itself (class
-    means as the global mean; not for `max_rank` or the sample mean, which keep the SVD)."""
+    small matrices are slow on GPUs), on the smaller side of M (d x K). With w_i = h_i - mu_y_i,
+    tr(Sigma_W Sigma_B^+) = (K/N) sum_i ||M^+ w_i||^2, and M^+ w = C^+ M^T w for C = M^T M
+    (K x K, used when K <= d) or w^T M^+T M^+ w = w^T D^+ w for D = M M^T (d x d, used when
+    d < K: at K = 10^5 classes the K x K form needs hundreds of GiB and its C^+ M^T W is
+    K x N); the pseudo-inverse by `gram_pinv`; the rank is min(K-1, d) through the null space
+    of the Gram matrix itself (class means as the global mean; not for `max_rank` or the sample
+    mean, which keep the SVD)."""
     d, N = H.shape
     dtype = H.dtype
     counts = jax.ops.segment_sum(jnp.ones((N,), dtype), labels, K)  # (K,)
@@ -147,10 +150,16 @@ def _class_statistics(H, labels, K, global_mean, max_rank=None, gram=False):
     within = H - means[:, labels]  # (d, N): h_i - mu_{y_i}
     nan = jnp.asarray(jnp.nan, dtype)
     if gram and max_rank is None and global_mean == "class_means":
-        C = M.T @ M
-        defined = jnp.trace(C) > 0
-        projected = gram_pinv(C) @ (M.T @ within)  # (K, N)
-        nc1_papyan = jnp.where(defined, (K / N) * jnp.sum(projected**2), nan)
+        if K <= d:
+            C = M.T @ M
+            defined = jnp.trace(C) > 0
+            projected = gram_pinv(C) @ (M.T @ within)  # (K, N)
+            total = jnp.sum(projected**2)
+        else:
+            D = M @ M.T
+            defined = jnp.trace(D) > 0
+            total = jnp.sum(within * (gram_pinv(D) @ within))  # (d, N) at most
+        nc1_papyan = jnp.where(defined, (K / N) * total, nan)
         return counts, means, M, within, defined, nan, nc1_papyan
 
     # NC1 through the SVD of M, truncated at rank min(K-1, d) and at round-off.
@@ -195,7 +204,7 @@ def _nc_metrics(W, H, labels, b, global_mean, gram=False):
         ratio = (var_k[idx][:, None] + var_k[None, :]) / (2.0 * jnp.where(off, sq_dist, 1.0))
         return jnp.sum(jnp.where(off, ratio, 0.0), axis=1)
 
-    nc1_cdnv = jnp.sum(_map_rows(cdnv_rows, K, K * d)) / (K * (K - 1))
+    nc1_cdnv = jnp.sum(_map_rows(cdnv_rows, K, K * d)) / float(K * (K - 1))
     nc3_papyan = jnp.sum((W.T / jnp.linalg.norm(W) - M / jnp.linalg.norm(M)) ** 2)
 
     bias = jnp.zeros((K,), dtype) if b is None else b
