@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import ufm
-from ufm import cli, config, experiment, results
+from ufm import cli, config, experiment, results, runner
 
 SMALL = {"problem": {"num_classes": 3, "feature_dim": 3, "n_per_class": 2, "dtype": "float64"},
          "hyper": {"lam_W": 5e-3, "lam_H": 5e-3, "lam_b": 0.0},
@@ -47,9 +47,44 @@ def test_a_working_set_above_the_available_memory_is_refused_with_the_estimate(m
     raw = json.loads(json.dumps(SMALL))
     raw["problem"].update(num_classes=1000, feature_dim=512, n_per_class=100)
     monkeypatch.setenv("UFM_MEMORY_LIMIT", "1e8")
-    _refused(raw, r"needs about 1\.\d+ GiB and 0\.0931 GiB is available; .*UFM_MEMORY_LIMIT")
+    _refused(raw, r"needs about 3\.12 GiB and 0\.0931 GiB is available; .*UFM_MEMORY_LIMIT")
     monkeypatch.setenv("UFM_MEMORY_LIMIT", "none")  # the user knows better
     assert experiment.resolve(raw).problem["num_classes"] == 1000
+
+
+def test_configurations_computed_at_once_must_fit_together(monkeypatch):
+    """The issue's probe: num_classes = 10^7 (d = 6, n = 5) in a grid on a 2-core CPU split into
+    two host devices was killed at 24 GB. One such configuration fits (peak RSS of
+    `ufm.solve` measured at 15.6 GiB, which the estimate brackets); two at once do not."""
+    monkeypatch.setenv("UFM_MEMORY_LIMIT", "24e9")
+    prob = ufm.Problem(num_classes=10**7, feature_dim=6, n_per_class=5)
+    assert 14.5 < prob.working_set() / 2**30 < 17.5
+    runner.check_in_flight(prob, 1, 2, "fewer")  # one device: one configuration at a time
+    monkeypatch.setattr(runner.jax, "local_device_count", lambda: 2)
+    with pytest.raises(ValueError, match=r"size: 2 configurations at once \(1 per vmapped "
+                       r"slice on each of 2 devices; num_classes=10000000.*needs about 31\.\d "
+                       r"GiB and 22\.4 GiB is available; fewer, or set UFM_MEMORY_LIMIT"):
+        runner.check_in_flight(prob, 1, 2, "fewer")
+
+
+def test_a_batch_too_large_to_compute_at_once_is_refused_before_it_compiles(monkeypatch,
+                                                                           tmp_path):
+    prob = ufm.Problem(num_classes=3, feature_dim=3, n_per_class=2, dtype="float64")
+    monkeypatch.setenv("UFM_MEMORY_LIMIT", str(2.5 * prob.working_set()))
+    hypers = ufm.Hyper(lam_W=np.full(4, 5e-3), lam_H=np.full(4, 5e-3))
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=r"4 configurations at once .* \(width=1: one "
+                                         r"configuration per vmapped slice"):
+        ufm.solve_batch(prob, hypers, [0, 1, 2, 3], steps=20, log_every=10)
+    assert time.perf_counter() - start < 5
+    assert ufm.solve_batch(prob, hypers, [0, 1, 2, 3], steps=20, log_every=10,
+                           width=1).steps.shape == (4,)
+    raw = json.loads(json.dumps(SMALL))
+    raw["run"].update(seeds=[0, 1, 2, 3], batch=4)
+    with pytest.raises(config.InputError, match=r"group 1: size: 4 configurations at once .*"
+                                                r"run\.batch = 1 and --host-devices 1"):
+        experiment.run(experiment.resolve(raw), out=tmp_path / "run")
+    assert not (tmp_path / "run" / "results.csv").exists()
 
 
 def test_a_grid_too_large_to_expand_is_refused():

@@ -32,7 +32,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ufm import config, host_metrics, multihost, oracle, plots, results, runner, theory
-from ufm.config import ConfigError, Field, Schema
+from ufm.config import ConfigError, Field, InputError, Schema
 from ufm.kernels import KERNELS
 from ufm.kind import Kind, Unit
 from ufm.problem import (
@@ -367,7 +367,7 @@ def _plan(experiment, configs, groups, folder) -> list[tuple[int, int]]:
     cuts its groups exactly as the first run did; process 0's plan is every process's."""
     saved = None if folder is None else folder.read_json("plan.json", _plan_shape)
     if saved is not None and len(saved) == len(groups):
-        return [tuple(p) for p in saved]
+        return _fits(groups, [tuple(p) for p in saved])
     plan = []
     for (problem, _), indices in groups.items():
         if experiment.run["batch"]:
@@ -386,8 +386,22 @@ def _plan(experiment, configs, groups, folder) -> list[tuple[int, int]]:
         else:
             chunk = runner.chunk_size(problem, len(indices), width)
         plan.append((width, min(chunk, -(-len(indices) // width) * width)))
+    _fits(groups, plan)
     if folder is not None:
         folder.write_json("plan.json", [list(p) for p in plan])
+    return plan
+
+
+def _fits(groups, plan):
+    """The plan, once every group's configurations computed at the same time fit the available
+    memory (`runner.check_in_flight`), checked before anything compiles."""
+    for g, ((problem, _), indices) in enumerate(groups.items()):
+        try:
+            runner.check_in_flight(problem, plan[g][0], len(indices),
+                                   "compute fewer at once (run.batch = 1 and --host-devices 1: "
+                                   "one configuration at a time)")
+        except ValueError as err:
+            raise InputError(f"group {g + 1}: {err}") from None
     return plan
 
 

@@ -94,13 +94,35 @@ def available_memory() -> float | None:
 
 
 def working_set_bytes(K: int, d: int, N: int, depth: int, itemsize: int, streamed: bool) -> int:
-    """An estimate of one configuration's memory while it is optimized: the variables (H d x N,
-    W K x d, b K, the deep layers d x d), their gradient and two optimizer moments (4 copies),
-    and the K x N logits three times (logits, softmax, their gradient) unless they are
-    streamed over class blocks (`ufm.streaming`)."""
+    """An estimate of one configuration's peak memory while it runs: 8 copies of its variables
+    (H d x N, W K x d, b K, the deep layers d x d) and the logits' temporaries, 4 K x N arrays
+    (logits, softmax, dL/dZ, the records' NC4 scores), or, streamed over class blocks
+    (`ufm.streaming`), 3 blocks of block_size x N; plus the int32 labels.
+
+    Measured (XLA's buffer sizes of the compiled chunk and records at one log point, and the
+    peak RSS of `ufm.solve`): a chunk holds its input state, its output state and the logged
+    point, and about 4 copies of temporaries (gradient, update, moments); the records hold the
+    point and the state, and 5-7 copies (centred features, class statistics). The largest of
+    the two, over the variables: 7-9 at (10, 500, 10^4), 8.5 at (10^7, 6, 5 streamed, whose
+    blocks of 8 x 5 10^7 logits are 1.1 x the variables); peak RSS 6.5 at (10, 500, 10^5) and
+    14.5 at (2 10^6, 6, 5) with 3 logged points."""
     variables = d * N + K * d + K + (depth - 1) * d * d
-    logits = 0 if streamed else 3 * K * N
-    return itemsize * (4 * variables + logits) + 4 * N  # + the int32 labels
+    if streamed:
+        logits = 3 * _streaming.block_size(K, N) * N
+    else:
+        logits = 4 * K * N
+    return itemsize * (8 * variables + logits) + 4 * N  # + the int32 labels
+
+
+def check_memory(need: float, what: str, fix: str) -> None:
+    """Refuse `need` bytes above `available_memory` with one line naming `what` needs it, the
+    estimate, the limit and `fix` (how to need less)."""
+    limit = available_memory()
+    if limit is not None and need > limit:
+        raise ValueError(
+            f"size: {what} needs about {need / 2**30:.3g} GiB and {limit / 2**30:.3g} GiB is "
+            f"available; {fix}, or set {MEMORY_LIMIT_VARIABLE} (bytes, or none) if you know "
+            "better")
 
 
 def _fail(field: str, value, allowed: str) -> None:
@@ -224,6 +246,11 @@ class Problem:
                   "compiled on its own)")
         self._check_size()
 
+    def working_set(self) -> int:
+        """Estimated peak bytes of one configuration while it runs (`working_set_bytes`)."""
+        return working_set_bytes(self.num_classes, self.feature_dim, self.num_samples,
+                                 self.depth, np.dtype(self.dtype).itemsize, streams(self))
+
     def _check_size(self) -> None:
         """Refuse sizes the int32 indices cannot hold, and a working set (`working_set_bytes`)
         above the available memory (`available_memory`), before anything is allocated."""
@@ -234,15 +261,8 @@ class Problem:
                 raise ValueError(f"size: {what} = {value:.3g} is not allowed: at most "
                                  f"{INDEX_LIMIT} (2^31 - 1; indices and labels are int32) "
                                  f"(num_classes={K}, feature_dim={d}, N={N})")
-        need = working_set_bytes(K, d, N, self.depth, np.dtype(self.dtype).itemsize,
-                                 streams(self))
-        limit = available_memory()
-        if limit is not None and need > limit:
-            raise ValueError(
-                f"size: one configuration (num_classes={K}, feature_dim={d}, N={N}, "
-                f"{self.dtype}) needs about {need / 2**30:.3g} GiB and {limit / 2**30:.3g} GiB "
-                f"is available; make it smaller, or set {MEMORY_LIMIT_VARIABLE} (bytes, or "
-                "none) if you know better")
+        check_memory(self.working_set(), f"one configuration (num_classes={K}, "
+                     f"feature_dim={d}, N={N}, {self.dtype})", "make it smaller")
 
     def _check_label_sets(self) -> None:
         K = self.num_classes

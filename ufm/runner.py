@@ -12,7 +12,7 @@ import sys
 import jax
 import jax.numpy as jnp
 
-from ufm.problem import Problem
+from ufm.problem import Problem, check_memory
 
 
 def over_batch(fn, in_axes, width: int | None):
@@ -263,6 +263,24 @@ def point_bytes(problem: Problem) -> int:
     itemsize = 8 if problem.dtype == "float64" else 4
     layers = (problem.depth - 1) * d * d
     return itemsize * (K * d + d * N + K + layers)
+
+
+def check_in_flight(problem: Problem, width: int, n_configs: int, fix: str) -> None:
+    """Refuse, before anything compiles, a batch whose configurations computed at the same time
+    on a CPU (`width` per vmapped slice on each local device with a share of the `n_configs`)
+    need more than the available memory together (`Problem.working_set` each;
+    `ufm.problem.check_memory`). On an accelerator `chunk_size` and `batch_width` already size
+    the batch to the device's memory."""
+    if accelerator(jax.local_devices()[0]):
+        return
+    width = max(1, min(width, n_configs))
+    devices = min(jax.local_device_count(), -(-n_configs // width))
+    at_once = width * devices
+    if at_once > 1:
+        check_memory(at_once * problem.working_set(),
+                     f"{at_once} configurations at once ({width} per vmapped slice on each of "
+                     f"{devices} devices; num_classes={problem.num_classes}, "
+                     f"feature_dim={problem.feature_dim}, N={problem.num_samples})", fix)
 
 
 def logs_per_call(problem: Problem, n_points: int, n_configs: int) -> tuple[int, int]:

@@ -643,6 +643,9 @@ def _execute(problem, hyper, keys, f_star, *, solver, steps, log_every, tol, ini
         share = -(-batch_size // n_dev)
         if width is not None and width >= share:
             width = None
+        runner.check_in_flight(problem, width or share, batch_size,
+                               "compute fewer at once (width=1: one configuration per vmapped "
+                               "slice on each device)")
         hyper, keys, f_star, start_params = runner.shard_over_devices(runner.pad_batch(
             (hyper, keys, f_star, start_params), batch_size, (width or share) * n_dev))
     configs = int(np.shape(f_star)[0]) if batched else 1
