@@ -1,5 +1,6 @@
 """The flax path: models, heads, losses, data readers, training, checkpoints, experiments."""
 import gzip
+import json
 import pickle
 
 import jax
@@ -9,7 +10,7 @@ import pytest
 from flax import nnx
 
 import ufm
-from ufm import losses, metrics, theory
+from ufm import losses, metrics, results, theory
 from ufm.nets import data as nets_data
 from ufm.nets import experiment, models
 from ufm.nets.training import TrainSettings, make_train_step, train
@@ -116,9 +117,22 @@ def test_training_resumes_from_its_checkpoint(tmp_path):
     for key in ("nc1", "train_loss", "train_acc"):
         np.testing.assert_allclose(resumed.history[key], whole.history[key], rtol=1e-5, err_msg=key)
     np.testing.assert_array_equal(resumed.history["iteration"], [0, 2, 4, 6])
+    other = TrainSettings(epochs=6, eval_every=2, checkpoint_every=2, batch_size=8, lr=0.5)
     with pytest.raises(ValueError, match="checkpoint of other settings"):
-        train(fresh(), data, TrainSettings(epochs=6, lr=0.5, batch_size=8), out=tmp_path,
-              progress=False)
+        train(fresh(), data, other, out=tmp_path, progress=False)
+    # A results folder's scratch: the foreign checkpoint is named and trained over, from epoch 0.
+    with pytest.warns(UserWarning, match="checkpoint of other settings; training starts over"):
+        restarted = train(fresh(), data, other, out=tmp_path, progress=False,
+                          foreign_checkpoint="restart")
+    straight = train(fresh(), data, other, progress=False)
+    np.testing.assert_allclose(restarted.history["train_loss"], straight.history["train_loss"],
+                               rtol=1e-5)
+    # Metadata of the wrong shape is damage: named, and training starts over.
+    results.write_arrays(tmp_path / "checkpoint.npz", {
+        "meta": np.frombuffer(json.dumps({"epoch": "4"}).encode(), np.uint8)})
+    with pytest.warns(UserWarning, match="damaged training checkpoint"):
+        again = train(fresh(), data, other, out=tmp_path, progress=False)
+    np.testing.assert_array_equal(again.history["iteration"], [0, 2, 4, 6])
 
 
 def _interrupt_after(model, data, settings, out, epochs):

@@ -150,7 +150,8 @@ def run_unit(experiment, unit: Unit, bar, scratch) -> UnitResult:
                    model_description=json.dumps({k: v for k, v in cfg.items()
                                                  if not k.startswith("train.")},
                                                 sort_keys=True),
-                   on_divergence="stop")  # a diverging configuration is flagged, not fatal
+                   on_divergence="stop",  # a diverging configuration is flagged, not fatal
+                   foreign_checkpoint="restart")  # the folder's scratch: recomputed
     layers = np.asarray(result.history["nc1_layers"])
     # per-layer arrays (evaluations, layers) become one history key per layer:
     # nc1_layers -> nc1_layer0, nc1_layer1, ...; test_nc2_layers -> test_nc2_layer0, ...

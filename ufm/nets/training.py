@@ -309,41 +309,62 @@ def _save_checkpoint(path: Path, settings_json: str, epoch: int, model, optimize
     results.write_arrays(path, {"meta": np.frombuffer(meta.encode(), np.uint8), **arrays})
 
 
-def _load_checkpoint(path: Path, settings_json: str, model, optimizer):
+def _load_checkpoint(path: Path, settings_json: str, model, optimizer, foreign: str):
     """(epoch, history) from a checkpoint of the same settings, or None. A damaged checkpoint
-    is named in a warning and training starts over; one of other settings is refused."""
+    is named in a warning and training starts over; one of other settings is refused
+    (`foreign` "raise": a folder the user chose) or named in a warning and trained over
+    ("restart": a results folder's scratch, whose unit must be computed whatever was there)."""
     if not path.is_file():
         return None
     try:
         with np.load(path, allow_pickle=False) as data:
             files = {k: data[k] for k in data.files}
         meta = json.loads(files["meta"].tobytes().decode())
+        saved_settings, epoch, saved_history = meta["settings"], meta["epoch"], meta["history"]
+        if not (isinstance(saved_settings, str) and isinstance(epoch, int)
+                and isinstance(saved_history, dict)):
+            raise ValueError("its metadata is not (settings, epoch, history)")
     except Exception as err:  # noqa: BLE001 (any damage means: start over)
         warnings.warn(f"{path}: damaged training checkpoint ({type(err).__name__}: {err}); "
-                      "training starts over", stacklevel=2)
+                      "training starts over", stacklevel=3)
         return None
-    if meta["settings"] != settings_json:
+    if saved_settings != settings_json:
+        if foreign == "restart":
+            warnings.warn(f"{path} is a checkpoint of other settings; training starts over "
+                          "(it is replaced at the next checkpoint)", stacklevel=3)
+            return None
         raise ValueError(f"{path} is a checkpoint of other settings; remove it or choose "
                          "another out folder")
-    for obj, prefix in ((model, "model"), (optimizer, "opt")):
-        state = nnx.state(obj)
-        leaves, treedef = jax.tree.flatten(state)
-        new = [jnp.asarray(files[f"{prefix}_{i}"], dtype=leaf.dtype)
-               for i, leaf in enumerate(leaves)]
-        nnx.update(obj, jax.tree.unflatten(treedef, new))
-    history = {k: np.asarray(v) for k, v in meta["history"].items()}
-    return meta["epoch"], history
+    try:
+        for obj, prefix in ((model, "model"), (optimizer, "opt")):
+            state = nnx.state(obj)
+            leaves, treedef = jax.tree.flatten(state)
+            new = []
+            for i, leaf in enumerate(leaves):
+                saved = files[f"{prefix}_{i}"]
+                if saved.shape != leaf.shape:
+                    raise ValueError(f"{prefix}_{i} has shape {saved.shape}, not {leaf.shape}")
+                new.append(jnp.asarray(saved, dtype=leaf.dtype))
+            nnx.update(obj, jax.tree.unflatten(treedef, new))
+        history = {k: np.asarray(v) for k, v in saved_history.items()}
+    except (KeyError, ValueError, TypeError) as err:
+        raise ValueError(f"{path}: damaged training checkpoint ({err}); remove it to start "
+                         "over") from None
+    return epoch, history
 
 
 def train(model: nnx.Module, data, settings: TrainSettings = TrainSettings(), *, out=None,
           progress: bool | None = None, model_description: str = "",
-          trainable=nnx.Param, on_divergence: str = "raise") -> TrainResult:
+          trainable=nnx.Param, on_divergence: str = "raise",
+          foreign_checkpoint: str = "raise") -> TrainResult:
     """Train `model` on `data` (a `ufm.nets.data.Dataset`), evaluating NC as it goes.
     `trainable`: an nnx filter of the parameters trained (default all; `ufm.nets.transfer`
     freezes all but a head and a chosen layer); the others stay bit for bit as they were.
     `on_divergence`: "raise" (FloatingPointError naming the epoch and train.lr) or "stop" (the
     result has status "diverged", diverged_at, and the history up to the last evaluation; no
-    checkpoint of the broken state is written).
+    checkpoint of the broken state is written). `foreign_checkpoint`: what a checkpoint in
+    `out` of other settings does: "raise" (ValueError) or "restart" (a warning; training starts
+    over, as in a results folder's scratch).
 
     Example:
       >>> data = ufm.nets.data.load("digits")
@@ -352,6 +373,9 @@ def train(model: nnx.Module, data, settings: TrainSettings = TrainSettings(), *,
       >>> result.final["nc1"], result.final["train_acc"]
     """
     settings.check()
+    if foreign_checkpoint not in ("raise", "restart"):
+        raise ValueError(f"foreign_checkpoint={foreign_checkpoint!r} is not allowed: 'raise' or "
+                         "'restart'")
     _data.check_classes(data)
     t0 = time.perf_counter()
     n = len(data.y_train)
@@ -365,7 +389,7 @@ def train(model: nnx.Module, data, settings: TrainSettings = TrainSettings(), *,
     ckpt = None if out is None else Path(out) / CHECKPOINT
     if ckpt is not None:
         ckpt.parent.mkdir(parents=True, exist_ok=True)
-        loaded = _load_checkpoint(ckpt, settings_json, model, optimizer)
+        loaded = _load_checkpoint(ckpt, settings_json, model, optimizer, foreign_checkpoint)
         if loaded is not None:
             done, history = loaded
             first_epoch = done + 1

@@ -110,7 +110,8 @@ def _pretrained(cfg: dict, scratch):
         source, target = transfer.split_classes(data, cfg["data.source"], cfg["data.target"])
         model = net._model(pre, source)
         result = train(model, source, net._settings(pre), progress=False, model_description=key,
-                       out=None if scratch is None else scratch / "pretrain")
+                       out=None if scratch is None else scratch / "pretrain",
+                       foreign_checkpoint="restart")  # the folder's scratch
         _PRETRAINED.clear()  # one at a time: a ResNet's state is large
         _PRETRAINED[key] = (model, source, target, result.final)
     return _PRETRAINED[key]
