@@ -162,3 +162,19 @@ def test_solver_can_advance_in_a_zip(tmp_path):
     )
     with pytest.raises(config.ConfigError, match="solver.name='sgd'"):
         ufm.experiment.load(_write(tmp_path, '[[zip]]\nsolver = ["gd", "sgd"]\nlr = [1.0, 1.0]'))
+
+
+def test_an_experiment_is_a_frozen_value():
+    """Fields are never reassigned; what a kind derives once (a grid's configurations) is kept
+    beside the value and does not change what it equals."""
+    import dataclasses
+
+    from ufm import experiment, grid
+
+    first, second = experiment.load_default(), experiment.load_default()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        first.name = "other"
+    configs = grid.configurations(first)
+    assert grid.configurations(first) is configs  # expanded once
+    second.derived.clear()
+    assert first == second and first.derived and not second.derived

@@ -2,6 +2,7 @@
 import gzip
 import json
 import pickle
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -133,6 +134,46 @@ def test_training_resumes_from_its_checkpoint(tmp_path):
     with pytest.warns(UserWarning, match="damaged training checkpoint"):
         again = train(fresh(), data, other, out=tmp_path, progress=False)
     np.testing.assert_array_equal(again.history["iteration"], [0, 2, 4, 6])
+
+
+def test_training_checkpoints_are_keyed_by_state_path_and_old_ones_still_read(tmp_path):
+    """Arrays are named by their nnx state paths; a checkpoint of the earlier leaf-order format
+    ("model_0", "opt_0", ...) resumes to the same run; one missing an array is damage."""
+    from ufm.nets import training as train_module
+
+    data = _tiny_gaussian()
+
+    def fresh():
+        return models.build("mlp", input_shape=(12,), num_classes=4, width=16, depth=2)
+
+    settings = TrainSettings(epochs=6, eval_every=2, checkpoint_every=2, batch_size=8)
+    whole = train(fresh(), data, settings, progress=False)
+    _interrupt_after(fresh(), data, settings, tmp_path, epochs=4)
+    path = tmp_path / "checkpoint.npz"
+    with np.load(path) as saved:
+        files = {k: saved[k] for k in saved.files}
+    assert {"model/head/W", "model/layers/0/kernel", "opt/step"} <= set(files)
+    # The same state in the old leaf order: resumed, equal to the uninterrupted run.
+    model = fresh()
+    optimizer = nnx.Optimizer(model, train_module._optimizer(settings, len(data.y_train) // 8),
+                              wrt=nnx.Param)
+    old = {"meta": files["meta"]}
+    for prefix, obj in (("model", model), ("opt", optimizer)):
+        for i, (name, _) in enumerate(train_module._state_paths(obj)):
+            old[f"{prefix}_{i}"] = files[f"{prefix}/{name}"]
+    results.write_arrays(path, old)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # read as it is: no "damaged", no start over
+        resumed = train(fresh(), data, settings, out=tmp_path, progress=False)
+    np.testing.assert_array_equal(resumed.history["iteration"], [0, 2, 4, 6])
+    np.testing.assert_allclose(resumed.history["train_loss"], whole.history["train_loss"],
+                               rtol=1e-5)
+    # A missing array: named, and training starts over (nothing half-loaded).
+    results.write_arrays(path, {k: v for k, v in files.items() if k != "model/head/W"})
+    with pytest.warns(UserWarning, match="damaged training checkpoint .*no array model/head/W"):
+        again = train(fresh(), data, settings, out=tmp_path, progress=False)
+    np.testing.assert_allclose(again.history["train_loss"], whole.history["train_loss"],
+                               rtol=1e-5)
 
 
 def _interrupt_after(model, data, settings, out, epochs):

@@ -71,10 +71,12 @@ class Schema:
 TOP_LEVEL = ("name", "description", "kind", "zip", "quick")
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Experiment:
     """A resolved experiment: every key of every section present, values checked. Sections are
-    attributes too (`experiment.problem["loss"]`)."""
+    attributes too (`experiment.problem["loss"]`). Frozen: its fields are never reassigned
+    (`resolve` makes a new one); what a kind derives from it once
+    (a grid's configurations) is kept in `derived`, which is not part of its value."""
 
     name: str
     description: str
@@ -84,6 +86,7 @@ class Experiment:
     # [quick.<section>] tables: this file's own smoke-run settings (`ufm run FILE --quick`),
     # merged over its kind's (`ufm.kind.Kind.quick`); checked when applied
     quick: dict = dataclasses.field(default_factory=dict)
+    derived: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     def __getattr__(self, name):
         if name != "sections" and name in self.__dict__.get("sections", {}):

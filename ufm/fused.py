@@ -40,7 +40,8 @@ from ufm.problem import (
     streams,
 )
 
-SOLVERS = ("gd", "momentum", "nesterov", "adam")
+# The solvers the fast path runs: the first-order ones of `ufm.solvers.SOLVERS` (not L-BFGS).
+FAST_SOLVERS = ("gd", "momentum", "nesterov", "adam")
 
 
 def supports(problem: Problem, solver: str) -> bool:
@@ -49,7 +50,7 @@ def supports(problem: Problem, solver: str) -> bool:
     classifier, balanced, per-class or multi-label counts; not the deep UFM, not the norm
     balls, not logits too large to hold (`ufm.problem.streams`: the reference path streams
     them) and not L-BFGS (reference path)."""
-    return (solver in SOLVERS and problem.depth == 1 and problem.geometry in ("wd", "sphere")
+    return (solver in FAST_SOLVERS and problem.depth == 1 and problem.geometry in ("wd", "sphere")
             and not streams(problem))
 
 

@@ -133,7 +133,7 @@ def configurations(experiment: config.Experiment) -> list[Configuration]:
     """Expand the grid: the Cartesian product of every list axis, every [[zip]] (its fields
     advance together) and the solver names, then the seeds (innermost). A Problem that cannot
     be built raises ConfigError naming the field."""
-    cached = experiment.__dict__.get("_configurations")
+    cached = experiment.derived.get("configurations")
     if cached is not None:
         return cached
     built = {}
@@ -155,7 +155,7 @@ def configurations(experiment: config.Experiment) -> list[Configuration]:
                       tuple(v) if isinstance(v, list) else v) for key, v in point.varying)
         out.append(Configuration(built[key], hyper, point.seed, axes,
                                  point.values[("solver", "name")]))
-    experiment.__dict__["_configurations"] = out
+    experiment.derived["configurations"] = out
     return out
 
 

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ufm import manifolds, theory
+from ufm.oracle import CONVEX_LOSSES  # one list: the losses whose UFM has a convex lift
 from ufm.points import rank_r_critical_point
 from ufm.problem import (
     BALL_GEOMETRIES,
@@ -40,7 +41,6 @@ from ufm.solvers import CHECK_EVERY, solve_batch
 VERDICTS = ("not critical", "strict saddle", "second-order stationary (local min)",
             "global min (certified)")
 NOT_CRITICAL, STRICT_SADDLE, LOCAL_MIN, GLOBAL_MIN = range(4)
-CONVEX_LOSSES = ("ce", "ls", "ls_off_target", "mse", "mse_rescaled")
 DENSE_MAX_DIM = 1500  # dense eigh below this many coordinates, Lanczos above
 
 

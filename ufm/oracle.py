@@ -35,6 +35,8 @@ from ufm import losses as _losses
 from ufm.host_metrics import COLLAPSED_SPREAD, minority_spread
 from ufm.problem import Hyper, Problem, validate_hyper, x64_scope
 
+# The losses convex in the logits, whose UFM the oracle lifts to a convex program (focal is not
+# convex); `ufm.landscape` certifies global minima on the same list.
 CONVEX_LOSSES = ("ce", "ls", "ls_off_target", "mse", "mse_rescaled")
 
 

@@ -298,12 +298,26 @@ def _stratified(y, n, K) -> np.ndarray:
     return np.sort(np.concatenate([np.flatnonzero(y == k)[:per] for k in range(K)]))
 
 
+def _state_paths(obj) -> list[tuple[str, object]]:
+    """(name, leaf) of an nnx object's state, named by its path ("head/W",
+    "layers/0/kernel", "opt_state/0/trace/head/W"): a checkpoint that does not depend on the
+    order in which leaves are flattened."""
+    named = []
+    for path, leaf in jax.tree_util.tree_flatten_with_path(nnx.state(obj))[0]:
+        parts = [str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path]
+        if parts and parts[-1] == "value":  # the Variable's own attribute
+            parts = parts[:-1]
+        named.append(("/".join(parts), leaf))
+    return named
+
+
 def _save_checkpoint(path: Path, settings_json: str, epoch: int, model, optimizer, history):
-    """The training state as a numpy archive with its metadata as JSON (the results folder's
-    format, written atomically: `ufm.results.write_arrays`)."""
-    arrays = {f"model_{i}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(nnx.state(model)))}
-    arrays.update({f"opt_{i}": np.asarray(x)
-                   for i, x in enumerate(jax.tree.leaves(nnx.state(optimizer)))})
+    """The training state as a numpy archive, arrays named by their state paths ("model/...",
+    "opt/...") with the metadata as JSON (the results folder's format, written atomically:
+    `ufm.results.write_arrays`)."""
+    arrays = {f"{prefix}/{name}": np.asarray(x)
+              for prefix, obj in (("model", model), ("opt", optimizer))
+              for name, x in _state_paths(obj)}
     meta = json.dumps({"settings": settings_json, "epoch": epoch,
                        "history": {k: np.asarray(v).tolist() for k, v in history.items()}})
     results.write_arrays(path, {"meta": np.frombuffer(meta.encode(), np.uint8), **arrays})
@@ -335,21 +349,28 @@ def _load_checkpoint(path: Path, settings_json: str, model, optimizer, foreign: 
             return None
         raise ValueError(f"{path} is a checkpoint of other settings; remove it or choose "
                          "another out folder")
+    updates = []  # applied only once every array is read: a damaged file changes nothing
     try:
         for obj, prefix in ((model, "model"), (optimizer, "opt")):
-            state = nnx.state(obj)
-            leaves, treedef = jax.tree.flatten(state)
+            leaves, treedef = jax.tree.flatten(nnx.state(obj))
+            # By state path; checkpoints written before that are in leaf order ("model_0", ...).
+            names = ([f"{prefix}_{i}" for i in range(len(leaves))] if f"{prefix}_0" in files
+                     else [f"{prefix}/{name}" for name, _ in _state_paths(obj)])
             new = []
-            for i, leaf in enumerate(leaves):
-                saved = files[f"{prefix}_{i}"]
-                if saved.shape != leaf.shape:
-                    raise ValueError(f"{prefix}_{i} has shape {saved.shape}, not {leaf.shape}")
-                new.append(jnp.asarray(saved, dtype=leaf.dtype))
-            nnx.update(obj, jax.tree.unflatten(treedef, new))
+            for name, leaf in zip(names, leaves):
+                if name not in files:
+                    raise ValueError(f"it has no array {name}")
+                if files[name].shape != leaf.shape:
+                    raise ValueError(f"{name} has shape {files[name].shape}, not {leaf.shape}")
+                new.append(jnp.asarray(files[name], dtype=leaf.dtype))
+            updates.append((obj, jax.tree.unflatten(treedef, new)))
         history = {k: np.asarray(v) for k, v in saved_history.items()}
-    except (KeyError, ValueError, TypeError) as err:
-        raise ValueError(f"{path}: damaged training checkpoint ({err}); remove it to start "
-                         "over") from None
+    except (ValueError, TypeError) as err:
+        warnings.warn(f"{path}: damaged training checkpoint ({err}); training starts over",
+                      stacklevel=3)
+        return None
+    for obj, state in updates:
+        nnx.update(obj, state)
     return epoch, history
 
 
