@@ -30,7 +30,8 @@ import numpy as np  # noqa: E402
 
 import ufm  # noqa: E402
 from ufm import host_metrics, nets  # noqa: E402
-from ufm.nets.training import _stratified, layer_nc3  # noqa: E402
+from ufm.nets.data import stratified_subset  # noqa: E402
+from ufm.nets.training import layer_nc3  # noqa: E402
 
 
 def networks(depths, epochs: int) -> list[dict]:
@@ -43,7 +44,7 @@ def networks(depths, epochs: int) -> list[dict]:
                                                             eval_every=max(1, epochs)),
                             progress=False)
         final = result.final
-        take = _stratified(data.y_train, 1000, 10)
+        take = stratified_subset(data.y_train, 1000, 10)
         row = {"model": "mlp", "depth": depth, "status": "trained",
                "train_acc": final["train_acc"],
                "test_acc": final["test_acc"], "nc1_layers": final["train_nc1_layers"],

@@ -292,3 +292,11 @@ def test_net_zip_advances_fields_together():
     )  # config.toml round-trips
     with pytest.raises(ufm.config.ConfigError, match="equal lengths"):
         experiment.resolve({"kind": "net", "zip": [{"train.loss": ["ce"], "train.lr": [1, 2]}]})
+
+
+def test_stratified_subset_takes_the_first_samples_of_every_class():
+    y = np.array([2, 0, 1, 0, 2, 1, 0, 2, 1, 1])
+    take = nets_data.stratified_subset(y, 6, 3)
+    np.testing.assert_array_equal(take, [0, 1, 2, 3, 4, 5])  # two of each, in order
+    np.testing.assert_array_equal(np.bincount(y[take]), [2, 2, 2])
+    assert len(nets_data.stratified_subset(y, 1, 3)) == 3  # at least one of each class

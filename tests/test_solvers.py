@@ -157,8 +157,9 @@ def test_vmapped_runs_equal_separate_runs():
     _, f_star = solvers.optimum_values(prob, hypers)
     with jax.enable_x64(True):
         keys = jax.vmap(jax.random.key)(jnp.arange(8))
-        params, history, steps, status = jax.jit(jax.vmap(run))(
-            hypers.broadcast(8, jnp.float64), keys, jnp.asarray(f_star))
+        out = jax.jit(jax.vmap(run))(hypers.broadcast(8, jnp.float64), keys, jnp.asarray(f_star))
+    assert isinstance(out, solvers.RunOutput)
+    params, history, steps, status = out  # a NamedTuple: unpacks as before
     for i in range(8):
         hyp = ufm.Hyper(*(float(np.asarray(v)[i]) if np.ndim(v) else v for v in hypers))
         single = ufm.solve(prob, hyp, key=seeds[i], steps=3000, log_every=100)

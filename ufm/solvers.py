@@ -470,13 +470,24 @@ def _fast_path(problem: Problem, solver: str, fast: bool, check_every,
     return FastPath(int(check_every), kernel == "pallas" and kernels.supports(problem, solver))
 
 
+class RunOutput(NamedTuple):
+    """What `make_run`'s pure run returns (a pytree: vmapped, every field gains a leading
+    axis): the point reached, its history (the initial point and every log point), steps run
+    and the status as an int code into `STATUSES`."""
+
+    params: Params
+    history: dict
+    steps: jax.Array
+    status: jax.Array
+
+
 def make_run(problem: Problem, *, solver: str = "gd", steps: int, log_every: int = 100,
              tol: float = 0.0, init_scale: float = 1.0, fast: bool = True,
              check_every: int = CHECK_EVERY, kernel: str = "xla",
              anneal_from: float | None = None, anneal_fraction: float = 0.5) -> Callable:
-    """A whole run as one pure function `run(hyper, key, f_star) -> (params, history, steps,
-    status)`, jittable and vmappable over all three arguments (status is an int code into
-    `STATUSES`; history holds the initial point and every log point). `f_star` is the
+    """A whole run as one pure function `run(hyper, key, f_star) -> RunOutput(params, history,
+    steps, status)`, jittable and vmappable over all three arguments (status is an int code
+    into `STATUSES`; history holds the initial point and every log point). `f_star` is the
     closed-form optimum (NaN when unknown); hyper should already be in the problem's dtype.
     `fast`, `check_every`, `kernel`, `anneal_from`, `anneal_fraction`: as in `solve`."""
     _check_run_args(problem, solver, steps, log_every, tol)
@@ -492,7 +503,8 @@ def make_run(problem: Problem, *, solver: str = "gd", steps: int, log_every: int
         history = _records(problem, solver, hyper, trace, f_star)
         status = final_status(state.status, state.grad_norm, state.stationarity,
                               history["rel_gap"][-1], tol)
-        return point_of(problem, solver, state.variables), history, state.step, status
+        return RunOutput(point_of(problem, solver, state.variables), history, state.step,
+                         status)
 
     return run
 

@@ -79,6 +79,14 @@ class DatasetFilesMissing(InputError, FileNotFoundError):
     """The files of a dataset the user must provide are not where they were looked for."""
 
 
+def stratified_subset(y: np.ndarray, n: int, num_classes: int) -> np.ndarray:
+    """Sorted indices of about `n` samples, the first max(1, n // K) of each class in order
+    (every class represented, the same subset on every call): the samples on which per-layer
+    metrics are measured."""
+    per = max(1, n // num_classes)
+    return np.sort(np.concatenate([np.flatnonzero(y == k)[:per] for k in range(num_classes)]))
+
+
 def check_classes(data: Dataset) -> Dataset:
     """`data` if every split (train, test, ood) has as many labels as inputs, labels in
     0..num_classes-1, and at least one sample of every class (the NC metrics average class

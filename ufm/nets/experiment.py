@@ -38,7 +38,7 @@ from ufm.config import ConfigError, Field, Schema
 from ufm.kind import Kind, Unit
 from ufm.nets import data as _data
 from ufm.nets import models
-from ufm.nets.training import TrainSettings, _stratified, layer_nc3, train
+from ufm.nets.training import TrainSettings, layer_nc3, train
 from ufm.problem import Hyper
 from ufm.results import UnitResult, float_column
 from ufm.tables import cross_loss_spread, fmt, format_table, net_varying_columns
@@ -171,7 +171,7 @@ def run_unit(experiment, unit: Unit, bar, scratch) -> UnitResult:
     row["layers"] = int(layers.shape[1])
     row["ood"] = data.ood
     row.update(models.parameter_counts(model))
-    take = _stratified(data.y_train, result_settings.layer_samples, data.num_classes)
+    take = _data.stratified_subset(data.y_train, result_settings.layer_samples, data.num_classes)
     if not diverged:
         for j, value in enumerate(layer_nc3(model, data.x_train[take], data.y_train[take],
                                             data.num_classes)):

@@ -263,7 +263,7 @@ def evaluate(model, data, layer_samples: int = 1000) -> dict:
         out.update({f"{split}_{k}": float(v) for k, v in nc.items()})
         out.update({f"{split}_{k}": v for k, v in host_metrics.compression_metrics(
             H.T, y, K).items()})
-        take = _stratified(y, layer_samples, K)
+        take = _data.stratified_subset(y, layer_samples, K)
         # on the host: every layer and split has its own shape (a jitted metric would compile
         # for each)
         found = [host_metrics.layer_nc(r.T, y[take], K) for r in representations(model,
@@ -291,11 +291,6 @@ def layer_nc3(model, x, y, num_classes: int) -> np.ndarray:
         G = W @ host_metrics.layer_nc(H.T, y, K)["M"]
         out.append(float(np.linalg.norm(G / np.linalg.norm(G) - etf)))
     return np.array(out)
-
-
-def _stratified(y, n, K) -> np.ndarray:
-    per = max(1, n // K)
-    return np.sort(np.concatenate([np.flatnonzero(y == k)[:per] for k in range(K)]))
 
 
 def _state_paths(obj) -> list[tuple[str, object]]:

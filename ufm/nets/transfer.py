@@ -30,9 +30,10 @@ import numpy as np
 from flax import nnx
 
 from ufm import host_metrics
+from ufm.nets import data as _data
 from ufm.nets import models
 from ufm.nets.data import Dataset
-from ufm.nets.training import TrainSettings, _stratified, representations, train
+from ufm.nets.training import TrainSettings, representations, train
 
 MODES = ("probe", "layer", "full")
 # Ridge penalty of the linear probes, relative to the mean squared feature norm, and the
@@ -75,7 +76,7 @@ def frozen_layer_nc(model, data: Dataset, layer_samples: int = 1000) -> dict:
     K = data.num_classes
     out = {}
     for split, x, y in data.splits():
-        take = _stratified(y, layer_samples, K)
+        take = _data.stratified_subset(y, layer_samples, K)
         found = [host_metrics.layer_nc(r.T, y[take], K) for r in representations(model,
                                                                                 x[take])]
         out[f"{split}_nc1_layers"] = np.array([f["nc1"] for f in found])
@@ -99,7 +100,7 @@ def probe_layers(model, data: Dataset, ridge: float = PROBE_RIDGE,
     layers) on as many of every split's. The cap keeps a ResNet's flattened feature maps
     (16,384 numbers a sample in its first stage) within memory."""
     K = data.num_classes
-    take = {split: _stratified(y, samples, K) for split, _, y in data.splits()}
+    take = {split: _data.stratified_subset(y, samples, K) for split, _, y in data.splits()}
     y_train = data.y_train[take["train"]]
     train_layers = representations(model, data.x_train[take["train"]])
     others = [(split, representations(model, x[take[split]]), y[take[split]])
