@@ -13,9 +13,11 @@ a CMF head (class means) neither.
 Every `eval_every` epochs: the NC metrics of the penultimate features on the training set
 (`ufm.metrics.nc_metrics`), train and test accuracy, and the NC1 of every layer's
 representation on up to `layer_samples` training samples (progressive separation). With `out`,
-a checkpoint (model, optimizer, history) is written every `checkpoint_every` epochs; calling
-`train` again with the same settings and `out` resumes from it and ends where an uninterrupted
-run would (minibatch order depends only on the seed and the epoch).
+a checkpoint (model, optimizer, history; arrays named by their nnx state paths, e.g.
+"model/layers/0/kernel") is written every `checkpoint_every` epochs; calling `train` again with
+the same settings and `out` resumes from it and ends where an uninterrupted run would
+(minibatch order depends only on the seed and the epoch). Checkpoints of the earlier leaf-order
+format are still read.
 """
 from __future__ import annotations
 
