@@ -104,14 +104,20 @@ def test_mlp_on_digits_collapses(digits):
     assert result.history["nc1"][0] > 1.0  # it started uncollapsed
 
 
-def test_training_resumes_from_its_checkpoint(tmp_path):
+def _resumable_run():
+    """(data, a fresh small MLP's maker, settings checkpointing every 2 of 6 epochs, the
+    uninterrupted run's result)."""
     data = _tiny_gaussian()
 
     def fresh():
         return models.build("mlp", input_shape=(12,), num_classes=4, width=16, depth=2)
 
     settings = TrainSettings(epochs=6, eval_every=2, checkpoint_every=2, batch_size=8)
-    whole = train(fresh(), data, settings, progress=False)
+    return data, fresh, settings, train(fresh(), data, settings, progress=False)
+
+
+def test_training_resumes_from_its_checkpoint(tmp_path):
+    data, fresh, settings, whole = _resumable_run()
     # An interrupted run (killed right after epoch 4's checkpoint), then the same call again.
     _interrupt_after(fresh(), data, settings, tmp_path, epochs=4)
     resumed = train(fresh(), data, settings, out=tmp_path, progress=False)
@@ -141,13 +147,7 @@ def test_training_checkpoints_are_keyed_by_state_path_and_old_ones_still_read(tm
     ("model_0", "opt_0", ...) resumes to the same run; one missing an array is damage."""
     from ufm.nets import training as train_module
 
-    data = _tiny_gaussian()
-
-    def fresh():
-        return models.build("mlp", input_shape=(12,), num_classes=4, width=16, depth=2)
-
-    settings = TrainSettings(epochs=6, eval_every=2, checkpoint_every=2, batch_size=8)
-    whole = train(fresh(), data, settings, progress=False)
+    data, fresh, settings, whole = _resumable_run()
     _interrupt_after(fresh(), data, settings, tmp_path, epochs=4)
     path = tmp_path / "checkpoint.npz"
     with np.load(path) as saved:
