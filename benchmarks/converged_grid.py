@@ -36,8 +36,9 @@ import numpy as np
 import optax
 
 import ufm
-from ufm import runner, solvers
-from ufm.problem import objective as ufm_objective
+from ufm.model.problem import objective as ufm_objective
+from ufm.solvers import batching as runner
+from ufm.solvers import driver as solvers
 
 SIZES = {"S1": (10, 64, 100), "S2": (10, 512, 500)}
 N_CONFIGS = 16
@@ -109,7 +110,7 @@ def ufm_arm(problem, hypers, f_star, solver):
 
 def _starts(problem):
     with jax.enable_x64(True):
-        params = jax.vmap(lambda k: ufm.problem.init_traced(problem, k, 1.0))(
+        params = jax.vmap(lambda k: ufm.model.problem.init_traced(problem, k, 1.0))(
             jnp.stack([jax.random.key(i) for i in range(N_CONFIGS)]))
         return params.W, params.H, params.b
 

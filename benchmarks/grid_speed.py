@@ -10,7 +10,7 @@ compilation and warm-up are excluded):
   ufm-ref        the same on the reference path (`fast=False`: autodiff, every step checked),
                  what ufm ran before the fast path (`--reference`)
   ufm-pallas     the same with plain steps through the one-pass Pallas kernel
-                 (`kernel="pallas"`, `ufm.kernels`; GPUs only)
+                 (`kernel="pallas"`, `ufm.solvers.kernels`; GPUs only)
   torch-loop     PyTorch, one configuration after another, autograd, torch.optim.SGD (timed on
                  up to 4 configurations: its rate does not depend on how many follow)
   torch-bmm      PyTorch, every configuration batched along a leading axis (`baddbmm`, one
@@ -471,7 +471,7 @@ def precision_check():
         "highest": float(ufm.solve(prob, hyp, steps=steps, log_every=steps).history["rel_gap"][-1])
     }
     run = jax.jit(ufm.make_run(prob, steps=steps, log_every=steps, tol=1e-6))
-    f_star = ufm.theory.optimum(prob, hyp).objective
+    f_star = ufm.analysis.theory.optimum(prob, hyp).objective
     with jax.default_matmul_precision("default"):  # outside ufm's scope: JAX's default
         _, history, _, _ = run(hyp.astype(jnp.float32), jax.random.key(0), jnp.float32(f_star))
     out["default"] = float(history["rel_gap"][-1])

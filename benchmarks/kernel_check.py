@@ -1,4 +1,5 @@
-"""The one-pass Pallas GD step (`ufm.kernels`) against the XLA fast step (`ufm.fused`) on a GPU:
+"""The one-pass Pallas GD step (`ufm.solvers.kernels`) against the XLA fast step
+(`ufm.solvers.fast_step`) on a GPU:
 agreement after one step (float32, relative to the largest entry) and configuration-steps per
 second of each, vmapped over a batch, with the bandwidth floor (one read and one write of H per
 step, 2 d N x 4 bytes) and each one's fraction of it. Run it where a GPU is lent; on a CPU it
@@ -16,14 +17,15 @@ import jax.numpy as jnp
 import optax
 
 import ufm
-from ufm import fused, kernels
+from ufm.solvers import fast_step as fused
+from ufm.solvers import kernels
 
 SIZES = [(10, 64, 100), (10, 512, 500), (100, 256, 50)]
 
 
 def _batch(problem, n_configs):
     keys = jax.random.split(jax.random.key(0), n_configs)
-    return jax.vmap(lambda k: ufm.problem.init_traced(problem, k))(keys)
+    return jax.vmap(lambda k: ufm.model.problem.init_traced(problem, k))(keys)
 
 
 def _runner(problem, hyper, steps, use_kernel, interpret):
@@ -61,7 +63,7 @@ def main():
     print(f"jax {jax.__version__} on {jax.devices()[0]}; {n_configs} configurations, "
           f"{steps} steps, float32" + ("" if gpu else " (CPU: interpret mode, agreement only)"))
     hyper = ufm.Hyper(lam_W=5e-4, lam_H=5e-4, lam_b=5e-4, lr=0.5).astype(jnp.float32)
-    with ufm.problem.x64_scope("float32"):
+    with ufm.model.problem.x64_scope("float32"):
         for K, d, n in sizes:
             problem = ufm.Problem(num_classes=K, feature_dim=d, n_per_class=n)
             params = _batch(problem, n_configs)

@@ -5,7 +5,8 @@ the check that a refactoring of the run machinery changed no number.
     python benchmarks/kind_tables.py compare BEFORE AFTER  # cell by cell, timing columns aside
 
 Each file runs through the `ufm` command with its kind's quick settings merged into it (few
-steps, one seed, few starts, two epochs: `ufm.kind.Kind.quick`, the settings of `ufm run FILE
+steps, one seed, few starts, two epochs: `ufm.running.kind.Kind.quick`, the settings of `ufm run
+FILE
 --quick`), so the whole set takes minutes on a CPU. `compare`
 prints, per file, the number of rows and columns compared and the largest relative difference
 of a number; text cells must be equal. Columns renamed since the recording are matched through
@@ -32,9 +33,9 @@ RENAMED = {f"layer_nc1_{j}": f"nc1_layer{j}" for j in range(64)}
 
 
 def _quick(kind: str) -> dict:
-    """The kind's quick settings, defined once with the kind (`ufm.kind.Kind.quick`; what
+    """The kind's quick settings, defined once with the kind (`ufm.running.kind.Kind.quick`; what
     `ufm run FILE --quick` merges in)."""
-    from ufm import kinds
+    from ufm.running import registry as kinds
 
     return kinds.get(kind).quick
 

@@ -7,16 +7,17 @@ For each K (d = 64, one sample per class, CE, float32, weight decay), in one pro
 (so each arm's peak memory is its own, read from ru_maxrss / the device's peak stats):
 
 - ufm: one GD step of `ufm.solve` on the reference path, which streams the logits over class
-  blocks once K N > `ufm.streaming.STREAM_ABOVE` (`ufm.problem.streams`). Step time = (time of
+  blocks once K N > `ufm.model.streaming.STREAM_ABOVE` (`ufm.model.problem.streams`). Step time =
+  (time of
   a run of 2 S steps - time of a run of S steps) / S, so compilation, the start and the records
   cancel.
-- ufm-dense: the same objective with the K x N logits formed whole (`ufm.losses`), jitted
+- ufm-dense: the same objective with the K x N logits formed whole (`ufm.model.losses`), jitted
   value and gradient plus the update: what the stream replaces.
 - torch: what a PyTorch user writes: logits = W @ H + b, F.cross_entropy, backward, an SGD
   step; autograd keeps the K x N logits and their softmax.
 - floor: the step's four matmuls timed alone (the stream recomputes the logits in its backward
   pass: 8 K d N FLOPs against the dense path's 6).
-- margin: `ufm.host_metrics.one_vs_rest_margins` (pruned to nearest classifiers, checked
+- margin: `ufm.analysis.host_metrics.one_vs_rest_margins` (pruned to nearest classifiers, checked
   against all) of K random unit classifiers in d = 64, exact.
 
 Prints one table row per (K, arm): seconds per step, peak memory (GB), the ratio to ufm.
@@ -48,7 +49,7 @@ def _arm_ufm(K: int, steps: int) -> dict:
         ufm.solve(prob, hyp, key=0, steps=total, log_every=total)
         times.append(time.perf_counter() - start)
     return {"step_s": (times[1] - times[0]) / steps, "peak_gb": _peak_gb(),
-            "streams": bool(ufm.problem.streams(prob))}
+            "streams": bool(ufm.model.problem.streams(prob))}
 
 
 def _arm_dense(K: int, steps: int) -> dict:
@@ -63,7 +64,8 @@ def _arm_dense(K: int, steps: int) -> dict:
 
     def objective(p):
         Z = p.W @ p.H + p.b[:, None]
-        return jnp.mean(ufm.losses.cross_entropy(Z, Y)) + ufm.problem.penalty(prob, hyp, p)
+        loss = jnp.mean(ufm.model.losses.cross_entropy(Z, Y))
+        return loss + ufm.model.problem.penalty(prob, hyp, p)
 
     @jax.jit
     def step(p):
@@ -127,7 +129,7 @@ def _arm_floor(K: int, steps: int) -> dict:
 def _arm_margin(K: int, steps: int) -> dict:
     import numpy as np
 
-    from ufm import host_metrics
+    from ufm.analysis import host_metrics
     rng = np.random.default_rng(0)
     W = rng.normal(size=(K, D))
     W /= np.linalg.norm(W, axis=1, keepdims=True)

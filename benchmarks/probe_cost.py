@@ -22,7 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import ufm
-from ufm import landscape, points
+from ufm.analysis import landscape
+from ufm.running import landscapes as points
 
 SIZES = [(10, 16, 6), (10, 32, 30), (10, 64, 150), (10, 128, 780)]  # (K, d, n)
 HYPER = ufm.Hyper(lam_W=1e-3, lam_H=1e-3, lam_b=1e-3)  # origin a strict saddle at every size
@@ -42,7 +43,7 @@ def measure(K, d, n, max_iters):
     with jax.enable_x64(True):
         point = jax.tree.map(jnp.asarray, point)
         hyper = HYPER.astype(jnp.float64)
-        G = ufm.problem.logit_gradient(prob, hyper, point)
+        G = ufm.model.problem.logit_gradient(prob, hyper, point)
         sigma = float(jnp.linalg.norm(G, 2))
         lam_W, lam_H = float(HYPER.lam_W), float(HYPER.lam_H)
         target = (lam_W + lam_H) / 2 - math.sqrt(((lam_W - lam_H) / 2) ** 2 + sigma**2)

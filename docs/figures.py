@@ -159,7 +159,7 @@ def gnc_margin(out: Path, quick: bool) -> Path:
             "solver": {"name": "lbfgs", "steps": 60 if quick else 1000, "tol": 1e-14},
             "run": {"seeds": [0] if quick else [0, 1, 2]}}
     folder = Path(tempfile.mkdtemp()) / "gnc"
-    ufm.run(ufm.experiment.resolve(grid), out=folder, progress=False)
+    ufm.run(ufm.running.experiment.resolve(grid), out=folder, progress=False)
     table, _ = ufm.load_results(folder)
     best = table.groupby(["num_classes", "tau"])["gnc2_margin"].max()
     fig, ax = plt.subplots(figsize=(6.2, 3.4), layout="constrained")
@@ -208,7 +208,7 @@ def multilabel(out: Path, quick: bool) -> Path:
             "solver": {"steps": 500 if quick else 20000, "log_every": 50 if quick else 200},
             "run": {"seeds": [0] if quick else [0, 1, 2]}}
     folder = Path(tempfile.mkdtemp()) / "multilabel"
-    ufm.run(ufm.experiment.resolve(grid), out=folder, progress=False)
+    ufm.run(ufm.running.experiment.resolve(grid), out=folder, progress=False)
     _, history = ufm.load_results(folder)
     fig, ax = plt.subplots(figsize=(6.2, 3.4), layout="constrained")
     for color, (key, label) in zip(COLORS, (("nc1", "NC1 over label sets"),

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 import ufm
-from ufm.problem import multilabel_sets
+from ufm.model.problem import multilabel_sets
 
 STAGES = (("early", 30), ("mid", 300), ("late", 30_000))
 
@@ -49,7 +49,7 @@ def main() -> None:
             init_scale=0.3,
         )
         params, done = result.params, steps
-        found = ufm.metrics.multilabel_metrics(params.W, params.H, problem.sample_sets,
+        found = ufm.analysis.nc.multilabel_metrics(params.W, params.H, problem.sample_sets,
                                                problem.label_sets, params.b)
         snapshots.append((name, steps, params, found))
         print(f"{name:>5} (step {steps:>6}): NC1 {found['nc1']:.2e}  NC2_W {found['nc2_W']:.2e}  "

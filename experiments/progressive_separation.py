@@ -3,7 +3,8 @@
 He & Su (2023, "A law of data separation in deep learning") observed that in a well-trained
 network the within-class variability of layer l, NC1_l, decays geometrically: log NC1_l is a
 line in l. This script trains MLPs of several depths on the bundled digits, fits
-log NC1_l = a + l log(ratio) (`ufm.host_metrics.geometric_decay`: ratio per layer, R^2) on the
+log NC1_l = a + l log(ratio) (`ufm.analysis.host_metrics.geometric_decay`: ratio per layer, R^2) on
+the
 training split and the test split, reports the layer-wise NC2 (class means against the simplex
 ETF) and NC3 (each layer's ridge-probe classifier against its class means), and puts the deep
 UFM's layer-wise NC1 (free features, then L - 1 trained layers) beside them.

@@ -3,8 +3,10 @@ maximizing the minimum one-vs-rest margin min_k dist(w_k, conv{w_j : j != k})) t
 configuration as the Tammes code (maximizing the minimum pairwise distance)?
 
 For each d in --dims and K from d + 2 to --max-K, both codes are searched from --starts random
-starts (`ufm.codes.softmax_code`, `ufm.codes.tammes_code`), and each found configuration is
-certified by its exact margin (per-class QP, `ufm.host_metrics.one_vs_rest_margins`) and its
+starts (`ufm.analysis.codes.softmax_code`, `ufm.analysis.codes.tammes_code`), and each found
+configuration is
+certified by its exact margin (per-class QP, `ufm.analysis.host_metrics.one_vs_rest_margins`) and
+its
 exact minimum pairwise distance. By definition the softmax code's margin is at least the Tammes
 code's and the Tammes code's pairwise distance at least the softmax code's. The two differ
 "beyond numerical doubt" where the softmax code's exact margin exceeds the Tammes code's by more
@@ -33,7 +35,7 @@ import csv
 import time
 from pathlib import Path
 
-from ufm import codes
+from ufm.analysis import codes
 
 COLUMNS = ("d", "K", "softmax_margin", "softmax_pairwise", "tammes_margin", "tammes_pairwise",
            "margin_gap", "pairwise_gap", "differ", "note", "softmax_batches_agreeing", "seconds")

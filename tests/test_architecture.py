@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import ufm
-from ufm import kinds
+from ufm.running import registry as kinds
 
 PACKAGE = Path(ufm.__file__).parent
 
@@ -40,7 +40,7 @@ def import_graph() -> dict[str, set[str]]:
                 for alias in node.names:
                     sub = f"{node.module}.{alias.name}"
                     edges.add(sub if _is_module(sub) else node.module)
-        if name == "ufm.kinds":  # the registry imports its kinds by name
+        if name == "ufm.running.registry":  # the registry imports its kinds by name
             edges |= set(kinds.KIND_MODULES.values())
         graph[name] = edges - {name}
     return graph
@@ -71,23 +71,65 @@ def _cycle(graph):
     return None
 
 
+# The rooms, lowest first: a module imports only from its own room or the rooms below it.
+# The leaves (`ufm.errors`, `ufm._atomic`, `ufm._moved`) import nothing of ufm.
+ROOMS = ("leaves", "ufm.model", "ufm.analysis", "ufm.solvers", "ufm.nets", "ufm.running",
+         "ufm.cli", "ufm")
+LEAVES = ("ufm.errors", "ufm._atomic", "ufm._moved")
+
+
+def room_of(module: str) -> str:
+    if module in LEAVES:
+        return "leaves"
+    for room in ROOMS[1:-1]:
+        if module == room or module.startswith(room + "."):
+            return room
+    assert module in ("ufm", "ufm.__main__"), f"{module} is in no room (docs/architecture.md)"
+    return "ufm"
+
+
+def layer_violations(graph) -> list[str]:
+    rank = {room: i for i, room in enumerate(ROOMS)}
+    found = []
+    for module, edges in graph.items():
+        for target in edges:
+            if module in LEAVES or rank[room_of(target)] > rank[room_of(module)]:
+                found.append(f"{module} ({room_of(module)}) imports {target} "
+                             f"({room_of(target)})")
+    return sorted(found)
+
+
 def test_the_import_graph_has_no_cycle():
     graph = import_graph()
-    assert "ufm.grid" in graph["ufm.kinds"] and "ufm.frames" in graph["ufm.problem"]
+    assert "ufm.running.kinds.grid" in graph["ufm.running.registry"]
+    assert "ufm.model.frames" in graph["ufm.model.problem"]
     cycle = _cycle(graph)
     assert cycle is None, " -> ".join(cycle)
 
 
-def test_the_cycle_check_finds_a_planted_cycle():
+def test_imports_point_down_the_rooms():
     graph = import_graph()
-    graph["ufm.frames"] = graph["ufm.frames"] | {"ufm.solvers"}  # frames is a leaf: plant one
+    assert {room_of(m) for m in graph} == set(ROOMS)  # every room has modules, none is stray
+    assert layer_violations(graph) == []
+
+
+def test_the_checks_find_a_planted_cycle_and_an_upward_import():
+    graph = import_graph()
+    graph["ufm.model.frames"] = graph["ufm.model.frames"] | {"ufm.model.problem"}
     assert _cycle(graph) is not None
+    graph = import_graph()
+    graph["ufm.analysis.theory"] = graph["ufm.analysis.theory"] | {"ufm.solvers.driver"}
+    graph["ufm.errors"] = {"ufm.model.problem"}
+    assert layer_violations(graph) == [
+        "ufm.analysis.theory (ufm.analysis) imports ufm.solvers.driver (ufm.solvers)",
+        "ufm.errors (leaves) imports ufm.model.problem (ufm.model)"]
 
 
 def test_import_ufm_is_light_and_modules_are_attributes():
     code = ("import sys, ufm; light = not any(m in sys.modules for m in "
-            "('flax', 'matplotlib', 'ufm.grid', 'ufm.nets')); "
-            "mods = [ufm.grid, ufm.landscape, ufm.theory, ufm.nets, ufm.experiment]; "
-            "print(light, ufm.run is ufm.experiment.run, ufm.nets.train.__module__)")
+            "('flax', 'matplotlib', 'ufm.running.kinds.grid', 'ufm.nets')); "
+            "mods = [ufm.running.kinds.grid, ufm.analysis.landscape, ufm.analysis.theory, "
+            "ufm.nets, ufm.running.experiment]; "
+            "print(light, ufm.run is ufm.running.experiment.run, ufm.nets.train.__module__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["True", "True", "ufm.nets.training"]

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 import ufm
-from ufm import cli, results
+from ufm import cli
+from ufm.running import results
 
 # The tests of the default run share one worker (pytest-xdist --dist loadgroup): built once.
 pytestmark = pytest.mark.xdist_group("default_run")
@@ -30,8 +31,8 @@ def test_results_folder_has_everything(default_run):
     for name in ("config.toml", "results.csv", "history.npz", "manifest.json", "nc1.png",
                  "nc2_W.png", "nc2_H.png", "nc3.png", "rel_gap.png", "overview.png"):
         assert (default_run / name).is_file(), name
-    resolved = ufm.experiment.load(default_run / "config.toml")
-    assert resolved.to_dict() == ufm.experiment.load_default().to_dict()
+    resolved = ufm.running.experiment.load(default_run / "config.toml")
+    assert resolved.to_dict() == ufm.running.experiment.load_default().to_dict()
     manifest = json.loads((default_run / "manifest.json").read_text())
     assert manifest["packages"]["jax"] and manifest["wall_seconds"] > 0
     assert manifest["configurations"] == 12
@@ -74,7 +75,7 @@ def test_a_rerun_says_what_it_resumed_and_an_interruption_how_to_resume(default_
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(ufm.experiment, "run", interrupted)
+    monkeypatch.setattr(ufm.running.experiment, "run", interrupted)
     assert cli.main(["run", "--out", str(default_run), "--no-progress"]) == 130
     err = capsys.readouterr().err
     assert "interrupted" in err and f"ufm run --out {default_run}" in err
@@ -93,7 +94,7 @@ def test_sigterm_ends_a_run_like_ctrl_c_with_the_resume_command(tmp_path, capsys
         raise AssertionError("SIGTERM did not interrupt the run")
 
     before = signal.getsignal(signal.SIGTERM)
-    monkeypatch.setattr(ufm.experiment, "run", terminated)
+    monkeypatch.setattr(ufm.running.experiment, "run", terminated)
     out = tmp_path / "out"
     assert cli.main(["run", "--out", str(out), "--no-progress"]) == 143
     err = capsys.readouterr().err
@@ -110,7 +111,7 @@ def test_a_full_or_read_only_disk_is_one_line_not_a_traceback(tmp_path, capsys, 
     def disk(*args, **kwargs):
         raise OSError(code, os.strerror(code), str(tmp_path / "out" / "results.csv"))
 
-    monkeypatch.setattr(ufm.experiment, "run", disk)
+    monkeypatch.setattr(ufm.running.experiment, "run", disk)
     out = tmp_path / "out"
     assert cli.main(["run", "--out", str(out), "--no-progress"]) == 1
     err = capsys.readouterr().err

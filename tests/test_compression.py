@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import ufm
-from ufm import host_metrics, theory
+from ufm.analysis import host_metrics, theory
 
 EPS2 = 0.5
 
@@ -56,7 +56,7 @@ def test_grid_rows_carry_compression(tmp_path):
             "hyper": {"lam_W": 5e-3, "lam_H": 5e-3}, "solver": {"steps": 3000,
                                                                "log_every": 1000},
             "run": {"seeds": [0, 1]}}
-    ufm.run(ufm.experiment.resolve(grid), out=tmp_path / "c", progress=False)
-    table = ufm.results.read_table(tmp_path / "c" / "results.csv")
+    ufm.run(ufm.running.experiment.resolve(grid), out=tmp_path / "c", progress=False)
+    table = ufm.running.results.read_table(tmp_path / "c" / "results.csv")
     assert np.allclose(table["effective_rank"], 2.0, atol=0.02)  # nearly collapsed: K - 1
     assert np.all(table["rate_reduction"] > 0.5)

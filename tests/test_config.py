@@ -3,7 +3,7 @@ import textwrap
 import pytest
 
 import ufm
-from ufm import config
+from ufm.running import config, experiment
 
 GOOD = """
 name = "tiny"
@@ -28,26 +28,26 @@ def _write(tmp_path, text):
 
 
 def test_grid_expansion_and_every_default_written_out(tmp_path):
-    exp = ufm.experiment.load(_write(tmp_path, GOOD))
-    configs = ufm.grid.configurations(exp)
+    exp = ufm.running.experiment.load(_write(tmp_path, GOOD))
+    configs = ufm.running.kinds.grid.configurations(exp)
     assert len(configs) == 2 * 2 * 2  # loss x lam_W x seeds
     assert {c.problem.loss for c in configs} == {"ce", "mse"}
     assert configs[0].axes == (("loss", "ce"), ("lam_W", 1e-3))
-    text = ufm.experiment.dumps(exp)
+    text = ufm.running.experiment.dumps(exp)
     for key in ("geometry", "dtype", "lam_b", "tau", "beta2", "log_every", "init_scale"):
         assert f"{key} = " in text
-    again = ufm.experiment.load(_write(tmp_path, text))
+    again = ufm.running.experiment.load(_write(tmp_path, text))
     assert again.to_dict() == exp.to_dict()
 
 
 def test_imbalanced_counts_and_count_axes(tmp_path):
-    exp = ufm.experiment.load(_write(tmp_path, """
+    exp = ufm.running.experiment.load(_write(tmp_path, """
         [problem]
         num_classes = 3
         feature_dim = 4
         class_counts = [[1, 2, 3], [2, 2, 2]]
         """))
-    problems = [c.problem for c in ufm.grid.configurations(exp)]
+    problems = [c.problem for c in ufm.running.kinds.grid.configurations(exp)]
     assert [p.class_counts for p in problems] == [(1, 2, 3), (2, 2, 2)]
 
 
@@ -82,30 +82,30 @@ def test_imbalanced_counts_and_count_axes(tmp_path):
 ])
 def test_bad_input_names_the_key_the_value_and_the_rule(tmp_path, text, message):
     with pytest.raises(config.ConfigError) as err:
-        ufm.experiment.load(_write(tmp_path, text))
+        ufm.running.experiment.load(_write(tmp_path, text))
     assert message in str(err.value)
 
 
 def test_missing_file_and_invalid_toml(tmp_path):
     with pytest.raises(config.ConfigError, match="does not exist"):
-        ufm.experiment.load(tmp_path / "nope.toml")
+        ufm.running.experiment.load(tmp_path / "nope.toml")
     with pytest.raises(config.ConfigError, match="not valid TOML"):
-        ufm.experiment.load(_write(tmp_path, "[problem\n"))
+        ufm.running.experiment.load(_write(tmp_path, "[problem\n"))
 
 
 def test_overrides():
-    exp = ufm.experiment.apply_overrides(ufm.experiment.load_default(),
+    exp = ufm.running.experiment.apply_overrides(ufm.running.experiment.load_default(),
                                  ["num_classes=4", "solver.steps=20", "loss=mse", "seeds=[5]"])
     assert exp.problem["num_classes"] == 4 and exp.solver["steps"] == 20
     assert exp.problem["loss"] == "mse" and exp.run["seeds"] == [5]
     with pytest.raises(config.ConfigError, match="hyper.lam_W=-1.0"):
-        ufm.experiment.apply_overrides(exp, ["lam_W=-1"])
+        ufm.running.experiment.apply_overrides(exp, ["lam_W=-1"])
     with pytest.raises(config.ConfigError, match="unknown key"):
-        ufm.experiment.apply_overrides(exp, ["nonsense=1"])
+        ufm.running.experiment.apply_overrides(exp, ["nonsense=1"])
 
 
 def test_spaced_axes_zip_and_solver_axis(tmp_path):
-    exp = ufm.experiment.load(_write(tmp_path, """
+    exp = ufm.running.experiment.load(_write(tmp_path, """
         [problem]
         num_classes = 3
         feature_dim = 4
@@ -122,13 +122,13 @@ def test_spaced_axes_zip_and_solver_axis(tmp_path):
     np_ = __import__("numpy")
     np_.testing.assert_allclose(exp.hyper["lam_W"], [1e-4, 1e-3, 1e-2])
     assert exp.hyper["tau"] == [0.5, 1.0]
-    configs = ufm.grid.configurations(exp)
+    configs = ufm.running.kinds.grid.configurations(exp)
     assert len(configs) == 3 * 2 * 2 * 2  # lam_W x tau x solver x zip(loss, lam_b)
     pairs = {(c.problem.loss, c.hyper.lam_b) for c in configs}
     assert pairs == {("ce", 5e-4), ("mse", 0.0)}  # zipped, not crossed
     assert {c.solver for c in configs} == {"gd", "adam"}
     assert dict(configs[0].axes).keys() == {"lam_W", "tau", "solver", "loss", "lam_b"}
-    again = ufm.experiment.load(_write(tmp_path, ufm.experiment.dumps(exp)))
+    again = ufm.running.experiment.load(_write(tmp_path, ufm.running.experiment.dumps(exp)))
     assert again.to_dict() == exp.to_dict()
 
 
@@ -145,23 +145,23 @@ def test_spaced_axes_zip_and_solver_axis(tmp_path):
 ])
 def test_bad_grid_axes(tmp_path, text, message):
     with pytest.raises(config.ConfigError) as err:
-        ufm.experiment.load(_write(tmp_path, text))
+        ufm.running.experiment.load(_write(tmp_path, text))
     assert message in str(err.value)
 
 
 def test_solver_can_advance_in_a_zip(tmp_path):
-    exp = ufm.experiment.load(_write(tmp_path, """
+    exp = ufm.running.experiment.load(_write(tmp_path, """
         [[zip]]
         solver = ["gd", "adam"]
         lr = [1.0, 0.01]
         """))
-    assert {(c.solver, c.hyper.lr) for c in ufm.grid.configurations(exp)} == {("gd", 1.0),
-                                                                            ("adam", 0.01)}
+    found = {(c.solver, c.hyper.lr) for c in ufm.running.kinds.grid.configurations(exp)}
+    assert found == {("gd", 1.0), ("adam", 0.01)}
     assert (
-        ufm.experiment.load(_write(tmp_path, ufm.experiment.dumps(exp))).to_dict() == exp.to_dict()
+        experiment.load(_write(tmp_path, experiment.dumps(exp))).to_dict() == exp.to_dict()
     )
     with pytest.raises(config.ConfigError, match="solver.name='sgd'"):
-        ufm.experiment.load(_write(tmp_path, '[[zip]]\nsolver = ["gd", "sgd"]\nlr = [1.0, 1.0]'))
+        experiment.load(_write(tmp_path, '[[zip]]\nsolver = ["gd", "sgd"]\nlr = [1.0, 1.0]'))
 
 
 def test_an_experiment_is_a_frozen_value():
@@ -169,7 +169,8 @@ def test_an_experiment_is_a_frozen_value():
     beside the value and does not change what it equals."""
     import dataclasses
 
-    from ufm import experiment, grid
+    from ufm.running import experiment
+    from ufm.running.kinds import grid
 
     first, second = experiment.load_default(), experiment.load_default()
     with pytest.raises(dataclasses.FrozenInstanceError):

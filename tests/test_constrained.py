@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 import ufm
-from ufm import config, landscape, manifolds, theory
+from ufm.analysis import landscape, theory
+from ufm.model import manifolds
+from ufm.running import config
 
 K, D, N_PER = 4, 5, 3
 
@@ -57,7 +59,7 @@ def test_the_closed_form_point_is_a_kkt_point():
     for geometry in ("norm_ball", "norm_ball_each"):
         prob, hyp = _problem(geometry), ufm.Hyper(E_W=0.7, E_H=1.3)
         point = theory.optimum_point(prob, hyp)
-        with ufm.problem.x64_scope("float64"):
+        with ufm.model.problem.x64_scope("float64"):
             point = jax.tree.map(jnp.asarray, point)
             hyp64 = hyp.astype(jnp.float64)
             value = ufm.objective(prob, hyp64, point)
@@ -72,7 +74,7 @@ def test_the_closed_form_point_is_a_kkt_point():
 def test_projection_keeps_points_feasible_and_the_kkt_residual_keeps_inward_gradients():
     prob, hyp = _problem("norm_ball_each"), ufm.Hyper(E_W=0.5, E_H=2.0)
     params = ufm.init(prob, 3, scale=100.0)  # every norm far outside
-    with ufm.problem.x64_scope("float64"):
+    with ufm.model.problem.x64_scope("float64"):
         hyp64 = hyp.astype(jnp.float64)
         inside = manifolds.retract(prob, params, hyp64)
         assert float(jnp.sum(inside.W**2)) / K == pytest.approx(0.5, rel=1e-14)
@@ -115,7 +117,7 @@ def test_riemannian_hessian_of_the_balls_equals_the_pullback_through_the_radial_
     """At a KKT point with both constraints active, the Hessian on the boundary spheres is the
     Hessian of x -> f(R(X + embed(x))) at 0, R scaling W and each feature back to its sphere."""
     prob, hyp = _problem("norm_ball_each", K=3, d=4, n=2), ufm.Hyper(E_W=0.5, E_H=2.0)
-    with ufm.problem.x64_scope("float64"):
+    with ufm.model.problem.x64_scope("float64"):
         point = jax.tree.map(jnp.asarray, theory.optimum_point(prob, hyp))
         hyp64 = hyp.astype(jnp.float64)
         active = landscape.constraint_activity(prob, hyp64, point)
@@ -150,9 +152,9 @@ def test_lbfgs_is_refused_on_the_balls_before_anything_compiles(tmp_path):
     path = tmp_path / "grid.toml"
     path.write_text('[problem]\ngeometry = "norm_ball_each"\n[solver]\nname = "lbfgs"\n')
     with pytest.raises(config.ConfigError, match="solver.name.*norm_ball_each"):
-        ufm.experiment.load(path)
+        ufm.running.experiment.load(path)
     with pytest.raises(ValueError, match="E_W=0.0 is not allowed: a number > 0"):
-        ufm.problem.validate_hyper(ufm.Hyper(E_W=0.0))
+        ufm.model.problem.validate_hyper(ufm.Hyper(E_W=0.0))
 
 
 @pytest.mark.parametrize("K", [3, 5, 10])

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import ufm
-from ufm import landscape, theory
+from ufm.analysis import landscape, theory
 
 
 @pytest.mark.parametrize("depth,bias", [(2, True), (3, False)])
@@ -61,8 +61,8 @@ def test_depth_one_is_the_ufm_and_identity_layers_change_only_the_penalty():
     assert params.layers is None
     with flat.x64_scope():
         identity = jnp.stack([jnp.eye(4)] * 2)
-        deep_value = ufm.problem.objective(deep, hyper, params._replace(layers=identity))
-        flat_value = ufm.problem.objective(flat, hyper, params)
+        deep_value = ufm.model.problem.objective(deep, hyper, params._replace(layers=identity))
+        flat_value = ufm.model.problem.objective(flat, hyper, params)
     assert float(deep_value) == pytest.approx(float(flat_value) + 0.5 * 1e-2 * 2 * 4, rel=1e-14)
     # Same seed: a deep problem starts from the same W and H as the UFM.
     start = ufm.init(deep, 0)
@@ -78,7 +78,7 @@ def test_relu_layers_train_to_collapse_layer_by_layer():
     result = ufm.solve(problem, hyper, key=0, solver="lbfgs", steps=1500, log_every=1500,
                        tol=1e-10)
     with problem.x64_scope():
-        reps = ufm.problem.representations(problem, result.params)
+        reps = ufm.model.problem.representations(problem, result.params)
         assert len(reps) == 3 and all(float(jnp.min(X)) >= 0 for X in reps[1:])
     for layer in range(3):
         assert result.history[f"nc1_layer{layer}"][0] > 1e-2

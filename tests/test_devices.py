@@ -67,7 +67,7 @@ def test_results_agree_on_one_and_four_devices(tmp_path):
 
 HOST_DEVICES = textwrap.dedent("""
     import os, sys, jax
-    from ufm import runner
+    from ufm.solvers import batching as runner
     try:
         runner.use_host_devices(0)
     except ValueError as err:

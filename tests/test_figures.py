@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ufm import plots, results
-from ufm.grid import KINDS
+from ufm.running import figures as plots
+from ufm.running import results
+from ufm.running.kinds.grid import KINDS
 
 
 def _grid_folder(path, rows, histories):
@@ -151,7 +152,7 @@ def test_panels_leave_out_columns_the_others_determine():
              "set_counts": np.array(["20 20 20 20 20 20", "20 20 20 4 4 4",
                                      "20 20 20 20 20 20 20", "20 20 20 20 20 4 4"],
                                     dtype=object)}
-    labels, varying = __import__("ufm").tables.series_labels(table)
+    labels, varying = __import__("ufm").running.tables.series_labels(table)
     assert varying == ["num_classes", "set_counts"]
     assert labels[1] == "num_classes=3, set_counts=20x3 4x3"
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import ufm
-from ufm import cli, experiment, results
+from ufm import cli
+from ufm.running import experiment, results
 
 TINY = """name = "tiny"
 [problem]
@@ -105,7 +106,7 @@ def test_config_marks_hyper_keys_a_geometry_does_not_use(tiny, tmp_path):
     assert experiment.load(out / "config.toml").to_dict()["hyper"] == \
         experiment.apply_overrides(experiment.load(tiny), ["geometry=sphere", "steps=2"]
                                    ).to_dict()["hyper"]
-    wd = ufm.problem.unused_hyper_fields(ufm.Problem(num_classes=3, feature_dim=4,
+    wd = ufm.model.problem.unused_hyper_fields(ufm.Problem(num_classes=3, feature_dim=4,
                                                      n_per_class=2), "adam")
     assert "lam_W" not in wd and "beta1" not in wd and set(wd) >= {"E_W", "E_H", "momentum"}
 
@@ -122,10 +123,10 @@ def test_train_settings_refuse_hyper_fields_a_network_ignores():
 
 
 def test_row_labels_at_four_digits_and_logspace_takes_end_values(tiny):
-    configs = ufm.grid.configurations(experiment.load(tiny))
+    configs = ufm.running.kinds.grid.configurations(experiment.load(tiny))
     taus = sorted({c.hyper.tau for c in configs})
     assert np.allclose(taus, [0.1, 10**-0.5, 1.0])  # geomspace(0.1, 1, 3), not 10**[0.1..1]
-    assert ufm.tables.label_value(taus[1]) == "0.3162"
+    assert ufm.running.tables.label_value(taus[1]) == "0.3162"
 
 
 def test_a_rounded_chunk_is_reported(tiny, tmp_path, capsys):
@@ -182,8 +183,8 @@ def test_a_finished_grid_extends_with_new_seeds_and_axis_values(tiny, tmp_path, 
     out = tmp_path / "grid"
     experiment.run(tiny, out=out, progress=False)
     calls = []
-    kind = ufm.grid.KINDS["grid"]
-    monkeypatch.setitem(ufm.grid.KINDS, "grid", kind._replace(
+    kind = ufm.running.kinds.grid.KINDS["grid"]
+    monkeypatch.setitem(ufm.running.kinds.grid.KINDS, "grid", kind._replace(
         run_unit=lambda *a: calls.append(a[1].rows) or kind.run_unit(*a)))
     more = ["run.seeds=[0, 1, 2]", "tau=[0.1, 0.31622776601683794, 1.0, 3.0]"]
     result = experiment.run(tiny, out=out, overrides=more, progress=False)

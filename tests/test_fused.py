@@ -1,4 +1,5 @@
-"""The fast path of the first-order solvers (`ufm.fused`, `solvers._fast_block`) against the
+"""The fast path of the first-order solvers (`ufm.solvers.fast_step`, `solvers._fast_block`)
+against the
 reference path (autodiff, every step checked): the same iterates to round-off in float64 for
 every loss and option, vmapped and unbatched, and the same statuses with the step of a
 finished run reported to within `check_every`."""
@@ -9,8 +10,11 @@ import optax
 import pytest
 
 import ufm
-from ufm import fused, kernels, manifolds, solvers
-from ufm.problem import multilabel_sets
+from ufm.model import manifolds
+from ufm.model.problem import multilabel_sets
+from ufm.solvers import driver as solvers
+from ufm.solvers import fast_step as fused
+from ufm.solvers import kernels
 
 STEPS = 200
 # A covering set of the options (each problem compiles twice, so not the full product):
@@ -211,7 +215,8 @@ def test_the_fast_path_is_chosen_automatically_and_can_be_turned_off():
 ])
 def test_pallas_kernel_step_equals_the_xla_step_in_interpret_mode(x64, loss, bias, classifier,
                                                                  counts):
-    """The one-pass kernel (`ufm.kernels`, Pallas interpret mode on the CPU): one GD step equals
+    """The one-pass kernel (`ufm.solvers.kernels`, Pallas interpret mode on the CPU): one GD step
+    equals
     `fused.plain_step` to round-off, with K padded to 16, a last block of columns shifted back
     over the previous one (N = 20, blocks of 16) and every loss and option."""
     problem = ufm.Problem(num_classes=4, feature_dim=16, class_counts=counts, loss=loss,

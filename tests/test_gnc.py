@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import ufm
-from ufm import codes, host_metrics, theory
+from ufm.analysis import codes, host_metrics, theory
 
 
 def _brute_force_distance(P):
@@ -114,9 +114,10 @@ def test_tammes_code_for_twelve_points_is_the_icosahedron():
 def test_grid_rows_carry_gnc_columns_that_reach_the_known_codes(tmp_path):
     """A sphere grid with d < K-1: every row gets the exact-QP margin, and at a small
     temperature the learned classifiers reach the softmax code (d = 2: the regular K-gon)."""
-    from ufm import plots, results
+    from ufm.running import figures as plots
+    from ufm.running import results
 
-    exp = ufm.experiment.resolve(
+    exp = ufm.running.experiment.resolve(
         {
             "name": "gnc-grid",
             "problem": {

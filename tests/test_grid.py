@@ -3,11 +3,13 @@ import json
 import numpy as np
 
 import ufm
-from ufm import grid, results, runner
+from ufm.running import results
+from ufm.running.kinds import grid
+from ufm.solvers import batching as runner
 
 
 def test_grid_groups_by_problem_and_solver_and_keeps_zip_pairs(tmp_path):
-    exp = ufm.experiment.resolve({
+    exp = ufm.running.experiment.resolve({
         "name": "tiny-grid",
         "problem": {"num_classes": 3, "feature_dim": 4, "n_per_class": 2},
         "hyper": {"lam_W": {"logspace": [1e-3, 1e-2, 2]}, "lam_H": 1e-2},
@@ -27,7 +29,7 @@ def test_grid_groups_by_problem_and_solver_and_keeps_zip_pairs(tmp_path):
     # Same configuration, same seed: the grid row equals a direct solve.
 
     i = 5
-    cfg = ufm.grid.configurations(exp)[i]
+    cfg = ufm.running.kinds.grid.configurations(exp)[i]
     single = ufm.solve(cfg.problem, cfg.hyper, key=cfg.seed, steps=40, log_every=20,
                        solver=cfg.solver, tol=exp.solver["tol"] or 1e-6)
     np.testing.assert_allclose(table["objective"][i], single.history["objective"][-1], rtol=1e-5)
@@ -35,7 +37,7 @@ def test_grid_groups_by_problem_and_solver_and_keeps_zip_pairs(tmp_path):
 
 
 def _tiny_grid():
-    return ufm.experiment.resolve({
+    return ufm.running.experiment.resolve({
         "name": "resume",
         "problem": {"num_classes": 3, "feature_dim": 3, "n_per_class": 2,
                     "loss": ["ce", "mse"]},
@@ -92,21 +94,22 @@ def test_an_interrupted_grid_resumes_without_recomputing(tmp_path, monkeypatch):
 
 def test_a_folder_of_another_configuration_is_refused(tmp_path):
     exp = _tiny_grid()
-    ufm.run(ufm.experiment.apply_overrides(exp, ["solver.steps=20"]), out=tmp_path / "a")
+    ufm.run(ufm.running.experiment.apply_overrides(exp, ["solver.steps=20"]), out=tmp_path / "a")
     import pytest
 
-    with pytest.raises(ufm.results.ResultsFolderError, match="different configuration"):
+    with pytest.raises(ufm.running.results.ResultsFolderError, match="different configuration"):
         ufm.run(exp, out=tmp_path / "a")
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "notes.txt").write_text("mine")
-    with pytest.raises(ufm.results.ResultsFolderError, match="not a ufm results folder"):
+    with pytest.raises(ufm.running.results.ResultsFolderError, match="not a ufm results folder"):
         ufm.run(exp, out=tmp_path / "b")
 
 
 def test_chunked_groups_equal_one_batch_and_padding_is_dropped(tmp_path):
     exp = _tiny_grid()  # 2 groups of 4 configurations
-    whole = ufm.run(ufm.experiment.apply_overrides(exp, ["run.batch=4"]), out=tmp_path / "whole")
-    cut = ufm.run(ufm.experiment.apply_overrides(exp, ["run.batch=3", "run.chunk=3"]),
+    whole = ufm.run(ufm.running.experiment.apply_overrides(exp, ["run.batch=4"]),
+                    out=tmp_path / "whole")
+    cut = ufm.run(ufm.running.experiment.apply_overrides(exp, ["run.batch=3", "run.chunk=3"]),
                    out=tmp_path / "cut")
     manifest = json.loads((tmp_path / "cut" / results.MANIFEST).read_text())
     assert manifest["batch_widths"] == [3, 3] and manifest["chunks"] == 4
@@ -116,7 +119,7 @@ def test_chunked_groups_equal_one_batch_and_padding_is_dropped(tmp_path):
     np.testing.assert_allclose(a["objective"], b["objective"], rtol=1e-6)
     assert len(whole.rows) == len(cut.rows) == 8
     # Slices of one under lax.map inside chunks of two: the same results again.
-    mapped = ufm.run(ufm.experiment.apply_overrides(exp, ["run.batch=1", "run.chunk=2"]),
+    mapped = ufm.run(ufm.running.experiment.apply_overrides(exp, ["run.batch=1", "run.chunk=2"]),
                       out=tmp_path / "mapped")
     manifest = json.loads((tmp_path / "mapped" / results.MANIFEST).read_text())
     assert manifest["batch_widths"] == [1, 1] and manifest["chunk_sizes"] == [2, 2]
@@ -128,7 +131,7 @@ def test_chunked_groups_equal_one_batch_and_padding_is_dropped(tmp_path):
 
 
 def test_batch_width_follows_problem_size(monkeypatch):
-    from ufm.problem import Problem
+    from ufm.model.problem import Problem
 
     small = Problem(num_classes=10, feature_dim=32, n_per_class=50)
     large = Problem(num_classes=10, feature_dim=64, n_per_class=100)
@@ -149,12 +152,13 @@ def test_batch_width_follows_problem_size(monkeypatch):
 
 def test_grid_figures_pick_their_axes(tmp_path):
 
-    exp = ufm.experiment.resolve({
+    exp = ufm.running.experiment.resolve({
         "problem": {"num_classes": 3, "feature_dim": 3, "n_per_class": 2, "loss": ["ce", "mse"]},
         "hyper": {"lam_W": [1e-2, 2e-2], "lam_H": [1e-2, 3e-2], "lam_b": 0.0},
         "solver": {"steps": 20, "log_every": 10}, "run": {"seeds": [0, 1]}})
     ufm.run(exp, out=tmp_path)
-    names = {p.name for p in ufm.experiment.figures(tmp_path)}
+    names = {p.name for p in ufm.running.experiment.figures(tmp_path)}
     assert "grid_nc1_lam_W_lam_H.png" in names and "overview.png" in names
-    names = {p.name for p in ufm.experiment.figures(tmp_path, metrics=["nc1"], x="lam_H", y=None)}
+    names = {p.name for p in ufm.running.experiment.figures(tmp_path, metrics=["nc1"], x="lam_H",
+                                                            y=None)}
     assert "grid_nc1_lam_H_lam_W.png" in names

@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 
 import ufm
-from ufm import cli, config, experiment, results, runner
+from ufm import cli
+from ufm.running import config, experiment, results
+from ufm.solvers import batching as runner
 
 SMALL = {"problem": {"num_classes": 3, "feature_dim": 3, "n_per_class": 2, "dtype": "float64"},
          "hyper": {"lam_W": 5e-3, "lam_H": 5e-3, "lam_b": 0.0},

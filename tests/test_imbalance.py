@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import ufm
-from ufm import host_metrics, oracle, theory
+from ufm.analysis import host_metrics, oracle, theory
 
 
 @pytest.mark.parametrize("loss,counts,lam_b", [
@@ -31,7 +31,7 @@ def test_oracle_equals_the_nonconvex_optimum(loss, counts, lam_b):
     params = ufm.Params(np.pad(found.W, ((0, 0), (0, pad))), np.pad(H, ((0, pad), (0, 0))),
                         found.b)
     with problem.x64_scope():
-        value = float(ufm.problem.objective(problem, hyper, params))
+        value = float(ufm.model.problem.objective(problem, hyper, params))
     assert value == pytest.approx(found.objective, rel=1e-10)
 
 
@@ -93,9 +93,9 @@ def test_oracle_refuses_what_it_cannot_solve():
 
 
 def test_grid_rows_carry_the_oracle_and_the_collapse_ratio(tmp_path):
-    from ufm import results
+    from ufm.running import results
 
-    exp = ufm.experiment.resolve({
+    exp = ufm.running.experiment.resolve({
         "name": "imbalance-grid",
         "problem": {"num_classes": 4, "feature_dim": 6, "class_counts": [20, 20, 5, 5],
                     "dtype": "float64"},

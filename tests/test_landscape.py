@@ -8,7 +8,9 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 import ufm
-from ufm import landscape, manifolds, points, theory
+from ufm.analysis import landscape, theory
+from ufm.model import manifolds
+from ufm.running import landscapes as points
 
 K, D, N_PER = 4, 5, 3
 LAM_W, LAM_H = 1e-2, 2e-2
@@ -131,7 +133,7 @@ def test_no_constructed_saddle_is_certified_global(dtype):
     sigma_1(G) <= sqrt(lam_W lam_H) fails at each, and the verdict is a strict saddle."""
     prob = ufm.Problem(num_classes=K, feature_dim=D, n_per_class=N_PER, dtype=dtype)
     hyp = ufm.Hyper(lam_W=5e-4, lam_H=5e-4, lam_b=5e-4)
-    saddles = landscape.constructed_saddles(prob, hyp)
+    saddles = points.constructed_saddles(prob, hyp)
     assert [name for name, _ in saddles] == ["origin", "rank 1", "rank 2"]
     for name, point in saddles:
         p = landscape.probe(prob, hyp, point)

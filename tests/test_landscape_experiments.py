@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 import ufm
-from ufm import config, results, theory
-from ufm.problem import Hyper, Problem
+from ufm.analysis import theory
+from ufm.model.problem import Hyper, Problem
+from ufm.running import config, results
 
 TINY = {"num_classes": 3, "feature_dim": 3, "n_per_class": 2, "dtype": "float64"}
 
@@ -17,7 +18,7 @@ def _experiment(kind, problem=None, hyper=None, solver=None, landscape=None, see
            "hyper": {"lam_W": 5e-3, "lam_H": 5e-3, "lam_b": 0.0} | (hyper or {}),
            "solver": {"name": "lbfgs", "steps": 1000, "log_every": 100} | (solver or {}),
            "run": {"seeds": list(seeds)}, "landscape": landscape or {}}
-    return ufm.experiment.resolve(raw)
+    return ufm.running.experiment.resolve(raw)
 
 
 def test_benign_landscape_run(tmp_path):
@@ -25,7 +26,7 @@ def test_benign_landscape_run(tmp_path):
     exp = _experiment("benign", problem={"loss": "ce"},
                       landscape={"random_starts": 4, "saddle_starts": 2, "epsilon": 1e-3})
     result = ufm.run(exp, out=tmp_path)
-    ufm.experiment.figures(tmp_path)
+    ufm.running.experiment.figures(tmp_path)
     table = results.read_table(tmp_path / "results.csv")
     # 4 random + 2 near the origin + 2 near rank 1
     assert len(table["row"]) == 4 + 2 + 2
@@ -42,14 +43,14 @@ def test_benign_landscape_run(tmp_path):
     for name in ("benign_reached.png", "benign_spectra.png", "manifest.json", "config.toml"):
         assert (tmp_path / name).is_file(), name
     assert json.loads((tmp_path / "manifest.json").read_text())["kind"] == "benign"
-    assert "near origin" in ufm.experiment.summary(tmp_path)
+    assert "near origin" in ufm.running.experiment.summary(tmp_path)
     assert result.rows[0]["loss"] == "ce"
 
 
 def test_origin_phase_run(tmp_path):
     exp = _experiment("origin_phase", landscape={"ratios": [0.5, 0.9, 1.1, 2.0]}, seeds=(0, 1))
     ufm.run(exp, out=tmp_path)
-    ufm.experiment.figures(tmp_path)
+    ufm.running.experiment.figures(tmp_path)
     table = results.read_table(tmp_path / "results.csv")
     np.testing.assert_allclose(table["origin_eig_min"], table["origin_eig_min_formula"],
                                rtol=1e-9)
@@ -66,7 +67,7 @@ def test_saddle_escape_run(tmp_path):
                       solver={"name": "gd", "steps": 3000, "log_every": 5},
                       landscape={"saddle": "origin", "epsilon": [1e-9, 1e-5]})
     ufm.run(exp, out=tmp_path)
-    ufm.experiment.figures(tmp_path)
+    ufm.running.experiment.figures(tmp_path)
     table = results.read_table(tmp_path / "results.csv")
     assert np.all(table["escaped"]) and set(table["saddle_verdict"]) == {"strict saddle"}
     small, large = table["epsilon"] == 1e-9, table["epsilon"] == 1e-5
@@ -91,18 +92,18 @@ def test_bad_landscape_settings(landscape, message):
 
 def test_unknown_kind():
     with pytest.raises(config.ConfigError, match="kind='hessian'"):
-        ufm.experiment.resolve({"kind": "hessian"})
+        ufm.running.experiment.resolve({"kind": "hessian"})
 
 
 @pytest.mark.parametrize("path", sorted(__import__("pathlib").Path(__file__).parents[1]
                                         .joinpath("experiments").glob("*.toml")),
                          ids=lambda p: p.name)
 def test_every_shipped_experiment_file_is_valid(path):
-    exp = ufm.experiment.load(path)
+    exp = ufm.running.experiment.load(path)
     if exp.kind == "net":
-        assert ufm.nets.experiment.configurations(exp)
+        assert ufm.running.kinds.net.configurations(exp)
         return
     if exp.kind == "transfer":
-        assert ufm.nets.transfer_kind.configurations(exp)
+        assert ufm.running.kinds.transfer.configurations(exp)
         return
-    assert ufm.grid.configurations(exp)
+    assert ufm.running.kinds.grid.configurations(exp)

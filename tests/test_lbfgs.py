@@ -1,4 +1,5 @@
-"""`ufm.lbfgs`: the compact preconditioner is optax's two-loop recursion to rounding, a point
+"""`ufm.solvers.lbfgs`: the compact preconditioner is optax's two-loop recursion to rounding, a
+point
 not left writes no pair, a frozen run's line search ends at once, and the reference path's
 grouped steps leave steps and statuses as they were."""
 import jax
@@ -8,8 +9,9 @@ import optax
 import pytest
 
 import ufm
-from ufm import lbfgs, solvers
-from ufm.problem import objective
+from ufm.model.problem import objective
+from ufm.solvers import driver as solvers
+from ufm.solvers import lbfgs
 
 
 def _problem_and_start(seed=1):

@@ -5,7 +5,7 @@ import pytest
 from jax.test_util import check_grads
 
 import ufm
-from ufm import losses
+from ufm.model import losses
 
 K, N = 4, 6
 HYPER = ufm.Hyper(alpha=0.2, gamma=1.5, kappa=3.0, M=2.0)

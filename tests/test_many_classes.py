@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 import ufm
-from ufm import host_metrics, landscape, losses, metrics, streaming
+from ufm.analysis import host_metrics, landscape
+from ufm.analysis import nc as metrics
+from ufm.model import losses, streaming
 
 K, D, N_PER = 37, 6, 2  # 37 classes in blocks of 8: five blocks, the last one padded
 
@@ -43,23 +45,24 @@ def test_streamed_loss_gradient_and_hvp_equal_the_dense_path(x64, loss):
 def test_the_switch_is_automatic_and_the_objective_and_probes_follow(streamed):
     prob = ufm.Problem(num_classes=K, feature_dim=D, n_per_class=N_PER, loss="ls",
                        dtype="float64")
-    assert ufm.problem.streams(prob)
-    assert not ufm.problem.streams(ufm.Problem(num_classes=K, feature_dim=D, n_per_class=N_PER,
-                                               loss="mse"))  # MSE has no log-sum-exp
+    assert ufm.model.problem.streams(prob)
+    # MSE has no log-sum-exp
+    assert not ufm.model.problem.streams(ufm.Problem(num_classes=K, feature_dim=D,
+                                                     n_per_class=N_PER, loss="mse"))
     hyp = ufm.Hyper(alpha=0.1, tau=0.5, lam_W=1e-2, lam_H=1e-2)
     params = ufm.init(prob, 0)
-    with ufm.problem.x64_scope("float64"):
+    with ufm.model.problem.x64_scope("float64"):
         hyper = hyp.astype(jnp.float64)
         Z = (params.W @ params.H + params.b[:, None]) / hyper.tau
         dense = jnp.mean(losses.label_smoothing(Z, prob.targets(), hyper))
-        assert float(ufm.problem.mean_loss(prob, hyper, params)) == pytest.approx(float(dense),
-                                                                                   rel=1e-14)
+        streamed = float(ufm.model.problem.mean_loss(prob, hyper, params))
+        assert streamed == pytest.approx(float(dense), rel=1e-14)
         tangent = jax.tree.map(jnp.ones_like, params)
         hvp = landscape.hvp(prob, hyper, params, tangent)  # reverse-over-reverse here
     # The same problem dense (the threshold back up): the same Hessian-vector product.
     streaming.STREAM_ABOVE = 1 << 24
-    assert not ufm.problem.streams(prob)
-    with ufm.problem.x64_scope("float64"):
+    assert not ufm.model.problem.streams(prob)
+    with ufm.model.problem.x64_scope("float64"):
         dense_hvp = landscape.hvp(prob, hyper, params, tangent)
     for got, exact in zip(jax.tree.leaves(hvp), jax.tree.leaves(dense_hvp)):
         np.testing.assert_allclose(got, exact, rtol=1e-11, atol=1e-13)
@@ -67,7 +70,7 @@ def test_the_switch_is_automatic_and_the_objective_and_probes_follow(streamed):
 
 def test_a_streamed_problem_solves_to_its_closed_form(streamed):
     prob = ufm.Problem(num_classes=K, feature_dim=K + 1, n_per_class=N_PER, dtype="float64")
-    assert ufm.problem.streams(prob)
+    assert ufm.model.problem.streams(prob)
     res = ufm.solve(prob, ufm.Hyper(lam_W=1e-3, lam_H=1e-3, lam_b=1e-3), key=0, steps=400,
                     solver="lbfgs", tol=1e-10)
     assert res.status == "converged"
@@ -110,7 +113,7 @@ def test_margin_zero_inside_the_hull_and_the_simplex_etf():
     W = np.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0], [0.1, 0.1]])
     margins = host_metrics.one_vs_rest_margins(W, neighbours=1)
     assert margins[4] < 1e-15 and np.all(margins[:4] > 0.5)
-    etf = ufm.theory.simplex_etf(6, 5)
+    etf = ufm.analysis.theory.simplex_etf(6, 5)
     np.testing.assert_allclose(host_metrics.one_vs_rest_margins(etf, neighbours=1), 6 / 5,
                                rtol=1e-12)
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 import ufm
-from ufm.metrics import METRIC_NAMES
-from ufm.theory import simplex_etf
+from ufm.analysis.nc import METRIC_NAMES
+from ufm.analysis.theory import simplex_etf
 
 ZERO_ON_ETF = METRIC_NAMES
 

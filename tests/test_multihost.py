@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import ufm
-from ufm import multihost, results
+from ufm.running import multihost, results
 
 GRID = """
 name = "two_hosts"
@@ -106,7 +106,7 @@ def _two_processes(file, out):
 
 
 # Slow (22 s together): the grid's two-process test above covers the shared machinery
-# (ufm.experiment.run's rounds and gathering) in the default suite.
+# (ufm.running.experiment.run's rounds and gathering) in the default suite.
 @pytest.mark.slow
 @pytest.mark.parametrize("text", [LANDSCAPE, NET], ids=["landscape", "net"])
 def test_two_processes_write_one_folder_of_any_kind(tmp_path, text):

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 
 import ufm
-from ufm import config, metrics, results
-from ufm.problem import multilabel_sets
+from ufm.analysis import nc as metrics
+from ufm.model.problem import multilabel_sets
+from ufm.running import config, results
 
 
 def test_multilabel_sets_builds_every_set_of_each_size():
@@ -61,7 +62,7 @@ def test_nc_m_of_a_constructed_point():
     known angle in the plane of the single-label ETF: NC_m is that angle."""
     K = 3
     sets, counts = multilabel_sets(K, [1, 1])
-    E = ufm.theory.simplex_etf(K, 2)  # rows: the single-label means
+    E = ufm.analysis.theory.simplex_etf(K, 2)  # rows: the single-label means
     pairs = np.array([E[i] + E[j] for i, j in sets[K:]])
     H = np.concatenate([E, pairs]).T
     sample_sets = np.arange(len(sets))
@@ -87,12 +88,13 @@ def test_label_sets_are_checked():
         _ = ufm.Problem(num_classes=2, feature_dim=3, label_sets=((0,), (1,)),
                         set_counts=(1, 1)).labels  # the property raises
     with pytest.raises(config.ConfigError, match="problem.multiplicity_counts"):
-        ufm.grid.configurations(ufm.experiment.resolve({"problem": {"num_classes": 3,
+        ufm.running.kinds.grid.configurations(ufm.running.experiment.resolve({"problem": {
+                                                          "num_classes": 3,
                                                           "multiplicity_counts": [0, 2]}}))
 
 
 def test_grid_axis_over_multiplicity_counts(tmp_path):
-    exp = ufm.experiment.resolve({
+    exp = ufm.running.experiment.resolve({
         "name": "ml-grid",
         "problem": {"num_classes": 3, "feature_dim": 4, "multiplicity_counts": [[2, 2], [2, 1]],
                     "dtype": "float64"},

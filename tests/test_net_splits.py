@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 import ufm
-from ufm import host_metrics, metrics
+from ufm.analysis import host_metrics
+from ufm.analysis import nc as metrics
 from ufm.nets import data as nets_data
 from ufm.nets import models
 from ufm.nets.training import TrainSettings, evaluate, features, representations, train
@@ -132,7 +133,7 @@ def test_a_diverging_network_is_flagged_and_its_neighbours_finish(tmp_path):
     assert ok["status"] == "finished" and ok["test_acc"] > 0
     assert broken["status"] == "diverged" and broken["diverged_at"] == 1
     assert broken["test_acc"] is None
-    assert "diverged at epoch 1" in ufm.experiment.summary(tmp_path / "out")
+    assert "diverged at epoch 1" in ufm.running.experiment.summary(tmp_path / "out")
     data = nets_data.load("gaussian", shape=(8,))  # as the file's
     model = models.build("mlp", input_shape=(8,), num_classes=10, width=8, depth=1)
     with pytest.raises(FloatingPointError, match=r"diverged at epoch 1 .*lower train\.lr"):
@@ -141,7 +142,7 @@ def test_a_diverging_network_is_flagged_and_its_neighbours_finish(tmp_path):
 
 
 def test_cross_loss_spread_is_the_variance_across_losses():
-    from ufm.tables import cross_loss_spread
+    from ufm.running.tables import cross_loss_spread
 
     table = {"row": np.arange(6), "seed": np.array([0, 0, 0, 0, 1, 1]),
              "train.loss": np.array(["ce", "mse", "ce", "mse", "ce", "mse"], dtype=object),

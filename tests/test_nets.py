@@ -11,10 +11,14 @@ import pytest
 from flax import nnx
 
 import ufm
-from ufm import losses, metrics, results, theory
+from ufm.analysis import nc as metrics
+from ufm.analysis import theory
+from ufm.model import losses
 from ufm.nets import data as nets_data
-from ufm.nets import experiment, models
+from ufm.nets import models
 from ufm.nets.training import TrainSettings, make_train_step, train
+from ufm.running import results
+from ufm.running.kinds import net as experiment
 
 
 @pytest.fixture(scope="module")
@@ -262,9 +266,9 @@ def test_nc1_of_features_alone_matches_nc_metrics():
 
 
 def test_net_experiment_file_errors_and_run(tmp_path, capsys):
-    with pytest.raises(ufm.config.ConfigError, match="model.head='foo' is not allowed"):
+    with pytest.raises(ufm.running.config.ConfigError, match="model.head='foo' is not allowed"):
         experiment.resolve({"kind": "net", "model": {"head": "foo"}})
-    with pytest.raises(ufm.config.ConfigError, match="unknown key train.'lrr'"):
+    with pytest.raises(ufm.running.config.ConfigError, match="unknown key train.'lrr'"):
         experiment.resolve({"kind": "net", "train": {"lrr": 0.1}})
     with pytest.raises(ValueError, match="train.epochs=0 is not allowed"):
         experiment.resolve({"kind": "net", "train": {"epochs": 0}})
@@ -275,7 +279,7 @@ def test_net_experiment_file_errors_and_run(tmp_path, capsys):
     out = tmp_path / "out"
     assert ufm.cli.main(["run", str(file), "--out", str(out), "--no-progress"]) == 0
     assert "head=etf" in capsys.readouterr().out and (out / "layer_nc1.png").is_file()
-    table, history = ufm.results.load_results(out)
+    table, history = ufm.running.results.load_results(out)
     assert len(table["row"]) == 2 and history["nc1"].shape == (2, 3)
 
 
@@ -290,7 +294,7 @@ def test_net_zip_advances_fields_together():
     assert (
         experiment.resolve(tomllib.loads(experiment.dumps(exp))) == exp
     )  # config.toml round-trips
-    with pytest.raises(ufm.config.ConfigError, match="equal lengths"):
+    with pytest.raises(ufm.running.config.ConfigError, match="equal lengths"):
         experiment.resolve({"kind": "net", "zip": [{"train.loss": ["ce"], "train.lr": [1, 2]}]})
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import ufm
-from ufm.problem import validate_hyper
+from ufm.model.problem import validate_hyper
 
 
 def test_labels_are_class_sorted_and_counts_respected():

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import ufm
-from ufm import kinds, results
+from ufm.running import registry as kinds
+from ufm.running import results
 
 # Two units each; one Problem, so each kind compiles once (two values of lam_W).
 TINY = {"num_classes": 3, "feature_dim": 3, "n_per_class": 2, "dtype": "float64"}
@@ -64,7 +65,7 @@ def _patch_run_unit(monkeypatch, name, wrapper):
 
 @pytest.mark.parametrize("name", list(EXPERIMENTS))
 def test_every_kind_resumes_after_a_kill(tmp_path, monkeypatch, name):
-    experiment = ufm.experiment.resolve(EXPERIMENTS[name])
+    experiment = ufm.running.experiment.resolve(EXPERIMENTS[name])
     ufm.run(experiment, out=tmp_path / "straight", progress=False)
 
     ran = []
@@ -93,7 +94,7 @@ def test_every_kind_resumes_after_a_kill(tmp_path, monkeypatch, name):
 
 def test_a_damaged_checkpoint_is_named_and_redone_and_the_table_never_missing(tmp_path,
                                                                                monkeypatch):
-    experiment = ufm.experiment.resolve(EXPERIMENTS["grid"])
+    experiment = ufm.running.experiment.resolve(EXPERIMENTS["grid"])
     out = tmp_path / "out"
     ufm.run(experiment, out=out, progress=False)
     straight = _table(out)
@@ -146,14 +147,14 @@ def test_the_cifar_reader_builds_no_other_objects(tmp_path):
             return (print, ("this ran",))
 
     (tmp_path / "bad").write_bytes(pickle.dumps({b"data": Exploit()}))
-    with pytest.raises(ufm.config.InputError, match="builtins.print is not allowed"):
+    with pytest.raises(ufm.running.config.InputError, match="builtins.print is not allowed"):
         data._cifar_batch(tmp_path / "bad")
 
 
 def test_progress_off_a_terminal_prints_lines_not_carriage_returns(capsys):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        bar = ufm.runner.progress_bar(True, 1000, "grid")
+        bar = ufm.solvers.batching.progress_bar(True, 1000, "grid")
     for _ in range(1000):
         bar.update(1)
     bar.close()
@@ -259,7 +260,7 @@ def test_a_second_writer_refuses_and_sigterm_then_rerun_equals_the_uninterrupted
     finished = len(list((out / results.CHECKPOINTS).glob("group-*.npz")))
     assert 1 <= finished < 6  # preempted mid-grid
 
-    experiment = ufm.experiment.load(file)
+    experiment = ufm.running.experiment.load(file)
     resumed = ufm.run(experiment, out=out, progress=False)  # the lock is free again
     assert resumed.resumed == finished
     ufm.run(experiment, out=tmp_path / "straight", progress=False)
@@ -280,7 +281,7 @@ def test_a_lock_of_a_live_process_refuses_and_of_a_dead_one_is_taken_over(tmp_pa
     import sys
     import time
 
-    experiment = ufm.experiment.resolve(EXPERIMENTS["grid"])
+    experiment = ufm.running.experiment.resolve(EXPERIMENTS["grid"])
     out = tmp_path / "out"
     out.mkdir()
     holder = subprocess.Popen(
@@ -316,8 +317,8 @@ def test_a_lock_of_a_live_process_refuses_and_of_a_dead_one_is_taken_over(tmp_pa
 def test_a_checkpoint_from_another_configuration_is_recomputed(tmp_path, monkeypatch):
     """A chunk copied in from the same grid run with other solver.steps used to be resumed as
     finished (its rows reporting the other run's steps)."""
-    experiment = ufm.experiment.resolve(EXPERIMENTS["grid"])
-    other = ufm.experiment.resolve(EXPERIMENTS["grid"] | {"solver": {"steps": 40,
+    experiment = ufm.running.experiment.resolve(EXPERIMENTS["grid"])
+    other = ufm.running.experiment.resolve(EXPERIMENTS["grid"] | {"solver": {"steps": 40,
                                                                       "log_every": 20}})
     ufm.run(experiment, out=tmp_path / "a", progress=False)
     ufm.run(other, out=tmp_path / "b", progress=False)
@@ -340,7 +341,7 @@ def test_a_checkpoint_from_another_configuration_is_recomputed(tmp_path, monkeyp
 def test_a_damaged_config_toml_is_restored_and_the_run_resumes(tmp_path, monkeypatch, damage):
     """A half config.toml used to be read as "a different configuration" (its missing keys
     filled with defaults), a deleted one blocked resuming with no hint."""
-    experiment = ufm.experiment.resolve(EXPERIMENTS["grid"])
+    experiment = ufm.running.experiment.resolve(EXPERIMENTS["grid"])
     out = tmp_path / "out"
     ufm.run(experiment, out=out, progress=False)
     straight = _table(out)
@@ -369,8 +370,8 @@ def test_a_damaged_config_toml_is_restored_and_the_run_resumes(tmp_path, monkeyp
 
 
 def test_a_damaged_config_toml_of_another_configuration_says_so(tmp_path):
-    experiment = ufm.experiment.resolve(EXPERIMENTS["grid"])
-    other = ufm.experiment.resolve(EXPERIMENTS["grid"] | {"solver": {"steps": 40,
+    experiment = ufm.running.experiment.resolve(EXPERIMENTS["grid"])
+    other = ufm.running.experiment.resolve(EXPERIMENTS["grid"] | {"solver": {"steps": 40,
                                                                       "log_every": 20}})
     out = tmp_path / "out"
     ufm.run(experiment, out=out, progress=False)

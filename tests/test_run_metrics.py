@@ -1,4 +1,4 @@
-"""The records program's metrics (`ufm.metrics.run_metrics`, NC1 by matmuls) against the SVD
+"""The records program's metrics (`ufm.analysis.nc.run_metrics`, NC1 by matmuls) against the SVD
 form of `nc_metrics`, and the records program free of decompositions."""
 import re
 
@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 import ufm
-from ufm import metrics, solvers
-from ufm.problem import x64_scope
-from ufm.theory import simplex_etf
+from ufm.analysis import nc as metrics
+from ufm.analysis.theory import simplex_etf
+from ufm.model.problem import x64_scope
+from ufm.solvers import driver as solvers
 
 
 def _both(W, H, labels, b=None):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import ufm
-from ufm import solvers
+from ufm.solvers import driver as solvers
 
 # (problem kwargs, hyper kwargs, collapses to zero)
 # Every family of closed form is reached by L-BFGS from a random start; the second case of a
@@ -125,7 +125,8 @@ def test_riemannian_gd_on_the_sphere_stays_on_it_and_reaches_the_optimum():
 def test_fixed_etf_classifier_does_not_move():
     prob = ufm.Problem(num_classes=4, feature_dim=4, n_per_class=3, classifier="fixed_etf")
     res = ufm.solve(prob, ufm.Hyper(lam_W=1e-2, lam_H=1e-2), steps=300, log_every=100)
-    np.testing.assert_array_equal(res.params.W, ufm.theory.simplex_etf(4, 4).astype(np.float32))
+    etf = ufm.model.frames.simplex_etf(4, 4)
+    np.testing.assert_array_equal(res.params.W, etf.astype(np.float32))
     assert res.history["nc1"][-1] < res.history["nc1"][0]
 
 
@@ -267,7 +268,7 @@ def test_map_points_in_groups_equals_one_vmap():
     f = lambda p: {"s": jnp.sum(p[0]) * p[1], "v": p[0] * 2.0}
     whole = jax.vmap(f)(xs)
     for width in (1, 2, 3, 7, 50):  # 7 = 2 groups of 3 + 1 padded, ..., wider than the points
-        got = ufm.runner.map_points(f, xs, width)
+        got = ufm.solvers.batching.map_points(f, xs, width)
         for key in whole:
             np.testing.assert_array_equal(got[key], whole[key])
 
@@ -280,8 +281,8 @@ def test_history_does_not_depend_on_how_many_points_a_call_keeps(monkeypatch, st
     hypers = ufm.Hyper(lam_W=0.05, lam_H=0.05, lr=jnp.array([0.5, 0.8]))
     kw = dict(steps=steps, log_every=100, tol=tol)
     default = ufm.solve_batch(prob, hypers, [0, 1], **kw)
-    monkeypatch.setattr(ufm.runner, "TRACE_MEMORY_FRACTION", 1e-30)
-    assert ufm.runner.logs_per_call(prob, 31, 2) == (1, 31)
+    monkeypatch.setattr(ufm.solvers.batching, "TRACE_MEMORY_FRACTION", 1e-30)
+    assert ufm.solvers.batching.logs_per_call(prob, 31, 2) == (1, 31)
     one_by_one = ufm.solve_batch(prob, hypers, [0, 1], **kw)
     assert list(default.status) == list(one_by_one.status)
     assert (set(default.status) == {"converged"}) == (tol > 0)

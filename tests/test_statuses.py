@@ -5,9 +5,11 @@ import numpy as np
 import pytest
 
 import ufm
-from ufm import host_metrics, solvers, theory
+from ufm.analysis import host_metrics, theory
+from ufm.solvers import driver as solvers
 
-# K = 6 classifiers in R^4: the softmax code's margin is 1 (`ufm.codes.softmax_code(6, 4)`).
+# K = 6 classifiers in R^4: the softmax code's margin is 1 (`ufm.analysis.codes.softmax_code(6,
+# 4)`).
 SPHERE = dict(num_classes=6, feature_dim=4, n_per_class=10, geometry="sphere")
 CODE_MARGIN = 1.0
 
@@ -99,23 +101,13 @@ def test_annealing_options_are_checked():
         ufm.solve(problem, ufm.Hyper(tau=0.1), steps=10, anneal_from=1.0, anneal_fraction=0)
 
 
-def test_moved_names_forward_with_a_warning():
-    with pytest.warns(DeprecationWarning, match="ufm.theory.softmax_code moved to ufm.codes"):
-        from ufm.theory import softmax_code
-    from ufm.codes import softmax_code as new
-
-    assert softmax_code is new
-    with pytest.warns(DeprecationWarning, match="host_metrics"):
-        assert ufm.metrics.one_vs_rest_margins is host_metrics.one_vs_rest_margins
-
-
 def test_probe_counts_are_absent_off_critical_points():
     problem = ufm.Problem(4, 6, n_per_class=5, dtype="float64")
     hyper = ufm.Hyper(lam_W=1e-2, lam_H=1e-2)
-    p = ufm.landscape.probe(problem, hyper, ufm.init(problem, 0))
+    p = ufm.analysis.landscape.probe(problem, hyper, ufm.init(problem, 0))
     assert p.verdict == "not critical"
     assert p.n_negative == p.n_zero == p.n_positive == -1 and np.isnan(p.eig_min_off_symmetry)
-    at_origin = ufm.landscape.probe(problem, hyper, theory.origin(problem, hyper))
+    at_origin = ufm.analysis.landscape.probe(problem, hyper, theory.origin(problem, hyper))
     assert at_origin.n_negative > 0 and at_origin.n_zero >= 0
 
 
@@ -125,7 +117,7 @@ def test_the_shipped_gnc_experiment_reaches_the_code_at_its_smallest_tau(tmp_pat
     decagon, the simplex ETF)."""
     from pathlib import Path
 
-    from ufm import experiment
+    from ufm.running import experiment
 
     path = Path(__file__).resolve().parents[1] / "experiments" / "gnc_margin.toml"
     smallest = min(experiment.load(path).hyper["tau"])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import ufm
-from ufm import theory
+from ufm.analysis import theory
 
 
 @pytest.mark.parametrize("K, d", [(2, 1), (3, 2), (4, 3), (5, 7), (10, 10)])
@@ -61,7 +61,7 @@ def test_closed_form_point_attains_f_star_and_is_critical(x64, prob_kw, hyp_kw):
     np.testing.assert_allclose(ufm.objective(prob, hyper, point), opt.objective, rtol=1e-12)
     grad = jax.grad(lambda p: ufm.objective(prob, hyper, p))(point)
     if prob.geometry == "sphere":
-        grad = ufm.manifolds.riemannian_grad(prob, point, grad)
+        grad = ufm.model.manifolds.riemannian_grad(prob, point, grad)
     if not prob.bias:
         grad = grad._replace(b=jnp.zeros_like(grad.b))
     assert max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(grad)) < 1e-10

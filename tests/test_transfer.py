@@ -107,7 +107,7 @@ def test_transfer_experiment_runs_into_a_folder(tmp_path, capsys):
             < table["params_trained"].iloc[2] == table["params_total"].iloc[2])
     assert "frozen_ood_nc1_layer1" in table and "probe_test_acc_layer0" in table
     assert (out / "transfer.png").is_file() and history["test_acc"].shape[0] == 3
-    with pytest.raises(ufm.config.ConfigError, match="must be disjoint"):
-        ufm.experiment.resolve({"kind": "transfer", "data": {"source": [0, 1],
+    with pytest.raises(ufm.running.config.ConfigError, match="must be disjoint"):
+        ufm.running.experiment.resolve({"kind": "transfer", "data": {"source": [0, 1],
                                                              "target": [1, 2]}})
     jax.clear_caches()

@@ -1,70 +1,75 @@
 """ufm: a JAX simulator of the unconstrained feature model of neural collapse.
 
-The core names are here (`Problem`, `Hyper`, `solve`, `nc_metrics`, `run`, `load_results`,
-...); every module is an attribute too, imported on first use (`ufm.grid`, `ufm.landscape`,
-`ufm.theory`, `ufm.nets`, ...), so `import ufm` stays fast. The layers and what each module owns:
-docs/architecture.md.
+The public names are here, one room of the package each (docs/architecture.md):
+
+    ufm.model       the UFM: Problem, Hyper, Params, losses, geometry
+    ufm.analysis    NC metrics, closed forms, the convex oracle, codes, the Hessian probe
+    ufm.solvers     solve, solve_batch, make_run
+    ufm.nets        the flax (NNX) path: real networks measured the same way
+    ufm.running     experiment files, results folders, kinds, tables and figures
+    ufm.cli         the `ufm` command
+
+Rooms load on first use, so `import ufm` stays light. Module names of release 0.1
+(`ufm.theory`, `ufm.landscape`, `ufm.grid`, ...) still import for one release, with a
+DeprecationWarning naming each name's new home (`ufm._moved`).
 """
 import importlib
 
-from ufm.metrics import nc_metrics
-from ufm.problem import Hyper, Params, Problem, init, objective
-from ufm.solvers import BatchResult, Result, make_run, solve, solve_batch
+from ufm import _moved
+from ufm.analysis.nc import nc_metrics
+from ufm.errors import ConfigError, InputError
+from ufm.model.problem import Hyper, Params, Problem, init, objective
+from ufm.solvers import BatchResult, Result, RunOutput, make_run, solve, solve_batch
 
 __version__ = "0.1.0"
 
-# Submodules loaded on first attribute access (PEP 562).
-SUBMODULES = (
+_moved.install()
+
+ROOMS = (
+    "analysis",
     "cli",
-    "codes",
-    "config",
-    "deprecation",
-    "experiment",
-    "frames",
-    "fused",
-    "grid",
-    "host_metrics",
-    "kernels",
-    "kind",
-    "kinds",
-    "landscape",
-    "lbfgs",
-    "losses",
-    "manifolds",
-    "metrics",
-    "multihost",
+    "model",
     "nets",
-    "oracle",
-    "plots",
-    "points",
-    "problem",
-    "results",
-    "runner",
+    "running",
     "solvers",
-    "streaming",
-    "theory",
 )
+# Loaded on first use: (module, name).
+_LAZY_NAMES = {
+    "run": ("ufm.running.experiment", "run"),
+    "load_results": ("ufm.running.results", "load_results"),
+}
 
 
 def __getattr__(name):
-    if name in SUBMODULES:
+    if name in ROOMS:
         return importlib.import_module(f"ufm.{name}")
-    if name == "run":
-        from ufm.experiment import run
-
-        return run
-    if name == "load_results":
-        from ufm.results import load_results
-
-        return load_results
+    if name in _LAZY_NAMES:
+        module, attribute = _LAZY_NAMES[name]
+        return getattr(importlib.import_module(module), attribute)
+    if f"ufm.{name}" in _moved.MOVED:  # a module of release 0.1
+        return importlib.import_module(f"ufm.{name}")
     raise AttributeError(f"module 'ufm' has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted(set(globals()) | set(SUBMODULES) | {"run", "load_results"})
+    return sorted(set(__all__) | set(ROOMS))
 
 
 __all__ = [
-    "BatchResult", "Hyper", "Params", "Problem", "Result", "init", "load_results", "make_run",
-    "nc_metrics", "objective", "run", "solve", "solve_batch",
+    "BatchResult",
+    "ConfigError",
+    "Hyper",
+    "InputError",
+    "Params",
+    "Problem",
+    "Result",
+    "RunOutput",
+    "init",
+    "load_results",
+    "make_run",
+    "nc_metrics",
+    "objective",
+    "run",
+    "solve",
+    "solve_batch",
 ]

@@ -1,5 +1,6 @@
 """The `ufm` command: `ufm run [CONFIG.toml] [--out DIR] [--set key=value ...]`, `ufm show DIR`,
-`ufm plot DIR`. It parses arguments and dispatches to `ufm.experiment` (every kind alike)."""
+`ufm plot DIR`. It parses arguments and dispatches to `ufm.running.experiment` (every kind
+alike)."""
 from __future__ import annotations
 
 import argparse
@@ -12,10 +13,11 @@ import sys
 import threading
 from pathlib import Path
 
-from ufm import experiment, multihost, results, runner
-from ufm.config import ConfigError, InputError
-from ufm.results import ResultsFolderError
-from ufm.tables import fmt
+from ufm.errors import ConfigError, InputError
+from ufm.running import experiment, multihost, results
+from ufm.running.results import ResultsFolderError
+from ufm.running.tables import fmt
+from ufm.solvers import batching as runner
 
 
 def folder_name(name: str) -> str:

@@ -1,5 +1,5 @@
 """The flax (NNX) path: real networks whose last layer is the UFM, measured with the same
-metrics (`ufm.metrics`), losses (`ufm.losses`), results folders, plots and CLI.
+metrics (`ufm.analysis.nc`), losses (`ufm.model.losses`), results folders, plots and CLI.
 
     from ufm import nets
     data = nets.data.load("digits")

@@ -36,7 +36,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ufm.config import InputError
+from ufm.errors import InputError
 
 DATASETS = ("digits", "mnist", "cifar10", "gaussian")
 SHIFTS = ("none", "rotation", "noise", "contrast", "cifar10.1", "cifar10.2")

@@ -3,7 +3,8 @@ z = W h + b, in flax NNX.
 
 Heads (`HEADS`):
   "learned"  W (K x d) and b trained like any parameter.
-  "etf"      W fixed to a simplex ETF (`ufm.theory.simplex_etf`, rows of norm 1; d >= K - 1),
+  "etf"      W fixed to a simplex ETF (`ufm.analysis.theory.simplex_etf`, rows of norm 1; d >= K -
+  1),
              never trained (Zhu et al. 2021, "fixed classifier"); b still learned if present.
   "cmf"      class-mean features: W is set during training to the running (EMA) class means of
              the features, centred by their mean, and receives no gradient.
@@ -21,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ufm import theory
+from ufm.analysis import theory
 
 HEADS = ("learned", "etf", "cmf")
 MODELS = ("mlp", "resnet")

@@ -1,4 +1,4 @@
-"""Training a network whose last layer is the UFM, measuring NC with `ufm.metrics`.
+"""Training a network whose last layer is the UFM, measuring NC with `ufm.analysis.nc`.
 
 Objective per minibatch B of a training set of N samples (docs/science.md, section 1, with the
 feature penalty rescaled by N/B so that one epoch estimates the UFM objective):
@@ -6,12 +6,13 @@ feature penalty rescaled by N/B so that one epoch estimates the UFM objective):
     (1/B) sum_{i in B} L(z_i / tau, y_i) + lam_W/2 ||W||^2 + lam_b/2 ||b||^2
         + lam_H/2 (N/B) sum_{i in B} ||h_i||^2 + weight_decay/2 ||theta_body||^2
 
-with z_i = W h_i + b and L any loss of `ufm.losses` (alpha, gamma, kappa, M from Hyper). On the
+with z_i = W h_i + b and L any loss of `ufm.model.losses` (alpha, gamma, kappa, M from Hyper). On
+the
 sphere (normalized features) lam_W and lam_H do not apply. A fixed ETF head has no lam_W term;
 a CMF head (class means) neither.
 
 Every `eval_every` epochs: the NC metrics of the penultimate features on the training set
-(`ufm.metrics.nc_metrics`), train and test accuracy, and the NC1 of every layer's
+(`ufm.analysis.nc.nc_metrics`), train and test accuracy, and the NC1 of every layer's
 representation on up to `layer_samples` training samples (progressive separation). With `out`,
 a checkpoint (model, optimizer, history; arrays named by their nnx state paths, e.g.
 "model/layers/0/kernel") is written every `checkpoint_every` epochs; calling `train` again with
@@ -34,12 +35,15 @@ import numpy as np
 import optax
 from flax import nnx
 
-from ufm import host_metrics, metrics, results, runner
-from ufm import losses as _losses
+from ufm import _atomic
+from ufm.analysis import host_metrics
+from ufm.analysis import nc as metrics
+from ufm.model import losses as _losses
+from ufm.model.problem import Hyper, validate_hyper
 from ufm.nets import data as _data
-from ufm.problem import Hyper, validate_hyper
+from ufm.solvers import batching as runner
 
-OPTIMIZERS = ("gd", "momentum", "adam")  # the names of `ufm.solvers`
+OPTIMIZERS = ("gd", "momentum", "adam")  # the names of `ufm.solvers.driver`
 SCHEDULES = ("constant", "cosine", "step")
 CHECKPOINT = "checkpoint.npz"
 
@@ -311,13 +315,13 @@ def _state_paths(obj) -> list[tuple[str, object]]:
 def _save_checkpoint(path: Path, settings_json: str, epoch: int, model, optimizer, history):
     """The training state as a numpy archive, arrays named by their state paths ("model/...",
     "opt/...") with the metadata as JSON (the results folder's format, written atomically:
-    `ufm.results.write_arrays`)."""
+    `ufm._atomic.write_arrays`)."""
     arrays = {f"{prefix}/{name}": np.asarray(x)
               for prefix, obj in (("model", model), ("opt", optimizer))
               for name, x in _state_paths(obj)}
     meta = json.dumps({"settings": settings_json, "epoch": epoch,
                        "history": {k: np.asarray(v).tolist() for k, v in history.items()}})
-    results.write_arrays(path, {"meta": np.frombuffer(meta.encode(), np.uint8), **arrays})
+    _atomic.write_arrays(path, {"meta": np.frombuffer(meta.encode(), np.uint8), **arrays})
 
 
 def _load_checkpoint(path: Path, settings_json: str, model, optimizer, foreign: str):

@@ -29,7 +29,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from ufm import host_metrics
+from ufm.analysis import host_metrics
 from ufm.nets import data as _data
 from ufm.nets import models
 from ufm.nets.data import Dataset

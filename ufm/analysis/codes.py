@@ -1,0 +1,189 @@
+"""Codes of generalized neural collapse, found numerically (docs/science.md, section 4): the
+softmax code (the tau -> 0 limit of the sphere UFM with one feature per class) and the Tammes
+code (the best spherical packing). Both need solvers, so they sit above them; their exactly
+known margins are closed forms (`ufm.analysis.theory.known_code_margin`).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ufm.analysis import host_metrics
+from ufm.model.problem import normalize_columns, normalize_rows
+
+
+class Code(NamedTuple):
+    """A configuration of K unit vectors in R^d: W (K, d), its minimum one-vs-rest distance
+    (the GNC margin) and its minimum pairwise distance (the Tammes value)."""
+
+    W: np.ndarray
+    margin: float
+    tammes: float
+
+
+def _code(W) -> Code:
+    W = np.asarray(W, np.float64)
+    W = W / np.linalg.norm(W, axis=1, keepdims=True)
+    return Code(W, float(np.min(host_metrics.one_vs_rest_margins(W))),
+                host_metrics.min_pairwise_distance(W))
+
+
+def _soft_margin(V, tau):
+    """tau log sum_{k, j != k} exp(-(w_k - w_j).h_k / tau) at W = normalize rows of V[0],
+    h_k = normalize columns of V[1] (d, K): a smooth maximum of minus the margins, which tends
+    to -min_k min_{j != k} (w_k - w_j).h_k as tau -> 0."""
+    Z = normalize_rows(V[0]) @ normalize_columns(V[1])  # Z[j, k] = w_j . h_k
+    gaps = jnp.diag(Z)[None, :] - Z  # (w_k - w_j) . h_k
+    K = Z.shape[0]
+    return tau * jax.nn.logsumexp(jnp.where(jnp.eye(K, dtype=bool), -jnp.inf, -gaps / tau))
+
+
+LINESEARCHES = ("zoom", "backtracking")
+
+
+def _lbfgs(fun, V, steps: int, tol, linesearch: str = "zoom"):
+    """L-BFGS (optax) on `fun` from V until the gradient norm is below `tol` or `steps`
+    iterations. linesearch "zoom" (strong Wolfe; fast) or "backtracking" (Armijo): at (13, 3)
+    from the same 32 starts the Tammes search reaches 0.956409 with backtracking against
+    0.9514-0.9526 with zoom, whose long curvature-fitted steps settle in the nearest basin of
+    these many-basin landscapes, at about ten times the iterations."""
+    if linesearch == "zoom":
+        opt = optax.lbfgs()
+    else:
+        opt = optax.lbfgs(linesearch=optax.scale_by_backtracking_linesearch(
+            max_backtracking_steps=40, store_grad=True))
+    value_and_grad = optax.value_and_grad_from_state(fun)
+
+    def step(carry):
+        V, state = carry
+        value, grad = value_and_grad(V, state=state)
+        updates, state = opt.update(grad, state, V, value=value, grad=grad, value_fn=fun)
+        return optax.apply_updates(V, updates), state
+
+    def going(carry):
+        count = optax.tree.get(carry[1], "count")
+        grad = optax.tree.get(carry[1], "grad")
+        return (count == 0) | ((count < steps) & (optax.tree.norm(grad) >= tol))
+
+    return jax.lax.while_loop(going, step, (V, opt.init(V)))[0]
+
+
+def _sharpen(V, tau, steps: int, tol, linesearch: str):
+    """`_soft_margin` at temperature tau minimized over unconstrained V (the pullback through
+    normalization); returns the normalized (W, H)."""
+    W, H = _lbfgs(lambda V: _soft_margin(V, tau), V, steps, tol, linesearch)
+    return normalize_rows(W), normalize_columns(H)
+
+
+def _soft_max_cos(W, tau):
+    """tau log sum_{j < k} exp(cos(w_j, w_k) / tau): a smooth maximum of the pairwise cosines."""
+    Wn = normalize_rows(W)
+    K = W.shape[0]
+    cos = Wn @ Wn.T
+    return tau * jax.nn.logsumexp(jnp.where(jnp.triu(jnp.ones((K, K), bool), 1), cos / tau,
+                                            -jnp.inf))
+
+
+def _sharpen_tammes(W, tau, steps: int, tol, linesearch: str):
+    return normalize_rows(_lbfgs(lambda W: _soft_max_cos(W, tau), W, steps, tol, linesearch))
+
+
+# Every start at once, one temperature (traced) per call: one compilation per (K, d, starts,
+# steps), reused across temperatures and across calls.
+_sharpen_starts = jax.jit(jax.vmap(_sharpen, in_axes=(0, None, None, None, None)),
+                          static_argnums=(2, 4))
+_sharpen_tammes_starts = jax.jit(jax.vmap(_sharpen_tammes, in_axes=(0, None, None, None, None)),
+                                 static_argnums=(2, 4))
+
+
+def _check_linesearch(linesearch):
+    if linesearch not in LINESEARCHES:
+        raise ValueError(f"linesearch={linesearch!r} is not allowed: one of {list(LINESEARCHES)}")
+
+
+def _starting_points(K, d, starts, seed, starts_from):
+    W = jax.random.normal(jax.random.key(seed), (starts, K, d), jnp.float64)
+    if starts_from is not None:  # given configurations first, then random ones
+        W = jnp.concatenate([jnp.asarray(starts_from, jnp.float64).reshape(-1, K, d), W])
+    return W
+
+
+# The smooth objectives' gradients are of order one; below 1e-8 a step changes the margins by
+# ~1e-16 and the line search works at float64's resolution (at 1e-12 optax's zoom line search
+# never returned for one start at (K, d) = (10, 3), tau = 0.03, and a vmapped batch waits for
+# its slowest start).
+GRAD_TOL = 1e-8
+
+# Starts whose certified margin bound is among the best this many get their exact QPs.
+_EXACT_CONTENDERS = 8
+
+SOFTMAX_TAUS = (0.1, 0.03, 0.01, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5)
+
+
+def softmax_code(K: int, d: int, *, starts: int = 16, seed: int = 0,
+                 taus=SOFTMAX_TAUS, steps: int = 1000, starts_from=None,
+                 linesearch: str = "zoom") -> Code:
+    """The softmax code (Jiang et al. 2024): K unit vectors in R^d maximizing the minimum
+    one-vs-rest distance min_k dist(w_k, conv{w_j : j != k}).
+
+    It is the tau -> 0 limit of the sphere-constrained CE UFM with one free feature per class:
+    max over unit h of min_j (w_k - w_j).h is exactly dist(w_k, conv{w_j}). The UFM's mean CE
+    at temperature tau is about (1/K) sum_k sum_{j != k} exp(-(w_k - w_j).h_k / tau) near the
+    limit, so its gradient vanishes like exp(-margin/tau): a solver with an absolute tolerance
+    stops at once at small tau (what an earlier version did, stuck at the tau = 0.1 point).
+    Minimized here instead: tau log of that sum (`_soft_margin`), the same minimizers, with a
+    gradient that stays of order one (a convex combination of the active margins' gradients).
+    `starts` random starts, vmapped, each temperature of `taus` starting where the previous
+    ended (L-BFGS, at most `steps` iterations each); every end point certified by its exact
+    margin (the per-class QP, `host_metrics.one_vs_rest_margins`) and the best kept.
+    `starts_from`: configurations (m, K, d) to start from as well (e.g. a Tammes code).
+    `linesearch`: "zoom" or "backtracking" (slower, finds better optima at larger K; `_lbfgs`).
+    For K <= d + 1 it is the simplex ETF (margin K/(K-1))."""
+    _check_linesearch(linesearch)
+    with jax.enable_x64(True):
+        W = _starting_points(K, d, starts, seed, starts_from)
+        V = (W, jnp.swapaxes(W, 1, 2))  # each feature starts at its classifier
+        for tau in taus:
+            V = _sharpen_starts(V, jnp.asarray(tau, jnp.float64), int(steps),
+                                jnp.asarray(GRAD_TOL), linesearch)
+        W, H = np.asarray(V[0]), np.asarray(V[1])
+    # Each start's features certify a lower bound on its margin: for unit h_k,
+    # dist(w_k, conv{w_j}) >= min_j (w_k - w_j).h_k (a separating direction), tight at the
+    # optimum. The exact QPs run only for the _EXACT_CONTENDERS starts with the best bounds.
+    Z = np.einsum("skd,sdj->skj", W, H)  # Z[s, j, k] = w_j . h_k
+    gaps = np.einsum("skk->sk", Z)[:, None, :] - Z
+    gaps[:, np.arange(K), np.arange(K)] = np.inf
+    bounds = gaps.min(axis=(1, 2))
+    finite = np.isfinite(W).all(axis=(1, 2)) & np.isfinite(H).all(axis=(1, 2))
+    bounds = np.where(finite & np.isfinite(bounds), bounds, -np.inf)  # a start that broke
+    contenders = np.argsort(-bounds)[:_EXACT_CONTENDERS]
+    codes = [_code(W[s]) for s in contenders]
+    return max(codes, key=lambda c: c.margin)
+
+
+TAMMES_TAUS = (0.05, 0.01, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5)
+
+
+def tammes_code(K: int, d: int, *, starts: int = 32, seed: int = 0,
+                temperatures=TAMMES_TAUS, steps: int = 1000, starts_from=None,
+                linesearch: str = "zoom") -> Code:
+    """The Tammes code: K unit vectors in R^d maximizing the minimum pairwise distance.
+    Minimizes the smooth maximum t log sum_{j<k} exp(cos(w_j, w_k)/t) over the sphere (the
+    pullback through normalization) by L-BFGS from `starts` random starts (vmapped; and from
+    `starts_from`, configurations (m, K, d), if given), lowering t to 3e-5 (its gradient is a
+    convex combination of the closest pairs' and stays of order one); the best kept by the
+    exact minimum pairwise distance. `linesearch`: as in `softmax_code`."""
+    _check_linesearch(linesearch)
+    with jax.enable_x64(True):
+        W = _starting_points(K, d, starts, seed, starts_from)
+        for t in temperatures:
+            W = _sharpen_tammes_starts(W, jnp.asarray(t, jnp.float64), int(steps),
+                                       jnp.asarray(GRAD_TOL), linesearch)
+        W = np.asarray(W)
+    distances = [host_metrics.min_pairwise_distance(w) if np.isfinite(w).all() else -np.inf
+                 for w in W]  # a start whose iterate broke (non-finite) is left out
+    return _code(W[int(np.argmax(np.nan_to_num(distances, nan=-np.inf)))])

@@ -1,0 +1,668 @@
+"""The grid kind: every configuration of an experiment solved, grouped by static `Problem` and
+solver, each chunk of a group ONE jitted, vmapped call over (Hyper, seed).
+
+Configurations sharing a Problem differ only in traced values (Hyper, seed), so a group compiles
+once however many configurations it holds. A chunk is the unit of work: checkpointed when done,
+distributed over processes (`ufm.running.experiment.run`).
+
+    [problem]   Problem fields: num_classes, feature_dim, n_per_class | class_counts |
+                multiplicity_counts, loss, geometry, bias, classifier, dtype, depth, activation
+    [hyper]     Hyper fields: lam_W, lam_H, lam_b, tau, alpha, gamma, kappa, M, lr, momentum,
+                beta1, beta2
+    [solver]    name ("gd" | "momentum" | "nesterov" | "adam" | "lbfgs"), steps, log_every, tol,
+                init_scale, fast (the first-order solvers' fast path, see `ufm.solve`),
+                check_every (steps between its convergence / divergence checks), kernel
+                ("xla" | "pallas": plain GD's one-pass Pallas kernel, see `ufm.solvers.kernels`),
+                anneal_from, anneal_fraction (continuation in tau, see `ufm.solve`)
+    [run]       seeds (a list of ints), batch (configurations per vmapped slice; 0 = auto),
+                chunk (configurations per compiled call and checkpoint; 0 = auto, from memory)
+
+A list in [problem] or [hyper] (or solver.name) is a grid axis (class_counts and
+multiplicity_counts: a list of lists); [[zip]] tables may name them bare (`loss = [...]`, and
+`solver = [...]` for solver.name). multiplicity_counts = [n_1, n_2, ...] makes multi-label data,
+n_m samples on every set of m classes (`ufm.model.problem.multilabel_sets`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+import warnings
+from typing import NamedTuple
+
+import numpy as np
+
+from ufm.analysis import host_metrics, oracle, theory
+from ufm.errors import ConfigError, InputError
+from ufm.model.problem import (
+    HYPER_RANGES,
+    Hyper,
+    Problem,
+    describe_range,
+    multilabel_sets,
+    unused_hyper_fields,
+)
+from ufm.running import config, multihost, results
+from ufm.running import figures as plots
+from ufm.running.config import Field, Schema
+from ufm.running.kind import Kind, Unit
+from ufm.running.results import ResultsFolderError, UnitResult, float_column
+from ufm.running.tables import (
+    PROBLEM_COLUMNS,
+    counts,
+    fmt,
+    format_table,
+    label_value,
+    series_labels,
+)
+from ufm.solvers import batching as runner
+from ufm.solvers.driver import (
+    CHECK_EVERY,
+    SOLVERS,
+    STATUS_MEANINGS,
+    STATUSES,
+    STEP_LIMIT,
+    check_solver_geometry,
+    solve_batch,
+)
+from ufm.solvers.kernels import KERNELS
+
+at_least = lambda n: (lambda v: v >= n, f"an integer >= {n}")
+step_count = (lambda v: 1 <= v <= STEP_LIMIT,
+              f"an integer from 1 to {STEP_LIMIT} (step counts are int32)")
+
+
+def _hyper_field(name: str, default: float) -> Field:
+    lo, lo_ok, hi, hi_ok = HYPER_RANGES[name]
+    test = lambda v: (v >= lo if lo_ok else v > lo) and (v <= hi if hi_ok else v < hi)
+    return Field(default, "float", axis=True, rule=(test, describe_range(lo, lo_ok, hi, hi_ok)))
+
+
+PROBLEM_SECTION = {
+    "num_classes": Field(10, "int", axis=True), "feature_dim": Field(32, "int", axis=True),
+    "n_per_class": Field(50, "int", axis=True, optional=True),
+    "class_counts": Field(None, "ints", axis=True, optional=True),
+    "loss": Field("ce", "str", axis=True), "geometry": Field("wd", "str", axis=True),
+    "bias": Field(None, "bool", axis=True, optional=True),
+    "classifier": Field("learned", "str", axis=True),
+    "dtype": Field("float32", "str", axis=True),
+    "multiplicity_counts": Field(None, "ints", axis=True, optional=True),
+    "depth": Field(1, "int", axis=True), "activation": Field("linear", "str", axis=True),
+}
+HYPER_SECTION = {name: _hyper_field(name, default) for name, default in Hyper()._asdict().items()}
+SOLVER_SECTION = {
+    "name": Field("gd", "str", axis=True, choices=SOLVERS),
+    "steps": Field(10_000, "int", rule=step_count),
+    "log_every": Field(100, "int", rule=step_count),
+    "tol": Field(None, "float", optional=True, rule=(lambda v: v >= 0, "a number >= 0")),
+    # Above 1e6 the squared norms of a start (d N entries of size init_scale^2) leave float32's
+    # range and every run dies in its first metrics (1e39: "SVD did not converge", on every rerun).
+    "init_scale": Field(1.0, "float", rule=(lambda v: 0 < v <= 1e6, "a number in (0, 1e6]")),
+    "fast": Field(True, "bool"),
+    "check_every": Field(CHECK_EVERY, "int", rule=at_least(1)),
+    "kernel": Field("xla", "str", choices=KERNELS),
+    "anneal_from": Field(None, "float", optional=True,
+                         rule=(lambda v: v > 0, "a temperature > 0 (omit: no annealing)")),
+    "anneal_fraction": Field(0.5, "float", rule=(lambda v: 0 < v <= 1, "a number > 0 and <= 1")),
+}
+AUTO = "an integer >= 0 (0 chooses from the problem size and the device)"
+RUN_SECTION = {
+    "seeds": Field([0], "ints", rule=(lambda v: bool(v) and min(v) >= 0,
+                                      "a non-empty list of integers >= 0")),
+    "batch": Field(0, "int", rule=(lambda v: v >= 0, AUTO)),
+    "chunk": Field(0, "int", rule=(lambda v: v >= 0, AUTO)),
+}
+UFM_SECTIONS = {"problem": PROBLEM_SECTION, "hyper": HYPER_SECTION, "solver": SOLVER_SECTION,
+                "run": RUN_SECTION}
+SCHEMA = Schema(UFM_SECTIONS, aliases={"solver": ("solver", "name")})
+
+
+@dataclasses.dataclass(frozen=True)
+class Configuration:
+    """One point of the grid: a Problem, scalar Hyper, seed, and the axis values that vary."""
+
+    problem: Problem
+    hyper: Hyper
+    seed: int
+    axes: tuple  # ((field, value), ...) of the grid axes, for labels and tables
+    solver: str = "gd"
+
+
+def _problem_kwargs(values: dict) -> dict:
+    kwargs = dict(values)
+    if kwargs.get("class_counts") is not None:
+        kwargs["class_counts"] = tuple(kwargs["class_counts"])
+        kwargs["n_per_class"] = None
+    multiplicity = kwargs.pop("multiplicity_counts", None)
+    if multiplicity is not None:
+        kwargs["label_sets"], kwargs["set_counts"] = multilabel_sets(kwargs["num_classes"],
+                                                                     multiplicity)
+        kwargs["n_per_class"] = None
+    return kwargs
+
+
+def configurations(experiment: config.Experiment) -> list[Configuration]:
+    """Expand the grid: the Cartesian product of every list axis, every [[zip]] (its fields
+    advance together) and the solver names, then the seeds (innermost). A Problem that cannot
+    be built raises ConfigError naming the field."""
+    cached = experiment.derived.get("configurations")
+    if cached is not None:
+        return cached
+    built = {}
+    out = []
+    for point in config.points(experiment, SCHEMA):
+        problem_values = {k: point.values[("problem", k)] for k in PROBLEM_SECTION}
+        key = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in problem_values.items())
+        if key not in built:
+            try:
+                built[key] = Problem(**_problem_kwargs(problem_values))
+            except ValueError as err:
+                raise ConfigError(f"problem.{err}") from None
+        hyper = Hyper(**{k: point.values[("hyper", k)] for k in HYPER_SECTION})
+        try:
+            check_solver_geometry(built[key], point.values[("solver", "name")])
+        except ValueError as err:
+            raise ConfigError(f"solver.name: {err}") from None
+        axes = tuple(("solver" if key == ("solver", "name") else key[1],
+                      tuple(v) if isinstance(v, list) else v) for key, v in point.varying)
+        out.append(Configuration(built[key], hyper, point.seed, axes,
+                                 point.values[("solver", "name")]))
+    experiment.derived["configurations"] = out
+    return out
+
+
+def check(experiment: config.Experiment) -> None:
+    """A Problem built for every configuration (its errors surface before anything runs); the
+    per-class counts replace n_per_class (which is then written out as unset)."""
+    problem = experiment.sections["problem"]
+    if (problem["class_counts"] is not None or problem["multiplicity_counts"] is not None) \
+            and not isinstance(problem["n_per_class"], list):
+        problem["n_per_class"] = None
+    configurations(experiment)
+
+
+def _groups(configs) -> dict[tuple[Problem, str], list[int]]:
+    """Configurations by static signature (Problem, solver): each group compiles once."""
+    groups: dict[tuple[Problem, str], list[int]] = {}
+    for index, cfg in enumerate(configs):
+        groups.setdefault((cfg.problem, cfg.solver), []).append(index)
+    return groups
+
+
+def _row(index, group, cfg, solver, status, steps, diverged_at, f_star, is_zero, history,
+         seconds):
+    row = {"row": index, "group": group, **config_columns(cfg.problem, cfg.hyper, solver)}
+    row.update({"seed": cfg.seed, "status": status, "steps": int(steps),
+                "diverged_at": None if diverged_at < 0 else int(diverged_at),
+                "f_star": None if np.isnan(f_star) else float(f_star),
+                "optimum_is_zero": None if np.isnan(f_star) else bool(is_zero),
+                # why f* and rel_gap are empty, in words
+                "no_closed_form": (theory.no_closed_form(cfg.problem, cfg.hyper)
+                                   if np.isnan(f_star) else None)})
+    for key, values in history.items():  # final values; "loss" names the loss function here
+        if key != "iteration":
+            row["mean_loss" if key == "loss" else key] = float(values[-1])
+    row["seconds"] = seconds
+    return row
+
+
+
+
+def _run_chunk(configs, solver, problem, solver_name, indices, size, width, bar) -> dict:
+    """Run one chunk as one compiled call; its results as plain arrays."""
+    # Pad a short last chunk with copies of its last configuration: same shape, no
+    # recompilation; the copies' results are dropped.
+    padded = indices + [indices[-1]] * (size - len(indices))
+    batch = solve_batch(problem, _group_hypers(configs, padded),
+                        [configs[i].seed for i in padded], steps=solver["steps"],
+                        log_every=solver["log_every"], tol=solver["tol"], solver=solver_name,
+                        init_scale=solver["init_scale"], fast=solver["fast"],
+                        check_every=solver["check_every"], kernel=solver["kernel"],
+                        anneal_from=solver["anneal_from"],
+                        anneal_fraction=solver["anneal_fraction"],
+                        progress=bar if bar is not None else False, width=width)
+    n = len(indices)
+    arrays = {f"history/{k}": (v if k == "iteration" else np.asarray(v)[:n])
+              for k, v in batch.history.items()}
+    arrays.update(
+        steps=np.asarray(batch.steps)[:n],
+        status=np.array([STATUSES.index(s) for s in batch.status[:n]]),
+        diverged_at=np.asarray(batch.diverged_at)[:n],
+        f_star=np.array([np.nan if o is None else o.objective for o in batch.optimum[:n]]),
+        is_zero=np.array([False if o is None else o.is_zero for o in batch.optimum[:n]]),
+        seconds=np.full(n, batch.seconds / len(padded)))
+    hypers = _group_hypers(configs, indices)
+    arrays.update(_extra_arrays(problem, hypers, batch.params, n,
+                                np.asarray(batch.history["objective"])[:n, -1]))
+    return arrays
+
+
+def config_columns(problem: Problem, hyper: Hyper, solver: str) -> dict:
+    row = {name: getattr(problem, name) for name in PROBLEM_COLUMNS}
+    if problem.multilabel:  # compact: "0 1 2 0+1 0+2 1+2"
+        row["label_sets"] = " ".join("+".join(map(str, s)) for s in problem.label_sets)
+    row.update(hyper._asdict())
+    row["solver"] = solver
+    return row
+
+
+def _extra_arrays(problem: Problem, hypers: Hyper, params, n: int, objective) -> dict:
+    """Columns beyond the history's metrics, from the final points (host side): feature
+    compression (`host_metrics.compression_metrics`), GNC metrics (`reports_gnc`), and for
+    imbalanced classes the minority-collapse metrics and, for a convex
+    loss, the convex oracle's global optimum next to the solver's value (`ufm.analysis.oracle`)."""
+    H = np.asarray(params.H)
+    found = [host_metrics.compression_metrics(H[j], problem.labels, problem.num_classes)
+             for j in range(n)] if not problem.multilabel else []
+    arrays = {f"extra/{k}": np.array([f[k] for f in found]) for k in (found[0] if found else {})}
+    if problem.depth > 1:
+        return arrays  # the GNC and imbalance columns (and the oracle) are the UFM's
+    if reports_gnc(problem):
+        arrays.update(_gnc_arrays(problem, params, n))
+    if not problem.balanced and not problem.multilabel and problem.geometry == "wd":
+        arrays.update(_imbalance_arrays(problem, hypers, params, n, objective))
+    return arrays
+
+
+def _imbalance_arrays(problem: Problem, hypers: Hyper, params, n: int, objective) -> dict:
+    """Minority-collapse metrics of each final point; for a convex loss the oracle's optimum,
+    its minority cosine and (two count levels) the collapse ratio, once per distinct Hyper
+    (the seeds of a configuration share them)."""
+    W, H = np.asarray(params.W), np.asarray(params.H)
+    found = [host_metrics.imbalance_metrics(W[j], H[j], problem.labels, problem.class_counts)
+             for j in range(n)]
+    arrays = {f"extra/{k}": np.array([f[k] for f in found]) for k in found[0]}
+    hyper_list = [Hyper(*(float(np.asarray(v)[j]) for v in hypers)) for j in range(n)]
+    if (problem.loss not in oracle.CONVEX_LOSSES or problem.classifier != "learned"
+            or not all(h.lam_W > 0 and h.lam_H > 0 for h in hyper_list)):
+        return arrays
+    counts = np.asarray(problem.class_counts)
+    minority = np.flatnonzero(counts < counts.max())
+    two_levels = len(set(problem.class_counts)) == 2 and minority.size >= 2
+    per_hyper = {}
+    for h in dict.fromkeys(hyper_list):
+        optimum = oracle.convex_oracle(problem, h)
+        cos = host_metrics.imbalance_metrics(
+            optimum.W, optimum.H_bar, np.arange(problem.num_classes), problem.class_counts
+        )["minority_cos"]
+        # Two count levels: the ratio n_major/n_minor at which the minority collapses.
+        ratio = (oracle.minority_collapse_threshold(problem, h, minority=minority,
+                                                    n_minority=counts.min())
+                 if two_levels else np.nan)
+        per_hyper[h] = (optimum.objective, float(optimum.rank), cos, ratio)
+    value, rank, cos, ratio = (np.array(column) for column in zip(*map(per_hyper.get,
+                                                                        hyper_list)))
+    arrays.update({"extra/oracle_objective": value,
+                   "extra/oracle_gap": (np.asarray(objective, np.float64) - value) / np.abs(value),
+                   "extra/oracle_rank": rank, "extra/oracle_minority_cos": cos})
+    if two_levels:
+        arrays["extra/collapse_ratio"] = ratio
+    return arrays
+
+
+def reports_gnc(problem: Problem) -> bool:
+    """GNC columns (docs/science.md, section 3) for the generalized-NC regime d < K-1 and for every
+    sphere problem (where the margin of the ETF, K/(K-1), checks the metric); not for a
+    classifier frozen at the identity, whose features carry the geometry (nc2_H)."""
+    if problem.multilabel or problem.classifier == "identity":
+        return False
+    return problem.feature_dim < problem.num_classes - 1 or problem.geometry == "sphere"
+
+
+def _gnc_arrays(problem: Problem, params, n: int) -> dict:
+    """gnc1, gnc2_margin (exact QP), gnc2_tammes, gnc3 of each final point (host numpy), and
+    the margin of the softmax code where it is known exactly (`theory.known_code_margin`)."""
+    W, H = np.asarray(params.W), np.asarray(params.H)
+    found = [host_metrics.gnc_metrics(W[j], H[j], problem.labels) for j in range(n)]
+    arrays = {f"extra/{k}": np.array([f[k] for f in found]) for k in found[0]}
+    known = theory.known_code_margin(problem.num_classes, problem.feature_dim)
+    arrays["extra/code_margin"] = np.full(n, np.nan if known is None else known)
+    return arrays
+
+
+def _group_hypers(configs, indices) -> Hyper:
+    return Hyper(
+        *(np.array([getattr(configs[i].hyper, f) for i in indices]) for f in Hyper._fields)
+    )
+
+
+# ---------------------------------------------------------------------- the kind's functions
+
+
+def _chunk_rows(arrays, group, solver_name, indices, configs) -> UnitResult:
+    """Rows and histories of a finished chunk from its arrays."""
+    rows, histories = [], []
+    for j, i in enumerate(indices):
+        history = {k.split("/", 1)[1]: (v if k == "history/iteration" else v[j])
+                   for k, v in arrays.items() if k.startswith("history/")}
+        row = _row(i, group, configs[i], solver_name, STATUSES[int(arrays["status"][j])],
+                   arrays["steps"][j], arrays["diverged_at"][j], arrays["f_star"][j],
+                   arrays["is_zero"][j], history, float(arrays["seconds"][j]))
+        for key, values in arrays.items():
+            if key.startswith("extra/"):
+                value = float(values[j])
+                row[key.split("/", 1)[1]] = None if np.isnan(value) else value
+        rows.append(row)
+        histories.append(history)
+    return UnitResult(rows, histories, {})
+
+
+def _plan_shape(value) -> str | None:
+    """What is wrong with a saved plan.json: a list of [width, chunk] with 1 <= width <= chunk,
+    chunk a multiple of width."""
+    if not isinstance(value, list) or not all(
+            isinstance(p, list) and len(p) == 2 and all(type(v) is int for v in p)
+            and 1 <= p[0] <= p[1] and p[1] % p[0] == 0 for p in value):
+        return "not a list of [width, chunk] pairs of integers, 1 <= width <= chunk"
+    return None
+
+
+def _imports_shape(value, group_of=None) -> str | None:
+    """What is wrong with an imports-<id>.json: a list of [tag, [row, ...]], each unit's rows
+    distinct rows of one group of this grid (`group_of`: row -> group) and no row twice."""
+    if not isinstance(value, list) or not all(
+            isinstance(p, list) and len(p) == 2 and isinstance(p[0], str)
+            and re.fullmatch(r"[A-Za-z0-9_-]+", p[0]) and isinstance(p[1], list) and p[1]
+            and all(type(i) is int and i >= 0 for i in p[1]) for p in value):
+        return "not a list of [unit tag, [row, ...]] pairs"
+    if group_of is not None:
+        rows = [i for _, indices in value for i in indices]
+        if len(set(rows)) != len(rows) or not all(i in group_of for i in rows) or any(
+                len({group_of[i] for i in indices}) != 1 for _, indices in value):
+            return "its rows are not distinct rows of one group of this grid each"
+    return None
+
+
+def _plan(experiment, configs, groups, folder) -> list[tuple[int, int]]:
+    """(vmapped width, chunk) per group: the file's run.batch / run.chunk, or the measured
+    rules `runner.batch_width` and `runner.chunk_size`. Saved in the folder, so a resumed run
+    cuts its groups exactly as the first run did; process 0's plan is every process's."""
+    saved = None if folder is None else folder.read_json("plan.json", _plan_shape)
+    if saved is not None and len(saved) == len(groups):
+        return _fits(groups, [tuple(p) for p in saved])
+    plan = []
+    for (problem, _), indices in groups.items():
+        if experiment.run["batch"]:
+            width = min(experiment.run["batch"], len(indices))
+        else:  # no timed trial per group: it cost two compilations a group
+            width = runner.batch_width(problem, len(indices))
+        if experiment.run["chunk"]:
+            asked = experiment.run["chunk"]
+            chunk = max(width, asked // width * width)
+            if chunk != asked and asked < len(indices):
+                why = ("run.batch" if experiment.run["batch"]
+                       else "the automatic run.batch; set run.batch to choose it")
+                runner.notice(f"group {len(plan) + 1}: run.chunk={asked} is rounded to {chunk} "
+                              f"configurations (a chunk holds whole vmapped slices of {width}, "
+                              f"{why})")
+        else:
+            chunk = runner.chunk_size(problem, len(indices), width)
+        plan.append((width, min(chunk, -(-len(indices) // width) * width)))
+    _fits(groups, plan)
+    if folder is not None:
+        folder.write_json("plan.json", [list(p) for p in plan])
+    return plan
+
+
+def _fits(groups, plan):
+    """The plan, once every group's configurations computed at the same time fit the available
+    memory (`runner.check_in_flight`), checked before anything compiles."""
+    for g, ((problem, _), indices) in enumerate(groups.items()):
+        try:
+            runner.check_in_flight(problem, plan[g][0], len(indices),
+                                   "compute fewer at once (run.batch = 1 and --host-devices 1: "
+                                   "one configuration at a time)")
+        except ValueError as err:
+            raise InputError(f"group {g + 1}: {err}") from None
+    return plan
+
+
+class Chunk(NamedTuple):
+    """A grid's unit of work: configurations `indices` of group `group` (one Problem and
+    solver), run as one compiled call of `size` configurations (padded) in vmapped slices of
+    `width`."""
+
+    group: int
+    problem: Problem
+    solver: str
+    indices: list
+    size: int
+    width: int
+
+
+def _imports_file(folder) -> str:
+    return f"imports-{folder.config_id}.json"
+
+
+def units(experiment, folder) -> list[Unit]:
+    """The grid's chunks, group by group: a chunk is one compiled call and one checkpoint. A
+    grid that extends a finished one (`extend`) first lists the chunks carried over from it,
+    then chunks of the configurations still to run (their tags carry the configuration's id,
+    so no file of the old grid can be mistaken for them)."""
+    configs = configurations(experiment)
+    groups = _groups(configs)
+    main = multihost.is_main()
+    plan = [tuple(p) for p in multihost.broadcast_json(
+        [list(p) for p in _plan(experiment, configs, groups, folder)] if main else None)]
+    group_of = {i: g for g, indices in enumerate(groups.values()) for i in indices}
+    imported = multihost.broadcast_json(
+        (folder.read_json(_imports_file(folder), lambda v: _imports_shape(v, group_of))
+         if folder is not None else None) or []
+        if main else None)
+    suffix = "" if not imported else f"-{folder.config_id}" if main else None
+    suffix = multihost.broadcast_json(suffix if main else None)
+    done = {i for _, indices in imported for i in indices}
+    keys = list(groups)
+    steps = experiment.solver["steps"]
+    out = []
+    for tag, indices in imported:
+        g = group_of[indices[0]]
+        width = plan[g][0]
+        size = -(-len(indices) // width) * width
+        out.append(Unit(tag, tuple(indices), size * steps,
+                        Chunk(g, keys[g][0], keys[g][1], list(indices), size, width)))
+    for g, (((problem, solver_name), indices), (width, size)) in enumerate(zip(groups.items(),
+                                                                              plan)):
+        left = [i for i in indices if i not in done]
+        for c, first in enumerate(range(0, len(left), size)):
+            chunk = left[first:first + size]
+            out.append(Unit(f"group-{g:05d}-chunk-{c:05d}{suffix}", tuple(chunk), size * steps,
+                            Chunk(g, problem, solver_name, chunk, size, width)))
+    return out
+
+
+# Solver settings every configuration shares: a grid extends another only with equal ones.
+SHARED_SOLVER_KEYS = ("steps", "log_every", "tol", "init_scale", "fast", "check_every", "kernel",
+                      "anneal_from", "anneal_fraction")
+
+
+def _identity(cfg: Configuration) -> tuple:
+    return cfg.problem, tuple(cfg.hyper), cfg.solver, cfg.seed
+
+
+def _label(cfg: Configuration) -> str:
+    return ", ".join([f"{k}={label_value(v)}" for k, v in cfg.axes] + [f"seed={cfg.seed}"])
+
+
+def extend(old, new, folder) -> list:
+    """Carry a finished (or partly finished) grid's results over to a grid that extends it:
+    every configuration of the old grid is in the new one (new seeds and new axis values may
+    be added) with the same shared solver settings. Its finished chunks are checkpointed
+    again under the new grid's row numbers (`imports-<id>.json` lists them); returns the old
+    files to remove once the new configuration is the folder's. Raises ResultsFolderError
+    saying what changed otherwise: nothing already run is recomputed or dropped."""
+    where = f"{folder.path} holds results of a different configuration"
+    for key in SHARED_SOLVER_KEYS:
+        if old.solver[key] != new.solver[key]:
+            raise ResultsFolderError(
+                f"{where}: solver.{key} = {old.solver[key]!r} there, {new.solver[key]!r} here "
+                "(a change of what was already run; an extension may only add seeds and axis "
+                "values); choose another --out or remove the folder")
+    old_configs, new_configs = configurations(old), configurations(new)
+    position = {_identity(c): i for i, c in enumerate(new_configs)}
+    dropped = [c for c in old_configs if _identity(c) not in position]
+    if dropped:
+        raise ResultsFolderError(
+            f"{where}: {len(dropped)} of its {len(old_configs)} runs are not in this experiment "
+            f"(e.g. {_label(dropped[0])}); an extension may add seeds and axis values but not "
+            "change or drop what was already run; choose another --out or remove the folder")
+    new_group = {i: g for g, indices in enumerate(_groups(new_configs).values())
+                 for i in indices}
+    # The folder as the old grid wrote it: its config.toml names its imports and chunk tags.
+    old_folder = results.ResultsFolder(folder.path, folder.previous_text)
+    old_imports = old_folder.read_json(_imports_file(old_folder), _imports_shape) or []
+    listed = {tag for tag, _ in old_imports}
+    chunk_tag = re.compile(r"group-\d{5}-chunk-\d{5}" + (
+        re.escape(f"-{old_folder.config_id}") if old_imports else "") + "$")
+    stale, carried = [], []
+    for path in sorted(folder.checkpoints.glob("*.npz")):
+        tag = path.stem
+        if tag not in listed and not chunk_tag.match(tag):
+            continue
+        result = old_folder.load_unit(tag)
+        if result is None:
+            continue
+        try:
+            moved = [_moved_row(row, old_configs, position, new_group) for row in result.rows]
+        except ValueError as err:
+            warnings.warn(f"{path}: not a result of {folder.path}'s grid ({err}); its runs are "
+                          "recomputed", stacklevel=2)
+            continue
+        tag = f"imported-{folder.config_id}-{len(carried):05d}"
+        folder.save_unit(tag, results.pack_unit(tag, UnitResult(moved, result.histories,
+                                                                 result.arrays), folder.digest))
+        carried.append([tag, [row["row"] for row in moved]])
+        stale.append(path)
+    folder.write_json(_imports_file(folder), carried)
+    stale += [folder.checkpoints / _imports_file(old_folder), folder.checkpoints / "plan.json"]
+    reused = sum(len(rows) for _, rows in carried)
+    runner.notice(f"{folder.path}: this grid extends the one there: {reused} finished runs "
+                  f"reused, {len(new_configs) - reused} of {len(new_configs)} to run")
+    return stale
+
+
+def _moved_row(row: dict, old_configs, position: dict, new_group: dict) -> dict:
+    """A checkpointed row of the old grid renumbered for the new grid, after checking that it
+    is the run the old grid's configuration at its index describes."""
+    index = row.get("row")
+    if not isinstance(index, int) or not 0 <= index < len(old_configs):
+        raise ValueError(f"row {index!r} is outside the old grid")
+    cfg = old_configs[index]
+    expected = {"seed": cfg.seed, "solver": cfg.solver, **cfg.hyper._asdict()}
+    for key, value in expected.items():
+        if row.get(key) != value:
+            raise ValueError(f"row {index}: {key} = {row.get(key)!r}, expected {value!r}")
+    new_index = position[_identity(cfg)]
+    return {**row, "row": new_index, "group": new_group[new_index]}
+
+
+def run_unit(experiment, unit: Unit, bar, scratch) -> UnitResult:
+    chunk: Chunk = unit.spec
+    configs = configurations(experiment)
+    if bar is not None:
+        bar.set_description(f"group {chunk.group + 1} {chunk.problem.loss} {chunk.solver}")
+    arrays = _run_chunk(configs, experiment.solver, chunk.problem, chunk.solver,
+                        list(chunk.indices), chunk.size, chunk.width, bar)
+    return _chunk_rows(arrays, chunk.group, chunk.solver, chunk.indices, configs)
+
+
+def manifest(experiment, work) -> dict:
+    widths = {}
+    for unit in work:
+        widths.setdefault(unit.spec.group, (unit.spec.width, unit.spec.size))
+    return {"configurations": len(configurations(experiment)), "groups": len(widths),
+            "batch_widths": [w for w, _ in widths.values()],
+            "chunk_sizes": [c for _, c in widths.values()], "chunks": len(work)}
+
+
+SUMMARY_METRICS = ("nc1", "nc2_W", "nc2_H", "nc3", "nc4", "rel_gap")
+# Tables with GNC columns (d < K-1, or the sphere) show those instead of the ETF distances;
+# margins are "worst" at their smallest.
+GNC_SUMMARY_METRICS = ("nc1", "gnc2_margin", "code_margin", "gnc2_tammes", "gnc3", "rel_gap")
+# Multi-label tables: NC1 over label sets, the single-label ETF, and NC_m.
+MULTILABEL_SUMMARY_METRICS = ("nc1", "nc2_W", "nc2_H", "nc3", "nc_m", "rel_gap")
+# Imbalanced tables: minority collapse and the convex oracle's gap.
+IMBALANCE_SUMMARY_METRICS = ("nc1", "nc2_W", "minority_cos", "w_norm_ratio", "oracle_gap",
+                             "collapse_ratio")
+LARGER_IS_BETTER = ("gnc2_margin", "gnc2_tammes", "code_margin")
+
+
+def summary(table: dict) -> str:
+    """One line per configuration (seeds pooled): status counts and the worst final metrics."""
+    labels, _ = series_labels(table)
+    metrics = (GNC_SUMMARY_METRICS if "gnc2_margin" in table
+               else MULTILABEL_SUMMARY_METRICS if "nc_m" in table
+               else IMBALANCE_SUMMARY_METRICS if "minority_cos" in table else SUMMARY_METRICS)
+    header = ["configuration", "runs", "status", *metrics, "steps", "s/run"]
+    lines = []
+    for label in dict.fromkeys(labels):
+        rows = [i for i, lab in enumerate(labels) if lab == label]
+        status = counts(str(table["status"][i]) for i in rows)
+        worst = []
+        for key in metrics:
+            values = np.abs(float_column(table, key)[rows])
+            pick = np.nanmin if key in LARGER_IS_BETTER else np.nanmax
+            worst.append(fmt(float(pick(values))) if not np.all(np.isnan(values)) else "-")
+        steps = int(np.max(np.asarray(table["steps"])[rows]))
+        seconds = float(np.mean(np.asarray(table["seconds"], dtype=float)[rows]))
+        lines.append([label, str(len(rows)), status, *worst, str(steps), f"{seconds:.2f}"])
+    out = format_table(header, lines)
+    out.append("(worst over seeds of the final values; rel_gap: |f - f*|/|f*| to the closed-form "
+               "optimum, signed (f - f*)/|f*| in results.csv)")
+    out += _no_closed_form_lines(table, labels)
+    out += _status_lines(table)
+    if "minority_cos" in table:
+        out.append("(minority_cos: mean cosine between minority classifiers, 1 at collapse; "
+                   "oracle_gap: |f - f_oracle|/|f_oracle|, signed in results.csv; "
+                   "collapse_ratio: the n_max/n_min at which the minority collapses, from the "
+                   "convex oracle)")
+    if "gnc2_margin" in table:
+        out.append("(gnc2_margin: min one-vs-rest distance of the normalized classifiers; "
+                   "code_margin: the softmax code's, where known exactly)")
+    return "\n".join(out)
+
+
+def _no_closed_form_lines(table: dict, labels: list[str]) -> list[str]:
+    """One line per reason for an empty rel_gap ('-'), naming the configurations it covers."""
+    if "no_closed_form" not in table:
+        return []
+    by_reason: dict[str, list[str]] = {}
+    for label, reason in zip(labels, table["no_closed_form"]):
+        if reason not in ("", None) and label not in by_reason.setdefault(str(reason), []):
+            by_reason[str(reason)].append(label)
+    lines = []
+    for reason, which in by_reason.items():
+        named = "; ".join(which[:3]) + (f"; and {len(which) - 3} more" if len(which) > 3 else "")
+        lines.append(f"(rel_gap '-': no closed form: {reason}: {named})")
+    return lines
+
+
+def _status_lines(table: dict) -> list[str]:
+    """What the statuses that appear mean (`ufm.solvers.STATUS_MEANINGS`)."""
+    shown = {str(s) for s in table.get("status", [])}
+    return [f"({name}: {STATUS_MEANINGS[name]})" for name in STATUSES
+            if name in shown and name in STATUS_MEANINGS]
+
+
+def figures(directory, table, metrics=None, x=None, y=None):
+    return plots.plot_grid_results(directory, metrics=metrics, x=x, y=y)
+
+
+def notes(experiment) -> dict:
+    """config.toml comments: the [hyper] keys no configuration uses, each with the reason (the
+    sphere has no lam_W / lam_H, E_W / E_H are the norm balls', beta1 is adam's, ...)."""
+    common = None
+    for problem, solver_name in _groups(configurations(experiment)):
+        unused = unused_hyper_fields(problem, solver_name)
+        common = unused if common is None else {k: v for k, v in common.items() if k in unused}
+    return {"hyper": {k: f"not used: {why}" for k, why in (common or {}).items()}}
+
+
+def describe(experiment) -> str:
+    return f"{len(configurations(experiment))} runs"
+
+
+# `ufm run FILE --quick`: few steps, one seed.
+QUICK = {"solver": {"steps": 300, "log_every": 100}, "run": {"seeds": [0]}}
+
+KINDS = {"grid": Kind("grid", SCHEMA, check, units, run_unit, summary, figures, describe,
+                      manifest, notes, extend, QUICK)}

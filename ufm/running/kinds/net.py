@@ -1,0 +1,235 @@
+"""The network kind (`kind = "net"`): flax networks trained on a grid of settings, one unit of
+work per configuration, run by `ufm run FILE` into a results folder like every kind.
+
+    kind = "net"
+    name = "net_losses"
+    [data]   name ("digits" | "mnist" | "cifar10" | "gaussian"), path, variant ("none" |
+             "random_labels" | "random_inputs"), n_train (per class; 0 = all), image (bool),
+             gaussian_dim, separation, ood (an out-of-distribution split: "none" |
+             "rotation" | "noise" | "contrast" | "cifar10.1" | "cifar10.2", `ufm.nets.data`),
+             ood_strength (0 = the shift's default)
+    [model]  name ("mlp" | "resnet"), width, depth (MLP), blocks (ResNet), feature_dim (0 = the
+             body's width), head ("learned" | "etf" | "cmf"), bias, normalize, batchnorm (MLP)
+    [train]  loss, optimizer ("gd" | "momentum" | "adam"), lr, momentum, schedule, epochs,
+             batch_size, eval_every, weight_decay, lam_W, lam_H, lam_b, tau, alpha, gamma,
+             kappa, M, cmf_momentum, layer_samples, checkpoint_every
+    [run]    seeds (list)
+    [[zip]]  "section.key" = [...] lists of one length that advance together (e.g. a loss with
+             its learning rate)
+
+Any value may be a list: a grid axis (the configurations are trained one after another, or one
+per process). The config engine is `ufm.running.config`'s, shared with every kind. Every finished
+configuration is checkpointed at once; an interrupted one resumes from its training state
+(`train.checkpoint_every`). Table columns: the configuration as "section.key", the final metrics,
+the final NC1 of every layer as nc1_layer0, nc1_layer1, ... (as in the deep UFM's histories).
+Every metric is measured on every split: train_nc1, test_nc1, ood_nc1 (and the same for each
+metric, the layer-wise NC1 and NC2, and the fit of the layer NC1's geometric decay,
+*_nc1_decay_ratio and *_nc1_decay_r2); the unprefixed names are the training split's. Rows
+also carry params_total and params_classifier (trainable parameters).
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from ufm.model.problem import Hyper
+from ufm.nets import data as _data
+from ufm.nets import models
+from ufm.nets.training import TrainSettings, layer_nc3, train
+from ufm.running import config
+from ufm.running import figures as plots
+from ufm.running.config import ConfigError, Field, Schema
+from ufm.running.kind import Kind, Unit
+from ufm.running.results import UnitResult, float_column
+from ufm.running.tables import cross_loss_spread, fmt, format_table, net_varying_columns
+
+DEFAULTS = {
+    "data": {"name": "digits", "path": "", "variant": "none", "n_train": 0, "image": False,
+             "gaussian_dim": 32, "separation": 3.0, "ood": "none", "ood_strength": 0.0},
+    "model": {"name": "mlp", "width": 128, "depth": 3, "blocks": 2, "feature_dim": 0,
+              "head": "learned", "bias": True, "normalize": False, "batchnorm": False},
+    "train": {"loss": "ce", "optimizer": "momentum", "lr": 0.1, "momentum": 0.9,
+              "schedule": "cosine", "epochs": 300, "batch_size": 128, "eval_every": 25,
+              "weight_decay": 2e-3, "lam_W": 2e-3, "lam_H": 1e-4, "lam_b": 2e-3, "tau": 1.0,
+              "alpha": 0.1, "gamma": 2.0, "kappa": 1.0, "M": 1.0, "cmf_momentum": 0.9,
+              "layer_samples": 1000, "checkpoint_every": 25},
+}
+HYPER_KEYS = ("lam_W", "lam_H", "lam_b", "tau", "alpha", "gamma", "kappa", "M")
+CHOICES = {("data", "name"): ("digits", "mnist", "cifar10", "gaussian"),
+           ("data", "variant"): ("none", "random_labels", "random_inputs"),
+           ("data", "ood"): _data.SHIFTS,
+           ("model", "name"): ("mlp", "resnet"), ("model", "head"): ("learned", "etf", "cmf")}
+NON_NEGATIVE = (lambda v: v >= 0, "an integer >= 0")
+
+
+def _field(section: str, key: str, default) -> Field:
+    kind = {bool: "bool", int: "int", float: "float", str: "str"}[type(default)]
+    return Field(default, kind, axis=True, choices=CHOICES.get((section, key), ()),
+                 rule=NON_NEGATIVE if kind == "int" else None)
+
+
+SCHEMA = Schema({**{section: {k: _field(section, k, v) for k, v in values.items()}
+                    for section, values in DEFAULTS.items()},
+                 "run": {"seeds": Field([0], "ints", rule=(
+                     lambda v: bool(v) and min(v) >= 0, "a non-empty list of integers >= 0"))}},
+                default_name="net")
+
+
+def configurations(experiment: config.Experiment) -> list[dict]:
+    """Every configuration (flat dict "section.key" -> value, plus "seed"), axes in file order."""
+    return [{**{f"{s}.{k}": v for (s, k), v in point.values.items() if s != "run"},
+             "seed": point.seed} for point in config.points(experiment, SCHEMA)]
+
+
+def check(experiment) -> None:
+    """Settings that only fail in combination (TrainSettings.check), for every configuration."""
+    for cfg in configurations(experiment):
+        try:
+            _settings(cfg).check()
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+
+
+def resolve(raw: dict) -> config.Experiment:
+    """Check a parsed network experiment file; every default written out."""
+    experiment = config.resolve(raw, SCHEMA, "net")
+    check(experiment)
+    return experiment
+
+
+def dumps(experiment) -> str:
+    return config.dumps(experiment, SCHEMA)
+
+
+def _settings(cfg):
+    t = {k.split(".", 1)[1]: v for k, v in cfg.items() if k.startswith("train.")}
+    hyper = Hyper(**{k: float(t.pop(k)) for k in HYPER_KEYS})
+    return TrainSettings(hyper=hyper, seed=cfg["seed"], **{k: (float(v) if k in (
+        "lr", "momentum", "weight_decay", "cmf_momentum") else v) for k, v in t.items()})
+
+
+def _dataset(cfg):
+    name = cfg["data.name"]
+    kwargs = dict(variant=cfg["data.variant"], seed=cfg["seed"],
+                  n_train=cfg["data.n_train"] or None, ood=cfg["data.ood"],
+                  ood_strength=cfg["data.ood_strength"] or None)
+    if name == "gaussian":
+        shape = (32, 32, 3) if cfg["model.name"] == "resnet" else (cfg["data.gaussian_dim"],)
+        return _data.load(name, shape=shape, separation=cfg["data.separation"], **kwargs)
+    image = cfg["data.image"] or cfg["model.name"] == "resnet"
+    return _data.load(name, path=cfg["data.path"] or None, image=image, **kwargs)
+
+
+def _model(cfg, data):
+    options = dict(feature_dim=cfg["model.feature_dim"] or None, head=cfg["model.head"],
+                   bias=cfg["model.bias"], normalize=cfg["model.normalize"],
+                   width=cfg["model.width"])
+    if cfg["model.name"] == "mlp":
+        options.update(depth=cfg["model.depth"], batchnorm=cfg["model.batchnorm"])
+    else:
+        options.update(blocks=cfg["model.blocks"])
+    return models.build(cfg["model.name"], input_shape=data.input_shape,
+                        num_classes=data.num_classes, seed=cfg["seed"], **options)
+
+
+def units(experiment, folder) -> list[Unit]:
+    """One unit per configuration (its row index known in advance)."""
+    n = len(configurations(experiment))
+    return [Unit(f"config-{index:05d}", (index,), 1, index) for index in range(n)]
+
+
+def run_unit(experiment, unit: Unit, bar, scratch) -> UnitResult:
+    """Train one configuration; `scratch` keeps its training state so a killed run resumes
+    mid-training."""
+    index = unit.spec
+    cfg = configurations(experiment)[index]
+    data = _dataset(cfg)
+    model = _model(cfg, data)
+    result_settings = _settings(cfg)
+    result = train(model, data, result_settings, out=scratch, progress=bar is not None,
+                   model_description=json.dumps({k: v for k, v in cfg.items()
+                                                 if not k.startswith("train.")},
+                                                sort_keys=True),
+                   on_divergence="stop",  # a diverging configuration is flagged, not fatal
+                   foreign_checkpoint="restart")  # the folder's scratch: recomputed
+    layers = np.asarray(result.history["nc1_layers"])
+    # per-layer arrays (evaluations, layers) become one history key per layer:
+    # nc1_layers -> nc1_layer0, nc1_layer1, ...; test_nc2_layers -> test_nc2_layer0, ...
+    history = {k: v for k, v in result.history.items() if not k.endswith("_layers")}
+    for key, value in result.history.items():
+        if key.endswith("_layers"):
+            for j, column in enumerate(np.asarray(value).T):
+                history[f"{key[:-len('s')]}{j}"] = column
+    row = {"row": index, **cfg}  # configuration columns keep their "section." prefix
+    diverged = result.status == "diverged"
+    # a diverged run's last evaluation is not its end point: its metrics are left empty
+    row.update({k: (None if diverged else float(v[-1])) for k, v in history.items()
+                if k != "iteration"})
+    row["status"] = result.status
+    row["diverged_at"] = result.diverged_at
+    row["epochs_run"] = int(history["iteration"][-1])
+    row["layers"] = int(layers.shape[1])
+    row["ood"] = data.ood
+    row.update(models.parameter_counts(model))
+    take = _data.stratified_subset(data.y_train, result_settings.layer_samples, data.num_classes)
+    if not diverged:
+        for j, value in enumerate(layer_nc3(model, data.x_train[take], data.y_train[take],
+                                            data.num_classes)):
+            row[f"nc3_layer{j}"] = float(value)
+    row["seconds"] = result.seconds
+    return UnitResult([row], [history], {})
+
+
+def summary(table: dict) -> str:
+    """One line per configuration: what varies, accuracies and NC1 on every split, NC2 / NC3,
+    the layer-wise NC1 with its fitted ratio per layer, and the trainable parameters."""
+    varying = net_varying_columns(table, seeds=True)
+    ood = "ood_acc" in table and not np.all(np.isnan(float_column(table, "ood_acc")))
+    header = ["configuration", "acc train/test" + ("/ood" if ood else ""),
+              "nc1 train/test" + ("/ood" if ood else ""), "nc2_W", "nc3",
+              "layer nc1 (first -> last, ratio/layer)", "params (classifier)"]
+    lines = []
+    for i in range(len(table["row"])):
+        label = ", ".join(f"{c.split('.')[-1]}={table[c][i]}" for c in varying) or "run"
+        layers = int(table["layers"][i])
+        if "status" in table and str(table["status"][i]) == "diverged":
+            lines.append([label, f"diverged at epoch {int(table['diverged_at'][i])}", "-", "-",
+                          "-", "-", "-"])
+            continue
+        splits = ("train", "test", "ood") if ood else ("train", "test")
+        accuracy = "/".join(f"{float_column(table, f'{s}_acc')[i]:.3f}" for s in splits)
+        nc1 = "/".join(fmt(float_column(table, f"{s}_nc1")[i]) for s in splits)
+        ratio = float_column(table, "train_nc1_decay_ratio")[i]
+        params = (f"{int(table['params_total'][i])} ({int(table['params_classifier'][i])})"
+                  if "params_total" in table else "-")
+        lines.append([label, accuracy, nc1, fmt(table["nc2_W"][i]), fmt(table["nc3"][i]),
+                      f"{fmt(table['nc1_layer0'][i])} -> "
+                      f"{fmt(table[f'nc1_layer{layers - 1}'][i])} ({layers} layers, "
+                      f"x{ratio:.3g})", params])
+    out = format_table(header, lines)
+    out.append("(ratio/layer: the fitted NC1_{l+1}/NC1_l of the training split's layers; params: "
+               "trainable, the classifier's in brackets)")
+    out += loss_equivalence_lines(table)
+    return "\n".join(out)
+
+
+def loss_equivalence_lines(table: dict) -> list[str]:
+    spread = cross_loss_spread(table)
+    if not spread:
+        return []
+    header = ["setting", "losses", "test acc mean", "test acc var", "nc1 mean", "nc1 var"]
+    lines = [[label, str(s["losses"]), f"{s['test_acc_mean']:.4f}", fmt(s["test_acc_var"]),
+              fmt(s["nc1_mean"]), fmt(s["nc1_var"])] for label, s in spread]
+    return ["", "across losses (mean over seeds, then variance over losses):"] + format_table(
+        header, lines)
+
+
+# `ufm run FILE --quick`: two epochs on 20 samples per class, one seed.
+QUICK = {"train": {"epochs": 2, "eval_every": 1, "layer_samples": 100},
+         "data": {"n_train": 20}, "run": {"seeds": [0]}}
+
+KINDS = {"net": Kind(
+    "net", SCHEMA, check, units, run_unit, summary,
+    lambda directory, table, metrics=None, x=None, y=None: plots.plot_net(directory),
+    lambda experiment: f"{len(configurations(experiment))} trainings", quick=QUICK)}
