@@ -192,14 +192,16 @@ def test_the_fast_path_is_chosen_automatically_and_can_be_turned_off():
     assert not fused.supports(deep, "gd")
     plain = ufm.Problem(num_classes=3, feature_dim=4, n_per_class=2)
     assert not fused.supports(plain, "lbfgs") and fused.supports(plain, "adam")
-    assert solvers._fast_path(plain, "gd", True, 7, "xla") == (7, False)
-    assert solvers._fast_path(plain, "gd", False, 7, "xla") is None
-    assert solvers._fast_path(deep, "gd", True, 7, "xla") is None
+    path = lambda problem, **options: ufm.SolverSettings(check_every=7, **options).fast_path(
+        problem)
+    assert path(plain) == (7, False)
+    assert path(plain, fast=False) is None
+    assert path(deep) is None
     # the kernel where it applies (d a power of two >= 16), the XLA fast path elsewhere
-    assert solvers._fast_path(plain, "gd", True, 7, "pallas") == (7, False)
+    assert path(plain, kernel="pallas") == (7, False)
     wide = ufm.Problem(num_classes=3, feature_dim=16, n_per_class=6)
-    assert solvers._fast_path(wide, "gd", True, 7, "pallas") == (7, True)
-    assert solvers._fast_path(wide, "momentum", True, 7, "pallas") == (7, False)
+    assert path(wide, kernel="pallas") == (7, True)
+    assert path(wide, name="momentum", kernel="pallas") == (7, False)
     for bad in (dict(fast="yes"), dict(check_every=0), dict(check_every=2.5),
                 dict(kernel="cuda")):
         with pytest.raises(ValueError, match=next(iter(bad))):

@@ -255,7 +255,7 @@ def test_gradient_descent_on_the_fast_path_reaches_the_closed_form_optimum(index
     case = CLOSED_FORM_CASES[index]
     prob_kw, hyp_kw, zero = getattr(case, "values", case)  # a pytest.param or a tuple
     prob = ufm.Problem(dtype="float64", **prob_kw)
-    assert solvers._fast_path(prob, "gd", True, solvers.CHECK_EVERY, "xla") is not None
+    assert ufm.SolverSettings().fast_path(prob) is not None
     res = ufm.solve(prob, ufm.Hyper(**hyp_kw, lr=0.5), key=7, steps=40_000, log_every=1000)
     assert res.status == "converged", (res.status, res.history["grad_norm"][-1])
     assert abs(res.history["rel_gap"][-1]) <= 1e-6, res.history["rel_gap"][-1]

@@ -4,7 +4,7 @@ The public names are here, one room of the package each (docs/architecture.md):
 
     ufm.model       the UFM: Problem, Hyper, Params, losses, geometry
     ufm.analysis    NC metrics, closed forms, the convex oracle, codes, the Hessian probe
-    ufm.solvers     solve, solve_batch, make_run
+    ufm.solvers     SolverSettings, solve, solve_batch, make_run
     ufm.nets        the flax (NNX) path: real networks measured the same way
     ufm.running     experiment files, results folders, kinds, tables and figures
     ufm.cli         the `ufm` command
@@ -19,7 +19,15 @@ from ufm import _moved
 from ufm.analysis.nc import nc_metrics
 from ufm.errors import ConfigError, InputError
 from ufm.model.problem import Hyper, Params, Problem, init, objective
-from ufm.solvers import BatchResult, Result, RunOutput, make_run, solve, solve_batch
+from ufm.solvers import (
+    BatchResult,
+    Result,
+    RunOutput,
+    SolverSettings,
+    make_run,
+    solve,
+    solve_batch,
+)
 
 __version__ = "0.1.0"
 
@@ -64,6 +72,7 @@ __all__ = [
     "Problem",
     "Result",
     "RunOutput",
+    "SolverSettings",
     "init",
     "load_results",
     "make_run",

@@ -23,7 +23,8 @@ from ufm.analysis.landscape.probes import (
 )
 from ufm.model import manifolds
 from ufm.model.problem import Hyper, Params, Problem, init_traced, objective, x64_scope
-from ufm.solvers.driver import CHECK_EVERY, solve, solve_batch
+from ufm.solvers.driver import solve, solve_batch
+from ufm.solvers.settings import SolverSettings
 
 
 def rank_r_critical_point(problem: Problem, hyper: Hyper, rank: int, *, key=0,
@@ -103,11 +104,14 @@ def _python(value):
     return value
 
 
-def benign_landscape(problem: Problem, hyper: Hyper, *, random_starts: int, saddle_starts: int,
-                     epsilon: float, ranks=None, solver: str = "lbfgs", steps: int = 3000,
-                     log_every: int = 100, tol: float | None = None, reach_rtol: float = 1e-6,
-                     seed: int = 0, method: str = "auto", progress=None, fast: bool = True,
-                     check_every: int = CHECK_EVERY, kernel: str = "xla"):
+# The landscape experiments' default solver: L-BFGS reaches round-off from every start.
+LANDSCAPE_SOLVER = SolverSettings(name="lbfgs", steps=3000)
+
+
+def benign_landscape(problem: Problem, hyper: Hyper,
+                     settings: SolverSettings = LANDSCAPE_SOLVER, *, random_starts: int,
+                     saddle_starts: int, epsilon: float, ranks=None, reach_rtol: float = 1e-6,
+                     seed: int = 0, method: str = "auto", progress=None) -> tuple:
     """Many random starts plus starts at distance epsilon from every constructed saddle, all
     solved in ONE vmapped batch, every end point probed (vmapped). A start "reached" the optimum
     when |f - f*| <= reach_rtol |f*| + 1e-10 (f* the closed form, or the best value found when
@@ -126,10 +130,8 @@ def benign_landscape(problem: Problem, hyper: Hyper, *, random_starts: int, sadd
         starts += near
         kinds += [f"near {name}"] * saddle_starts
     seeds = list(range(seed, seed + len(starts)))
-    batch = solve_batch(problem, hyper, seeds, start=_stack(starts), steps=steps,
-                        log_every=log_every, tol=tol, solver=solver, progress=progress,
-                        desc=f"benign {problem.loss} {problem.geometry}", fast=fast,
-                        check_every=check_every, kernel=kernel)
+    batch = solve_batch(problem, hyper, seeds, settings, start=_stack(starts), progress=progress,
+                        desc=f"benign {problem.loss} {problem.geometry}")
     probes = probe_batch(problem, hyper, batch.params, method=method, seed=seed)
     final = batch.history["objective"][:, -1]
     opt = theory.optimum(problem, hyper)
@@ -155,9 +157,8 @@ def benign_landscape(problem: Problem, hyper: Hyper, *, random_starts: int, sadd
     return rows, spectra, saddle_probes
 
 
-def origin_phase(problem: Problem, hyper: Hyper, *, ratios, seeds, solver="lbfgs", steps=3000,
-                 log_every=100, tol=None, method="auto", progress=None, fast=True,
-                 check_every=CHECK_EVERY, kernel="xla"):
+def origin_phase(problem: Problem, hyper: Hyper, settings: SolverSettings = LANDSCAPE_SOLVER,
+                 *, ratios, seeds, method: str = "auto", progress=None) -> list[dict]:
     """Sweep sqrt(lam_W lam_H) = ratio * sigma across the origin's threshold sigma =
     c_L/(K sqrt(n)) (keeping lam_W/lam_H as in `hyper`): the smallest eigenvalue at the origin,
     measured and by formula, its verdict, and where random starts end (zero or collapse)."""
@@ -180,9 +181,8 @@ def origin_phase(problem: Problem, hyper: Hyper, *, ratios, seeds, solver="lbfgs
                          _stack(origins), method=method)
     runs_hypers = Hyper(*(np.repeat(np.asarray(v), len(seeds)) for v in stacked_hypers))
     run_seeds = [s for _ in configs for s in seeds]
-    batch = solve_batch(problem, runs_hypers, run_seeds, steps=steps, log_every=log_every,
-                        tol=tol, solver=solver, progress=progress, desc="origin phase",
-                        fast=fast, check_every=check_every, kernel=kernel)
+    batch = solve_batch(problem, runs_hypers, run_seeds, settings, progress=progress,
+                        desc="origin phase")
     rows = []
     for i, (ratio, h) in enumerate(zip(ratios, configs)):
         formula = theory.origin_eig_min(problem, h)
@@ -210,16 +210,17 @@ def origin_phase(problem: Problem, hyper: Hyper, *, ratios, seeds, solver="lbfgs
     return rows
 
 
-def saddle_escape(problem: Problem, hyper: Hyper, *, saddle: str, epsilons, seeds, steps,
-                  log_every, drop: float = 1e-2, progress=None, fast=True,
-                  check_every=CHECK_EVERY, kernel="xla"):
+def saddle_escape(problem: Problem, hyper: Hyper, settings: SolverSettings, *, saddle: str,
+                  epsilons, seeds, drop: float = 1e-2, progress=None) -> tuple:
     """Gradient descent started at distance epsilon from a strict saddle ("origin", "rank r" or
     "collapsed"): the plateau length, i.e. the first logged iteration with
     f < f(saddle) - drop |f(saddle)|, against epsilon and against the measured negative
     eigenvalue. Near a saddle with eigenvalue -mu, gradient descent multiplies the escaping
     component by (1 + lr mu) per step: linear escape predicts a plateau of
     ln(drop |f(saddle)| / epsilon) / ln(1 + lr mu) steps, up to an offset for the nonlinear
-    phase; its slope against ln(1/epsilon) is the check."""
+    phase; its slope against ln(1/epsilon) is the check. The run is plain gradient descent to
+    the end of its budget whatever `settings` name (tol 0); its steps, log points and fast-path
+    options are the settings'."""
     points = dict(constructed_saddles(problem, hyper, ranks=[int(saddle.split()[-1])]
                                       if saddle.startswith("rank") else []))
     if saddle not in points:
@@ -236,10 +237,8 @@ def saddle_escape(problem: Problem, hyper: Hyper, *, saddle: str, epsilons, seed
             with x64_scope("float64"):
                 starts.append(perturb(problem, point, float(eps), key))
             meta.append((float(eps), s))
-    batch = solve_batch(problem, hyper, [s for _, s in meta], start=_stack(starts), steps=steps,
-                        log_every=log_every, tol=0.0, solver="gd", progress=progress,
-                        desc=f"escape {saddle}", fast=fast, check_every=check_every,
-                        kernel=kernel)
+    batch = solve_batch(problem, hyper, [s for _, s in meta], settings._replace(name="gd", tol=0.0),
+                        start=_stack(starts), progress=progress, desc=f"escape {saddle}")
     below = batch.history["objective"] < f_saddle - drop * abs(f_saddle)
     iteration = batch.history["iteration"]
     rows = []

@@ -1,7 +1,8 @@
 """The solvers room: runs of the UFM, one or a batch in one compiled call.
 
-`driver` (`solve`, `solve_batch`, `make_run`, run state, the reference step, the run loop, the
-metric records, the host loop), `fast_step` (the fast path's closed-form step), `kernels` (its
+`settings` (`SolverSettings`: every solver option, its default and its rule), `driver`
+(`solve`, `solve_batch`, `make_run`, run state, the reference step, the run loop, the metric
+records, the host loop), `fast_step` (the fast path's closed-form step), `kernels` (its
 one-pass Pallas kernel), `lbfgs` (L-BFGS that vmaps), `batching` (mapping over
 configurations, padding, sharding over devices, sizes from measured numbers, progress bars).
 Imports the model and analysis rooms."""
@@ -21,6 +22,7 @@ from ufm.solvers.driver import (
     solve_batch,
     stationarity,
 )
+from ufm.solvers.settings import SolverSettings
 
 __all__ = [
     "SOLVERS",
@@ -29,6 +31,7 @@ __all__ = [
     "BatchResult",
     "Result",
     "RunOutput",
+    "SolverSettings",
     "default_tol",
     "final_status",
     "make_run",
@@ -43,6 +46,7 @@ SUBMODULES = (
     "fast_step",
     "kernels",
     "lbfgs",
+    "settings",
 )
 
 

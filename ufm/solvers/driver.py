@@ -49,10 +49,18 @@ from ufm.model.problem import (
 from ufm.solvers import batching as runner
 from ufm.solvers import fast_step as fused
 from ufm.solvers import kernels, lbfgs
+from ufm.solvers.settings import (  # noqa: F401 (re-exported: the names of 0.1)
+    CHECK_EVERY,
+    PROJECTED_SOLVERS,
+    SOLVERS,
+    STEP_LIMIT,
+    Anneal,
+    FastPath,
+    SolverSettings,
+    check_solver_geometry,
+    default_tol,
+)
 
-SOLVERS = ("gd", "momentum", "nesterov", "adam", "lbfgs")
-# The solvers that take projected steps on the norm balls.
-PROJECTED_SOLVERS = ("gd", "momentum", "nesterov", "adam")
 # Appended only: checkpoints store a status by its index.
 STATUSES = ("running", "converged", "max_steps", "diverged", "plateau")
 RUNNING, CONVERGED, MAX_STEPS, DIVERGED, PLATEAU = range(5)
@@ -70,12 +78,8 @@ STATUS_MEANINGS = {
 PLATEAU_FACTOR = 10.0
 HISTORY_KEYS = ("objective", "loss", "grad_norm", "stationarity", "gap",
                 "rel_gap") + metrics.METRIC_NAMES
-# Steps between convergence / divergence checks on the fast path (`_fast_block`).
-CHECK_EVERY = 25
 # The reference path's steps between two tests of whether a run goes on (`_run_logs`).
 REFERENCE_STEPS_PER_TEST = 10
-# Step counts are int32 inside the compiled run (the counter, max_steps, diverged_at).
-STEP_LIMIT = 2**31 - 1
 
 
 def stationarity(problem: Problem, hyper: Hyper, value, grad_norm):
@@ -109,17 +113,6 @@ def final_status(status, grad_norm, stat, rel_gap, tol):
     return xp.where(status == RUNNING, ended, status)
 
 
-class Anneal(NamedTuple):
-    """Continuation in the temperature: the run starts at `tau_from` and lowers tau
-    geometrically, one value per log interval, to Hyper.tau over its first `steps` steps; each
-    change restarts the optimizer's state (an L-BFGS memory belongs to one objective) and
-    lets a run that became stationary at the last value go on. tau_from <= tau: no annealing.
-    Traced scalars: one compilation for every schedule."""
-
-    tau_from: Any  # shape=(): the starting temperature (0: off)
-    steps: Any  # shape=(), int32: steps over which tau falls to Hyper.tau
-
-
 def annealed_tau(anneal: Anneal | None, tau, start):
     """The temperature of the log interval that starts at global step `start`."""
     if anneal is None:
@@ -127,15 +120,6 @@ def annealed_tau(anneal: Anneal | None, tau, start):
     tau_from = jnp.maximum(jnp.asarray(anneal.tau_from, jnp.result_type(tau)), tau)
     done = jnp.clip(start / jnp.maximum(anneal.steps, 1), 0.0, 1.0)
     return jnp.where(done < 1.0, tau * (tau_from / tau) ** (1.0 - done), tau)
-
-
-class FastPath(NamedTuple):
-    """How the fast path runs (None where the reference path runs instead): the steps between
-    convergence / divergence checks and whether plain steps go through the Pallas kernel
-    (`ufm.solvers.kernels`, plain GD on weight decay; interpret mode off GPUs)."""
-
-    check_every: int
-    kernel: bool
 
 
 class RunState(NamedTuple):
@@ -461,22 +445,6 @@ def _run_logs(problem, solver, log_every, num_points, hyper, state, tol, max_ste
     return jax.lax.scan(outer, state, jnp.arange(num_points, dtype=jnp.int32))
 
 
-def _fast_path(problem: Problem, solver: str, fast: bool, check_every,
-               kernel: str) -> FastPath | None:
-    """The fast path's settings where it applies (`fused.supports`), else None (reference);
-    the options are checked here, before anything compiles."""
-    if not isinstance(fast, (bool, np.bool_)):
-        raise ValueError(f"fast={fast!r} is not allowed: true or false")
-    if isinstance(check_every, bool) or not isinstance(check_every, (int, np.integer)) \
-            or check_every < 1:
-        raise ValueError(f"check_every={check_every!r} is not allowed: an integer >= 1")
-    if kernel not in kernels.KERNELS:
-        raise ValueError(f"kernel={kernel!r} is not allowed: one of {list(kernels.KERNELS)}")
-    if not (fast and fused.supports(problem, solver)):
-        return None
-    return FastPath(int(check_every), kernel == "pallas" and kernels.supports(problem, solver))
-
-
 class RunOutput(NamedTuple):
     """What `make_run`'s pure run returns (a pytree: vmapped, every field gains a leading
     axis): the point reached, its history (the initial point and every log point), steps run
@@ -488,25 +456,24 @@ class RunOutput(NamedTuple):
     status: jax.Array
 
 
-def make_run(problem: Problem, *, solver: str = "gd", steps: int, log_every: int = 100,
-             tol: float = 0.0, init_scale: float = 1.0, fast: bool = True,
-             check_every: int = CHECK_EVERY, kernel: str = "xla",
-             anneal_from: float | None = None, anneal_fraction: float = 0.5) -> Callable:
+def make_run(problem: Problem, settings: SolverSettings | None = None, **options) -> Callable:
     """A whole run as one pure function `run(hyper, key, f_star) -> RunOutput(params, history,
     steps, status)`, jittable and vmappable over all three arguments (status is an int code
     into `STATUSES`; history holds the initial point and every log point). `f_star` is the
     closed-form optimum (NaN when unknown); hyper should already be in the problem's dtype.
-    `fast`, `check_every`, `kernel`, `anneal_from`, `anneal_fraction`: as in `solve`."""
-    _check_run_args(problem, solver, steps, log_every, tol)
-    fast_path = _fast_path(problem, solver, fast, check_every, kernel)
-    anneal = _anneal(anneal_from, anneal_fraction, steps)
-    num_logs = math.ceil(steps / log_every)
+    `settings` / `options`: as in `solve` (here tol defaults to 0: the budget runs out)."""
+    settings = SolverSettings.of(settings, **options)
+    if settings.tol is None:  # a pure run ends at its budget unless given a tol
+        settings = settings._replace(tol=0.0)
+    settings = settings.checked(problem)
+    solver, steps, tol = settings.name, settings.steps, settings.tol
+    fast_path, anneal = settings.fast_path(problem), settings.anneal()
 
     def run(hyper: Hyper, key, f_star):
-        state = _initial_state(problem, solver, hyper, key, init_scale,
+        state = _initial_state(problem, solver, hyper, key, settings.init_scale,
                                fast=fast_path is not None)
-        state, trace = _run_logs(problem, solver, log_every, num_logs + 1, hyper, state, tol,
-                                 steps, 0, fast_path, anneal)
+        state, trace = _run_logs(problem, solver, settings.log_every, settings.num_logs + 1,
+                                 hyper, state, tol, steps, 0, fast_path, anneal)
         history = _records(problem, solver, hyper, trace, f_star)
         status = final_status(state.status, state.grad_norm, state.stationarity,
                               history["rel_gap"][-1], tol)
@@ -541,49 +508,6 @@ class BatchResult(NamedTuple):
     diverged_at: np.ndarray  # (B,), -1 where none
     optimum: list  # B entries, None where unknown
     seconds: float
-
-
-def _anneal(anneal_from, anneal_fraction, steps: int) -> Anneal | None:
-    """The continuation schedule of `solve`'s anneal options (checked), or None."""
-    if anneal_from is None:
-        return None
-    if isinstance(anneal_from, bool) or not isinstance(anneal_from, (int, float, np.floating)) \
-            or not anneal_from > 0:
-        raise ValueError(f"anneal_from={anneal_from!r} is not allowed: a temperature > 0 (or "
-                         "None: no annealing)")
-    if isinstance(anneal_fraction, bool) or not isinstance(
-            anneal_fraction, (int, float, np.floating)) or not 0 < anneal_fraction <= 1:
-        raise ValueError(f"anneal_fraction={anneal_fraction!r} is not allowed: a number > 0 "
-                         "and <= 1 (the share of the steps over which tau falls)")
-    return Anneal(float(anneal_from), max(1, int(round(anneal_fraction * steps))))
-
-
-def _check_run_args(problem, solver, steps, log_every, tol):
-    if not isinstance(problem, Problem):
-        raise TypeError(f"problem must be a ufm.Problem, got {type(problem).__name__}")
-    if solver not in SOLVERS:
-        raise ValueError(f"solver={solver!r} is not allowed: one of {list(SOLVERS)}")
-    check_solver_geometry(problem, solver)
-    for name, value in (("steps", steps), ("log_every", log_every)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not (
-                1 <= value <= STEP_LIMIT):
-            raise ValueError(f"{name}={value!r} is not allowed: an integer from 1 to "
-                             f"{STEP_LIMIT} (step counts are int32)")
-    if not (isinstance(tol, (int, float, np.floating)) and tol >= 0):
-        raise ValueError(f"tol={tol!r} is not allowed: a number >= 0")
-
-
-def check_solver_geometry(problem: Problem, solver: str) -> None:
-    """The norm balls take projected first-order steps only: L-BFGS's line search and curvature
-    pairs assume an unconstrained space."""
-    if problem.geometry in BALL_GEOMETRIES and solver not in PROJECTED_SOLVERS:
-        raise ValueError(f"solver={solver!r} is not allowed with geometry={problem.geometry!r}: "
-                         f"one of {list(PROJECTED_SOLVERS)} (projected steps)")
-
-
-def default_tol(problem: Problem) -> float:
-    """Gradient-norm tolerance that each dtype can reach: 1e-10 (float64), 1e-6 (float32)."""
-    return 1e-10 if problem.dtype == "float64" else 1e-6
 
 
 def optimum_values(problem: Problem, hypers: Hyper) -> tuple[list, np.ndarray]:
@@ -644,12 +568,14 @@ def _as_key(key):
     return key
 
 
-def _execute(problem, hyper, keys, f_star, *, solver, steps, log_every, tol, init_scale,
-             start_params, progress, batched, batch_size, desc=None, width=None,
-             fast_path=None, anneal=None):
+def _execute(problem, hyper, keys, f_star, settings: SolverSettings, *, start_params, progress,
+             batched, batch_size, desc=None, width=None):
     """Host loop over jitted chunks, each followed by the metrics of the points it kept;
     returns host arrays of everything (a batch is sharded over the local devices and trimmed
-    back to `batch_size`)."""
+    back to `batch_size`). `settings` are checked (`SolverSettings.checked`)."""
+    solver, steps, log_every = settings.name, settings.steps, settings.log_every
+    tol, init_scale = settings.tol, settings.init_scale
+    fast_path, anneal = settings.fast_path(problem), settings.anneal()
     num_logs = math.ceil(steps / log_every)
     n_points = num_logs + 1  # the start and every log point
     n_dev = jax.local_device_count()
@@ -733,28 +659,31 @@ def _execute(problem, hyper, keys, f_star, *, solver, steps, log_every, tol, ini
     return state, history
 
 
-def solve(problem: Problem, hyper: Hyper = Hyper(), *, key=0, steps: int = 10_000,  # noqa: B008
-          log_every: int = 100, tol: float | None = None, solver: str = "gd",
-          init_scale: float = 1.0, start: Params | None = None,
-          progress: bool | None = None, fast: bool = True,
-          check_every: int = CHECK_EVERY, kernel: str = "xla",
-          anneal_from: float | None = None, anneal_fraction: float = 0.5) -> Result:
+def solve(problem: Problem, hyper: Hyper = Hyper(), settings: SolverSettings | None = None,  # noqa: B008
+          *, key=0, start: Params | None = None, progress: bool | None = None,
+          **options) -> Result:
     """Minimize the UFM objective of `problem` from a random start.
 
     Args:
       problem, hyper: the UFM and its hyperparameters (scalars).
+      settings: how to solve (`SolverSettings`: solver name, steps, log_every, tol,
+        init_scale, fast, check_every, kernel, anneal_from, anneal_fraction); default the
+        defaults. `options`: any of its fields as keywords, replacing the settings' (`solver=`
+        for `name`), e.g. `solve(prob, hyper, solver="lbfgs", steps=500)`.
       key: a `jax.random.key` or an int seed; identical keys give identical runs.
+      start: a point (Params) to start from instead of a random one (e.g. near a saddle).
+      progress: show a progress bar (default: when stderr is a terminal), or a tqdm-like bar
+        to advance (how a grid keeps one bar over all of its runs).
+
+    The settings, as `SolverSettings` documents them:
       steps: maximum number of steps; log_every: steps between logged metrics.
       tol: stop ("converged") when the run is stationary to tol at the loss's own scale
         (`stationarity`: the (Riemannian) gradient norm on weight decay, tau ||grad f|| / f
         without penalties on W and H); default `default_tol(problem)`. A run whose budget
         runs out is "converged" within tol of a closed-form f*, "plateau" where only the
         gradient norm is under tol, else "max_steps" (`final_status`).
-      solver: one of SOLVERS.  init_scale: norm scale of the random start.
-      start: a point (Params) to start from instead of a random one (e.g. near a saddle).
-      progress: show a progress bar (default: when stderr is a terminal), or a tqdm-like bar
-        to advance (how `ufm.running.kinds.grid` keeps one bar over a whole grid).
-      fast: take the fast path where it applies (`fused.supports`: the first-order solvers
+      name (solver=): one of SOLVERS.  init_scale: norm scale of the random start.
+      fast: take the fast path where it applies (`fast_step.supports`: the first-order solvers
         at depth 1): closed-form gradients, convergence and divergence decided every
         `check_every` steps (`_fast_block`); False: the reference path (autodiff, every step
         checked). Both give the same iterates to round-off; `steps` and `diverged_at` of a
@@ -772,10 +701,7 @@ def solve(problem: Problem, hyper: Hyper = Hyper(), *, key=0, steps: int = 10_00
       >>> prob = ufm.Problem(num_classes=4, feature_dim=8, n_per_class=5, dtype="float64")
       >>> res = ufm.solve(prob, ufm.Hyper(lam_W=1e-2, lam_H=1e-2), solver="lbfgs", steps=500)
     """
-    tol = default_tol(problem) if tol is None else tol
-    _check_run_args(problem, solver, steps, log_every, tol)
-    fast_path = _fast_path(problem, solver, fast, check_every, kernel)
-    anneal = _anneal(anneal_from, anneal_fraction, steps)
+    settings = SolverSettings.of(settings, **options).checked(problem)
     validate_hyper(hyper)
     if any(np.ndim(v) for v in hyper):
         raise ValueError("solve() takes one configuration: every Hyper field must be a scalar "
@@ -786,45 +712,35 @@ def solve(problem: Problem, hyper: Hyper = Hyper(), *, key=0, steps: int = 10_00
         dtype = problem.jnp_dtype
         state, history = _execute(
             problem, hyper.astype(dtype), _as_key(key), jnp.asarray(f_star[0], dtype),
-            solver=solver, steps=steps, log_every=log_every, tol=tol, init_scale=init_scale,
-            start_params=start, progress=progress, batched=False, batch_size=1,
-            fast_path=fast_path, anneal=anneal)
-        params = point_of(problem, solver, state.variables)
+            settings, start_params=start, progress=progress, batched=False, batch_size=1)
+        params = point_of(problem, settings.name, state.variables)
         jax.block_until_ready(params)
     status = int(final_status(np.asarray(state.status), np.asarray(state.grad_norm),
-                              np.asarray(state.stationarity), history["rel_gap"][-1], tol))
+                              np.asarray(state.stationarity), history["rel_gap"][-1],
+                              settings.tol))
     diverged_at = int(state.diverged_at)
     return Result(params, history, int(state.step), STATUSES[status],
                   None if diverged_at < 0 else diverged_at, opts[0], time.perf_counter() - t0)
 
 
-def solve_batch(problem: Problem, hypers: Hyper, keys, *, steps: int = 10_000,
-                log_every: int = 100, tol: float | None = None, solver: str = "gd",
-                init_scale: float = 1.0, start: Params | None = None,
-                progress: bool | None = None, desc: str | None = None,
-                width: int | None = None, fast: bool = True,
-                check_every: int = CHECK_EVERY, kernel: str = "xla",
-                anneal_from: float | None = None,
-                anneal_fraction: float = 0.5) -> BatchResult:
+def solve_batch(problem: Problem, hypers: Hyper, keys, settings: SolverSettings | None = None, *,
+                start: Params | None = None, progress: bool | None = None,
+                desc: str | None = None, width: int | None = None,
+                **options) -> BatchResult:
     """`solve` for a batch of configurations in ONE jitted, vmapped call.
 
     `width`: configurations per vmapped slice; None vmaps the whole batch, a smaller width runs
     `lax.map` over slices of that many inside the same compiled call (1: one configuration at a
-    time, the fast way for large problems on a CPU; see `ufm.solvers.batching.batch_width`). With
-    several
-    local devices the batch is sharded over them, and each device runs its share in slices of
-    `width` (None: its whole share in one vmap).
+    time, the fast way for large problems on a CPU; see `ufm.solvers.batching.batch_width`).
+    With several local devices the batch is sharded over them, and each device runs its share
+    in slices of `width` (None: its whole share in one vmap).
 
     `hypers` fields are scalars or arrays of a common length B; `keys` is a batch of B keys or
     a list of B int seeds; `start`, if given, is a batch of B starting points (leaves with a
     leading axis B). A diverging configuration is flagged and frozen without touching its
-    neighbours. `fast`, `check_every`, `kernel`, `anneal_from`, `anneal_fraction`: as in
-    `solve`.
+    neighbours. `settings` / `options`: as in `solve`.
     """
-    tol = default_tol(problem) if tol is None else tol
-    _check_run_args(problem, solver, steps, log_every, tol)
-    fast_path = _fast_path(problem, solver, fast, check_every, kernel)
-    anneal = _anneal(anneal_from, anneal_fraction, steps)
+    settings = SolverSettings.of(settings, **options).checked(problem)
     validate_hyper(hypers)
     if isinstance(keys, (list, tuple, np.ndarray)) and all(
             isinstance(k, (int, np.integer)) for k in np.asarray(keys).ravel()):
@@ -843,13 +759,12 @@ def solve_batch(problem: Problem, hypers: Hyper, keys, *, steps: int = 10_000,
         dtype = problem.jnp_dtype
         hypers = hypers.broadcast(batch, dtype)
         state, history = _execute(
-            problem, hypers, keys, jnp.asarray(f_star, dtype), solver=solver, steps=steps,
-            log_every=log_every, tol=tol, init_scale=init_scale, start_params=start,
-            progress=progress, batched=True, batch_size=batch, desc=desc, width=width,
-            fast_path=fast_path, anneal=anneal)
-        params = jax.vmap(functools.partial(point_of, problem, solver))(state.variables)
+            problem, hypers, keys, jnp.asarray(f_star, dtype), settings, start_params=start,
+            progress=progress, batched=True, batch_size=batch, desc=desc, width=width)
+        params = jax.vmap(functools.partial(point_of, problem, settings.name))(state.variables)
         jax.block_until_ready(params)
     status = final_status(np.asarray(state.status), np.asarray(state.grad_norm),
-                          np.asarray(state.stationarity), history["rel_gap"][:, -1], tol)
+                          np.asarray(state.stationarity), history["rel_gap"][:, -1],
+                          settings.tol)
     return BatchResult(params, history, np.asarray(state.step), [STATUSES[s] for s in status],
                        np.asarray(state.diverged_at), opts, time.perf_counter() - t0)

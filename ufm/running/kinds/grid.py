@@ -9,11 +9,9 @@ distributed over processes (`ufm.running.experiment.run`).
                 multiplicity_counts, loss, geometry, bias, classifier, dtype, depth, activation
     [hyper]     Hyper fields: lam_W, lam_H, lam_b, tau, alpha, gamma, kappa, M, lr, momentum,
                 beta1, beta2
-    [solver]    name ("gd" | "momentum" | "nesterov" | "adam" | "lbfgs"), steps, log_every, tol,
-                init_scale, fast (the first-order solvers' fast path, see `ufm.solve`),
-                check_every (steps between its convergence / divergence checks), kernel
-                ("xla" | "pallas": plain GD's one-pass Pallas kernel, see `ufm.solvers.kernels`),
-                anneal_from, anneal_fraction (continuation in tau, see `ufm.solve`)
+    [solver]    SolverSettings fields: name, steps, log_every, tol, init_scale, fast,
+                check_every, kernel, anneal_from, anneal_fraction (generated from
+                `ufm.SolverSettings` and its rules, `ufm.solvers.settings.RULES`)
     [run]       seeds (a list of ints), batch (configurations per vmapped slice; 0 = auto),
                 chunk (configurations per compiled call and checkpoint; 0 = auto, from memory)
 
@@ -55,20 +53,8 @@ from ufm.running.tables import (
     series_labels,
 )
 from ufm.solvers import batching as runner
-from ufm.solvers.driver import (
-    CHECK_EVERY,
-    SOLVERS,
-    STATUS_MEANINGS,
-    STATUSES,
-    STEP_LIMIT,
-    check_solver_geometry,
-    solve_batch,
-)
-from ufm.solvers.kernels import KERNELS
-
-at_least = lambda n: (lambda v: v >= n, f"an integer >= {n}")
-step_count = (lambda v: 1 <= v <= STEP_LIMIT,
-              f"an integer from 1 to {STEP_LIMIT} (step counts are int32)")
+from ufm.solvers.driver import STATUS_MEANINGS, STATUSES, solve_batch
+from ufm.solvers.settings import RULES, SolverSettings, check_solver_geometry
 
 
 def _hyper_field(name: str, default: float) -> Field:
@@ -89,21 +75,16 @@ PROBLEM_SECTION = {
     "depth": Field(1, "int", axis=True), "activation": Field("linear", "str", axis=True),
 }
 HYPER_SECTION = {name: _hyper_field(name, default) for name, default in Hyper()._asdict().items()}
-SOLVER_SECTION = {
-    "name": Field("gd", "str", axis=True, choices=SOLVERS),
-    "steps": Field(10_000, "int", rule=step_count),
-    "log_every": Field(100, "int", rule=step_count),
-    "tol": Field(None, "float", optional=True, rule=(lambda v: v >= 0, "a number >= 0")),
-    # Above 1e6 the squared norms of a start (d N entries of size init_scale^2) leave float32's
-    # range and every run dies in its first metrics (1e39: "SVD did not converge", on every rerun).
-    "init_scale": Field(1.0, "float", rule=(lambda v: 0 < v <= 1e6, "a number in (0, 1e6]")),
-    "fast": Field(True, "bool"),
-    "check_every": Field(CHECK_EVERY, "int", rule=at_least(1)),
-    "kernel": Field("xla", "str", choices=KERNELS),
-    "anneal_from": Field(None, "float", optional=True,
-                         rule=(lambda v: v > 0, "a temperature > 0 (omit: no annealing)")),
-    "anneal_fraction": Field(0.5, "float", rule=(lambda v: 0 < v <= 1, "a number > 0 and <= 1")),
-}
+def _solver_field(name: str, default) -> Field:
+    """A [solver] key from its `SolverSettings` field and rule (`ufm.solvers.settings.RULES`)."""
+    rule = RULES[name]
+    return Field(default, rule.type, axis=name == "name", optional=rule.optional,
+                 choices=rule.choices,
+                 rule=None if rule.test is None else (rule.test, rule.allowed))
+
+
+SOLVER_SECTION = {name: _solver_field(name, default)
+                  for name, default in SolverSettings()._asdict().items()}
 AUTO = "an integer >= 0 (0 chooses from the problem size and the device)"
 RUN_SECTION = {
     "seeds": Field([0], "ints", rule=(lambda v: bool(v) and min(v) >= 0,
@@ -207,18 +188,18 @@ def _row(index, group, cfg, solver, status, steps, diverged_at, f_star, is_zero,
 
 
 
-def _run_chunk(configs, solver, problem, solver_name, indices, size, width, bar) -> dict:
+def solver_settings(experiment: config.Experiment, name: str) -> SolverSettings:
+    """The [solver] section as the value the solvers take, for one solver `name` (an axis)."""
+    return SolverSettings(**{**experiment.solver, "name": name})
+
+
+def _run_chunk(configs, settings: SolverSettings, problem, indices, size, width, bar) -> dict:
     """Run one chunk as one compiled call; its results as plain arrays."""
     # Pad a short last chunk with copies of its last configuration: same shape, no
     # recompilation; the copies' results are dropped.
     padded = indices + [indices[-1]] * (size - len(indices))
     batch = solve_batch(problem, _group_hypers(configs, padded),
-                        [configs[i].seed for i in padded], steps=solver["steps"],
-                        log_every=solver["log_every"], tol=solver["tol"], solver=solver_name,
-                        init_scale=solver["init_scale"], fast=solver["fast"],
-                        check_every=solver["check_every"], kernel=solver["kernel"],
-                        anneal_from=solver["anneal_from"],
-                        anneal_fraction=solver["anneal_fraction"],
+                        [configs[i].seed for i in padded], settings,
                         progress=bar if bar is not None else False, width=width)
     n = len(indices)
     arrays = {f"history/{k}": (v if k == "iteration" else np.asarray(v)[:n])
@@ -470,11 +451,6 @@ def units(experiment, folder) -> list[Unit]:
     return out
 
 
-# Solver settings every configuration shares: a grid extends another only with equal ones.
-SHARED_SOLVER_KEYS = ("steps", "log_every", "tol", "init_scale", "fast", "check_every", "kernel",
-                      "anneal_from", "anneal_fraction")
-
-
 def _identity(cfg: Configuration) -> tuple:
     return cfg.problem, tuple(cfg.hyper), cfg.solver, cfg.seed
 
@@ -491,12 +467,15 @@ def extend(old, new, folder) -> list:
     files to remove once the new configuration is the folder's. Raises ResultsFolderError
     saying what changed otherwise: nothing already run is recomputed or dropped."""
     where = f"{folder.path} holds results of a different configuration"
-    for key in SHARED_SOLVER_KEYS:
-        if old.solver[key] != new.solver[key]:
-            raise ResultsFolderError(
-                f"{where}: solver.{key} = {old.solver[key]!r} there, {new.solver[key]!r} here "
-                "(a change of what was already run; an extension may only add seeds and axis "
-                "values); choose another --out or remove the folder")
+    # The solver settings every configuration shares (all but the name, an axis) must be equal.
+    old_shared, new_shared = (solver_settings(e, None).shared() for e in (old, new))
+    if old_shared != new_shared:
+        key = next(k for k in SolverSettings._fields
+                   if getattr(old_shared, k) != getattr(new_shared, k))
+        raise ResultsFolderError(
+            f"{where}: solver.{key} = {getattr(old_shared, key)!r} there, "
+            f"{getattr(new_shared, key)!r} here (a change of what was already run; an extension "
+            "may only add seeds and axis values); choose another --out or remove the folder")
     old_configs, new_configs = configurations(old), configurations(new)
     position = {_identity(c): i for i, c in enumerate(new_configs)}
     dropped = [c for c in old_configs if _identity(c) not in position]
@@ -560,7 +539,7 @@ def run_unit(experiment, unit: Unit, bar, scratch) -> UnitResult:
     configs = configurations(experiment)
     if bar is not None:
         bar.set_description(f"group {chunk.group + 1} {chunk.problem.loss} {chunk.solver}")
-    arrays = _run_chunk(configs, experiment.solver, chunk.problem, chunk.solver,
+    arrays = _run_chunk(configs, solver_settings(experiment, chunk.solver), chunk.problem,
                         list(chunk.indices), chunk.size, chunk.width, bar)
     return _chunk_rows(arrays, chunk.group, chunk.solver, chunk.indices, configs)
 

@@ -64,31 +64,27 @@ def units(experiment, folder) -> list[Unit]:
 def run_unit(experiment, unit: Unit, bar, scratch) -> UnitResult:
     index = unit.spec
     problem, hyper, solver_name = _pairs(experiment)[index]
-    settings, solver, seeds = experiment.landscape, experiment.solver, experiment.run["seeds"]
+    options, seeds = experiment.landscape, experiment.run["seeds"]
     base = {"row": None, "config": index, **grid.config_columns(problem, hyper, solver_name)}
-    common = dict(steps=solver["steps"], log_every=solver["log_every"], progress=False,
-                  fast=solver["fast"], check_every=solver["check_every"],
-                  kernel=solver["kernel"])
+    solver = grid.solver_settings(experiment, solver_name)
     histories, arrays = [], {}
     if experiment.kind == "benign":
         found, spectra_here, saddle_probes = landscapes.benign_landscape(
-            problem, hyper, random_starts=settings["random_starts"],
-            saddle_starts=settings["saddle_starts"], epsilon=settings["epsilon"][0],
-            ranks=settings["ranks"] or None, solver=solver_name, tol=solver["tol"],
-            reach_rtol=settings["reach_rtol"], seed=seeds[0], method=settings["method"],
-            **common)
+            problem, hyper, solver, random_starts=options["random_starts"],
+            saddle_starts=options["saddle_starts"], epsilon=options["epsilon"][0],
+            ranks=options["ranks"] or None, reach_rtol=options["reach_rtol"], seed=seeds[0],
+            method=options["method"], progress=False)
         spectra = {f"{index}|{name}": eigs for name, eigs in spectra_here.items()}
         spectra.update({f"{index}|{name}|verdict": np.array(p.verdict)
                         for name, p in saddle_probes.items()})
         arrays = {"spectra.npz": spectra}
     elif experiment.kind == "origin_phase":
-        found = landscapes.origin_phase(problem, hyper, ratios=settings["ratios"], seeds=seeds,
-                                       solver=solver_name, tol=solver["tol"],
-                                       method=settings["method"], **common)
+        found = landscapes.origin_phase(problem, hyper, solver, ratios=options["ratios"],
+                                        seeds=seeds, method=options["method"], progress=False)
     else:
         found, history = landscapes.saddle_escape(
-            problem, hyper, saddle=settings["saddle"], epsilons=settings["epsilon"],
-            seeds=seeds, drop=settings["drop"], **common)
+            problem, hyper, solver, saddle=options["saddle"], epsilons=options["epsilon"],
+            seeds=seeds, drop=options["drop"], progress=False)
         histories = [{key: (v if key == "iteration" else v[k]) for key, v in history.items()}
                      for k in range(len(found))]
     return UnitResult([{**base, **r} for r in found], histories, arrays)
