@@ -67,7 +67,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import ufm  # noqa: E402
-from ufm import runner  # noqa: E402
+from ufm.solvers import batching as runner  # noqa: E402
 
 # (K, d, n, ufm steps): steps keep each ufm run to seconds on 2 cores (x10 on an accelerator)
 SIZES = [(10, 64, 100, 2000), (10, 512, 500, 200), (100, 256, 50, 200)]

@@ -17,7 +17,7 @@ For each K (d = 64, one sample per class, CE, float32, weight decay), in one pro
   step; autograd keeps the K x N logits and their softmax.
 - floor: the step's four matmuls timed alone (the stream recomputes the logits in its backward
   pass: 8 K d N FLOPs against the dense path's 6).
-- margin: `ufm.analysis.host_metrics.one_vs_rest_margins` (pruned to nearest classifiers, checked
+- margin: `ufm.analysis.gnc.one_vs_rest_margins` (pruned to nearest classifiers, checked
   against all) of K random unit classifiers in d = 64, exact.
 
 Prints one table row per (K, arm): seconds per step, peak memory (GB), the ratio to ufm.
@@ -129,12 +129,12 @@ def _arm_floor(K: int, steps: int) -> dict:
 def _arm_margin(K: int, steps: int) -> dict:
     import numpy as np
 
-    from ufm.analysis import host_metrics
+    from ufm.analysis import gnc
     rng = np.random.default_rng(0)
     W = rng.normal(size=(K, D))
     W /= np.linalg.norm(W, axis=1, keepdims=True)
     start = time.perf_counter()
-    margins = host_metrics.one_vs_rest_margins(W)
+    margins = gnc.one_vs_rest_margins(W)
     return {"step_s": time.perf_counter() - start, "peak_gb": _peak_gb(),
             "margin": float(margins.min())}
 

@@ -38,7 +38,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 import ufm  # noqa: E402
-from ufm import host_metrics, landscape, oracle, plots, points, theory  # noqa: E402
+from ufm.analysis import imbalance, landscape, oracle, theory  # noqa: E402
+from ufm.running import figures as plots  # noqa: E402
+from ufm.running import landscapes as points  # noqa: E402
 
 DPI = 80  # small files: the README shows them at about 700 px wide
 COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -184,7 +186,7 @@ def minority_collapse(out: Path, quick: bool) -> Path:
     for R in ratios:
         counts = np.where(np.isin(np.arange(K), minority), n_minor, R * n_minor)
         found = oracle.convex_oracle(base, hyp, counts=counts)
-        m = host_metrics.imbalance_metrics(found.W, found.H_bar, np.arange(K), counts)
+        m = imbalance.imbalance_metrics(found.W, found.H_bar, np.arange(K), counts)
         cos.append(m["minority_cos"])
         norms.append(m["w_norm_ratio"])
     threshold = oracle.minority_collapse_threshold(base, hyp, minority=minority,

@@ -3,7 +3,7 @@
 He & Su (2023, "A law of data separation in deep learning") observed that in a well-trained
 network the within-class variability of layer l, NC1_l, decays geometrically: log NC1_l is a
 line in l. This script trains MLPs of several depths on the bundled digits, fits
-log NC1_l = a + l log(ratio) (`ufm.analysis.host_metrics.geometric_decay`: ratio per layer, R^2) on
+log NC1_l = a + l log(ratio) (`ufm.analysis.layerwise.geometric_decay`: ratio per layer, R^2) on
 the
 training split and the test split, reports the layer-wise NC2 (class means against the simplex
 ETF) and NC3 (each layer's ridge-probe classifier against its class means), and puts the deep
@@ -30,7 +30,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 import ufm  # noqa: E402
-from ufm import host_metrics, nets  # noqa: E402
+from ufm import nets
+from ufm.analysis import layerwise  # noqa: E402
 from ufm.nets.data import stratified_subset  # noqa: E402
 from ufm.nets.training import layer_nc3  # noqa: E402
 
@@ -80,8 +81,8 @@ def main(argv=None) -> int:
     ufm_rows = deep_ufms([2, 3] if args.quick else [2, 3, 4, 6], 300 if args.quick else 20000)
     table = []
     for row in nets_rows + ufm_rows:
-        fit = host_metrics.geometric_decay(row["nc1_layers"])
-        test_fit = (host_metrics.geometric_decay(row["test_nc1_layers"])
+        fit = layerwise.geometric_decay(row["nc1_layers"])
+        test_fit = (layerwise.geometric_decay(row["test_nc1_layers"])
                     if "test_nc1_layers" in row else {"ratio": np.nan, "r2": np.nan})
         row.update(ratio=fit["ratio"], rate=fit["rate"], r2=fit["r2"], fit=fit,
                    test_ratio=test_fit["ratio"], test_r2=test_fit["r2"])

@@ -5,7 +5,7 @@ configuration as the Tammes code (maximizing the minimum pairwise distance)?
 For each d in --dims and K from d + 2 to --max-K, both codes are searched from --starts random
 starts (`ufm.analysis.codes.softmax_code`, `ufm.analysis.codes.tammes_code`), and each found
 configuration is
-certified by its exact margin (per-class QP, `ufm.analysis.host_metrics.one_vs_rest_margins`) and
+certified by its exact margin (per-class QP, `ufm.analysis.gnc.one_vs_rest_margins`) and
 its
 exact minimum pairwise distance. By definition the softmax code's margin is at least the Tammes
 code's and the Tammes code's pairwise distance at least the softmax code's. The two differ

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import ufm
-from ufm.analysis import host_metrics, theory
+from ufm.analysis import compression, theory
 
 EPS2 = 0.5
 
@@ -18,13 +18,13 @@ def test_coding_rate_and_rate_reduction_equal_the_formulas():
     rng = np.random.default_rng(0)
     for d, N in ((5, 40), (30, 12)):  # both branches: d x d and N x N Gram matrices
         Z = rng.normal(size=(d, N))
-        assert host_metrics.coding_rate(Z) == pytest.approx(_direct_rate(Z), rel=1e-12)
+        assert compression.coding_rate(Z) == pytest.approx(_direct_rate(Z), rel=1e-12)
         labels = np.arange(N) % 3
         expected = _direct_rate(Z) - sum(
             np.mean(labels == k) * 0.5 * np.linalg.slogdet(
                 np.eye(d) + d / (np.sum(labels == k) * EPS2) * Z[:, labels == k]
                 @ Z[:, labels == k].T)[1] for k in range(3))
-        assert host_metrics.rate_reduction(Z, labels, 3) == pytest.approx(expected, rel=1e-10)
+        assert compression.rate_reduction(Z, labels, 3) == pytest.approx(expected, rel=1e-10)
 
 
 def test_effective_rank_on_constructed_spectra():
@@ -33,7 +33,7 @@ def test_effective_rank_on_constructed_spectra():
     for s in ([1, 1, 1, 0, 0, 0, 0, 0], [4, 2, 1, 1, 0, 0, 0, 0]):
         Z = U @ np.diag(s) @ V[:8]
         p = np.array(s, float)[np.array(s) > 0] / np.sum(s)
-        assert host_metrics.effective_rank(Z) == pytest.approx(np.exp(-np.sum(p * np.log(p))),
+        assert compression.effective_rank(Z) == pytest.approx(np.exp(-np.sum(p * np.log(p))),
                                                                rel=1e-10)
 
 
@@ -46,7 +46,7 @@ def test_closed_form_optimum_compresses_to_k_minus_1_dimensions():
     rate = 0.5 * (K - 1) * np.log(1 + d / (N * EPS2) * n * K / (K - 1))
     expected = {"effective_rank": K - 1, "coding_rate": rate,
                 "rate_reduction": rate - 0.5 * np.log(1 + d / EPS2)}
-    found = host_metrics.compression_metrics(point.H, prob.labels, K)
+    found = compression.compression_metrics(point.H, prob.labels, K)
     for key, value in expected.items():
         assert found[key] == pytest.approx(value, rel=1e-10), key
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import ufm
-from ufm.analysis import codes, host_metrics, theory
+from ufm.analysis import codes, gnc, theory
 
 
 def _brute_force_distance(P):
@@ -30,23 +30,23 @@ def test_margin_qp_equals_brute_force_on_random_frames(K, d):
     for _ in range(3):
         W = rng.standard_normal((K, d))
         W /= np.linalg.norm(W, axis=1, keepdims=True)
-        margins = host_metrics.one_vs_rest_margins(W)
+        margins = gnc.one_vs_rest_margins(W)
         for k in range(K):
             exact = _brute_force_distance((np.delete(W, k, 0) - W[k]).T)
             assert margins[k] == pytest.approx(exact, abs=1e-10)
 
 
 def test_margins_of_known_frames():
-    np.testing.assert_allclose(host_metrics.one_vs_rest_margins(theory.simplex_etf(5, 7)), 5 / 4,
+    np.testing.assert_allclose(gnc.one_vs_rest_margins(theory.simplex_etf(5, 7)), 5 / 4,
                                rtol=1e-12)
     angles = 2 * np.pi * np.arange(7) / 7
     polygon = np.stack([np.cos(angles), np.sin(angles)], 1)
-    np.testing.assert_allclose(host_metrics.one_vs_rest_margins(polygon), 1 - np.cos(2 * np.pi / 7),
+    np.testing.assert_allclose(gnc.one_vs_rest_margins(polygon), 1 - np.cos(2 * np.pi / 7),
                                rtol=1e-12)
     octahedron = np.concatenate([np.eye(3), -np.eye(3)])
-    np.testing.assert_allclose(host_metrics.one_vs_rest_margins(octahedron), 1.0, rtol=1e-12)
+    np.testing.assert_allclose(gnc.one_vs_rest_margins(octahedron), 1.0, rtol=1e-12)
     inside = np.array([[1.0, 0], [0, 1], [-1, -1], [0.1, 0.1]])  # the last inside the others
-    assert host_metrics.one_vs_rest_margins(inside)[3] < 1e-12
+    assert gnc.one_vs_rest_margins(inside)[3] < 1e-12
 
 
 def test_gnc_metrics_vanish_or_match_on_a_collapsed_polygon():
@@ -54,7 +54,7 @@ def test_gnc_metrics_vanish_or_match_on_a_collapsed_polygon():
     W = np.stack([np.cos(angles), np.sin(angles)], 1)
     labels = np.repeat(np.arange(5), 3)
     H = 2.0 * W[labels].T  # collapsed, self-dual features (any norm: GNC normalizes)
-    m = host_metrics.gnc_metrics(W, H, labels)
+    m = gnc.gnc_metrics(W, H, labels)
     assert m["gnc1"] < 1e-20 and m["gnc3"] < 1e-12
     assert m["gnc2_margin"] == pytest.approx(1 - np.cos(2 * np.pi / 5), rel=1e-12)
     assert m["gnc2_tammes"] == pytest.approx(2 * np.sin(np.pi / 5), rel=1e-12)
@@ -82,7 +82,7 @@ def _icosahedron():
 
 
 def _margin(W):
-    return float(np.min(host_metrics.one_vs_rest_margins(np.asarray(W, float))))
+    return float(np.min(gnc.one_vs_rest_margins(np.asarray(W, float))))
 
 
 def test_softmax_code_beyond_the_simplex_reaches_the_constructions():

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import ufm
-from ufm.analysis import host_metrics, oracle, theory
+from ufm.analysis import imbalance, oracle, theory
 
 
 @pytest.mark.parametrize("loss,counts,lam_b", [
@@ -56,7 +56,7 @@ def test_minority_collapse_threshold_separates_collapsed_from_not():
     for ratio, collapsed in ((R * 0.9, False), (R * 1.1, True)):
         counts = [ratio * 5] * 3 + [5] * 3
         found = oracle.convex_oracle(problem, hyper, counts=counts)
-        spread = host_metrics.minority_spread(found.W, minority)
+        spread = imbalance.minority_spread(found.W, minority)
         assert (spread < 1e-6) == collapsed, (ratio, spread)
     # Integer counts past the threshold: the nonconvex solver's minority classifiers coincide.
     n_major = int(np.ceil(R * 1.3 * 5))
@@ -64,7 +64,7 @@ def test_minority_collapse_threshold_separates_collapsed_from_not():
                           dtype="float64")
     result = ufm.solve(problem, hyper, key=0, solver="lbfgs", steps=4000, log_every=4000,
                        tol=1e-12)
-    found = host_metrics.imbalance_metrics(result.params.W, result.params.H, problem.labels,
+    found = imbalance.imbalance_metrics(result.params.W, result.params.H, problem.labels,
                                       problem.class_counts)
     assert found["minority_cos"] == pytest.approx(1.0, abs=1e-6)
     assert found["majority_cos"] < 0
@@ -76,7 +76,7 @@ def test_imbalance_metrics_on_a_simplex_etf():
     W = theory.simplex_etf(K, K)
     counts = (4, 4, 4, 1, 1, 1)
     labels = np.repeat(np.arange(K), counts)
-    found = host_metrics.imbalance_metrics(W, W.T[:, labels], labels, counts)
+    found = imbalance.imbalance_metrics(W, W.T[:, labels], labels, counts)
     assert found["minority_cos"] == pytest.approx(-1 / (K - 1))
     assert found["majority_cos"] == pytest.approx(-1 / (K - 1))
     assert found["w_norm_ratio"] == pytest.approx(1.0)

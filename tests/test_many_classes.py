@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import ufm
-from ufm.analysis import host_metrics, landscape
+from ufm.analysis import gnc, landscape
 from ufm.analysis import nc as metrics
 from ufm.model import losses, streaming
 
@@ -91,7 +91,7 @@ def test_metrics_in_row_blocks_equal_one_block(monkeypatch, x64):
 
 def _full_margins(W, classes):
     """The one-vs-rest QP against every other class, no pruning."""
-    return np.array([np.linalg.norm(host_metrics.min_norm_point(
+    return np.array([np.linalg.norm(gnc.min_norm_point(
         (np.delete(W, k, axis=0) - W[k]).T)[0]) for k in classes])
 
 
@@ -100,21 +100,21 @@ def test_pruned_margins_equal_the_full_qp(K, d):
     rng = np.random.default_rng(K)
     W = rng.normal(size=(K, d))
     W /= np.linalg.norm(W, axis=1, keepdims=True)
-    pruned = host_metrics.one_vs_rest_margins(W)
+    pruned = gnc.one_vs_rest_margins(W)
     classes = np.arange(K) if K <= 300 else rng.choice(K, 5, replace=False)
     np.testing.assert_allclose(pruned[classes], _full_margins(W, classes), rtol=1e-10,
                                atol=1e-14)
     if K <= 300:  # too few neighbours to hold the answer: the check enlarges them until it does
-        np.testing.assert_allclose(host_metrics.one_vs_rest_margins(W, neighbours=2),
+        np.testing.assert_allclose(gnc.one_vs_rest_margins(W, neighbours=2),
                                    pruned, rtol=1e-10, atol=1e-14)
 
 
 def test_margin_zero_inside_the_hull_and_the_simplex_etf():
     W = np.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0], [0.1, 0.1]])
-    margins = host_metrics.one_vs_rest_margins(W, neighbours=1)
+    margins = gnc.one_vs_rest_margins(W, neighbours=1)
     assert margins[4] < 1e-15 and np.all(margins[:4] > 0.5)
     etf = ufm.analysis.theory.simplex_etf(6, 5)
-    np.testing.assert_allclose(host_metrics.one_vs_rest_margins(etf, neighbours=1), 6 / 5,
+    np.testing.assert_allclose(gnc.one_vs_rest_margins(etf, neighbours=1), 6 / 5,
                                rtol=1e-12)
 
 

@@ -24,7 +24,8 @@ def test_every_old_module_imports_and_its_new_homes_exist(old):
     ("ufm.theory", "softmax_code", "ufm.analysis.codes"),  # moved twice: 0.1's theory -> codes
     ("ufm.landscape", "probe", "ufm.analysis.landscape"),
     ("ufm.landscape", "benign_landscape", "ufm.running.landscapes"),
-    ("ufm.metrics", "one_vs_rest_margins", "ufm.analysis.host_metrics"),
+    ("ufm.metrics", "one_vs_rest_margins", "ufm.analysis.gnc"),
+    ("ufm.host_metrics", "geometric_decay", "ufm.analysis.layerwise"),
     ("ufm.grid", "configurations", "ufm.running.kinds.grid"),
     ("ufm.nets.experiment", "KINDS", "ufm.running.kinds.net"),
     ("ufm.runner", "use_host_devices", "ufm.solvers.batching"),

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import ufm
-from ufm.analysis import host_metrics
+from ufm.analysis import compression, layerwise
 from ufm.analysis import nc as metrics
 from ufm.nets import data as nets_data
 from ufm.nets import models
@@ -31,7 +31,7 @@ def test_nc_metrics_on_every_split_equal_nc_metrics_of_its_features(trained):
     for split, x, y in data.splits():
         H = features(model, x).T
         expected = {**ufm.nc_metrics(W, H, y, b),
-                    **host_metrics.compression_metrics(H, y, 4)}
+                    **compression.compression_metrics(H, y, 4)}
         for key in ("nc1", "nc2_W", "nc2_H", "nc3", "nc4", "effective_rank", "coding_rate",
                     "rate_reduction"):
             assert final[f"{split}_{key}"] == pytest.approx(float(expected[key]), rel=1e-5), (
@@ -96,12 +96,12 @@ def test_geometric_decay_fit_recovers_a_known_rate():
         noise[:, labels == k] -= noise[:, labels == k].mean(axis=1, keepdims=True)
     nc1 = [float(metrics.nc1(jnp.asarray(means[:, labels] + ratio ** (layer / 2) * noise),
                              jnp.asarray(labels), K)) for layer in range(6)]
-    fit = host_metrics.geometric_decay(nc1)
+    fit = layerwise.geometric_decay(nc1)
     assert fit["ratio"] == pytest.approx(ratio, rel=1e-5)
     assert fit["rate"] == pytest.approx(-np.log(ratio), rel=1e-5) and fit["r2"] > 1 - 1e-9
     noisy = np.array(nc1) * np.exp(0.3 * rng.standard_normal(6))
-    assert host_metrics.geometric_decay(noisy)["r2"] < fit["r2"]
-    assert np.isnan(host_metrics.geometric_decay([1.0, 0.0, 0.1])["ratio"])
+    assert layerwise.geometric_decay(noisy)["r2"] < fit["r2"]
+    assert np.isnan(layerwise.geometric_decay([1.0, 0.0, 0.1])["ratio"])
 
 
 def test_parameter_counts_of_the_heads():

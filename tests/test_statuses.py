@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import ufm
-from ufm.analysis import host_metrics, theory
+from ufm.analysis import gnc, theory
 from ufm.solvers import driver as solvers
 
 # K = 6 classifiers in R^4: the softmax code's margin is 1 (`ufm.analysis.codes.softmax_code(6,
@@ -16,7 +16,7 @@ CODE_MARGIN = 1.0
 
 def _margins(res):
     W = np.asarray(res.params.W)
-    return np.array([np.min(host_metrics.one_vs_rest_margins(W[i])) for i in range(len(W))])
+    return np.array([np.min(gnc.one_vs_rest_margins(W[i])) for i in range(len(W))])
 
 
 def test_small_temperature_plateaus_are_not_converged():

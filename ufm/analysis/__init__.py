@@ -1,14 +1,19 @@
 """The analysis room: what is measured and what is known, never a solver run.
 
-`nc` (the jittable NC metrics), `host_metrics` (float64 metrics after a run: GNC with the exact
-margin QP, minority collapse, compression, layers), `theory` (closed forms), `oracle` (the
+Metrics by concept: `nc` (NC1..NC4 and the multi-label metrics, jittable: what a run records),
+and on the host in float64 after a run `gnc` (generalized NC with the exact margin QP),
+`imbalance` (minority collapse), `compression` (coding rate, effective rank), `layerwise`
+(collapse through a network's layers). `theory` (closed forms), `oracle` (the
 convex oracle of imbalanced classes), `codes` (softmax and Tammes codes), `landscape`
 (charts, Hessian products, eigensolvers, the probe). Imports the model room only."""
 import importlib
 
 SUBMODULES = (
     "codes",
-    "host_metrics",
+    "compression",
+    "gnc",
+    "imbalance",
+    "layerwise",
     "landscape",
     "nc",
     "oracle",

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ufm.analysis import host_metrics
+from ufm.analysis import gnc
 from ufm.model.problem import normalize_columns, normalize_rows
 
 
@@ -28,8 +28,8 @@ class Code(NamedTuple):
 def _code(W) -> Code:
     W = np.asarray(W, np.float64)
     W = W / np.linalg.norm(W, axis=1, keepdims=True)
-    return Code(W, float(np.min(host_metrics.one_vs_rest_margins(W))),
-                host_metrics.min_pairwise_distance(W))
+    return Code(W, float(np.min(gnc.one_vs_rest_margins(W))),
+                gnc.min_pairwise_distance(W))
 
 
 def _soft_margin(V, tau):
@@ -139,7 +139,7 @@ def softmax_code(K: int, d: int, *, starts: int = 16, seed: int = 0,
     gradient that stays of order one (a convex combination of the active margins' gradients).
     `starts` random starts, vmapped, each temperature of `taus` starting where the previous
     ended (L-BFGS, at most `steps` iterations each); every end point certified by its exact
-    margin (the per-class QP, `host_metrics.one_vs_rest_margins`) and the best kept.
+    margin (the per-class QP, `gnc.one_vs_rest_margins`) and the best kept.
     `starts_from`: configurations (m, K, d) to start from as well (e.g. a Tammes code).
     `linesearch`: "zoom" or "backtracking" (slower, finds better optima at larger K; `_lbfgs`).
     For K <= d + 1 it is the simplex ETF (margin K/(K-1))."""
@@ -184,6 +184,6 @@ def tammes_code(K: int, d: int, *, starts: int = 32, seed: int = 0,
             W = _sharpen_tammes_starts(W, jnp.asarray(t, jnp.float64), int(steps),
                                        jnp.asarray(GRAD_TOL), linesearch)
         W = np.asarray(W)
-    distances = [host_metrics.min_pairwise_distance(w) if np.isfinite(w).all() else -np.inf
+    distances = [gnc.min_pairwise_distance(w) if np.isfinite(w).all() else -np.inf
                  for w in W]  # a start whose iterate broke (non-finite) is left out
     return _code(W[int(np.argmax(np.nan_to_num(distances, nan=-np.inf)))])

@@ -18,7 +18,8 @@ Conventions (defaults; the variants are returned under their own names):
   maxangle_W/H     mean over k of |max_{k' != k} cos + 1/(K-1)| (Papyan's max-angle deviation)
 
 Feature compression (effective rank, coding rate, rate reduction) and the geometric-decay fit
-of layer-wise NC1 are host-side: `ufm.analysis.host_metrics`.
+of layer-wise NC1 are host-side:
+`ufm.analysis.compression` and `ufm.analysis.layerwise`.
 
 Sigma_B^+ never forms a d x d matrix: with M = U S V^T, tr(Sigma_W Sigma_B^+) =
 (K/N) sum_j ||U_j^T (H - mu_Y)||^2 / S_j^2, which keeps float32 accurate (no squared condition

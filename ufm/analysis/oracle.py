@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ufm.analysis.host_metrics import COLLAPSED_SPREAD, minority_spread
+from ufm.analysis.imbalance import COLLAPSED_SPREAD, minority_spread
 from ufm.model import losses as _losses
 from ufm.model.problem import Hyper, Problem, validate_hyper, x64_scope
 

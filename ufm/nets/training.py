@@ -36,7 +36,7 @@ import optax
 from flax import nnx
 
 from ufm import _atomic
-from ufm.analysis import host_metrics
+from ufm.analysis import compression, layerwise
 from ufm.analysis import nc as metrics
 from ufm.model import losses as _losses
 from ufm.model.problem import Hyper, validate_hyper
@@ -250,7 +250,7 @@ def evaluate(model, data, layer_samples: int = 1000) -> dict:
     the accuracy, every NC metric of the penultimate features with the classifier and bias
     (`ufm.nc_metrics`, compression included), and on the split's first `layer_samples` samples
     (class-stratified: the same share of every class) the NC1 and NC2 of every layer with the
-    geometric-decay fit of the layer NC1 (`host_metrics.geometric_decay`).
+    geometric-decay fit of the layer NC1 (`layerwise.geometric_decay`).
 
     Keys "<split>_<metric>": train_acc, test_nc1, ood_nc2_W, ...; "<split>_nc1_layers" and
     "<split>_nc2_layers" (arrays, one entry per layer), "<split>_nc1_decay_ratio" and
@@ -267,17 +267,17 @@ def evaluate(model, data, layer_samples: int = 1000) -> dict:
         out[f"{split}_acc"] = float(np.mean(np.argmax(logits, 1) == y))
         nc = metrics.nc_metrics(W, H.T, y, b)
         out.update({f"{split}_{k}": float(v) for k, v in nc.items()})
-        out.update({f"{split}_{k}": v for k, v in host_metrics.compression_metrics(
+        out.update({f"{split}_{k}": v for k, v in compression.compression_metrics(
             H.T, y, K).items()})
         take = _data.stratified_subset(y, layer_samples, K)
         # on the host: every layer and split has its own shape (a jitted metric would compile
         # for each)
-        found = [host_metrics.layer_nc(r.T, y[take], K) for r in representations(model,
+        found = [layerwise.layer_nc(r.T, y[take], K) for r in representations(model,
                                                                                 x[take])]
         nc1 = np.array([f["nc1"] for f in found])
         out[f"{split}_nc1_layers"] = nc1
         out[f"{split}_nc2_layers"] = np.array([f["nc2"] for f in found])
-        fit = host_metrics.geometric_decay(nc1)
+        fit = layerwise.geometric_decay(nc1)
         out[f"{split}_nc1_decay_ratio"], out[f"{split}_nc1_decay_r2"] = fit["ratio"], fit["r2"]
     out.update({k[len("train_"):]: v for k, v in list(out.items())
                 if k.startswith("train_") and k != "train_acc"})
@@ -287,14 +287,14 @@ def evaluate(model, data, layer_samples: int = 1000) -> dict:
 def layer_nc3(model, x, y, num_classes: int) -> np.ndarray:
     """NC3 of every layer, || W M / ||W M||_F - E ||_F with M the layer's centred class means
     and W the layer's own linear classifier, a ridge probe fit to it
-    (`host_metrics.ridge_classifier`; a hidden layer has no classifier of its own). At the last
+    (`layerwise.ridge_classifier`; a hidden layer has no classifier of its own). At the last
     layer it measures the probe, not the network's head (nc3 does that)."""
     K = num_classes
     etf = (np.eye(K) - 1.0 / K) / np.sqrt(K - 1)
     out = []
     for H in representations(model, x):
-        W, _ = host_metrics.ridge_classifier(H, y, K)
-        G = W @ host_metrics.layer_nc(H.T, y, K)["M"]
+        W, _ = layerwise.ridge_classifier(H, y, K)
+        G = W @ layerwise.layer_nc(H.T, y, K)["M"]
         out.append(float(np.linalg.norm(G / np.linalg.norm(G) - etf)))
     return np.array(out)
 

@@ -29,7 +29,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from ufm.analysis import host_metrics
+from ufm.analysis import layerwise
 from ufm.nets import data as _data
 from ufm.nets import models
 from ufm.nets.data import Dataset
@@ -77,7 +77,7 @@ def frozen_layer_nc(model, data: Dataset, layer_samples: int = 1000) -> dict:
     out = {}
     for split, x, y in data.splits():
         take = _data.stratified_subset(y, layer_samples, K)
-        found = [host_metrics.layer_nc(r.T, y[take], K) for r in representations(model,
+        found = [layerwise.layer_nc(r.T, y[take], K) for r in representations(model,
                                                                                 x[take])]
         out[f"{split}_nc1_layers"] = np.array([f["nc1"] for f in found])
         out[f"{split}_nc2_layers"] = np.array([f["nc2"] for f in found])
@@ -86,9 +86,9 @@ def frozen_layer_nc(model, data: Dataset, layer_samples: int = 1000) -> dict:
 
 def ridge_probe(features_train, y_train, evaluations, num_classes: int,
                 ridge: float = PROBE_RIDGE) -> list[float]:
-    """A linear probe (`host_metrics.ridge_classifier` on the training features), its accuracy
+    """A linear probe (`layerwise.ridge_classifier` on the training features), its accuracy
     on each (features, labels) of `evaluations`."""
-    W, b = host_metrics.ridge_classifier(features_train, y_train, num_classes, ridge)
+    W, b = layerwise.ridge_classifier(features_train, y_train, num_classes, ridge)
     return [float(np.mean(np.argmax(np.asarray(f, np.float64) @ W.T + b, axis=1) == labels))
             for f, labels in evaluations]
 

@@ -29,7 +29,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ufm.analysis import host_metrics, oracle, theory
+from ufm.analysis import compression, gnc, imbalance, oracle, theory
 from ufm.errors import ConfigError, InputError
 from ufm.model.problem import (
     HYPER_RANGES,
@@ -228,11 +228,11 @@ def config_columns(problem: Problem, hyper: Hyper, solver: str) -> dict:
 
 def _extra_arrays(problem: Problem, hypers: Hyper, params, n: int, objective) -> dict:
     """Columns beyond the history's metrics, from the final points (host side): feature
-    compression (`host_metrics.compression_metrics`), GNC metrics (`reports_gnc`), and for
+    compression (`compression.compression_metrics`), GNC metrics (`reports_gnc`), and for
     imbalanced classes the minority-collapse metrics and, for a convex
     loss, the convex oracle's global optimum next to the solver's value (`ufm.analysis.oracle`)."""
     H = np.asarray(params.H)
-    found = [host_metrics.compression_metrics(H[j], problem.labels, problem.num_classes)
+    found = [compression.compression_metrics(H[j], problem.labels, problem.num_classes)
              for j in range(n)] if not problem.multilabel else []
     arrays = {f"extra/{k}": np.array([f[k] for f in found]) for k in (found[0] if found else {})}
     if problem.depth > 1:
@@ -249,7 +249,7 @@ def _imbalance_arrays(problem: Problem, hypers: Hyper, params, n: int, objective
     its minority cosine and (two count levels) the collapse ratio, once per distinct Hyper
     (the seeds of a configuration share them)."""
     W, H = np.asarray(params.W), np.asarray(params.H)
-    found = [host_metrics.imbalance_metrics(W[j], H[j], problem.labels, problem.class_counts)
+    found = [imbalance.imbalance_metrics(W[j], H[j], problem.labels, problem.class_counts)
              for j in range(n)]
     arrays = {f"extra/{k}": np.array([f[k] for f in found]) for k in found[0]}
     hyper_list = [Hyper(*(float(np.asarray(v)[j]) for v in hypers)) for j in range(n)]
@@ -262,7 +262,7 @@ def _imbalance_arrays(problem: Problem, hypers: Hyper, params, n: int, objective
     per_hyper = {}
     for h in dict.fromkeys(hyper_list):
         optimum = oracle.convex_oracle(problem, h)
-        cos = host_metrics.imbalance_metrics(
+        cos = imbalance.imbalance_metrics(
             optimum.W, optimum.H_bar, np.arange(problem.num_classes), problem.class_counts
         )["minority_cos"]
         # Two count levels: the ratio n_major/n_minor at which the minority collapses.
@@ -293,7 +293,7 @@ def _gnc_arrays(problem: Problem, params, n: int) -> dict:
     """gnc1, gnc2_margin (exact QP), gnc2_tammes, gnc3 of each final point (host numpy), and
     the margin of the softmax code where it is known exactly (`theory.known_code_margin`)."""
     W, H = np.asarray(params.W), np.asarray(params.H)
-    found = [host_metrics.gnc_metrics(W[j], H[j], problem.labels) for j in range(n)]
+    found = [gnc.gnc_metrics(W[j], H[j], problem.labels) for j in range(n)]
     arrays = {f"extra/{k}": np.array([f[k] for f in found]) for k in found[0]}
     known = theory.known_code_margin(problem.num_classes, problem.feature_dim)
     arrays["extra/code_margin"] = np.full(n, np.nan if known is None else known)
