@@ -38,7 +38,7 @@ import optax
 import ufm
 from ufm.model.problem import objective as ufm_objective
 from ufm.solvers import batching as runner
-from ufm.solvers import driver as solvers
+from ufm.solvers import driver, reference
 
 SIZES = {"S1": (10, 64, 100), "S2": (10, 512, 500)}
 N_CONFIGS = 16
@@ -62,7 +62,7 @@ def grid(size):
     problem = ufm.Problem(num_classes=K, feature_dim=d, n_per_class=n, dtype="float64")
     hypers = ufm.Hyper(lam_W=np.full(N_CONFIGS, LAM), lam_H=np.geomspace(LAM, 4 * LAM, N_CONFIGS),
                        lam_b=np.full(N_CONFIGS, LAM), lr=np.full(N_CONFIGS, LR))
-    _, f_star = solvers.optimum_values(problem, hypers)
+    _, f_star = driver.optimum_values(problem, hypers)
     assert np.all(np.isfinite(f_star)), "every configuration has a closed-form optimum"
     return problem, hypers, f_star
 
@@ -257,7 +257,7 @@ def lbfgs_cost(problem, hypers, seconds_per_iteration):
     with jax.enable_x64(True):
         hyper = _batched(hypers)
         keys = jnp.stack([jax.random.key(i) for i in range(N_CONFIGS)])
-        state = jax.jit(jax.vmap(lambda h, k: solvers._initial_state(
+        state = jax.jit(jax.vmap(lambda h, k: reference.initial_state(
             problem, "lbfgs", h, k, 1.0)))(hyper, keys)
         value_and_grad = jax.jit(jax.vmap(lambda h, p: jax.value_and_grad(
             lambda q: ufm_objective(problem, h, q))(p)))
@@ -273,7 +273,7 @@ def lbfgs_cost(problem, hypers, seconds_per_iteration):
         per_evaluation = _median_seconds(evaluate)
 
         def one(h, s):
-            return solvers._make_step(problem, "lbfgs", h)[1](s, jnp.asarray(0.0),
+            return reference.make_step(problem, "lbfgs", h)[1](s, jnp.asarray(0.0),
                                                               jnp.asarray(10**9))
 
         step = jax.jit(jax.vmap(one))

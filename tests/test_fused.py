@@ -1,4 +1,4 @@
-"""The fast path of the first-order solvers (`ufm.solvers.fast_step`, `solvers._fast_block`)
+"""The fast path of the first-order solvers (`ufm.solvers.fast_step`, `loop.fast_block`)
 against the
 reference path (autodiff, every step checked): the same iterates to round-off in float64 for
 every loss and option, vmapped and unbatched, and the same statuses with the step of a
@@ -12,9 +12,8 @@ import pytest
 import ufm
 from ufm.model import manifolds
 from ufm.model.problem import multilabel_sets
-from ufm.solvers import driver as solvers
 from ufm.solvers import fast_step as fused
-from ufm.solvers import kernels
+from ufm.solvers import kernels, loop, reference, settings
 
 STEPS = 200
 # A covering set of the options (each problem compiles twice, so not the full product):
@@ -69,12 +68,12 @@ def _final_states(problem, solver, hypers, seeds, fast):
         keys = jax.vmap(jax.random.key)(jnp.asarray(seeds, jnp.uint32))
 
         def run(hyper, key):
-            state = solvers._initial_state(problem, solver, hyper, key, 1.0, fast=fast)
+            state = reference.initial_state(problem, solver, hyper, key, 1.0, fast=fast)
             if fast:
-                block = solvers._fast_block(problem, solver, hyper, 0.0, STEPS, STEPS,
-                                            solvers.FastPath(25, kernel=False))
+                block = loop.fast_block(problem, solver, hyper, 0.0, STEPS, STEPS,
+                                            settings.FastPath(25, kernel=False))
                 return block(state, 0)
-            _, step = solvers._make_step(problem, solver, hyper)
+            _, step = reference.make_step(problem, solver, hyper)
             return jax.lax.fori_loop(0, STEPS, lambda _, s: step(s, 0.0, STEPS), state)
 
         return jax.device_get(jax.jit(jax.vmap(run))(hypers, keys))

@@ -9,16 +9,16 @@ import optax
 import pytest
 
 import ufm
+from ufm import solvers
 from ufm.model.problem import objective
-from ufm.solvers import driver as solvers
-from ufm.solvers import lbfgs
+from ufm.solvers import lbfgs, loop, reference
 
 
 def _problem_and_start(seed=1):
     problem = ufm.Problem(num_classes=4, feature_dim=6, n_per_class=5, dtype="float64")
     hyper = ufm.Hyper(lam_W=5e-4, lam_H=5e-4, lam_b=5e-4)
     with jax.enable_x64(True):
-        start = solvers._initial_state(problem, "lbfgs", hyper, jax.random.key(seed),
+        start = reference.initial_state(problem, "lbfgs", hyper, jax.random.key(seed),
                                        1.0).variables
     return problem, hyper, start
 
@@ -94,8 +94,8 @@ def test_grouped_reference_steps_leave_steps_and_statuses_as_they_were(monkeypat
                        lam_b=np.full(3, 5e-2), lr=np.array([0.5, 1.0, 40.0]))
     results = {}
     for per_test in (1, 10):
-        monkeypatch.setattr(solvers, "REFERENCE_STEPS_PER_TEST", per_test)
-        solvers._compiled_chunk.cache_clear()
+        monkeypatch.setattr(loop, "REFERENCE_STEPS_PER_TEST", per_test)
+        loop.compiled_chunk.cache_clear()
         runs = [ufm.solve_batch(problem, hypers, [0, 1, 2], steps=157, log_every=50,
                                 tol=1e-5, solver=name, fast=False, progress=False)
                 for name in ("gd", "lbfgs")]

@@ -11,7 +11,7 @@ import ufm
 from ufm.analysis import nc as metrics
 from ufm.analysis.theory import simplex_etf
 from ufm.model.problem import x64_scope
-from ufm.solvers import driver as solvers
+from ufm.solvers import records
 
 
 def _both(W, H, labels, b=None):
@@ -115,8 +115,8 @@ def _lowered_records(problem):
     K, d, N = problem.num_classes, problem.feature_dim, problem.num_samples
     trace = (ufm.Params(jnp.ones((2, 3, K, d)), jnp.ones((2, 3, d, N)), jnp.ones((2, 3, K))),
              jnp.ones((2, 3)), jnp.ones((2, 3)))
-    records = solvers._compiled_records(problem, False, True, None, 3)
-    return records.lower(hyper, trace, jnp.ones(2)).compile().as_text()
+    program = records.compiled_records(problem, False, True, None, 3)
+    return program.lower(hyper, trace, jnp.ones(2)).compile().as_text()
 
 
 def test_records_program_holds_no_decomposition():

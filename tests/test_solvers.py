@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 import ufm
-from ufm.solvers import driver as solvers
+from ufm import solvers
+from ufm.solvers import driver, records
 
 # (problem kwargs, hyper kwargs, collapses to zero)
 # Every family of closed form is reached by L-BFGS from a random start; the second case of a
@@ -155,7 +156,7 @@ def test_vmapped_runs_equal_separate_runs():
     batch = ufm.solve_batch(prob, hypers, seeds, steps=3000, log_every=100)
     # The same run as one pure function, vmapped directly.
     run = ufm.make_run(prob, steps=3000, log_every=100, tol=solvers.default_tol(prob))
-    _, f_star = solvers.optimum_values(prob, hypers)
+    _, f_star = driver.optimum_values(prob, hypers)
     with jax.enable_x64(True):
         keys = jax.vmap(jax.random.key)(jnp.arange(8))
         out = jax.jit(jax.vmap(run))(hypers.broadcast(8, jnp.float64), keys, jnp.asarray(f_star))
@@ -195,7 +196,7 @@ def test_history_has_every_metric_at_every_log_point():
     prob = ufm.Problem(num_classes=3, feature_dim=4, n_per_class=2)
     res = ufm.solve(prob, ufm.Hyper(), steps=250, log_every=100, tol=0.0)
     np.testing.assert_array_equal(res.history["iteration"], [0, 100, 200, 250])
-    for key in solvers.HISTORY_KEYS:
+    for key in records.HISTORY_KEYS:
         assert res.history[key].shape == (4,), key
     assert res.status == "max_steps" and res.steps == 250
 

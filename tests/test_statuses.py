@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 
 import ufm
+from ufm import solvers
 from ufm.analysis import gnc, theory
-from ufm.solvers import driver as solvers
+from ufm.solvers import statuses
 
 # K = 6 classifiers in R^4: the softmax code's margin is 1 (`ufm.analysis.codes.softmax_code(6,
 # 4)`).
@@ -67,7 +68,7 @@ def test_stationarity_is_scale_free_on_the_sphere():
 
 def test_a_run_within_tol_of_f_star_is_converged():
     """Out of steps but within tol of the closed-form f*: converged, not unfinished."""
-    status = solvers.final_status(np.array([solvers.RUNNING] * 3), np.array([1e-5] * 3),
+    status = solvers.final_status(np.array([statuses.RUNNING] * 3), np.array([1e-5] * 3),
                                   np.array([1e-5] * 3), np.array([-1e-7, 3e-6, np.nan]), 1e-6)
     assert [solvers.STATUSES[s] for s in status] == ["converged", "max_steps", "max_steps"]
     problem = ufm.Problem(4, 6, n_per_class=5, dtype="float64")

@@ -43,7 +43,7 @@ from ufm.model.problem import Hyper, validate_hyper
 from ufm.nets import data as _data
 from ufm.solvers import batching as runner
 
-OPTIMIZERS = ("gd", "momentum", "adam")  # the names of `ufm.solvers.driver`
+OPTIMIZERS = ("gd", "momentum", "adam")  # the names of `ufm.solvers.SOLVERS`
 SCHEDULES = ("constant", "cosine", "step")
 CHECKPOINT = "checkpoint.npz"
 

@@ -23,7 +23,7 @@ from ufm.analysis.landscape.probes import (
 )
 from ufm.model import manifolds
 from ufm.model.problem import Hyper, Params, Problem, init_traced, objective, x64_scope
-from ufm.solvers.driver import solve, solve_batch
+from ufm.solvers import solve, solve_batch
 from ufm.solvers.settings import SolverSettings
 
 

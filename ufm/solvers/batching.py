@@ -1,7 +1,8 @@
 """The run machinery under every solver call and grid: configurations mapped over a leading
 axis (vmap, or lax.map over vmapped slices), padding to whole slices, sharding over local
 devices, the host loop's chunking, the sizes of slices and compiled calls from the problem and
-the device, and progress bars. Nothing here knows a solver's step or state (`ufm.solvers.driver`).
+the device, and progress bars. Nothing here knows a solver's step or state
+(`ufm.solvers.reference`, `loop`).
 """
 from __future__ import annotations
 

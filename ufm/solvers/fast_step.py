@@ -19,7 +19,7 @@ The optimizer is the same optax transformation as on the reference path, applied
 trained leaves. Plain GD's update -lr grad is already tangent, so on the sphere it is not
 projected a second time (`project_update=False`: a pass over H saved; the reference projects
 again, which changes the result by round-off only, since P_X P_X = P_X on unit columns).
-How often convergence and divergence are decided is the run loop's business (`ufm.solvers.driver`);
+How often convergence and divergence are decided is the run loop's business (`ufm.solvers.loop`);
 this module only supplies the plain step and the checked one.
 """
 from __future__ import annotations

@@ -6,7 +6,7 @@ values, meaning); nothing else lists them. `solve`, `solve_batch` and `make_run`
 it (`ufm.running.kinds.grid.SOLVER_SECTION`, as `[hyper]` is generated from `Hyper`), the kinds
 and the landscape drivers pass it whole, and two results folders' shared settings are compared
 as two values (`SolverSettings.shared`). Adding an option is a field and a rule here, and its
-use in the run (`ufm.solvers.driver`).
+use in the run (`ufm.solvers.loop`, `driver`).
 
 The fields split by what they change: `name`, `log_every` and the fast path (`fast`,
 `check_every`, `kernel`) are static (one compilation each); `steps`, `tol`, `init_scale` and the
@@ -26,7 +26,7 @@ SOLVERS = ("gd", "momentum", "nesterov", "adam", "lbfgs")
 # The solvers that take projected steps on the norm balls.
 PROJECTED_SOLVERS = ("gd", "momentum", "nesterov", "adam")
 KERNELS = kernels.KERNELS  # "pallas": plain GD's one-pass Pallas kernel
-# Steps between convergence / divergence checks on the fast path (`driver._fast_block`).
+# Steps between convergence / divergence checks on the fast path (`loop.fast_block`).
 CHECK_EVERY = 25
 # Step counts are int32 inside the compiled run (the counter, max_steps, diverged_at).
 STEP_LIMIT = 2**31 - 1

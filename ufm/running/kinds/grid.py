@@ -52,8 +52,8 @@ from ufm.running.tables import (
     label_value,
     series_labels,
 )
+from ufm.solvers import STATUS_MEANINGS, STATUSES, solve_batch
 from ufm.solvers import batching as runner
-from ufm.solvers.driver import STATUS_MEANINGS, STATUSES, solve_batch
 from ufm.solvers.settings import RULES, SolverSettings, check_solver_geometry
 
 
