@@ -8,6 +8,7 @@ import pytest
 
 from ufm.running import figures as plots
 from ufm.running import results
+from ufm.running.kinds import grid, net
 from ufm.running.kinds.grid import KINDS
 
 
@@ -57,7 +58,7 @@ def _diverging_grid(tmp_path):
 
 def test_a_grid_with_diverged_cells_draws_every_figure(tmp_path, capsys):
     folder = _diverging_grid(tmp_path)
-    written = {p.name for p in plots.plot_grid_results(folder)}
+    written = {p.name for p in grid.plot_grid_results(folder)}
     assert {"rel_gap.png", "nc1.png", "nc4.png", "objective.png", "overview.png",
             "grid_nc1_lam_H_lr.png", "grid_rel_gap_lam_H_lr.png"} <= written
     assert all((folder / name).stat().st_size > 0 for name in written)
@@ -68,7 +69,7 @@ def test_diverged_and_empty_values_are_left_out_of_final_values():
     table = {"row": np.arange(3), "status": np.array(["converged", "diverged", "converged"],
                                                      dtype=object),
              "rel_gap": np.array([-1e-8, 8e289, np.nan])}
-    np.testing.assert_array_equal(plots._final(table, "rel_gap", [0, 1, 2]), [1e-8, np.nan])
+    np.testing.assert_array_equal(grid._final(table, "rel_gap", [0, 1, 2]), [1e-8, np.nan])
     mid, lo, hi = plots.nan_stats(np.array([[np.nan, 1.0], [np.nan, 3.0]]))
     assert np.isnan(mid[0]) and (mid[1], lo[1], hi[1]) == (2.0, 1.0, 3.0)
     np.testing.assert_array_equal(plots.shown_on([0.0, -1.0, 1e-3, 1e200, np.inf], "log"),
@@ -88,7 +89,7 @@ def test_one_row_one_value_and_missing_columns(tmp_path, capsys):
     row = {"row": 0, "seed": 0, "status": "converged", "steps": 150, "nc1": 0.0}
     folder = _grid_folder(tmp_path / "one", [row],
                           [{"iteration": iteration, "nc1": np.array([1.0, 0.0, 0.0])}])
-    written = {p.name for p in plots.plot_grid_results(folder)}
+    written = {p.name for p in grid.plot_grid_results(folder)}
     assert "nc1.png" in written and "overview.png" in written
     assert plots.FIGURE_FAILED not in capsys.readouterr().err
 
@@ -99,7 +100,7 @@ def test_a_failing_figure_is_named_and_the_others_are_written(tmp_path, capsys, 
     def broken(*args, **kwargs):
         raise RuntimeError("a broken figure")
 
-    monkeypatch.setattr(plots, "_grid_heatmap", broken)
+    monkeypatch.setattr(grid, "_grid_heatmap", broken)
     written = {p.name for p in KINDS["grid"].figures(folder, results.read_table(
         folder / results.RESULTS))}
     err = capsys.readouterr().err
@@ -115,22 +116,22 @@ def test_loss_equivalence_without_width_and_epochs_axes(tmp_path, capsys):
              "train.lr": np.array([0.1, 0.1, 0.1, 0.01]), "model.width": np.full(4, 128),
              "train.epochs": np.full(4, 300), "test_acc": np.array([0.9, 0.91, 0.9, 0.88]),
              "nc1": np.array([1e-2, 2e-2, 3e-2, 1e-3])}
-    assert plots.plot_loss_equivalence(tmp_path, table) == []
+    assert net.plot_loss_equivalence(tmp_path, table) == []
     table["model.width"] = np.array([64, 64, 128, 128])
     table["train.loss"] = np.array(["ce", "mse", "ce", "mse"], dtype=object)
     table["train.lr"] = np.array([0.1, 0.01, 0.1, 0.01])
-    assert plots.plot_loss_equivalence(tmp_path, table) == []  # epochs do not vary
+    assert net.plot_loss_equivalence(tmp_path, table) == []  # epochs do not vary
     table["train.epochs"] = np.array([10, 10, 10, 10])
     table = {k: np.concatenate([v, v]) for k, v in table.items()}
     table["row"] = np.arange(8)
     table["train.epochs"] = np.array([10, 10, 10, 10, 20, 20, 20, 20])
-    assert plots.plot_loss_equivalence(tmp_path, table) == [tmp_path / "loss_equivalence.png"]
+    assert net.plot_loss_equivalence(tmp_path, table) == [tmp_path / "loss_equivalence.png"]
 
 
 @pytest.mark.parametrize("count, expected", [(0, "0"), (500, "500"), (12_500, "12.5k"),
                                              (20_000, "20k"), (2_000_000, "2M")])
 def test_step_ticks_are_short(count, expected):
-    assert plots._short_number(count) == expected
+    assert plots.short_number(count) == expected
 
 
 def test_the_subtitle_names_the_shared_settings():
@@ -168,7 +169,7 @@ def test_a_figure_is_written_whole_or_not_at_all(tmp_path):
     path = tmp_path / "figure.png"
     fig, ax = plt.subplots()
     ax.plot([0, 1], [1, 0])
-    plots._save(fig, path)
+    plots.save_figure(fig, path)
     good = path.read_bytes()
     assert good.startswith(b"\x89PNG")
 
@@ -180,6 +181,6 @@ def test_a_figure_is_written_whole_or_not_at_all(tmp_path):
 
     fig.savefig = disk_full
     with pytest.raises(OSError, match="No space left"):
-        plots._save(fig, path)
+        plots.save_figure(fig, path)
     assert path.read_bytes() == good
     assert sorted(p.name for p in tmp_path.iterdir()) == ["figure.png"]

@@ -114,8 +114,8 @@ def test_tammes_code_for_twelve_points_is_the_icosahedron():
 def test_grid_rows_carry_gnc_columns_that_reach_the_known_codes(tmp_path):
     """A sphere grid with d < K-1: every row gets the exact-QP margin, and at a small
     temperature the learned classifiers reach the softmax code (d = 2: the regular K-gon)."""
-    from ufm.running import figures as plots
     from ufm.running import results
+    from ufm.running.kinds import grid
 
     exp = ufm.running.experiment.resolve(
         {
@@ -142,7 +142,7 @@ def test_grid_rows_carry_gnc_columns_that_reach_the_known_codes(tmp_path):
             assert table["gnc2_margin"][i] == pytest.approx(table["code_margin"][i], rel=1e-6)
     assert theory.known_code_margin(6, 2) == pytest.approx(0.5)
     assert theory.known_code_margin(4, 3) == pytest.approx(4 / 3)  # the simplex ETF
-    assert plots.plot_gnc_margin(tmp_path, table) == [tmp_path / "gnc_margin.png"]
+    assert grid.plot_gnc_margin(tmp_path, table) == [tmp_path / "gnc_margin.png"]
 
 
 def test_code_searches_name_a_bad_line_search():

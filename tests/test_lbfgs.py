@@ -9,7 +9,6 @@ import optax
 import pytest
 
 import ufm
-from ufm import solvers
 from ufm.model.problem import objective
 from ufm.solvers import lbfgs, loop, reference
 

@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import textwrap
 import warnings
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
-from ufm.analysis import compression, gnc, imbalance, oracle, theory
+from ufm.analysis import end_points, theory
 from ufm.errors import ConfigError, InputError
 from ufm.model.problem import (
     HYPER_RANGES,
@@ -40,13 +42,30 @@ from ufm.model.problem import (
     unused_hyper_fields,
 )
 from ufm.running import config, multihost, results
-from ufm.running import figures as plots
 from ufm.running.config import Field, Schema
+from ufm.running.figures import (
+    IGNORED_COLUMNS,
+    TRAJECTORY_FIGURES,
+    diverged_rows,
+    draw_figure,
+    draw_trajectories,
+    figure_legend,
+    nan_stats,
+    pyplot,
+    run_ends,
+    save_figure,
+    set_scale,
+    settings_line,
+    shown_on,
+)
 from ufm.running.kind import Kind, Unit
 from ufm.running.results import ResultsFolderError, UnitResult, float_column
 from ufm.running.tables import (
+    CONFIG_COLUMNS,
     PROBLEM_COLUMNS,
+    all_balanced,
     counts,
+    determined_by,
     fmt,
     format_table,
     label_value,
@@ -186,8 +205,6 @@ def _row(index, group, cfg, solver, status, steps, diverged_at, f_star, is_zero,
     return row
 
 
-
-
 def solver_settings(experiment: config.Experiment, name: str) -> SolverSettings:
     """The [solver] section as the value the solvers take, for one solver `name` (an axis)."""
     return SolverSettings(**{**experiment.solver, "name": name})
@@ -212,7 +229,7 @@ def _run_chunk(configs, settings: SolverSettings, problem, indices, size, width,
         is_zero=np.array([False if o is None else o.is_zero for o in batch.optimum[:n]]),
         seconds=np.full(n, batch.seconds / len(padded)))
     hypers = _group_hypers(configs, indices)
-    arrays.update(_extra_arrays(problem, hypers, batch.params, n,
+    arrays.update(end_points.end_point_columns(problem, hypers, batch.params, n,
                                 np.asarray(batch.history["objective"])[:n, -1]))
     return arrays
 
@@ -224,80 +241,6 @@ def config_columns(problem: Problem, hyper: Hyper, solver: str) -> dict:
     row.update(hyper._asdict())
     row["solver"] = solver
     return row
-
-
-def _extra_arrays(problem: Problem, hypers: Hyper, params, n: int, objective) -> dict:
-    """Columns beyond the history's metrics, from the final points (host side): feature
-    compression (`compression.compression_metrics`), GNC metrics (`reports_gnc`), and for
-    imbalanced classes the minority-collapse metrics and, for a convex
-    loss, the convex oracle's global optimum next to the solver's value (`ufm.analysis.oracle`)."""
-    H = np.asarray(params.H)
-    found = [compression.compression_metrics(H[j], problem.labels, problem.num_classes)
-             for j in range(n)] if not problem.multilabel else []
-    arrays = {f"extra/{k}": np.array([f[k] for f in found]) for k in (found[0] if found else {})}
-    if problem.depth > 1:
-        return arrays  # the GNC and imbalance columns (and the oracle) are the UFM's
-    if reports_gnc(problem):
-        arrays.update(_gnc_arrays(problem, params, n))
-    if not problem.balanced and not problem.multilabel and problem.geometry == "wd":
-        arrays.update(_imbalance_arrays(problem, hypers, params, n, objective))
-    return arrays
-
-
-def _imbalance_arrays(problem: Problem, hypers: Hyper, params, n: int, objective) -> dict:
-    """Minority-collapse metrics of each final point; for a convex loss the oracle's optimum,
-    its minority cosine and (two count levels) the collapse ratio, once per distinct Hyper
-    (the seeds of a configuration share them)."""
-    W, H = np.asarray(params.W), np.asarray(params.H)
-    found = [imbalance.imbalance_metrics(W[j], H[j], problem.labels, problem.class_counts)
-             for j in range(n)]
-    arrays = {f"extra/{k}": np.array([f[k] for f in found]) for k in found[0]}
-    hyper_list = [Hyper(*(float(np.asarray(v)[j]) for v in hypers)) for j in range(n)]
-    if (problem.loss not in oracle.CONVEX_LOSSES or problem.classifier != "learned"
-            or not all(h.lam_W > 0 and h.lam_H > 0 for h in hyper_list)):
-        return arrays
-    counts = np.asarray(problem.class_counts)
-    minority = np.flatnonzero(counts < counts.max())
-    two_levels = len(set(problem.class_counts)) == 2 and minority.size >= 2
-    per_hyper = {}
-    for h in dict.fromkeys(hyper_list):
-        optimum = oracle.convex_oracle(problem, h)
-        cos = imbalance.imbalance_metrics(
-            optimum.W, optimum.H_bar, np.arange(problem.num_classes), problem.class_counts
-        )["minority_cos"]
-        # Two count levels: the ratio n_major/n_minor at which the minority collapses.
-        ratio = (oracle.minority_collapse_threshold(problem, h, minority=minority,
-                                                    n_minority=counts.min())
-                 if two_levels else np.nan)
-        per_hyper[h] = (optimum.objective, float(optimum.rank), cos, ratio)
-    value, rank, cos, ratio = (np.array(column) for column in zip(*map(per_hyper.get,
-                                                                        hyper_list)))
-    arrays.update({"extra/oracle_objective": value,
-                   "extra/oracle_gap": (np.asarray(objective, np.float64) - value) / np.abs(value),
-                   "extra/oracle_rank": rank, "extra/oracle_minority_cos": cos})
-    if two_levels:
-        arrays["extra/collapse_ratio"] = ratio
-    return arrays
-
-
-def reports_gnc(problem: Problem) -> bool:
-    """GNC columns (docs/science.md, section 3) for the generalized-NC regime d < K-1 and for every
-    sphere problem (where the margin of the ETF, K/(K-1), checks the metric); not for a
-    classifier frozen at the identity, whose features carry the geometry (nc2_H)."""
-    if problem.multilabel or problem.classifier == "identity":
-        return False
-    return problem.feature_dim < problem.num_classes - 1 or problem.geometry == "sphere"
-
-
-def _gnc_arrays(problem: Problem, params, n: int) -> dict:
-    """gnc1, gnc2_margin (exact QP), gnc2_tammes, gnc3 of each final point (host numpy), and
-    the margin of the softmax code where it is known exactly (`theory.known_code_margin`)."""
-    W, H = np.asarray(params.W), np.asarray(params.H)
-    found = [gnc.gnc_metrics(W[j], H[j], problem.labels) for j in range(n)]
-    arrays = {f"extra/{k}": np.array([f[k] for f in found]) for k in found[0]}
-    known = theory.known_code_margin(problem.num_classes, problem.feature_dim)
-    arrays["extra/code_margin"] = np.full(n, np.nan if known is None else known)
-    return arrays
 
 
 def _group_hypers(configs, indices) -> Hyper:
@@ -623,7 +566,7 @@ def _status_lines(table: dict) -> list[str]:
 
 
 def figures(directory, table, metrics=None, x=None, y=None):
-    return plots.plot_grid_results(directory, metrics=metrics, x=x, y=y)
+    return plot_grid_results(directory, metrics=metrics, x=x, y=y)
 
 
 def notes(experiment) -> dict:
@@ -642,6 +585,326 @@ def describe(experiment) -> str:
 
 # `ufm run FILE --quick`: few steps, one seed.
 QUICK = {"solver": {"steps": 300, "log_every": 100}, "run": {"seeds": [0]}}
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+GRID_METRICS = ("nc1", "nc2_W", "nc3", "rel_gap")
+
+
+def _numeric_axes(table: dict) -> list[str]:
+    """Configuration columns that vary across the table and hold numbers (seeds excluded)."""
+    axes = []
+    for c in CONFIG_COLUMNS:
+        if c in table and len(set(map(str, table[c]))) > 1 and np.issubdtype(
+                np.asarray(table[c]).dtype, np.number) and not np.any(
+                np.isnan(np.asarray(table[c], float))):  # an axis only where every row has it
+            axes.append(c)
+    return axes
+
+
+def _final(table, metric, rows):
+    """A metric's final values on `rows`, without the runs that diverged (their metrics are
+    those of the last finite point before the blow-up, not of a result)."""
+    diverged = diverged_rows(table)
+    rows = [i for i in rows if not diverged[i]]
+    values = results.float_column(table, metric)[rows]
+    return np.abs(values) if metric == "rel_gap" else values
+
+
+def plot_grid(directory, table, metrics=None, x=None, y=None) -> list[Path]:
+    """Final metrics over the grid's numeric axes: heatmaps over two axes (median over seeds;
+    one panel per value of the other varying fields; a cell whose runs all diverged is grey and
+    says so), or lines over one axis with a min-max band over seeds. Axes are chosen from the
+    grid unless x / y name them. Each figure is drawn in isolation (`draw_figure`)."""
+    axes = _numeric_axes(table)
+    x = x or (axes[0] if axes else None)
+    if x is None:
+        return []
+    # A y that is a function of x (zipped with it) adds no second dimension: skip it.
+    independent = lambda a: len(set(zip(map(str, table[x]), map(str, table[a])))) > len(
+        set(map(str, table[x])))
+    y = y or next((a for a in axes if a != x and independent(a)), None)
+    others = [c for c in CONFIG_COLUMNS if c in table and c not in (x, y)
+              and len(set(map(str, table[c]))) > 1 and (c not in axes or independent(c))
+              and not (c == "class_counts" and all_balanced(table))]
+    # A column the others (and the axes) determine (the label sets, given K and the counts)
+    # tells no panel apart.
+    shown = [a for a in (x, y) if a is not None]
+    for c in list(others):  # one at a time: of two that determine each other, one stays
+        if determined_by(table, c, shown + [o for o in others if o != c]):
+            others.remove(c)
+    n_rows = len(table["row"])
+    panel_of = [", ".join(f"{c}={label_value(table[c][i])}" for c in others) or "all"
+                for i in range(n_rows)]
+    panels = list(dict.fromkeys(panel_of))
+    written = []
+    for metric in [m for m in (metrics or GRID_METRICS) if m in table]:
+        if np.all(np.isnan(results.float_column(table, metric))):
+            continue
+        if y is not None:
+            name = f"grid_{metric}_{x}_{y}.png"
+            written += draw_figure(name, _grid_heatmap, Path(directory) / name, table, metric,
+                                   x, y, panels, panel_of)
+        else:
+            name = f"grid_{metric}_{x}.png"
+            written += draw_figure(name, _grid_lines, Path(directory) / name, table, metric, x,
+                                   panels, panel_of)
+    return written
+
+
+def _grid_heatmap(path, table, metric, x, y, panels, panel_of) -> Path:
+    plt = pyplot()
+    n_rows = len(table["row"])
+    xs = sorted(set(np.asarray(table[x], float)))
+    ys = sorted(set(np.asarray(table[y], float)))
+    cells = {}  # (panel, iy, ix) -> (log10 median or NaN, every run there diverged)
+    for panel in panels:
+        for iy, yv in enumerate(ys):
+            for ix, xv in enumerate(xs):
+                rows = [i for i in range(n_rows) if panel_of[i] == panel
+                        and float(table[x][i]) == xv and float(table[y][i]) == yv]
+                if not rows:
+                    continue
+                value = nan_stats(shown_on(_final(table, metric, rows), "log")[:, None])[0][0]
+                cells[panel, iy, ix] = (np.log10(value) if np.isfinite(value) else np.nan,
+                                        bool(diverged_rows(table)[rows].all()))
+    finite = [v for v, _ in cells.values() if np.isfinite(v)]
+    low, high = (min(finite), max(finite)) if finite else (0.0, 1.0)
+    if low == high:
+        low, high = low - 0.5, high + 0.5
+    fig, axs = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.8),
+                            layout="constrained", squeeze=False)
+    cmap = plt.get_cmap("viridis").with_extremes(bad="0.85")
+    for ax, panel in zip(axs.flat, panels):
+        shown = np.full((len(ys), len(xs)), np.nan)
+        for (p, iy, ix), (value, all_diverged) in cells.items():
+            if p != panel:
+                continue
+            shown[iy, ix] = value
+            if all_diverged:
+                ax.text(ix, iy, "diverged", ha="center", va="center", fontsize=7)
+        im = ax.imshow(np.ma.masked_invalid(shown), origin="lower", aspect="auto", cmap=cmap,
+                       vmin=low, vmax=high)
+        ax.set_xticks(range(len(xs)), [f"{v:.3g}" for v in xs], rotation=45, fontsize=7)
+        ax.set_yticks(range(len(ys)), [f"{v:.3g}" for v in ys], fontsize=7)
+        ax.set_xlabel(x)
+        ax.set_ylabel(y)
+        ax.set_title(panel, fontsize=8)
+        fig.colorbar(im, ax=ax, label=f"log10 {metric} (median over seeds)")
+    fig.suptitle(settings_line(table), fontsize=8)
+    return save_figure(fig, path)
+
+
+def _grid_lines(path, table, metric, x, panels, panel_of) -> Path:
+    plt = pyplot()
+    n_rows = len(table["row"])
+    fig, ax = plt.subplots(figsize=(5.5, 3.8), layout="constrained")
+    for panel in panels:
+        rows = [i for i in range(n_rows) if panel_of[i] == panel]
+        xs = sorted(set(np.asarray(table[x], float)[rows]))
+        stats = [nan_stats(shown_on(_final(table, metric, [i for i in rows
+                                                           if float(table[x][i]) == xv]),
+                                    "log")[:, None]) for xv in xs]
+        mid, lo, hi = (np.array([s[j][0] for s in stats]) for j in range(3))
+        (line,) = ax.plot(xs, mid, "o-", label=panel)
+        ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.2, lw=0)
+    values = sorted(set(np.asarray(table[x], float)))
+    ax.set_xscale("log" if min(values) > 0 else "linear")
+    if len(values) <= 12:  # the grid's own values as ticks, not powers of ten
+        from matplotlib.ticker import NullLocator
+
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xticks(values, [f"{v:.3g}" for v in values])
+    set_scale(ax, "log")
+    ax.set_xlabel(x)
+    ax.set_ylabel(f"final {metric} (median, min-max over seeds)")
+    ax.set_title(textwrap.fill(settings_line(table), 80), fontsize=7)
+    figure_legend(fig, ax)
+    return save_figure(fig, path)
+
+
+def check_figure_options(table: dict, history: dict, metrics=None, x=None, y=None) -> None:
+    """ValueError naming a --metric, --x or --y that this grid's folder cannot draw, with the
+    names it can."""
+    drawable = [key for key, _, _ in TRAJECTORY_FIGURES if key in history]
+    drawable += [c for c in table if c not in drawable and c not in IGNORED_COLUMNS
+                 and c not in CONFIG_COLUMNS and np.issubdtype(np.asarray(table[c]).dtype,
+                                                               np.number)]
+    for metric in metrics or ():
+        if metric not in drawable:
+            raise ValueError(f"--metric {metric!r} is not in this results folder: one of "
+                             f"{', '.join(drawable)}")
+    axes = _numeric_axes(table)
+    for flag, name in (("--x", x), ("--y", y)):
+        if name is not None and name not in axes:
+            allowed = (f"one of {', '.join(axes)}" if axes else
+                       "this grid has no numeric axis that varies")
+            raise ValueError(f"{flag} {name!r} is not a numeric axis of this grid: {allowed}")
+    if x is not None and x == y:
+        raise ValueError(f"--x and --y are both {x!r}: choose two different axes")
+
+
+def plot_grid_results(directory, metrics=None, x=None, y=None) -> list[Path]:
+    """The figures of a grid's results folder (trajectories, overview, final metrics over the
+    grid's axes, and GNC, imbalance and layer-wise figures where they apply), each drawn in
+    isolation; returns the files written. Any results folder: `ufm.running.experiment.figures`."""
+    directory = Path(directory)
+    table = results.read_table(directory / results.RESULTS)
+    history = results.read_history(directory / results.HISTORY, len(table["row"]))
+    check_figure_options(table, history, metrics, x, y)
+    written = []
+    if history.get("iteration") is not None and len(table["row"]):
+        figures = [f for f in TRAJECTORY_FIGURES if f[0] in history
+                   and (metrics is None or f[0] in metrics)
+                   and np.isfinite(np.asarray(history[f[0]], float)).any()]
+        for figure in figures:
+            written += draw_figure(f"{figure[0]}.png", _trajectory_figure, directory, table,
+                                   history, [figure], f"{figure[0]}.png")
+        if figures:
+            written += draw_figure("overview.png", _trajectory_figure, directory, table,
+                                   history, figures, "overview.png")
+    written += plot_grid(directory, table, metrics, x, y)
+    if "gnc2_margin" in table and len(set(map(str, table.get("tau", [])))) > 1:
+        written += draw_figure("gnc_margin.png", plot_gnc_margin, directory, table)
+    if "minority_cos" in table:
+        written += draw_figure("imbalance.png", plot_imbalance, directory, table)
+    if "nc1_layer0" in table:
+        written += draw_figure("layer_nc1.png", plot_layer_nc1, directory, table)
+    return written
+
+
+def _trajectory_figure(directory, table, history, figures, filename) -> Path:
+    """One panel per (key, label, scale) of `figures` against iteration: one figure for a
+    metric, the overview for several; one legend, the shared settings as the title."""
+    plt = pyplot()
+    labels, _ = series_labels(table)
+    n_series = len(set(labels))
+    width = 5.5 if n_series <= 8 else 8.5 + 2.5 * (n_series // 30)
+    iteration = np.asarray(history["iteration"])
+    keep = run_ends(table, iteration.size, iteration)
+    diverged = diverged_rows(table)
+    cols = min(3, len(figures))
+    rows = -(-len(figures) // cols)
+    size = (width, 3.8) if len(figures) == 1 else (4.6 * cols + width - 5.5, 3.4 * rows)
+    fig, axes = plt.subplots(rows, cols, figsize=size, layout="constrained", squeeze=False)
+    for ax, (key, ylabel, scale) in zip(axes.flat, figures):
+        draw_trajectories(ax, iteration, history[key], labels, key, scale, keep, diverged)
+        if len(figures) == 1:
+            ax.set_ylabel(ylabel)
+        else:
+            ax.set_title(ylabel, fontsize=9)
+    for ax in list(axes.flat)[len(figures):]:
+        ax.axis("off")
+    figure_legend(fig, axes.flat[:len(figures)])
+    note = " (x: diverged)" if diverged.any() else ""
+    fig.suptitle(settings_line(table) + note, fontsize=8)
+    return save_figure(fig, Path(directory) / filename)
+
+
+def plot_gnc_margin(directory, table) -> list[Path]:
+    """GNC margin (min one-vs-rest distance of the normalized classifiers) against tau: one
+    panel per feature dimension d, one line per K (best over seeds), the softmax code's margin
+    dashed where it is known exactly."""
+    plt = pyplot()
+    K_col, d_col = np.asarray(table["num_classes"], int), np.asarray(table["feature_dim"], int)
+    tau = np.asarray(table["tau"], float)
+    margin = np.asarray(table["gnc2_margin"], float)
+    code = results.float_column(table, "code_margin")
+    dims = sorted(set(d_col))
+    fig, axes = plt.subplots(1, len(dims), figsize=(3.6 * len(dims), 3.4), layout="constrained",
+                             squeeze=False)
+    for ax, d in zip(axes.flat, dims):
+        for K in sorted(set(K_col[d_col == d])):
+            rows = (d_col == d) & (K_col == K)
+            taus = sorted(set(tau[rows]))
+            best = [nan_stats(margin[rows & (tau == t)][:, None])[2][0] for t in taus]
+            (line,) = ax.plot(taus, best, "o-", label=f"K={K}")
+            known = code[rows]
+            if np.isfinite(known).any():
+                ax.axhline(np.nanmax(known), color=line.get_color(), ls="--", lw=1)
+        ax.set_xscale("log")
+        set_scale(ax, "log")
+        ax.set_xlabel("tau")
+        ax.set_title(f"d = {d}", fontsize=9)
+        ax.legend(fontsize=7)
+    axes.flat[0].set_ylabel("one-vs-rest margin (dashed: softmax code)")
+    return [save_figure(fig, Path(directory) / "gnc_margin.png")]
+
+
+def plot_layer_nc1(directory, table) -> list[Path]:
+    """Final NC1 of every representation of a deep UFM (layer 0 = the free features, the last
+    = the classifier's input), one line per configuration (median over seeds, min-max band)."""
+    plt = pyplot()
+    labels, _ = series_labels(table)
+    logged = sorted(int(key[len("nc1_layer"):]) for key in table if key.startswith("nc1_layer"))
+    fig, ax = plt.subplots(figsize=(6, 3.8), layout="constrained")
+    for label in dict.fromkeys(labels):
+        rows = [i for i, lab in enumerate(labels) if lab == label]
+        layers = [k for k in logged
+                  if np.isfinite(results.float_column(table, f"nc1_layer{k}")[rows]).any()]
+        if not layers:
+            continue
+        values = np.array([results.float_column(table, f"nc1_layer{k}")[rows] for k in layers])
+        values = np.maximum(values, 1e-32)
+        (line,) = ax.plot(layers, np.median(values, axis=1), "o-", label=label)
+        ax.fill_between(layers, values.min(axis=1), values.max(axis=1),
+                        color=line.get_color(), alpha=0.2, lw=0)
+    ax.set_yscale("log")
+    ax.set_xlabel("layer (0 = free features)")
+    ax.set_ylabel("final NC1")
+    ax.legend(fontsize=7)
+    return [save_figure(fig, Path(directory) / "layer_nc1.png")]
+
+
+def plot_imbalance(directory, table) -> list[Path]:
+    """Minority collapse against the imbalance ratio n_max/n_min: mean cosine between minority
+    classifiers (solver: markers per seed; convex oracle: line) with the oracle's collapse
+    threshold dashed; minority/majority norm ratios; |f - f_oracle|/|f_oracle|."""
+    plt = pyplot()
+    counts = [np.array(str(c).split(), float) for c in table["class_counts"]]
+    ratio = np.array([c.max() / c.min() if c.size else 1.0 for c in counts])
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), layout="constrained")
+    order = np.argsort(ratio, kind="stable")
+    axes[0].plot(ratio[order], results.float_column(table, "minority_cos")[order], "o", ms=4,
+                 label="solver (each seed)")
+    oracle_cos = results.float_column(table, "oracle_minority_cos")
+    if np.isfinite(oracle_cos).any():
+        axes[0].plot(ratio[order], oracle_cos[order], "-", label="convex oracle")
+    threshold = results.float_column(table, "collapse_ratio")
+    for value in sorted(set(threshold[np.isfinite(threshold)])):
+        axes[0].axvline(value, color="k", ls="--", lw=1)
+        axes[0].text(value, -0.05, f" R*={value:.3g}", fontsize=7)
+    axes[0].axhline(1.0, color="gray", lw=0.5)
+    axes[0].set_ylabel("mean cos between minority classifiers")
+    axes[0].legend(fontsize=7)
+    axes[1].plot(ratio[order], results.float_column(table, "w_norm_ratio")[order], "o-", ms=3,
+                 label="||w|| minority / majority")
+    axes[1].plot(ratio[order], results.float_column(table, "h_norm_ratio")[order], "s-", ms=3,
+                 label="||mu - mu_G|| minority / majority")
+    axes[1].legend(fontsize=7)
+    axes[1].set_yscale("log")
+    axes[2].semilogy(
+        ratio[order],
+        np.maximum(results.float_column(table, "minority_spread")[order], 1e-17),
+        "o",
+        ms=4,
+        label="minority spread (solver)",
+    )
+    gap = np.abs(results.float_column(table, "oracle_gap"))
+    if np.isfinite(gap).any():
+        axes[2].semilogy(ratio[order], np.maximum(gap[order], 1e-17), "x", ms=4,
+                         label="|f - f_oracle| / |f_oracle|")
+    axes[2].legend(fontsize=7)
+    from matplotlib.ticker import NullFormatter
+
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # the decades only: no crowded labels
+        ax.set_xlabel("imbalance ratio n_max / n_min")
+    return [save_figure(fig, Path(directory) / "imbalance.png")]
+
 
 KINDS = {"grid": Kind("grid", SCHEMA, check, units, run_unit, summary, figures, describe,
                       manifest, notes, extend, QUICK)}

@@ -12,11 +12,20 @@ The file is a grid file (`ufm.running.kinds.grid`) with a [landscape] table (LAN
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
-from ufm.running import figures as plots
-from ufm.running import landscapes
+from ufm.running import landscapes, results
 from ufm.running.config import Field, Schema
+from ufm.running.figures import (
+    draw_figure,
+    pyplot,
+    rows_by_label,
+    save_figure,
+    step_axis,
+    symlog_edges,
+)
 from ufm.running.kind import Kind, Unit
 from ufm.running.kinds import grid
 from ufm.running.results import UnitResult
@@ -147,10 +156,164 @@ def _kind(name, summary, draw, quick) -> Kind:
                 _describe, notes=grid.notes, quick=grid.QUICK | quick)
 
 
+# ----------------------------------------------------------------------------- figures
+
+
+def plot_benign(directory: Path) -> list[Path]:
+    """Fraction of starts reaching f* per start kind, and Hessian spectra at the saddles and
+    at the optimum (symmetric-log axis: the saddles' negative eigenvalues left of zero)."""
+    directory = Path(directory)
+    table = results.read_table(directory / results.RESULTS)
+    return (draw_figure("benign_reached.png", _benign_reached, directory, table)
+            + draw_figure("benign_spectra.png", _benign_spectra, directory, table))
+
+
+def _benign_reached(directory: Path, table) -> Path:
+    plt = pyplot()
+    labels, series = rows_by_label(table)
+    starts = list(dict.fromkeys(table["start"]))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(series) * len(starts) / 3), 4.0),
+                           layout="constrained")
+    width = 0.8 / len(starts)
+    for j, start in enumerate(starts):
+        fractions = []
+        for label in series:
+            rows = [
+                i for i, lab in enumerate(labels) if lab == label and table["start"][i] == start
+            ]
+            fractions.append(np.mean(np.asarray(table["reached"])[rows]) if rows else np.nan)
+        ax.bar(np.arange(len(series)) + j * width, fractions, width, label=start)
+    ax.set_xticks(np.arange(len(series)) + 0.4 - width / 2, series, rotation=20, ha="right",
+                  fontsize=8)
+    ax.set_ylabel("fraction of starts reaching f*")
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=7, ncols=2)
+    return save_figure(fig, directory / "benign_reached.png")
+
+
+def _benign_spectra(directory: Path, table) -> list[Path]:
+    plt = pyplot()
+    labels, _ = rows_by_label(table)
+    written = []
+    spectra_path = directory / "spectra.npz"
+    if spectra_path.is_file():
+        with np.load(spectra_path, allow_pickle=False) as data:
+            spectra = {k: data[k] for k in data.files if not k.endswith("|verdict")}
+        configs = sorted({int(k.split("|")[0]) for k in spectra})
+        config_label = {int(c): lab for c, lab in zip(table["config"], labels)}
+        cols = min(4, len(configs))
+        rows_n = -(-len(configs) // cols)
+        fig, axes = plt.subplots(rows_n, cols, figsize=(4.2 * cols, 3.2 * rows_n),
+                                 layout="constrained", squeeze=False)
+        for ax, c in zip(axes.flat, configs):
+            keys = [k for k in spectra if int(k.split("|")[0]) == c]
+            top = max(float(np.nanmax(np.abs(spectra[k]))) for k in keys)
+            edges = symlog_edges(top, linthresh=1e-4)
+            for key in keys:
+                ax.hist(spectra[key], bins=edges, histtype="step", label=key.split("|")[1])
+            ax.set_xscale("symlog", linthresh=1e-4)
+            ax.set_yscale("log")
+            ax.set_title(config_label.get(c, str(c)), fontsize=9)
+            ax.set_xlabel("Hessian eigenvalue")
+            ax.legend(fontsize=6)
+        for ax in list(axes.flat)[len(configs):]:
+            ax.axis("off")
+        written.append(save_figure(fig, directory / "benign_spectra.png"))
+    return written
+
+
+def plot_origin_phase(directory: Path) -> list[Path]:
+    """Smallest eigenvalue at the origin (measured and formula) and where random starts end,
+    against sqrt(lam_W lam_H) / (c_L / (K sqrt n))."""
+    table = results.read_table(Path(directory) / results.RESULTS)
+    return draw_figure("origin_phase.png", _origin_phase, Path(directory), table)
+
+
+def _origin_phase(directory: Path, table) -> list[Path]:
+    plt = pyplot()
+    labels, series = rows_by_label(table)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
+    for label in series:
+        rows = [i for i, lab in enumerate(labels) if lab == label]
+        ratio = np.asarray(table["ratio"])[rows]
+        (line,) = ax1.plot(ratio, np.asarray(table["origin_eig_min_formula"])[rows], "-",
+                           label=f"{label} formula")
+        ax1.plot(ratio, np.asarray(table["origin_eig_min"])[rows], "o", color=line.get_color(),
+                 mfc="none", label=f"{label} measured")
+        ax2.plot(ratio, np.asarray(table["w_norm"])[rows], "o", color=line.get_color(), label=label)
+    for ax in (ax1, ax2):
+        ax.axvline(1.0, color="k", lw=0.8, ls="--")
+        ax.set_xlabel("sqrt(lam_W lam_H) / (c_L / (K sqrt n))")
+        ax.grid(alpha=0.3)
+    ax1.axhline(0.0, color="k", lw=0.8)
+    ax1.set_ylabel("smallest Hessian eigenvalue at the origin")
+    ax2.set_ylabel("||W||_F at the end of a random-start run")
+    ax1.legend(fontsize=7)
+    return [save_figure(fig, directory / "origin_phase.png")]
+
+
+def plot_saddle_escape(directory: Path) -> list[Path]:
+    """Plateau length against the start's distance from the saddle and against 1/|eig_min|;
+    objective trajectories."""
+    directory = Path(directory)
+    table = results.read_table(directory / results.RESULTS)
+    written = draw_figure("saddle_escape.png", _saddle_escape, directory, table)
+    if (directory / results.HISTORY).is_file():
+        written += draw_figure("escape_trajectories.png", _escape_trajectories, directory,
+                               table)
+    return written
+
+
+def _saddle_escape(directory: Path, table) -> Path:
+    plt = pyplot()
+    labels, series = rows_by_label(table)
+    eps = np.asarray(table["epsilon"], float)
+    plateau = np.asarray(table["plateau"], float)
+    predicted = np.asarray(table["predicted_plateau"], float)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
+    for label in series:
+        rows = np.array([i for i, lab in enumerate(labels) if lab == label])
+        (line,) = ax1.plot(eps[rows], plateau[rows], "o", mfc="none", label=f"{label} measured")
+        order = np.argsort(eps[rows])
+        # The linear phase sets the slope; the nonlinear exit adds a constant: fit only that.
+        offset = np.nanmedian(plateau[rows] - predicted[rows])
+        ax1.plot(eps[rows][order], predicted[rows][order] + offset, "-", color=line.get_color(),
+                 label=f"{label} linear prediction + {offset:.0f}")
+    ax1.set_xscale("log")
+    ax1.set_xlabel("distance of the start from the saddle (epsilon)")
+    ax1.set_ylabel("plateau length (iterations)")
+    ax1.legend(fontsize=6)
+    inv = 1.0 / np.abs(np.asarray(table["saddle_eig_min"], float))
+    sc = ax2.scatter(inv, plateau, c=np.log10(eps), cmap="viridis")
+    fig.colorbar(sc, ax=ax2, label="log10 epsilon")
+    ax2.set_xlabel("1 / |smallest eigenvalue at the saddle|")
+    ax2.set_ylabel("plateau length (iterations)")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+    return save_figure(fig, directory / "saddle_escape.png")
+
+
+def _escape_trajectories(directory: Path, table) -> Path:
+    plt = pyplot()
+    eps = np.asarray(table["epsilon"], float)
+    history = results.read_history(directory / results.HISTORY, len(table["row"]))
+    objective, iteration = history["objective"], history["iteration"]
+    fig, ax = plt.subplots(figsize=(6, 3.8), layout="constrained")
+    cmap = plt.get_cmap("viridis")
+    span = np.ptp(np.log10(eps)) or 1.0
+    for k in range(objective.shape[0]):
+        ax.plot(iteration, objective[k], lw=0.8,
+                color=cmap((np.log10(eps[k]) - np.log10(eps).min()) / span))
+    step_axis(ax)
+    ax.set_ylabel("objective (colour: log10 epsilon)")
+    ax.grid(alpha=0.3)
+    return save_figure(fig, directory / "escape_trajectories.png")
+
+
 KINDS = {
-    "benign": _kind("benign", _benign_summary, plots.plot_benign,
+    "benign": _kind("benign", _benign_summary, plot_benign,
                     {"landscape": {"random_starts": 3, "saddle_starts": 1}}),
-    "origin_phase": _kind("origin_phase", _origin_summary, plots.plot_origin_phase,
+    "origin_phase": _kind("origin_phase", _origin_summary, plot_origin_phase,
                           {"landscape": {"ratios": [0.5, 2.0]}}),
-    "saddle_escape": _kind("saddle_escape", _escape_summary, plots.plot_saddle_escape, {}),
+    "saddle_escape": _kind("saddle_escape", _escape_summary, plot_saddle_escape, {}),
 }

@@ -30,6 +30,7 @@ also carry params_total and params_classifier (trainable parameters).
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 
@@ -37,12 +38,29 @@ from ufm.model.problem import Hyper
 from ufm.nets import data as _data
 from ufm.nets import models
 from ufm.nets.training import TrainSettings, layer_nc3, train
-from ufm.running import config
-from ufm.running import figures as plots
+from ufm.running import config, results
 from ufm.running.config import ConfigError, Field, Schema
+from ufm.running.figures import (
+    diverged_rows,
+    draw_figure,
+    draw_trajectories,
+    figure_legend,
+    nan_stats,
+    pyplot,
+    save_figure,
+    set_scale,
+    shown_on,
+    step_axis,
+)
 from ufm.running.kind import Kind, Unit
 from ufm.running.results import UnitResult, float_column
-from ufm.running.tables import cross_loss_spread, fmt, format_table, net_varying_columns
+from ufm.running.tables import (
+    cross_loss_spread,
+    fmt,
+    format_table,
+    net_varying_columns,
+    series_labels,
+)
 
 DEFAULTS = {
     "data": {"name": "digits", "path": "", "variant": "none", "n_train": 0, "image": False,
@@ -229,7 +247,103 @@ def loss_equivalence_lines(table: dict) -> list[str]:
 QUICK = {"train": {"epochs": 2, "eval_every": 1, "layer_samples": 100},
          "data": {"n_train": 20}, "run": {"seeds": [0]}}
 
+
+# ----------------------------------------------------------------------------- figures
+
+
+NET_FIGURES = (("nc1", "NC1", "log"), ("nc2_W", "NC2 (W)", "log"), ("nc2_H", "NC2 (H)", "log"),
+               ("nc3", "NC3", "log"), ("train_acc", "train accuracy", "linear"),
+               ("test_acc", "test accuracy", "linear"))
+
+
+def plot_net(directory: Path) -> list[Path]:
+    """Network experiments: NC metrics and accuracies over epochs (median and range over
+    seeds), the final NC1 of every layer (progressive separation, log scale) and, where the
+    loss varies with the width and the epochs, the cross-loss variance; each in isolation."""
+    directory = Path(directory)
+    table = results.read_table(directory / results.RESULTS)
+    history = results.read_history(directory / results.HISTORY, len(table["row"]))
+    written = draw_figure("net_training.png", _net_training, directory, table, history)
+    if any(k.startswith("nc1_layer") for k in history):
+        written += draw_figure("layer_nc1.png", _net_layer_nc1, directory, table, history)
+    written += draw_figure("loss_equivalence.png", plot_loss_equivalence, directory, table)
+    return written
+
+
+def _net_training(directory, table, history) -> Path:
+    plt = pyplot()
+    labels, _ = series_labels(table)
+    epochs = np.asarray(history["iteration"])
+    diverged = diverged_rows(table)
+    fig, axes = plt.subplots(2, 3, figsize=(13, 6.8), layout="constrained")
+    for ax, (key, title, scale) in zip(axes.flat, NET_FIGURES):
+        if key in history:
+            draw_trajectories(ax, epochs, history[key], labels, key, scale, diverged=diverged)
+        step_axis(ax, "epoch")
+        ax.set_title(title, fontsize=9)
+    figure_legend(fig, axes)
+    return save_figure(fig, directory / "net_training.png")
+
+
+def _net_layer_nc1(directory, table, history) -> Path:
+    plt = pyplot()
+    labels, _ = series_labels(table)
+    layer_keys = sorted((k for k in history if k.startswith("nc1_layer")),
+                        key=lambda k: int(k[len("nc1_layer"):]))
+    fig, ax = plt.subplots(figsize=(5.8, 3.8), layout="constrained")
+    final = np.array([[results.float_column(table, k)[i] for k in layer_keys]
+                      for i in range(len(table["row"]))], dtype=float)
+    for label in dict.fromkeys(labels):
+        rows = [i for i, lab in enumerate(labels) if lab == label]
+        mid = nan_stats(shown_on(final[rows], "log"))[0]
+        if np.isfinite(mid).any():
+            ax.plot(np.arange(1, len(layer_keys) + 1), mid, "o-", label=label)
+    set_scale(ax, "log")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("NC1 at the end of training")
+    ax.grid(True, which="major", alpha=0.3)
+    figure_legend(fig, ax)
+    return save_figure(fig, directory / "layer_nc1.png")
+
+
+def plot_loss_equivalence(directory: Path, table: dict) -> list[Path]:
+    """Where train.loss varies with model.width and train.epochs: heatmaps over (width,
+    epochs) of the variance across losses of the test accuracy and of NC1 (Zhou et al. 2022's
+    figure). Nothing where the width and the epochs do not both vary, or another axis does
+    too (the summary's lines give the spread there)."""
+    spread = cross_loss_spread(table)
+    axes = ("model.width", "train.epochs")
+    if not spread or not all(c in spread[0][1]["setting"] for c in axes):
+        return []
+    if any(set(values["setting"]) != set(axes) for _, values in spread):
+        return []  # another axis varies too: the table's lines say it
+    widths = sorted({int(values["setting"]["model.width"]) for _, values in spread})
+    epochs = sorted({int(values["setting"]["train.epochs"]) for _, values in spread})
+    plt = pyplot()
+    fig, axs = plt.subplots(1, 2, figsize=(10, 3.6), layout="constrained")
+    for ax, (key, title) in zip(axs, (("test_acc_var", "variance of test accuracy"),
+                                      ("nc1_var", "variance of NC1"))):
+        grid = np.full((len(widths), len(epochs)), np.nan)
+        for _, values in spread:
+            setting = values["setting"]
+            grid[widths.index(int(setting["model.width"])),
+                 epochs.index(int(setting["train.epochs"]))] = values[key]
+        shown = shown_on(grid, "log")
+        finite = shown[np.isfinite(shown)]
+        low, high = (np.log10(finite.min()), np.log10(finite.max())) if finite.size else (0, 1)
+        im = ax.imshow(np.ma.masked_invalid(np.log10(shown)), origin="lower", aspect="auto",
+                       cmap=plt.get_cmap("viridis").with_extremes(bad="0.85"), vmin=low,
+                       vmax=high if high > low else low + 1)
+        ax.set_xticks(range(len(epochs)), epochs)
+        ax.set_yticks(range(len(widths)), widths)
+        ax.set_xlabel("epochs")
+        ax.set_ylabel("width")
+        ax.set_title(f"across losses: log10 {title}", fontsize=10)
+        fig.colorbar(im, ax=ax)
+    return [save_figure(fig, directory / "loss_equivalence.png")]
+
+
 KINDS = {"net": Kind(
     "net", SCHEMA, check, units, run_unit, summary,
-    lambda directory, table, metrics=None, x=None, y=None: plots.plot_net(directory),
+    lambda directory, table, metrics=None, x=None, y=None: plot_net(directory),
     lambda experiment: f"{len(configurations(experiment))} trainings", quick=QUICK)}

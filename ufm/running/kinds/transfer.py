@@ -22,14 +22,19 @@ pretrain once per process.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 
 from ufm.nets import transfer
 from ufm.nets.training import TrainSettings, train
-from ufm.running import config
-from ufm.running import figures as plots
+from ufm.running import config, results
 from ufm.running.config import ConfigError, Field, Schema
+from ufm.running.figures import (
+    draw_figure,
+    pyplot,
+    save_figure,
+)
 from ufm.running.kind import Kind, Unit
 from ufm.running.kinds import net
 from ufm.running.results import UnitResult, float_column
@@ -196,9 +201,56 @@ def summary(table: dict) -> str:
     return "\n".join(out)
 
 
+# ----------------------------------------------------------------------------- figures
+
+
+def plot_transfer(directory: Path) -> list[Path]:
+    """Transfer experiments: the frozen source network's layer-wise NC1 on the target's splits
+    (the two-phase curve where it appears), the ridge probe's accuracy per layer, and the
+    target accuracy of each fine-tuning mode with the parameters it trains (first
+    configuration of each distinct pretraining)."""
+    directory = Path(directory)
+    table = results.read_table(directory / results.RESULTS)
+    return draw_figure("transfer.png", _transfer, directory, table)
+
+
+def _transfer(directory: Path, table) -> list[Path]:
+    plt = pyplot()
+    layers = int(table["layers"][0])
+    splits = [s for s in ("train", "test", "ood")
+              if not np.all(np.isnan(results.float_column(table, f"frozen_{s}_nc1_layer0")))]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8), layout="constrained")
+    depth = np.arange(1, layers + 1)
+    for split in splits:
+        axes[0].semilogy(depth, [results.float_column(table, f"frozen_{split}_nc1_layer{j}")[0]
+                                 for j in range(layers)], "o-", label=split)
+        axes[1].plot(depth, [results.float_column(table, f"probe_{split}_acc_layer{j}")[0]
+                             for j in range(layers)], "o-", label=split)
+    chosen = int(table["chosen_layer"][0]) + 1
+    for ax in axes[:2]:
+        ax.axvline(chosen, color="k", ls=":", lw=1, label=f"chosen layer {chosen}")
+        ax.set_xlabel("layer of the source-trained network")
+        ax.legend(fontsize=8)
+    axes[0].set_title("NC1 of the target classes, frozen features", fontsize=10)
+    axes[1].set_title("ridge linear probe per layer: target accuracy", fontsize=10)
+    modes = [str(m) for m in table["mode"]]
+    x = np.arange(len(modes))
+    for offset, split in zip((-0.25, 0.0, 0.25), splits):
+        axes[2].bar(x + offset, results.float_column(table, f"{split}_acc"), width=0.25,
+                    label=split)
+    heads = [str(h) for h in table.get("finetune.head", [""] * len(modes))]
+    axes[2].set_xticks(x, [f"{m}, {h}\n{int(p) / 1000:.3g}k params" for m, h, p in
+                           zip(modes, heads, table["params_trained"])], fontsize=7,
+                       rotation=30)
+    axes[2].set_ylim(0, 1.05)
+    axes[2].set_title("fine-tuning: target accuracy", fontsize=10)
+    axes[2].legend(fontsize=8)
+    return [save_figure(fig, directory / "transfer.png")]
+
+
 KINDS = {"transfer": Kind(
     "transfer", SCHEMA, check, units, run_unit, summary,
-    lambda directory, table, metrics=None, x=None, y=None: plots.plot_transfer(directory),
+    lambda directory, table, metrics=None, x=None, y=None: plot_transfer(directory),
     lambda experiment: f"{len(configurations(experiment))} transfers "
                        f"({len(transfer.MODES)} fine-tunings each)",
     quick={"pretrain": {"epochs": 2, "eval_every": 1}, "finetune": {"epochs": 2, "eval_every": 1},
