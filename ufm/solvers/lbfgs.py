@@ -17,7 +17,7 @@ rho_i = 1 / (s_i . y_i) (0 where that is 0, as optax), gamma = s.y / y.y of the 
 two matrix-vector products (S^T g, Y^T g) and two combinations; the new pair's products come
 from what the state keeps (S^T y = S^T g - S^T g_old, Y^T s = t Y^T d for the last direction d
 and step t) and direct dots. In exact arithmetic the direction is the two-loop's; in floating
-point it agrees to rounding (`tests/test_lbfgs.py`: 25 iterations within 1e-11 of optax's).
+point it agrees to rounding (`tests/solvers/test_lbfgs.py`: 25 iterations within 1e-11 of optax's).
 
 Measured (2-core CPU, float64, (K, d, n) = (10, 64, 100), 16 configurations, 35 iterations of
 `ufm.solve_batch(..., solver="lbfgs", width=4, tol=0.0)` on one device): 1.8 s against 3.3 s

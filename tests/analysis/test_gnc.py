@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import ufm
-from ufm.analysis import codes, gnc, theory
+from ufm.analysis import gnc, theory
 
 
 def _brute_force_distance(P):
@@ -60,19 +60,6 @@ def test_gnc_metrics_vanish_or_match_on_a_collapsed_polygon():
     assert m["gnc2_tammes"] == pytest.approx(2 * np.sin(np.pi / 5), rel=1e-12)
 
 
-@pytest.mark.parametrize("K,d,margin", [(4, 3, 4 / 3), (5, 2, 1 - np.cos(2 * np.pi / 5)),
-                                        (6, 3, 1.0)])
-def test_softmax_code_is_the_known_optimum(K, d, margin):
-    code = codes.softmax_code(K, d, starts=4)
-    assert code.margin == pytest.approx(margin, rel=1e-6)
-    gram = code.W @ code.W.T
-    if K <= d + 1:  # the simplex ETF
-        np.testing.assert_allclose(gram, (K / (K - 1)) * (np.eye(K) - 1 / K), atol=1e-5)
-    if (K, d) == (6, 3):  # the octahedron: every pair orthogonal or antipodal
-        off = np.abs(gram[~np.eye(6, dtype=bool)])
-        assert np.all((off < 1e-4) | (off > 1 - 1e-4))
-
-
 def _icosahedron():
     p = (1 + np.sqrt(5)) / 2
     V = np.array([[0, s1, s2 * p] for s1 in (1, -1) for s2 in (1, -1)]
@@ -83,32 +70,6 @@ def _icosahedron():
 
 def _margin(W):
     return float(np.min(gnc.one_vs_rest_margins(np.asarray(W, float))))
-
-
-def test_softmax_code_beyond_the_simplex_reaches_the_constructions():
-    """K > d + 1 in d = 3: every margin at least the best construction's, certified by the
-    exact QP (an earlier search stopped at its first temperature: 0.99228 at (5, 3) and
-    0.738730 at (8, 3), below the codes here)."""
-    bipyramid = np.array([[0, 0, 1], [0, 0, -1], [1, 0, 0], [-0.5, np.sqrt(3) / 2, 0],
-                          [-0.5, -np.sqrt(3) / 2, 0]])
-    assert _margin(bipyramid) == pytest.approx(1.0, abs=1e-12)
-    assert _margin(codes.softmax_code(5, 3, starts=8).W) > 1.0 - 1e-6
-    tammes = codes.tammes_code(8, 3, starts=16)
-    assert _margin(tammes.W) == pytest.approx(0.7387958, abs=1e-6)
-    assert _margin(codes.softmax_code(8, 3, starts=8).W) >= _margin(tammes.W) - 1e-9
-    icosahedron = _margin(_icosahedron())
-    assert icosahedron == pytest.approx(0.5527864045, abs=1e-9)
-    code = codes.softmax_code(12, 3, starts=4)
-    assert code.margin == _margin(code.W) >= icosahedron - 1e-9  # the margin reported is exact
-
-
-def test_tammes_code_for_twelve_points_is_the_icosahedron():
-    code = codes.tammes_code(12, 3, starts=16)
-    angle = 2 * np.arcsin(code.tammes / 2)
-    assert angle == pytest.approx(np.arctan(2.0), abs=1e-6)
-    # Every point has five nearest neighbours at that angle.
-    cos = code.W @ code.W.T
-    assert np.all(np.sum(np.abs(cos - np.cos(angle)) < 1e-4, axis=1) == 5)
 
 
 def test_grid_rows_carry_gnc_columns_that_reach_the_known_codes(tmp_path):
@@ -145,7 +106,3 @@ def test_grid_rows_carry_gnc_columns_that_reach_the_known_codes(tmp_path):
     assert grid.plot_gnc_margin(tmp_path, table) == [tmp_path / "gnc_margin.png"]
 
 
-def test_code_searches_name_a_bad_line_search():
-    for search in (codes.softmax_code, codes.tammes_code):
-        with pytest.raises(ValueError, match="linesearch='newton' is not allowed: one of"):
-            search(5, 3, linesearch="newton")

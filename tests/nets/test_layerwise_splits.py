@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import ufm
-from ufm.analysis import compression, layerwise
+from ufm.analysis import compression
 from ufm.analysis import nc as metrics
 from ufm.nets import data as nets_data
 from ufm.nets import models
@@ -83,37 +83,6 @@ def test_cifar10_shifted_test_sets_are_read_or_named(tmp_path):
     np.testing.assert_array_equal(x, x2)
 
 
-def test_geometric_decay_fit_recovers_a_known_rate():
-    """Layer features with the same class means and within-class noise (of mean zero in each
-    class) scaled by ratio^(l/2): NC1 scales with the noise's square, so NC1_l = NC1_0 ratio^l
-    exactly."""
-    rng = np.random.default_rng(0)
-    K, d, n, ratio = 5, 12, 20, 0.35
-    labels = np.repeat(np.arange(K), n)
-    means = 4.0 * rng.standard_normal((d, K))
-    noise = rng.standard_normal((d, K * n))
-    for k in range(K):  # the noise has mean zero in every class: the class means stay `means`
-        noise[:, labels == k] -= noise[:, labels == k].mean(axis=1, keepdims=True)
-    nc1 = [float(metrics.nc1(jnp.asarray(means[:, labels] + ratio ** (layer / 2) * noise),
-                             jnp.asarray(labels), K)) for layer in range(6)]
-    fit = layerwise.geometric_decay(nc1)
-    assert fit["ratio"] == pytest.approx(ratio, rel=1e-5)
-    assert fit["rate"] == pytest.approx(-np.log(ratio), rel=1e-5) and fit["r2"] > 1 - 1e-9
-    noisy = np.array(nc1) * np.exp(0.3 * rng.standard_normal(6))
-    assert layerwise.geometric_decay(noisy)["r2"] < fit["r2"]
-    assert np.isnan(layerwise.geometric_decay([1.0, 0.0, 0.1])["ratio"])
-
-
-def test_parameter_counts_of_the_heads():
-    K, width, d = 10, 32, 10
-    for head, classifier in (("learned", K * d + K), ("etf", K), ("cmf", K)):
-        model = models.build("mlp", input_shape=(64,), num_classes=K, width=width, depth=2,
-                             feature_dim=d, head=head)
-        counts = models.parameter_counts(model)
-        body = 64 * width + width + width * width + width + width * d + d
-        assert counts == {"params_total": body + classifier, "params_classifier": classifier}
-
-
 def test_evaluate_needs_every_class_in_a_split():
     data = nets_data.load("gaussian", num_classes=3, n_train=6, n_test=2, shape=(8,))
     model = models.build("mlp", input_shape=(8,), num_classes=3, width=8, depth=1)
@@ -123,36 +92,3 @@ def test_evaluate_needs_every_class_in_a_split():
     jax.clear_caches()
 
 
-def test_a_diverging_network_is_flagged_and_its_neighbours_finish(tmp_path):
-    file = tmp_path / "net.toml"
-    file.write_text('kind = "net"\nname = "d"\n[data]\nname = "gaussian"\ngaussian_dim = 8\n'
-                    '[model]\nwidth = 8\ndepth = 1\n[train]\nepochs = 3\neval_every = 3\n'
-                    'optimizer = "gd"\nschedule = "constant"\nlr = [0.05, 1e6]\n')
-    result = ufm.run(file, out=tmp_path / "out", progress=False)
-    ok, broken = result.rows
-    assert ok["status"] == "finished" and ok["test_acc"] > 0
-    assert broken["status"] == "diverged" and broken["diverged_at"] == 1
-    assert broken["test_acc"] is None
-    assert "diverged at epoch 1" in ufm.running.experiment.summary(tmp_path / "out")
-    data = nets_data.load("gaussian", shape=(8,))  # as the file's
-    model = models.build("mlp", input_shape=(8,), num_classes=10, width=8, depth=1)
-    with pytest.raises(FloatingPointError, match=r"diverged at epoch 1 .*lower train\.lr"):
-        train(model, data, TrainSettings(epochs=3, eval_every=3, lr=1e6, optimizer="gd",
-                                         schedule="constant"), progress=False)
-
-
-def test_cross_loss_spread_is_the_variance_across_losses():
-    from ufm.running.tables import cross_loss_spread
-
-    table = {"row": np.arange(6), "seed": np.array([0, 0, 0, 0, 1, 1]),
-             "train.loss": np.array(["ce", "mse", "ce", "mse", "ce", "mse"], dtype=object),
-             "train.lr": np.array([0.1, 0.01, 0.1, 0.01, 0.1, 0.01]),  # zipped with the loss
-             "model.width": np.array([64, 64, 256, 256, 256, 256]),
-             "test_acc": np.array([0.9, 0.7, 0.95, 0.93, 0.97, np.nan]),
-             "nc1": np.array([1e-2, 3e-2, 1e-3, 2e-3, 3e-3, np.nan])}
-    spread = dict(cross_loss_spread(table))
-    assert set(spread) == {"width=64", "width=256"}
-    assert spread["width=64"]["test_acc_var"] == pytest.approx(np.var([0.9, 0.7]))
-    # seeds pooled by their mean; a diverged (empty) run left out of its loss's mean
-    assert spread["width=256"]["test_acc_var"] == pytest.approx(np.var([0.96, 0.93]))
-    assert spread["width=256"]["nc1_var"] == pytest.approx(np.var([2e-3, 2e-3]))

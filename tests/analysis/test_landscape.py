@@ -126,41 +126,6 @@ def test_origin_eigenvalue_of_bias_free_mse_has_multiplicity_d_K():
     assert np.sum(np.abs(eigs - expected) < 1e-10) == D * K
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_no_constructed_saddle_is_certified_global(dtype):
-    """The origin far below the threshold (lam = 5e-4 against sigma_1(G) = 1/(K sqrt n) =
-    0.144: a strict saddle with 15 negative eigenvalues) and every rank-r point: the certificate
-    sigma_1(G) <= sqrt(lam_W lam_H) fails at each, and the verdict is a strict saddle."""
-    prob = ufm.Problem(num_classes=K, feature_dim=D, n_per_class=N_PER, dtype=dtype)
-    hyp = ufm.Hyper(lam_W=5e-4, lam_H=5e-4, lam_b=5e-4)
-    saddles = points.constructed_saddles(prob, hyp)
-    assert [name for name, _ in saddles] == ["origin", "rank 1", "rank 2"]
-    for name, point in saddles:
-        p = landscape.probe(prob, hyp, point)
-        assert not p.certified_global, name
-        assert p.verdict == "strict saddle", name
-        assert p.sigma_G > 1.5 * math.sqrt(5e-4 * 5e-4), name
-    p = landscape.probe(prob, hyp, saddles[0][1])
-    assert p.sigma_G == pytest.approx(1 / (K * math.sqrt(N_PER)), rel=1e-12)
-    assert p.n_negative == D * (K - 1)
-
-
-@pytest.mark.parametrize("loss", ["ce", "ls", "focal", "mse"])
-@pytest.mark.parametrize("rank", [1, 2])
-def test_rank_r_critical_points(loss, rank):
-    prob, hyp = _problem(loss), _hyper(loss)
-    point = _rank_point(prob, hyp, rank)
-    p = landscape.probe(prob, hyp, point)
-    m = K - 1
-    assert p.verdict == "strict saddle"
-    assert p.n_negative == (D - rank) * (K - 1 - rank)
-    extra_mse = rank * (m - rank) if loss == "mse" else 0
-    assert p.n_zero == p.n_symmetry == rank * (2 * D - rank - 1) // 2 + extra_mse
-    _, curvature = theory.negative_curvature_direction(prob, hyp, point)
-    assert p.eig_min == pytest.approx(LAM_BAR - math.sqrt(DLAM**2 + p.sigma_G**2), rel=1e-8)
-    assert p.eig_min == pytest.approx(curvature, rel=1e-8)
-
-
 def test_negative_curvature_direction_has_the_predicted_rayleigh_quotient(x64):
     prob, hyp = _problem(), _hyper()
     point = _rank_point(prob, hyp, 1)

@@ -95,7 +95,7 @@ def test_unknown_kind():
         ufm.running.experiment.resolve({"kind": "hessian"})
 
 
-@pytest.mark.parametrize("path", sorted(__import__("pathlib").Path(__file__).parents[1]
+@pytest.mark.parametrize("path", sorted(__import__("pathlib").Path(__file__).parents[3]
                                         .joinpath("experiments").glob("*.toml")),
                          ids=lambda p: p.name)
 def test_every_shipped_experiment_file_is_valid(path):

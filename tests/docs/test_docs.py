@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 SOURCES = sorted(
     [ROOT / "README.md"]
     + [p for folder in ("ufm", "experiments", "notebooks", "docs", "benchmarks", "tests")

@@ -116,7 +116,7 @@ def test_multilabel_picture_script(tmp_path):
     import sys
     from pathlib import Path
 
-    script = Path(__file__).parents[1] / "experiments" / "multilabel_picture.py"
+    script = Path(__file__).parents[2] / "experiments" / "multilabel_picture.py"
     out = subprocess.run([sys.executable, str(script), "--out", str(tmp_path)],
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr

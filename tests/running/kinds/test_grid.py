@@ -5,7 +5,6 @@ import numpy as np
 import ufm
 from ufm.running import results
 from ufm.running.kinds import grid
-from ufm.solvers import batching as runner
 
 
 def test_grid_groups_by_problem_and_solver_and_keeps_zip_pairs(tmp_path):
@@ -128,26 +127,6 @@ def test_chunked_groups_equal_one_batch_and_padding_is_dropped(tmp_path):
         np.testing.assert_array_equal(a[key], c[key], err_msg=key)
     np.testing.assert_allclose(a["objective"], c["objective"], rtol=1e-6)
     assert len(mapped.rows) == 8
-
-
-def test_batch_width_follows_problem_size(monkeypatch):
-    from ufm.model.problem import Problem
-
-    small = Problem(num_classes=10, feature_dim=32, n_per_class=50)
-    large = Problem(num_classes=10, feature_dim=64, n_per_class=100)
-    assert runner.batch_width(small, 16) == 3  # slices of 3 (6 of them: 2 padded)
-    assert runner.batch_width(small, 12) == 3  # ~0.3 MB a configuration: equal slices of 3
-    assert runner.batch_width(small, 2) == 2
-    assert runner.batch_width(large, 16) == 1  # ~1.1 MB: one at a time on a CPU
-    assert runner.config_bytes(large) > runner.CPU_BATCH_BYTES > 3 * runner.config_bytes(small)
-    # Chunks: whole groups while memory allows (a multiple of the width), cut beyond it.
-    assert runner.chunk_size(small, 10, width=4) == 12  # whole group, padded to the width
-    assert runner.chunk_size(small, 10**6) == 4082  # 245 equal chunks of at most MAX_CHUNK
-    assert runner.chunk_size(large, 10**6) * runner.config_bytes(large) <= runner._memory_bytes(
-        None
-    )
-    monkeypatch.setattr(runner, "_memory_bytes", lambda device: 5.5 * runner.config_bytes(large))
-    assert runner.chunk_size(large, 100) == 5 and runner.chunk_size(large, 100, width=2) == 4
 
 
 def test_grid_figures_pick_their_axes(tmp_path):

@@ -120,7 +120,7 @@ def test_the_shipped_gnc_experiment_reaches_the_code_at_its_smallest_tau(tmp_pat
 
     from ufm.running import experiment
 
-    path = Path(__file__).resolve().parents[1] / "experiments" / "gnc_margin.toml"
+    path = Path(__file__).resolve().parents[2] / "experiments" / "gnc_margin.toml"
     smallest = min(experiment.load(path).hyper["tau"])
     assert smallest <= 0.02
     chosen = experiment.as_experiment(path, [f"hyper.tau={smallest}"], quick=True)
