@@ -86,22 +86,8 @@ def test_bad_input_names_the_key_the_value_and_the_rule(tmp_path, text, message)
     assert message in str(err.value)
 
 
-def test_missing_file_and_invalid_toml(tmp_path):
-    with pytest.raises(config.ConfigError, match="does not exist"):
-        ufm.running.experiment.load(tmp_path / "nope.toml")
-    with pytest.raises(config.ConfigError, match="not valid TOML"):
-        ufm.running.experiment.load(_write(tmp_path, "[problem\n"))
 
 
-def test_overrides():
-    exp = ufm.running.experiment.apply_overrides(ufm.running.experiment.load_default(),
-                                 ["num_classes=4", "solver.steps=20", "loss=mse", "seeds=[5]"])
-    assert exp.problem["num_classes"] == 4 and exp.solver["steps"] == 20
-    assert exp.problem["loss"] == "mse" and exp.run["seeds"] == [5]
-    with pytest.raises(config.ConfigError, match="hyper.lam_W=-1.0"):
-        ufm.running.experiment.apply_overrides(exp, ["lam_W=-1"])
-    with pytest.raises(config.ConfigError, match="unknown key"):
-        ufm.running.experiment.apply_overrides(exp, ["nonsense=1"])
 
 
 def test_spaced_axes_zip_and_solver_axis(tmp_path):

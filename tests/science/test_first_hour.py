@@ -83,12 +83,16 @@ def test_params_unpack_as_the_readme_shows():
     params = ufm.init(prob, jax.random.key(0))
     W, H, b = params
     assert W.shape == (3, 4) and H.shape == (4, 6) and b.shape == (3,)
+    # one sequence protocol: unpacking, len, indexing and tuple() agree
+    assert len(params) == len(tuple(params)) == 3 and params[-1] is params.b
+    assert params[:2] == (params.W, params.H) and params.layers is None
     assert len(jax.tree.leaves(params)) == 3  # still a pytree of its fields
     assert params._replace(b=b + 1).b[0] == b[0] + 1 and params._asdict()["layers"] is None
     deep = ufm.init(ufm.Problem(num_classes=3, feature_dim=4, n_per_class=2, depth=3),
                     jax.random.key(0))
     W, H, b, layers = deep
     assert layers.shape == (2, 4, 4)
+    assert len(deep) == len(tuple(deep)) == 4 and deep[3] is deep.layers
 
 
 # ------------------------------------------------------------- settings that do not apply

@@ -12,7 +12,8 @@ from ufm.model.problem import Hyper, Problem
 
 def end_point_columns(problem: Problem, hypers: Hyper, params, n: int, objective) -> dict:
     """Columns beyond the history's metrics from the first `n` final points of a batch (leaves
-    with a leading axis; `objective` their final values), keyed "extra/<column>": feature
+    with a leading axis; `hypers` batched, every field an array; `objective` the final
+    values), keyed "extra/<column>": feature
     compression (`compression.compression_metrics`), GNC metrics (`reports_gnc`), and for
     imbalanced classes the minority-collapse metrics and, for a convex loss, the convex
     oracle's global optimum next to the solver's value (`ufm.analysis.oracle`)."""

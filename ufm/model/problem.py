@@ -507,26 +507,37 @@ class _ParamsFields(NamedTuple):
 
 class Params(_ParamsFields):
     """UFM variables W (K, d), H (d, N), b (K,) and a deep UFM's hidden layers (L-1, d, d).
-    Unpacks as `W, H, b = params` (`W, H, b, layers = params` for a deep UFM); as a pytree it
-    always has the four fields (layers None at depth 1)."""
+
+    As a Python sequence it holds the variables the problem has: (W, H, b) at depth 1,
+    (W, H, b, layers) for a deep UFM. Unpacking, `len`, indexing and `tuple(params)` agree
+    (`W, H, b = params`; `W, H, b, layers = params`). As a pytree it always has the four fields
+    (layers None at depth 1): jax flattens a NamedTuple by its slots, not by this protocol, so
+    `jax.tree.map` and `vmap` see one structure for every depth."""
 
     __slots__ = ()
 
-    # Python iteration (unpacking, tuple(params)) leaves out an absent `layers`; jax flattens
-    # a NamedTuple by its slots, not by iteration, so pytrees keep four fields. The
-    # NamedTuple helpers that iterate are rewritten on the slots.
+    def _present(self) -> tuple:
+        """The variables that exist (the slots, less an absent `layers`)."""
+        return tuple.__getitem__(self, slice(0, 3 if self.layers is None else 4))
+
     def __iter__(self):
-        return iter(tuple.__getitem__(self, slice(0, 3 if self.layers is None else 4)))
+        return iter(self._present())
+
+    def __len__(self) -> int:
+        return 3 if self.layers is None else 4
+
+    def __getitem__(self, index):
+        return self._present()[index]
 
     def _replace(self, **changes):
-        fields = {f: tuple.__getitem__(self, i) for i, f in enumerate(self._fields)}
+        fields = {f: tuple.__getattribute__(self, f) for f in self._fields}
         unknown = set(changes) - set(fields)
         if unknown:
             raise ValueError(f"Params has no field {sorted(unknown)[0]!r}")
         return Params(**{**fields, **changes})
 
     def _asdict(self):
-        return {f: tuple.__getitem__(self, i) for i, f in enumerate(self._fields)}
+        return {f: tuple.__getattribute__(self, f) for f in self._fields}
 
 
 def normalize_rows(W: jax.Array) -> jax.Array:
