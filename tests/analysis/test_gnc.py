@@ -60,14 +60,6 @@ def test_gnc_metrics_vanish_or_match_on_a_collapsed_polygon():
     assert m["gnc2_tammes"] == pytest.approx(2 * np.sin(np.pi / 5), rel=1e-12)
 
 
-def _icosahedron():
-    p = (1 + np.sqrt(5)) / 2
-    V = np.array([[0, s1, s2 * p] for s1 in (1, -1) for s2 in (1, -1)]
-                 + [[s1, s2 * p, 0] for s1 in (1, -1) for s2 in (1, -1)]
-                 + [[s2 * p, 0, s1] for s1 in (1, -1) for s2 in (1, -1)], float)
-    return V / np.linalg.norm(V, axis=1, keepdims=True)
-
-
 def _margin(W):
     return float(np.min(gnc.one_vs_rest_margins(np.asarray(W, float))))
 

@@ -1,5 +1,4 @@
 """The flax path: models, heads, losses, data readers, training, checkpoints, experiments."""
-import gzip
 import json
 import warnings
 
@@ -150,14 +149,6 @@ def _interrupt_after(model, data, settings, out, epochs):
             train(model, data, settings, out=out, progress=False)
     finally:
         train_module._save_checkpoint = original
-
-
-def _write_idx(path, array, gz=False):
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(s).to_bytes(4, "big")
-                                                         for s in array.shape)
-    opener = gzip.open if gz else open
-    with opener(path, "wb") as f:
-        f.write(header + array.astype(np.uint8).tobytes())
 
 
 def test_nc1_of_features_alone_matches_nc_metrics():

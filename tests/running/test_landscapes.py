@@ -9,22 +9,13 @@ import ufm
 from ufm.analysis import landscape, theory
 from ufm.running import landscapes as points
 
+from ..analysis.test_landscape import _hyper, _problem
+
 _rank_point = functools.lru_cache(maxsize=None)(points.rank_r_critical_point)
 
 K, D, N_PER = 4, 5, 3
 LAM_W, LAM_H = 1e-2, 2e-2
 LAM_BAR, DLAM = (LAM_W + LAM_H) / 2, (LAM_W - LAM_H) / 2
-
-
-def _problem(loss="ce", **kw):
-    return ufm.Problem(num_classes=K, feature_dim=D, n_per_class=N_PER, loss=loss,
-                       dtype="float64", **kw)
-
-
-def _hyper(loss="ce", **kw):
-    base = dict(lam_W=LAM_W, lam_H=LAM_H, lam_b=0.0 if loss == "mse" else 1e-2, alpha=0.2,
-                gamma=2.0)
-    return ufm.Hyper(**(base | kw))
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

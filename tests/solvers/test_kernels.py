@@ -9,22 +9,7 @@ import ufm
 from ufm.solvers import fast_step as fused
 from ufm.solvers import kernels
 
-
-def _hypers(fields) -> ufm.Hyper:
-    base = dict(lam_W=2e-2, lam_H=1e-2, lam_b=1e-2)
-    return ufm.Hyper(**{k: np.asarray(v, np.float64) for k, v in {**base, **fields}.items()})
-
-
-def _assert_close(x, y, what):
-    x, y = np.asarray(x), np.asarray(y)
-    scale = max(np.max(np.abs(y)), 1e-300)
-    assert np.max(np.abs(x - y)) <= 1e-12 * scale, (what, np.max(np.abs(x - y)) / scale)
-
-
-def _assert_same_iterates(a, b):
-    for name in ("W", "H", "b"):
-        _assert_close(getattr(a.params, name), getattr(b.params, name), name)
-    np.testing.assert_allclose(a.history["objective"], b.history["objective"], rtol=1e-12)
+from .test_fast_step import _assert_same_iterates, _hypers
 
 
 @pytest.mark.parametrize("loss, bias, classifier, counts", [

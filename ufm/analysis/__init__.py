@@ -7,7 +7,7 @@ on the host in float64, after a run, `gnc` (generalized NC with the exact margin
 end points reports. What is known: `theory` (closed forms), `oracle` (the convex oracle of
 imbalanced classes), `codes` (softmax and Tammes codes). Curvature: `landscape` (charts,
 Hessian products, eigensolvers, the probe). Imports the model room only."""
-import importlib
+from ufm import _lazy
 
 SUBMODULES = (
     "codes",
@@ -22,12 +22,5 @@ SUBMODULES = (
     "theory",
 )
 
-
-def __getattr__(name):  # submodules load on first use (PEP 562)
-    if name in SUBMODULES:
-        return importlib.import_module(f"{__name__}.{name}")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(SUBMODULES))
+# Submodules load on first use.
+__getattr__, __dir__ = _lazy.submodules(__name__, SUBMODULES, set(globals()))

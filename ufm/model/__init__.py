@@ -4,7 +4,7 @@
 `losses` (per-sample losses and their closed-form logit gradients), `streaming` (softmax losses
 streamed over class blocks), `frames` (Helmert basis, simplex ETF), `manifolds` (the search
 spaces: Euclidean, oblique, norm balls). Imports only the leaves (`ufm.errors`)."""
-import importlib
+from ufm import _lazy
 
 SUBMODULES = (
     "frames",
@@ -14,12 +14,5 @@ SUBMODULES = (
     "streaming",
 )
 
-
-def __getattr__(name):  # submodules load on first use (PEP 562)
-    if name in SUBMODULES:
-        return importlib.import_module(f"{__name__}.{name}")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(SUBMODULES))
+# Submodules load on first use.
+__getattr__, __dir__ = _lazy.submodules(__name__, SUBMODULES, set(globals()))

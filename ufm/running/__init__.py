@@ -6,7 +6,7 @@ multi-controller runtime), `kind` (what a kind is) and `registry` (the kinds by 
 `landscapes` (the landscape experiments: critical points built, run from, probed; they call
 solvers).
 Imports every room below it; only `ufm.cli` imports it."""
-import importlib
+from ufm import _lazy
 
 SUBMODULES = (
     "config",
@@ -21,12 +21,5 @@ SUBMODULES = (
     "tables",
 )
 
-
-def __getattr__(name):  # submodules load on first use (PEP 562)
-    if name in SUBMODULES:
-        return importlib.import_module(f"{__name__}.{name}")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(SUBMODULES))
+# Submodules load on first use.
+__getattr__, __dir__ = _lazy.submodules(__name__, SUBMODULES, set(globals()))

@@ -8,8 +8,7 @@ the kept points, their own compiled program), `loop` (the scan over log points, 
 `batching` (mapping over configurations, padding, sharding over devices, sizes from measured
 numbers, progress bars) and `driver` (the host loop, `solve`, `solve_batch`). Imports the
 model and analysis rooms."""
-import importlib
-
+from ufm import _lazy
 from ufm.solvers.driver import BatchResult, Result, solve, solve_batch
 from ufm.solvers.loop import RunOutput, make_run
 from ufm.solvers.settings import SOLVERS, SolverSettings, default_tol
@@ -44,12 +43,5 @@ SUBMODULES = (
     "statuses",
 )
 
-
-def __getattr__(name):  # submodules load on first use (PEP 562)
-    if name in SUBMODULES:
-        return importlib.import_module(f"{__name__}.{name}")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(SUBMODULES))
+# Submodules load on first use.
+__getattr__, __dir__ = _lazy.submodules(__name__, SUBMODULES, set(globals()))
