@@ -177,6 +177,23 @@ def test_vmapped_runs_equal_separate_runs():
                                    rtol=1e-12)
 
 
+def test_solve_is_a_batch_of_one():
+    """`solve` runs the path `solve_batch` runs (one checked settings value, f*, the result),
+    on the unbatched program: the same fields, equal to round-off to a batch of one."""
+    prob = ufm.Problem(num_classes=3, feature_dim=4, n_per_class=3, dtype="float64")
+    hyper = ufm.Hyper(lam_W=1e-2, lam_H=1e-2, lr=0.5)
+    single = ufm.solve(prob, hyper, key=5, steps=400, log_every=50)
+    batch = ufm.solve_batch(prob, hyper, [5], steps=400, log_every=50)
+    assert (single.status, single.steps) == (batch.status[0], int(batch.steps[0]))
+    assert single.optimum is not None
+    assert single.optimum.objective == batch.optimum[0].objective
+    assert set(single.history) == set(batch.history)
+    for k, v in single.history.items():
+        np.testing.assert_allclose(v, batch.history[k] if k == "iteration" else batch.history[k][0],
+                                   rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(single.params.W, batch.params.W[0], rtol=1e-12, atol=1e-14)
+
+
 def test_a_diverging_configuration_is_flagged_and_leaves_its_neighbours_alone():
     prob = ufm.Problem(num_classes=4, feature_dim=5, n_per_class=4)
     lrs = [0.5, 1e4, 0.8]

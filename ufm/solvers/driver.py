@@ -236,26 +236,14 @@ def solve(problem: Problem, hyper: Hyper = Hyper(), settings: SolverSettings | N
       >>> prob = ufm.Problem(num_classes=4, feature_dim=8, n_per_class=5, dtype="float64")
       >>> res = ufm.solve(prob, ufm.Hyper(lam_W=1e-2, lam_H=1e-2), solver="lbfgs", steps=500)
     """
-    settings = SolverSettings.of(settings, **options).checked(problem)
-    validate_hyper(hyper)
-    if any(np.ndim(v) for v in hyper):
-        raise ValueError("solve() takes one configuration: every Hyper field must be a scalar "
-                         "(use solve_batch for a batch)")
-    opts, f_star = optimum_values(problem, hyper)
-    t0 = time.perf_counter()
-    with problem.x64_scope():
-        dtype = problem.jnp_dtype
-        state, history = _execute(
-            problem, hyper.astype(dtype), _as_key(key), jnp.asarray(f_star[0], dtype),
-            settings, start_params=start, progress=progress, batched=False, batch_size=1)
-        params = point_of(problem, settings.name, state.variables)
-        jax.block_until_ready(params)
-    status = int(final_status(np.asarray(state.status), np.asarray(state.grad_norm),
-                              np.asarray(state.stationarity), history["rel_gap"][-1],
-                              settings.tol))
-    diverged_at = int(state.diverged_at)
-    return Result(params, history, int(state.step), STATUSES[status],
-                  None if diverged_at < 0 else diverged_at, opts[0], time.perf_counter() - t0)
+    one = _solve_configurations(problem, hyper, _as_key(key),
+                                SolverSettings.of(settings, **options), start=start,
+                                progress=progress, batched=False)
+    diverged_at = int(one.diverged_at[0])
+    return Result(jax.tree.map(lambda a: a[0], one.params),
+                  {k: v if k == "iteration" else v[0] for k, v in one.history.items()},
+                  int(one.steps[0]), one.status[0], None if diverged_at < 0 else diverged_at,
+                  one.optimum[0], one.seconds)
 
 
 def solve_batch(problem: Problem, hypers: Hyper, keys, settings: SolverSettings | None = None, *,
@@ -275,29 +263,51 @@ def solve_batch(problem: Problem, hypers: Hyper, keys, settings: SolverSettings 
     leading axis B). A diverging configuration is flagged and frozen without touching its
     neighbours. `settings` / `options`: as in `solve`.
     """
-    settings = SolverSettings.of(settings, **options).checked(problem)
-    validate_hyper(hypers)
     if isinstance(keys, (list, tuple, np.ndarray)) and all(
             isinstance(k, (int, np.integer)) for k in np.asarray(keys).ravel()):
         keys = jax.vmap(jax.random.key)(jnp.asarray(keys, jnp.uint32))
-    batch = keys.shape[0]
+    if width is not None and (isinstance(width, bool) or not isinstance(width, (int, np.integer))
+                              or width < 1):
+        raise ValueError(f"width={width!r} is not allowed: None or an integer >= 1")
+    return _solve_configurations(problem, hypers, keys, SolverSettings.of(settings, **options),
+                                 start=start, progress=progress, batched=True, desc=desc,
+                                 width=width)
+
+
+def _solve_configurations(problem: Problem, hypers: Hyper, keys, settings: SolverSettings, *,
+                          start, progress, batched: bool, desc=None, width=None) -> BatchResult:
+    """What `solve` and `solve_batch` share: checks, closed-form f*, the x64 scope, the run
+    (`_execute`) and the result, as a `BatchResult`. `batched=False` is one configuration (a
+    scalar Hyper, one key, `start` unbatched) run by the unbatched program, as `width=1` runs
+    each slice; its result has a leading axis of 1 like a batch of one."""
+    settings = settings.checked(problem)
+    validate_hyper(hypers)
+    if not batched and any(np.ndim(v) for v in hypers):
+        raise ValueError("solve() takes one configuration: every Hyper field must be a scalar "
+                         "(use solve_batch for a batch)")
+    batch = keys.shape[0] if batched else 1
     opts, f_star = optimum_values(problem, hypers)
     if len(opts) == 1:
         opts, f_star = opts * batch, np.full(batch, f_star[0])
     if len(opts) != batch:
         raise ValueError(f"hypers describe {len(opts)} configurations but {batch} keys were given")
-    if width is not None and (isinstance(width, bool) or not isinstance(width, (int, np.integer))
-                              or width < 1):
-        raise ValueError(f"width={width!r} is not allowed: None or an integer >= 1")
     t0 = time.perf_counter()
     with problem.x64_scope():
         dtype = problem.jnp_dtype
-        hypers = hypers.broadcast(batch, dtype)
+        if batched:
+            hypers, f_star = hypers.broadcast(batch, dtype), jnp.asarray(f_star, dtype)
+        else:
+            hypers, f_star = hypers.astype(dtype), jnp.asarray(f_star[0], dtype)
         state, history = _execute(
-            problem, hypers, keys, jnp.asarray(f_star, dtype), settings, start_params=start,
-            progress=progress, batched=True, batch_size=batch, desc=desc, width=width)
-        params = jax.vmap(functools.partial(point_of, problem, settings.name))(state.variables)
+            problem, hypers, keys, f_star, settings, start_params=start,
+            progress=progress, batched=batched, batch_size=batch, desc=desc, width=width)
+        point = functools.partial(point_of, problem, settings.name)
+        params = jax.vmap(point)(state.variables) if batched else point(state.variables)
         jax.block_until_ready(params)
+    if not batched:  # the leading axis of a batch of one
+        params = jax.tree.map(lambda a: a[None], params)
+        state = jax.tree.map(lambda a: np.asarray(a)[None], state)
+        history = {k: v if k == "iteration" else v[None] for k, v in history.items()}
     status = final_status(np.asarray(state.status), np.asarray(state.grad_norm),
                           np.asarray(state.stationarity), history["rel_gap"][:, -1],
                           settings.tol)
