@@ -1,5 +1,6 @@
 """The package's layers: no import cycle inside ufm/ (imports inside functions and the kinds
-registry's module names count), and `import ufm` stays light with every module an attribute."""
+registry's module names count), imports point down the rooms, every public function is annotated,
+and `import ufm` stays light with every module an attribute."""
 import ast
 import subprocess
 import sys
@@ -123,6 +124,40 @@ def test_the_checks_find_a_planted_cycle_and_an_upward_import():
     assert layer_violations(graph) == [
         "ufm.analysis.theory (ufm.analysis) imports ufm.solvers.driver (ufm.solvers)",
         "ufm.errors (leaves) imports ufm.model.problem (ufm.model)"]
+
+
+def unannotated(source: str) -> list[str]:
+    """The public functions and methods (of public classes) at the top of a module's source
+    whose return or any parameter (self and cls aside; *args and **options may stay bare) has
+    no annotation."""
+    missing = []
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.FunctionDef):
+            functions = [(node.name, node)]
+        elif isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
+            functions = [(f"{node.name}.{f.name}", f) for f in node.body
+                         if isinstance(f, ast.FunctionDef)]
+        else:
+            continue
+        for name, fn in functions:
+            if fn.name.startswith("_"):
+                continue
+            bare = [a.arg for a in fn.args.posonlyargs + fn.args.args + fn.args.kwonlyargs
+                    if a.annotation is None and a.arg not in ("self", "cls")]
+            if fn.returns is None:
+                bare.append("return")
+            if bare:
+                missing.append(f"{name}({', '.join(bare)})")
+    return missing
+
+
+def test_public_functions_are_annotated():
+    missing = {str(path.relative_to(PACKAGE)): unannotated(path.read_text())
+               for path in sorted(PACKAGE.rglob("*.py"))}
+    assert {k: v for k, v in missing.items() if v} == {}
+    planted = "def ok(x: int) -> int:\n    pass\nclass A:\n    def f(self, y):\n        pass\n" \
+              "def _private(z):\n    pass\ndef g(w, *args: int) -> None:\n    pass\n"
+    assert unannotated(planted) == ["A.f(y, return)", "g(w)"]
 
 
 def test_import_ufm_is_light_and_modules_are_attributes():

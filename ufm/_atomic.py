@@ -5,12 +5,13 @@ the results folder (`ufm.running.results`) and a network's training checkpoints
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 
-def replace_atomically(path: Path, write) -> None:
+def replace_atomically(path: Path, write: Callable[[Path], None]) -> None:
     """Call `write(temporary_path)`, then rename the temporary file onto `path`: a reader (or a
     crash) never sees a half-written file, and the old file stays until the new one is whole."""
     path = Path(path)

@@ -3,9 +3,12 @@ lists its submodules and `import ufm` stays light. A leaf: it imports nothing fr
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
+from typing import Any
 
 
-def submodules(package: str, names: tuple[str, ...], public: set[str] = frozenset()):
+def submodules(package: str, names: tuple[str, ...], public: set[str] = frozenset()
+               ) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
     """(`__getattr__`, `__dir__`) for `package`: `package.name` imports `package.name` for each
     of `names`; `public` (the names the package defines itself) is listed by `dir` too."""
 

@@ -11,6 +11,7 @@ import shlex
 import signal
 import sys
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 from ufm.errors import ConfigError, InputError
@@ -206,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -5,12 +5,14 @@ known margins are closed forms (`ufm.analysis.theory.known_code_margin`).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.typing import ArrayLike
 
 from ufm.analysis import gnc
 from ufm.model.problem import normalize_columns, normalize_rows
@@ -125,8 +127,8 @@ SOFTMAX_TAUS = (0.1, 0.03, 0.01, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5)
 
 
 def softmax_code(K: int, d: int, *, starts: int = 16, seed: int = 0,
-                 taus=SOFTMAX_TAUS, steps: int = 1000, starts_from=None,
-                 linesearch: str = "zoom") -> Code:
+                 taus: Sequence[float] = SOFTMAX_TAUS, steps: int = 1000,
+                 starts_from: Sequence[ArrayLike] | None = None, linesearch: str = "zoom") -> Code:
     """The softmax code (Jiang et al. 2024): K unit vectors in R^d maximizing the minimum
     one-vs-rest distance min_k dist(w_k, conv{w_j : j != k}).
 
@@ -169,8 +171,8 @@ TAMMES_TAUS = (0.05, 0.01, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5)
 
 
 def tammes_code(K: int, d: int, *, starts: int = 32, seed: int = 0,
-                temperatures=TAMMES_TAUS, steps: int = 1000, starts_from=None,
-                linesearch: str = "zoom") -> Code:
+                temperatures: Sequence[float] = TAMMES_TAUS, steps: int = 1000,
+                starts_from: Sequence[ArrayLike] | None = None, linesearch: str = "zoom") -> Code:
     """The Tammes code: K unit vectors in R^d maximizing the minimum pairwise distance.
     Minimizes the smooth maximum t log sum_{j<k} exp(cos(w_j, w_k)/t) over the sphere (the
     pullback through normalization) by L-BFGS from `starts` random starts (vmapped; and from

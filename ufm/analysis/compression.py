@@ -3,13 +3,14 @@ reduction of Yu et al. (2020, MCR^2), and the effective rank of the features."""
 from __future__ import annotations
 
 import numpy as np
+from jax.typing import ArrayLike
 
 # The distortion of the coding rate: eps^2 = 0.5, the value of Yu et al. (2020, MCR^2) for
 # unit-norm features.
 CODING_EPS2 = 0.5
 
 
-def coding_rate(Z, eps2: float = CODING_EPS2) -> float:
+def coding_rate(Z: ArrayLike, eps2: float = CODING_EPS2) -> float:
     """R(Z, eps) = 1/2 log det(I_d + d / (N eps^2) Z Z^T) of features Z (d, N): the nats needed
     to code the columns of Z up to distortion eps (Ma et al. 2007; Yu et al. 2020, "Learning
     diverse and discriminative representations via the principle of maximal coding rate
@@ -20,7 +21,8 @@ def coding_rate(Z, eps2: float = CODING_EPS2) -> float:
     return float(0.5 * np.linalg.slogdet(np.eye(len(gram)) + d / (N * eps2) * gram)[1])
 
 
-def rate_reduction(Z, labels, num_classes: int, eps2: float = CODING_EPS2) -> float:
+def rate_reduction(Z: ArrayLike, labels: ArrayLike, num_classes: int,
+                   eps2: float = CODING_EPS2) -> float:
     """Delta R = R(Z, eps) - sum_k (n_k / N) R(Z_k, eps), Z_k the columns of class k (Yu et al.
     2020): large when the whole is spread and each class compressed. R(Z_k) keeps the ambient
     d: 1/2 log det(I + d / (n_k eps^2) Z_k Z_k^T)."""
@@ -37,7 +39,7 @@ def _class_rate(Z, mask, eps2) -> float:
     return float(0.5 * np.linalg.slogdet(np.eye(len(gram)) + d / (X.shape[1] * eps2) * gram)[1])
 
 
-def effective_rank(Z) -> float:
+def effective_rank(Z: ArrayLike) -> float:
     """exp of the entropy of the normalized singular values p_i = s_i / sum_j s_j of Z (d, N)
     (Roy & Vetterli 2007): between 1 and min(d, N); K - 1 for centred features collapsed onto
     a simplex ETF. Singular values at round-off count as zeros."""
@@ -50,7 +52,8 @@ def effective_rank(Z) -> float:
     return float(np.exp(-np.sum(p * np.log(p))))
 
 
-def compression_metrics(H, labels, num_classes: int, eps2: float = CODING_EPS2) -> dict:
+def compression_metrics(H: ArrayLike, labels: ArrayLike, num_classes: int,
+                        eps2: float = CODING_EPS2) -> dict:
     """Feature compression of H (d, N) (numpy, float64): effective_rank of the centred features
     H - mean, coding_rate and rate_reduction of the unit-normalized features h_i / ||h_i|| (the
     scale-free convention of MCR^2; a zero feature stays zero).

@@ -5,12 +5,14 @@ gets these columns (`ufm.running.kinds.grid`)."""
 from __future__ import annotations
 
 import numpy as np
+from jax.typing import ArrayLike
 
 from ufm.analysis import compression, gnc, imbalance, oracle, theory
-from ufm.model.problem import Hyper, Problem
+from ufm.model.problem import Hyper, Params, Problem
 
 
-def end_point_columns(problem: Problem, hypers: Hyper, params, n: int, objective) -> dict:
+def end_point_columns(problem: Problem, hypers: Hyper, params: Params, n: int,
+                      objective: ArrayLike) -> dict:
     """Columns beyond the history's metrics from the first `n` final points of a batch (leaves
     with a leading axis; `hypers` batched, every field an array; `objective` the final
     values), keyed "extra/<column>": feature
@@ -30,7 +32,8 @@ def end_point_columns(problem: Problem, hypers: Hyper, params, n: int, objective
     return arrays
 
 
-def imbalance_columns(problem: Problem, hypers: Hyper, params, n: int, objective) -> dict:
+def imbalance_columns(problem: Problem, hypers: Hyper, params: Params, n: int,
+                      objective: ArrayLike) -> dict:
     """Minority-collapse metrics of each final point; for a convex loss the oracle's optimum,
     its minority cosine and (two count levels) the collapse ratio, once per distinct Hyper
     (the seeds of a configuration share them)."""
@@ -75,7 +78,7 @@ def reports_gnc(problem: Problem) -> bool:
     return problem.feature_dim < problem.num_classes - 1 or problem.geometry == "sphere"
 
 
-def gnc_columns(problem: Problem, params, n: int) -> dict:
+def gnc_columns(problem: Problem, params: Params, n: int) -> dict:
     """gnc1, gnc2_margin (exact QP), gnc2_tammes, gnc3 of each final point (host numpy), and
     the margin of the softmax code where it is known exactly (`theory.known_code_margin`)."""
     W, H = np.asarray(params.W), np.asarray(params.H)

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from ufm.analysis.nc import nc1
 from ufm.model.problem import x64_scope
 
 
-def min_norm_point(P: np.ndarray, tol: float = 1e-12, max_iter: int = 10_000):
+def min_norm_point(P: np.ndarray, tol: float = 1e-12,
+                   max_iter: int = 10_000) -> tuple[np.ndarray, np.ndarray]:
     """The point of conv{columns of P} nearest the origin, exactly (Wolfe 1976, "Finding the
     nearest point in a polytope"): a finite active-set method, not projected gradient.
     Returns (x, weights) with x = P @ weights, weights >= 0 summing to 1.
@@ -59,7 +61,8 @@ def min_norm_point(P: np.ndarray, tol: float = 1e-12, max_iter: int = 10_000):
     return P @ weights, weights
 
 
-def one_vs_rest_margins(W, *, neighbours: int | None = None, tol: float = 1e-12) -> np.ndarray:
+def one_vs_rest_margins(W: ArrayLike, *, neighbours: int | None = None,
+                        tol: float = 1e-12) -> np.ndarray:
     """dist(w_k, conv{w_j : j != k}) for every row of W (K, d), each an exact QP
     (`min_norm_point` of {w_j - w_k}); 0 where w_k lies inside the hull of the others. The
     GNC margin is their minimum (Jiang et al. 2024). Host-side numpy (an active-set method).
@@ -126,7 +129,7 @@ def _nearest_rows(W, m: int) -> list:
     return nearest
 
 
-def min_pairwise_distance(W) -> float:
+def min_pairwise_distance(W: ArrayLike) -> float:
     """min_{j != k} ||w_j - w_k|| over the rows of W after normalizing them (the one-vs-one,
     Tammes, value)."""
     W = np.asarray(W, np.float64)
@@ -136,7 +139,7 @@ def min_pairwise_distance(W) -> float:
     return float(np.sqrt(max(2.0 - 2.0 * np.max(gram[off]), 0.0)))
 
 
-def gnc_metrics(W, H, labels) -> dict:
+def gnc_metrics(W: ArrayLike, H: ArrayLike, labels: ArrayLike) -> dict:
     """Generalized-NC metrics (docs/science.md, section 3) on row-normalized W and column-normalized
     H: gnc1 (NC1 of the normalized features), gnc2_margin (min one-vs-rest distance, exact QP
     per class), gnc2_tammes (min pairwise distance between classifiers), gnc3 ((1/K) sum_k

@@ -4,12 +4,13 @@ docs/science.md, section 3)."""
 from __future__ import annotations
 
 import numpy as np
+from jax.typing import ArrayLike
 
 # Minority classifiers closer than this (relative to the largest ||w_k||) have collapsed.
 COLLAPSED_SPREAD = 1e-6
 
 
-def minority_spread(W, minority) -> float:
+def minority_spread(W: ArrayLike, minority: ArrayLike) -> float:
     """max ||w_j - w_k|| over pairs of minority classifiers, relative to max ||w_k||: 0 when
     the minority classifiers have collapsed onto one vector (Fang et al. 2021)."""
     W = np.asarray(W, np.float64)
@@ -26,7 +27,8 @@ def _mean_pair_cosine(X) -> float:
     return float(np.mean(cos[~np.eye(X.shape[0], dtype=bool)]))
 
 
-def imbalance_metrics(W, H, labels, class_counts) -> dict:
+def imbalance_metrics(W: ArrayLike, H: ArrayLike, labels: ArrayLike,
+                      class_counts: ArrayLike) -> dict:
     """Minority-collapse metrics for imbalanced classes (host numpy, float64). Majority classes
     are those with the largest count, minority all others.
 

@@ -4,9 +4,10 @@ the layers (a line in log NC1 against depth; He & Su 2023)."""
 from __future__ import annotations
 
 import numpy as np
+from jax.typing import ArrayLike
 
 
-def layer_nc(H, labels, num_classes: int) -> dict:
+def layer_nc(H: ArrayLike, labels: ArrayLike, num_classes: int) -> dict:
     """NC1 = (1/K) tr(Sigma_W Sigma_B^+) and NC2 of the class means, || M^T M / ||M^T M||_F - E
     ||_F, of a layer's features H (d, N) on the host (numpy, float64; the definitions of
     `ufm.analysis.nc.nc1` and `nc2_H`, mu_G the mean of the class means, Sigma_B^+ at rank K - 1
@@ -30,7 +31,8 @@ def layer_nc(H, labels, num_classes: int) -> dict:
     return {"nc1": nc1, "nc2": nc2, "M": M}
 
 
-def ridge_classifier(features, labels, num_classes: int, ridge: float = 1e-3):
+def ridge_classifier(features: ArrayLike, labels: ArrayLike, num_classes: int,
+                     ridge: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
     """(W (K, d), b (K,)): least squares from [features, 1] (N, d + 1) to one-hot targets with
     a ridge penalty ridge * mean ||h||^2 per coordinate (float64, closed form): a layer's
     linear probe."""
@@ -46,7 +48,7 @@ def ridge_classifier(features, labels, num_classes: int, ridge: float = 1e-3):
     return coefficients[:-1].T, coefficients[-1]
 
 
-def geometric_decay(values) -> dict:
+def geometric_decay(values: ArrayLike) -> dict:
     """Fit log v_l = a + l log(ratio) by least squares over l = 0, 1, ...: the law
     of progressive separation, NC1 shrinking by a constant ratio per layer (He & Su 2023, "A
     law of data separation in deep learning"). Returns ratio (fitted v_{l+1} / v_l), rate

@@ -28,9 +28,12 @@ the means coincide (the collapsed-to-zero solution), where they are undefined.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from ufm.model.problem import x64_scope
 
@@ -89,7 +92,7 @@ def _gram_to_etf(A, B):
     return jnp.sqrt(jnp.sum(_map_rows(rows, K, K)))
 
 
-def gram_pinv(C):
+def gram_pinv(C: ArrayLike) -> jax.Array:
     """The pseudo-inverse of a symmetric positive semidefinite C (K, K) by matmuls only
     (no LAPACK or cuSOLVER call, so it vectorizes on a GPU): the Newton-Schulz iteration
 
@@ -174,7 +177,8 @@ def _class_statistics(H, labels, K, global_mean, max_rank=None, gram=False):
     return counts, means, M, within, defined, nan, nc1_papyan
 
 
-def nc1(H, labels, num_classes: int, *, global_mean: str = "class_means"):
+def nc1(H: ArrayLike, labels: ArrayLike, num_classes: int, *,
+        global_mean: str = "class_means") -> jax.Array:
     """NC1 = (1/K) tr(Sigma_W Sigma_B^+) of features H (d, N) alone (no classifier needed): the
     layer-wise NC1 of a network's intermediate representations (Papyan et al. 2020; He & Su
     2023, "progressive separation"). d may be large: no d x d matrix is formed."""
@@ -253,7 +257,7 @@ METRIC_NAMES = (
 _nc_metrics_jit = jax.jit(_nc_metrics, static_argnames=("global_mean", "gram"))
 
 
-def run_metrics(W, H, labels, b=None) -> dict:
+def run_metrics(W: ArrayLike, H: ArrayLike, labels: ArrayLike, b: ArrayLike | None = None) -> dict:
     """`nc_metrics` as a run's records program computes them (inside jit/vmap): the same
     definitions with NC1's Sigma_B^+ by matmuls (`_class_statistics(gram=True)`), so that the
     compiled program holds no decomposition (no LAPACK call on a CPU, no cuSOLVER call on a
@@ -261,7 +265,7 @@ def run_metrics(W, H, labels, b=None) -> dict:
     return _nc_metrics(W, H, labels, b, "class_means", gram=True)
 
 
-def check_inputs(W, H, labels, b=None) -> None:
+def check_inputs(W: ArrayLike, H: ArrayLike, labels: ArrayLike, b: ArrayLike | None = None) -> None:
     """Raise ValueError naming the argument, what it is and what is allowed, before anything
     is computed: W (K, d), H (d, N), integer labels (N,) in 0..K-1 with every class present,
     b (K,). Shapes and dtypes are checked inside jit too; the label values only where they are
@@ -312,7 +316,8 @@ def check_inputs(W, H, labels, b=None) -> None:
                          "occur, with labels renumbered")
 
 
-def nc_metrics(W, H, labels, b=None, *, global_mean: str = "class_means") -> dict:
+def nc_metrics(W: ArrayLike, H: ArrayLike, labels: ArrayLike, b: ArrayLike | None = None, *,
+               global_mean: str = "class_means") -> dict:
     """All NC metrics of classifier W (K, d), features H (d, N) with integer labels (N,) and
     optional bias b (K,). Pure and jittable (call it inside jit/vmap directly, or from Python,
     where float64 inputs are computed in float64 without touching global flags).
@@ -347,7 +352,8 @@ def _angle(a, b):
     return 2.0 * jnp.arctan2(jnp.linalg.norm(u - v, axis=0), jnp.linalg.norm(u + v, axis=0))
 
 
-def multilabel_metrics(W, H, sample_sets, label_sets, b=None) -> dict:
+def multilabel_metrics(W: ArrayLike, H: ArrayLike, sample_sets: ArrayLike,
+                       label_sets: Sequence[Sequence[int]], b: ArrayLike | None = None) -> dict:
     """NC metrics of a multi-label UFM point (Li et al. 2024, "Neural collapse in multi-label
     learning with pick-all-label loss"). `sample_sets` (N,) indexes each sample's label set in
     `label_sets` (a static tuple of sorted class tuples holding every singleton (k,)).

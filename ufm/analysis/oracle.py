@@ -30,6 +30,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from ufm.analysis.imbalance import COLLAPSED_SPREAD, minority_spread
 from ufm.model import losses as _losses
@@ -159,8 +160,8 @@ def _check(problem: Problem, hyper: Hyper) -> None:
                              "sqrt(lam_W lam_H))")
 
 
-def convex_oracle(problem: Problem, hyper: Hyper, *, counts=None, max_iter: int = 200_000,
-                  tol: float = 1e-13) -> Oracle:
+def convex_oracle(problem: Problem, hyper: Hyper, *, counts: ArrayLike | None = None,
+                  max_iter: int = 200_000, tol: float = 1e-13) -> Oracle:
     """The global optimum of the weight-decay UFM with a convex loss through its convex
     reformulation (module docstring), in float64.
 
@@ -188,7 +189,7 @@ def convex_oracle(problem: Problem, hyper: Hyper, *, counts=None, max_iter: int 
                   float(residual), int(k))
 
 
-def minority_collapse_threshold(problem: Problem, hyper: Hyper, *, minority,
+def minority_collapse_threshold(problem: Problem, hyper: Hyper, *, minority: ArrayLike,
                                 n_minority: float = 1.0, max_ratio: float = 1e4,
                                 rtol: float = 1e-3,
                                 collapsed_below: float = COLLAPSED_SPREAD) -> float:

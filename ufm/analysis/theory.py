@@ -11,6 +11,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from ufm.model.frames import etf_gram, helmert_basis, simplex_etf  # noqa: F401  (closed forms use them)
 from ufm.model.losses import LOSSES
@@ -300,7 +301,7 @@ def optimum_point(problem: Problem, hyper: Hyper) -> Params | None:
     )
 
 
-def optimal_bias(problem: Problem, hyper: Hyper, Z=None) -> np.ndarray:
+def optimal_bias(problem: Problem, hyper: Hyper, Z: ArrayLike | None = None) -> np.ndarray:
     """argmin_b (1/N) sum_i L((z_i + b)/tau, y_i) + lam_b/2 ||b||^2 for fixed logits Z (default
     Z = 0, the origin), by Newton's method in float64 (convex for CE, LS and MSE; from b = 0,
     which is already optimal for balanced CE-type losses). Zero when the problem has no bias."""
@@ -371,7 +372,8 @@ def sphere_collapsed_point(problem: Problem) -> Params:
     return _params(np.tile(e1, (K, 1)), np.tile(e1[:, None], (1, N)), np.zeros(K))
 
 
-def negative_curvature_direction(problem: Problem, hyper: Hyper, params: Params):
+def negative_curvature_direction(problem: Problem, hyper: Hyper,
+                                 params: Params) -> tuple[Params, float]:
     """The explicit escape direction at a weight-decay critical point with rank W < d
     (docs/science.md, section 5): a unit a in null(W), (u, v) the top singular pair of
     G = dL/dZ, Delta = (u a^T, c a v^T, 0) / sqrt(1 + c^2) with the c that minimizes the

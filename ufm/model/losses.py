@@ -13,8 +13,23 @@ returning dL/dZ of shape (K, N)): the fast path of the first-order solvers (`ufm
 """
 from __future__ import annotations
 
+from typing import Protocol
+
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+
+class LossHyper(Protocol):
+    """The hyperparameters a loss reads, by name (`ufm.Hyper` has them all; a protocol, so
+    this module stays below `ufm.model.problem`): label smoothing alpha, focal gamma,
+    rescaled-MSE kappa and M, and the temperature tau (the streamed losses divide by it)."""
+
+    alpha: ArrayLike
+    gamma: ArrayLike
+    kappa: ArrayLike
+    M: ArrayLike
+    tau: ArrayLike
 
 
 def _top_and_rest(Z):
@@ -28,7 +43,7 @@ def _top_and_rest(Z):
     return top, shifted, rest
 
 
-def log_softmax(Z):
+def log_softmax(Z: ArrayLike) -> jax.Array:
     """log softmax over classes (axis 0), accurate to relative precision where log p -> 0
     (`_top_and_rest`); jax.nn.log_softmax gives an exact 0 there once p rounds to 1."""
     top, shifted, rest = _top_and_rest(Z)
@@ -37,7 +52,7 @@ def log_softmax(Z):
     return jnp.where(top > 0, 0.0, shifted) - jnp.log1p(rest)
 
 
-def softmax_minus_target(Z, Y):
+def softmax_minus_target(Z: ArrayLike, Y: ArrayLike) -> jax.Array:
     """m softmax(z) - y with m = sum_k y_k (1 for one label; a label set's size for
     pick-all-label), and for one label p_y - 1 taken as -sum_{j != y} p_j: the form p_y - 1
     cancels to 0 once p_y rounds to 1, dropping the pull towards w_y. No argmax: one more sum
@@ -49,12 +64,12 @@ def softmax_minus_target(Z, Y):
     return count * others - Y * jnp.where(count == 1, rest, 1 - count * P)
 
 
-def cross_entropy(Z, Y, hyper=None):
+def cross_entropy(Z: ArrayLike, Y: ArrayLike, hyper: LossHyper | None = None) -> jax.Array:
     """CE: -log softmax(z)_y  (for a multi-hot Y: sum over the labels, i.e. pick-all-label)."""
     return -jnp.sum(Y * log_softmax(Z), axis=0)
 
 
-def label_smoothing(Z, Y, hyper):
+def label_smoothing(Z: ArrayLike, Y: ArrayLike, hyper: LossHyper) -> jax.Array:
     """Cross entropy against q = (1 - alpha) e_y + (alpha / K) 1 (Szegedy et al. 2016).
 
     This is the PyTorch convention (loss "ls"); `label_smoothing_off_target` ("ls_off_target")
@@ -65,7 +80,8 @@ def label_smoothing(Z, Y, hyper):
     return -jnp.sum(Q * log_softmax(Z), axis=0)
 
 
-def label_smoothing_off_target(Z, Y, hyper, num_classes=None):
+def label_smoothing_off_target(Z: ArrayLike, Y: ArrayLike, hyper: LossHyper,
+                               num_classes: int | None = None) -> jax.Array:
     """Cross entropy against q = (1 - alpha) e_y + alpha/(K-1) (1 - e_y): the target keeps
     exactly 1 - alpha and the other classes share alpha (the convention of many lecture slides;
     Mueller et al. 2019 write it either way). It is "ls" with alpha' = alpha K/(K-1)."""
@@ -77,23 +93,23 @@ def _off_target(Y, alpha, K):
     return (1.0 - alpha) * Y + alpha / (K - 1) * (1.0 - Y)
 
 
-def focal(Z, Y, hyper):
+def focal(Z: ArrayLike, Y: ArrayLike, hyper: LossHyper) -> jax.Array:
     """Focal loss (Lin et al. 2017): -(1 - p_y)^gamma log p_y, p = softmax(z)."""
     return focal_from_log_p(jnp.sum(Y * log_softmax(Z), axis=0), hyper.gamma)
 
 
-def focal_from_log_p(log_p_y, gamma):
+def focal_from_log_p(log_p_y: ArrayLike, gamma: ArrayLike) -> jax.Array:
     """-(1 - p_y)^gamma log p_y from log p_y."""
     one_minus_p = -jnp.expm1(log_p_y)  # 1 - p_y without cancellation when p_y -> 1
     return -(one_minus_p**gamma) * log_p_y
 
 
-def mse(Z, Y, hyper=None):
+def mse(Z: ArrayLike, Y: ArrayLike, hyper: LossHyper | None = None) -> jax.Array:
     """MSE: (1/2) ||z - e_y||^2."""
     return 0.5 * jnp.sum((Z - Y) ** 2, axis=0)
 
 
-def mse_rescaled(Z, Y, hyper):
+def mse_rescaled(Z: ArrayLike, Y: ArrayLike, hyper: LossHyper) -> jax.Array:
     """Rescaled MSE (Hui & Belkin 2021; Zhou et al. 2022):
     (1/K) [kappa (z_y - M)^2 + sum_{j != y} z_j^2]."""
     K = Z.shape[0]
@@ -101,20 +117,22 @@ def mse_rescaled(Z, Y, hyper):
     return jnp.sum(weights * (Z - hyper.M * Y) ** 2, axis=0) / K
 
 
-def pick_all_label(Z, Y, hyper=None):
+def pick_all_label(Z: ArrayLike, Y: ArrayLike, hyper: LossHyper | None = None) -> jax.Array:
     """Pick-all-label loss (Li et al. 2024): sum_{k in S} CE(z, k) for label multiset S (Y
     holds the multiplicities)."""
     return cross_entropy(Z, Y)
 
 
-def cross_entropy_grad(Z, Y, hyper=None, num_classes=None):
+def cross_entropy_grad(Z: ArrayLike, Y: ArrayLike, hyper: LossHyper | None = None,
+                       num_classes: int | None = None) -> jax.Array:
     """d CE / dz = m softmax(z) - y, m = sum_k y_k (1 for one label; the set size for
     pick-all-label). p_y - 1 cancels to 0 once p_y rounds to 1; where the loss can get that
     small (no penalty on W and H), `accurate_cross_entropy_grad` is used instead."""
     return jnp.sum(Y, axis=0, keepdims=True) * jax.nn.softmax(Z, axis=0) - Y
 
 
-def accurate_cross_entropy_grad(Z, Y, hyper=None, num_classes=None):
+def accurate_cross_entropy_grad(Z: ArrayLike, Y: ArrayLike, hyper: LossHyper | None = None,
+                                num_classes: int | None = None) -> jax.Array:
     """d CE / dz with p_y - 1 = -sum_{j != y} p_j (`softmax_minus_target`): what the fast path
     uses on the sphere and the norm balls, where the loss falls like exp(-margin / tau). It
     costs one more sum over the classes per step (about a quarter of a small problem's step on
@@ -123,20 +141,23 @@ def accurate_cross_entropy_grad(Z, Y, hyper=None, num_classes=None):
     return softmax_minus_target(Z, Y)
 
 
-def label_smoothing_grad(Z, Y, hyper, num_classes=None):
+def label_smoothing_grad(Z: ArrayLike, Y: ArrayLike, hyper: LossHyper,
+                         num_classes: int | None = None) -> jax.Array:
     """d LS / dz = softmax(z) - q with q = (1 - alpha) y + alpha / K (q sums to one)."""
     K = Z.shape[0] if num_classes is None else num_classes
     return jax.nn.softmax(Z, axis=0) - ((1.0 - hyper.alpha) * Y + hyper.alpha / K)
 
 
-def label_smoothing_off_target_grad(Z, Y, hyper, num_classes=None):
+def label_smoothing_off_target_grad(Z: ArrayLike, Y: ArrayLike, hyper: LossHyper,
+                                    num_classes: int | None = None) -> jax.Array:
     """d LS / dz = softmax(z) - q with q = (1 - alpha) y + alpha/(K-1) (1 - y) (sums to one
     over the K classes; rows padded beyond them are masked by the caller)."""
     K = Z.shape[0] if num_classes is None else num_classes
     return jax.nn.softmax(Z, axis=0) - _off_target(Y, hyper.alpha, K)
 
 
-def focal_grad(Z, Y, hyper, num_classes=None):
+def focal_grad(Z: ArrayLike, Y: ArrayLike, hyper: LossHyper,
+               num_classes: int | None = None) -> jax.Array:
     """d focal / dz = c (y - softmax(z)) with l = log p_y and
     c = gamma p_y (1 - p_y)^(gamma - 1) l - (1 - p_y)^gamma (the gamma = 0 term is zero, as
     in JAX's derivative of x^gamma)."""
@@ -149,12 +170,14 @@ def focal_grad(Z, Y, hyper, num_classes=None):
     return coefficient * (Y - jnp.exp(log_p))
 
 
-def mse_grad(Z, Y, hyper=None, num_classes=None):
+def mse_grad(Z: ArrayLike, Y: ArrayLike, hyper: LossHyper | None = None,
+             num_classes: int | None = None) -> jax.Array:
     """d MSE / dz = z - y."""
     return Z - Y
 
 
-def mse_rescaled_grad(Z, Y, hyper, num_classes=None):
+def mse_rescaled_grad(Z: ArrayLike, Y: ArrayLike, hyper: LossHyper,
+                      num_classes: int | None = None) -> jax.Array:
     """d rescaled MSE / dz = (2/K) w (z - M y), w = 1 + (kappa - 1) y."""
     K = Z.shape[0] if num_classes is None else num_classes
     return (2.0 / K) * (1.0 + (hyper.kappa - 1.0) * Y) * (Z - hyper.M * Y)

@@ -19,7 +19,9 @@ stationary, it can move inward).
 """
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from ufm.model.problem import (
     BALL_GEOMETRIES,
@@ -35,12 +37,12 @@ from ufm.model.problem import (
 ACTIVE_EPS = 1e3
 
 
-def project_columns(X, U):
+def project_columns(X: ArrayLike, U: ArrayLike) -> jax.Array:
     """P_X(U) for X with unit-norm columns."""
     return U - X * jnp.sum(X * U, axis=0, keepdims=True)
 
 
-def project_rows(X, U):
+def project_rows(X: ArrayLike, U: ArrayLike) -> jax.Array:
     """P_X(U) for X with unit-norm rows."""
     return U - X * jnp.sum(X * U, axis=1, keepdims=True)
 
@@ -55,7 +57,7 @@ def project(problem: Problem, point: Params, vector: Params) -> Params:
     return Params(W, project_columns(point.H, vector.H), vector.b)
 
 
-def ball_radii(problem: Problem, hyper: Hyper):
+def ball_radii(problem: Problem, hyper: Hyper) -> tuple[jax.Array, jax.Array]:
     """(r_W, r_H): the radius of W's Frobenius ball, sqrt(K E_W), and of H's: sqrt(N E_H)
     ("norm_ball", the whole of H) or sqrt(E_H) ("norm_ball_each", each column)."""
     r_W = jnp.sqrt(problem.num_classes * hyper.E_W)
@@ -90,7 +92,8 @@ def retract(problem: Problem, point: Params, hyper: Hyper | None = None) -> Para
     return point._replace(W=W, H=_into_ball(point.H, norm_H, r_H))
 
 
-def active_constraints(problem: Problem, hyper: Hyper, point: Params):
+def active_constraints(problem: Problem, hyper: Hyper,
+                       point: Params) -> tuple[jax.Array, jax.Array]:
     """(W on its sphere, H on its sphere): booleans; for "norm_ball_each" the second is (1, N),
     one per feature. Active = norm >= radius (1 - ACTIVE_EPS eps)."""
     r_W, r_H = ball_radii(problem, hyper)

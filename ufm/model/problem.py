@@ -26,11 +26,13 @@ import dataclasses
 import itertools
 import math
 import os
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import DTypeLike
 
 from ufm.model import losses as _losses
 from ufm.model import streaming as _streaming
@@ -46,7 +48,7 @@ DTYPES = ("float32", "float64")
 MULTILABEL_LOSSES = ("ce", "pick_all_label", "mse")
 
 
-def x64_scope(dtype):
+def x64_scope(dtype: DTypeLike | str) -> contextlib.AbstractContextManager:
     """A context in which `dtype` is computable: float64 switches x64 on just for its body, so a
     float64 problem never needs the user to touch JAX's global flags. Matmuls inside run at
     full precision: on recent NVIDIA GPUs JAX's default float32 matmul is TF32 (10-bit
@@ -337,10 +339,10 @@ class Problem:
                                    class_counts=tuple(counts), loss=loss)
 
     @property
-    def jnp_dtype(self):
+    def jnp_dtype(self) -> type:
         return jnp.float64 if self.dtype == "float64" else jnp.float32
 
-    def x64_scope(self):
+    def x64_scope(self) -> contextlib.AbstractContextManager:
         """Context that makes this problem's dtype available (see `x64_scope`)."""
         return x64_scope(self.dtype)
 
@@ -354,7 +356,7 @@ class Problem:
         return jax.nn.one_hot(self.labels, self.num_classes, dtype=self.jnp_dtype).T
 
 
-def multilabel_sets(num_classes: int, counts_by_size) -> tuple[tuple, tuple]:
+def multilabel_sets(num_classes: int, counts_by_size: Sequence[int]) -> tuple[tuple, tuple]:
     """(label_sets, set_counts) with every set of m classes carrying counts_by_size[m-1]
     samples (m = 1, 2, ...; a zero count leaves that size out): Li et al. 2024's data,
     balanced within each multiplicity."""
@@ -418,11 +420,11 @@ class Hyper(_HyperFields):
                                 f"{getattr(_HyperFields(), name)!r}")
         return self
 
-    def astype(self, dtype) -> "Hyper":
+    def astype(self, dtype: DTypeLike | str) -> "Hyper":
         """Every field as an array of `dtype` (keeps batch axes)."""
         return Hyper(*(jnp.asarray(v, dtype=dtype) for v in self))
 
-    def broadcast(self, batch: int, dtype) -> "Hyper":
+    def broadcast(self, batch: int, dtype: DTypeLike | str) -> "Hyper":
         """Every field as a (batch,) array of `dtype`: scalars repeat, batch axes are kept."""
         return Hyper(*(jnp.broadcast_to(jnp.asarray(v, dtype=dtype), (batch,)) for v in self))
 
@@ -446,7 +448,7 @@ HYPER_RANGES = {
 }
 
 
-def describe_range(lo, lo_ok, hi, hi_ok) -> str:
+def describe_range(lo: float | None, lo_ok: bool, hi: float | None, hi_ok: bool) -> str:
     left = f">= {lo:g}" if lo_ok else f"> {lo:g}"
     if math.isinf(hi):
         return f"a number {left}"
@@ -561,7 +563,7 @@ def init(problem: Problem, key: jax.Array, scale: float = 1.0) -> Params:
         return init_traced(problem, key, scale)
 
 
-def init_traced(problem: Problem, key: jax.Array, scale=1.0) -> Params:
+def init_traced(problem: Problem, key: jax.Array, scale: float = 1.0) -> Params:
     """`init` for use inside jit/vmap, where the caller has already set the precision."""
     K, d, N = problem.num_classes, problem.feature_dim, problem.num_samples
     dtype = problem.jnp_dtype

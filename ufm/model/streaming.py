@@ -24,6 +24,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from ufm.model import losses as _losses
 
@@ -102,7 +103,8 @@ def _blocked_logsumexp_bwd(residuals, cotangent):
 _blocked_logsumexp.defvjp(_blocked_logsumexp_fwd, _blocked_logsumexp_bwd)
 
 
-def logsumexp_over_classes(W, H, b, tau, size: int):
+def logsumexp_over_classes(W: ArrayLike, H: ArrayLike, b: ArrayLike, tau: ArrayLike,
+                           size: int) -> jax.Array:
     """lse_i of S = (W H + b 1^T) / tau over the K classes, (N,), in blocks of `size` classes.
     Reverse-mode differentiable (a custom VJP, itself differentiable in reverse mode); not in
     forward mode, so Hessian-vector products of streamed problems are reverse-over-reverse
@@ -112,7 +114,8 @@ def logsumexp_over_classes(W, H, b, tau, size: int):
     return _blocked_logsumexp(W_blocks, b_blocks, H)
 
 
-def per_sample_loss(loss: str, W, H, b, labels, hyper, size: int):
+def per_sample_loss(loss: str, W: ArrayLike, H: ArrayLike, b: ArrayLike, labels: ArrayLike,
+                    hyper: _losses.LossHyper, size: int) -> jax.Array:
     """The per-sample loss (N,) of `ufm.model.losses` on S = (W H + b 1^T) / tau, streamed over
     blocks of `size` classes."""
     if loss not in STREAMED_LOSSES:

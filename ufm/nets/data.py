@@ -31,6 +31,7 @@ import gzip
 import io
 import pickle
 import pickletools
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -63,7 +64,7 @@ class Dataset(NamedTuple):
     y_ood: np.ndarray | None = None
     ood: str = ""
 
-    def splits(self):
+    def splits(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """(name, x, y) of every split present: train, test and ood."""
         out = [("train", self.x_train, self.y_train), ("test", self.x_test, self.y_test)]
         if self.x_ood is not None:
@@ -165,7 +166,7 @@ def read_idx(file: Path) -> np.ndarray:
     return array.reshape(shape)
 
 
-def mnist(path, image: bool = False) -> Dataset:
+def mnist(path: str | Path, image: bool = False) -> Dataset:
     """MNIST (or Fashion-MNIST) from its four IDX files in `path`."""
     path = Path(path).expanduser()
     files = [_find(path, stem) for stem in MNIST_FILES]
@@ -374,7 +375,7 @@ def _cifar_batch(file: Path):
     return x, labels
 
 
-def cifar10(path, ood: str = "none") -> Dataset:
+def cifar10(path: str | Path, ood: str = "none") -> Dataset:
     """CIFAR-10 from the python-pickle batches in `path` (cifar-10-batches-py); images
     (N, 32, 32, 3), standardized per channel; `ood` "cifar10.1" / "cifar10.2" adds the user's
     files of that test set as the out-of-distribution split."""
@@ -397,8 +398,8 @@ def cifar10(path, ood: str = "none") -> Dataset:
     return data
 
 
-def gaussian(num_classes: int = 10, n_train: int = 100, n_test: int = 20, shape=(32,),
-             separation: float = 3.0, seed: int = 0) -> Dataset:
+def gaussian(num_classes: int = 10, n_train: int = 100, n_test: int = 20,
+             shape: tuple[int, ...] = (32,), separation: float = 3.0, seed: int = 0) -> Dataset:
     """K Gaussian classes in R^shape: means of norm `separation` in random directions, unit
     noise; n_train and n_test samples per class."""
     rng = np.random.default_rng(seed)
@@ -449,7 +450,8 @@ def shift(data: Dataset, kind: str, strength: float | None = None, seed: int = 0
                          ood=f"{kind}({strength:g})")
 
 
-def cifar10_shifted(path, kind: str, mean, std) -> tuple[np.ndarray, np.ndarray]:
+def cifar10_shifted(path: str | Path, kind: str, mean: Sequence[float],
+                    std: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     """The user's CIFAR-10.1 / CIFAR-10.2 test images, standardized with CIFAR-10's `mean`,
     `std`; DatasetFilesMissing naming the files when they are not in `path`."""
     path = Path(path).expanduser()
@@ -483,8 +485,8 @@ def apply_variant(data: Dataset, variant: str, seed: int = 0) -> Dataset:
     return data
 
 
-def load(name: str = "digits", *, path=None, variant: str = "none", seed: int = 0,
-         image: bool = False, n_train: int | None = None, ood: str = "none",
+def load(name: str = "digits", *, path: str | Path | None = None, variant: str = "none",
+         seed: int = 0, image: bool = False, n_train: int | None = None, ood: str = "none",
          ood_strength: float | None = None, **gaussian_options) -> Dataset:
     """A dataset by name (see the module docstring), with its variant applied. `image` gives
     image-shaped inputs for digits/MNIST; `n_train` keeps the first n_train training samples

@@ -83,7 +83,7 @@ class Head(nnx.Module):
         z = h @ self.weight().T
         return z if self.b is None else z + self.b[...][None, :]
 
-    def update_class_means(self, h, labels, momentum: float) -> None:
+    def update_class_means(self, h: jax.Array, labels: jax.Array, momentum: float) -> None:
         """CMF: W <- centred EMA of the batch class means (classes absent from the batch keep
         their value; a class seen for the first time takes its batch mean)."""
         K = self.num_classes
@@ -100,7 +100,7 @@ class Head(nnx.Module):
         self.W[...] = new - new.mean(0, keepdims=True)
 
 
-def parameter_counts(model) -> dict:
+def parameter_counts(model: nnx.Module) -> dict:
     """Trainable parameters (`nnx.Param` entries): params_total, and params_classifier, the
     head's (W and b of a learned head; b alone for the fixed ETF and class-mean heads, whose W
     is not a parameter): the saving of a fixed ETF head (Zhu et al. 2021) in numbers."""
@@ -130,7 +130,7 @@ class MLP(nnx.Module):
         self.head = Head(feature_dim or width, num_classes, kind=head, bias=bias,
                          normalize=normalize, rngs=rngs)
 
-    def representations(self, x) -> list:
+    def representations(self, x: jax.Array) -> list:
         h = x.reshape(x.shape[0], -1)
         out = []
         for i, layer in enumerate(self.layers):
@@ -145,7 +145,7 @@ class MLP(nnx.Module):
             out[-1] = _normalize_rows(out[-1])
         return out
 
-    def features(self, x) -> jax.Array:
+    def features(self, x: jax.Array) -> jax.Array:
         return self.representations(x)[-1]
 
     def __call__(self, x) -> jax.Array:
@@ -203,7 +203,7 @@ class ResNet(nnx.Module):
         self.head = Head(feature_dim or cin, num_classes, kind=head, bias=bias,
                          normalize=normalize, rngs=rngs)
 
-    def representations(self, x) -> list:
+    def representations(self, x: jax.Array) -> list:
         h = jax.nn.relu(self.stem_bn(self.stem(x)))
         out = [h]
         for stage in self.stages:
@@ -216,7 +216,7 @@ class ResNet(nnx.Module):
         out.append(_normalize_rows(h) if self.normalize else h)
         return out
 
-    def features(self, x) -> jax.Array:
+    def features(self, x: jax.Array) -> jax.Array:
         return self.representations(x)[-1]
 
     def __call__(self, x) -> jax.Array:
@@ -231,7 +231,8 @@ class ResNet(nnx.Module):
         return [(("stem",), ("stem_bn",))] + stages + [last]
 
 
-def build(name: str, *, input_shape: tuple, num_classes: int, seed: int = 0, **options):
+def build(name: str, *, input_shape: tuple, num_classes: int, seed: int = 0,
+          **options) -> nnx.Module:
     """A model by name ("mlp" | "resnet") for inputs of `input_shape` (one sample's shape)."""
     rngs = nnx.Rngs(seed)
     if name == "mlp":

@@ -27,6 +27,7 @@ import json
 import math
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -34,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.typing import ArrayLike
 
 from ufm import _atomic
 from ufm.analysis import compression, layerwise
@@ -179,7 +181,8 @@ def _step(model, optimizer, x, y, s: TrainSettings, n_total: int, num_classes: i
     return loss, correct
 
 
-def make_train_step(s: TrainSettings, n_total: int, num_classes: int, trainable=nnx.Param):
+def make_train_step(s: TrainSettings, n_total: int, num_classes: int,
+                    trainable: nnx.filterlib.Filter = nnx.Param) -> Callable:
     """One jitted optimizer step on a minibatch: (model, optimizer, x, y) -> (loss, correct);
     updates the model (and a CMF head's class means) in place. `trainable`: an nnx filter of
     the parameters that get gradients (the optimizer must be built with the same `wrt`)."""
@@ -191,7 +194,8 @@ def make_train_step(s: TrainSettings, n_total: int, num_classes: int, trainable=
     return step
 
 
-def make_train_epoch(s: TrainSettings, n_total: int, num_classes: int, trainable=nnx.Param):
+def make_train_epoch(s: TrainSettings, n_total: int, num_classes: int,
+                     trainable: nnx.filterlib.Filter = nnx.Param) -> Callable:
     """Every step of an epoch in ONE jitted call: (model, optimizer, xs (S, B, ...), ys (S, B))
     -> losses (S,), the model and optimizer updated in place. A `lax.scan` over the minibatches
     of the model's state (`nnx.split` / `nnx.merge` inside the scan): nnx.jit walks the object
@@ -234,18 +238,18 @@ def _in_batches(forward, model, x, batch):
             for j in range(len(parts[0]))]
 
 
-def representations(model, x, batch: int = 1000) -> list[np.ndarray]:
+def representations(model: nnx.Module, x: ArrayLike, batch: int = 1000) -> list[np.ndarray]:
     """Every layer's representation of `x` in evaluation mode, flattened to (N, features)."""
     return _in_batches(_representations, model, x, batch)
 
 
-def features(model, x, batch: int = 1000) -> np.ndarray:
+def features(model: nnx.Module, x: ArrayLike, batch: int = 1000) -> np.ndarray:
     """The penultimate features of `x` in evaluation mode, (N, d), without keeping the other
     layers' (large, for a ResNet) activations."""
     return _in_batches(_features, model, x, batch)[0]
 
 
-def evaluate(model, data, layer_samples: int = 1000) -> dict:
+def evaluate(model: nnx.Module, data: _data.Dataset, layer_samples: int = 1000) -> dict:
     """NC on every split of `data` (train, test, and ood where the dataset has one): for each,
     the accuracy, every NC metric of the penultimate features with the classifier and bias
     (`ufm.nc_metrics`, compression included), and on the split's first `layer_samples` samples
@@ -284,7 +288,7 @@ def evaluate(model, data, layer_samples: int = 1000) -> dict:
     return out
 
 
-def layer_nc3(model, x, y, num_classes: int) -> np.ndarray:
+def layer_nc3(model: nnx.Module, x: ArrayLike, y: ArrayLike, num_classes: int) -> np.ndarray:
     """NC3 of every layer, || W M / ||W M||_F - E ||_F with M the layer's centred class means
     and W the layer's own linear classifier, a ridge probe fit to it
     (`layerwise.ridge_classifier`; a hidden layer has no classifier of its own). At the last
@@ -375,9 +379,9 @@ def _load_checkpoint(path: Path, settings_json: str, model, optimizer, foreign: 
     return epoch, history
 
 
-def train(model: nnx.Module, data, settings: TrainSettings = TrainSettings(), *, out=None,
-          progress: bool | None = None, model_description: str = "",
-          trainable=nnx.Param, on_divergence: str = "raise",
+def train(model: nnx.Module, data: _data.Dataset, settings: TrainSettings = TrainSettings(), *,
+          out: str | Path | None = None, progress: bool | None = None, model_description: str = "",
+          trainable: nnx.filterlib.Filter = nnx.Param, on_divergence: str = "raise",
           foreign_checkpoint: str = "raise") -> TrainResult:
     """Train `model` on `data` (a `ufm.nets.data.Dataset`), evaluating NC as it goes.
     `trainable`: an nnx filter of the parameters trained (default all; `ufm.nets.transfer`

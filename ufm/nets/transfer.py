@@ -24,16 +24,19 @@ picks the layer after the minimum, the first one that the target classes do not 
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
+from pathlib import Path
 
 import jax
 import numpy as np
 from flax import nnx
+from jax.typing import ArrayLike
 
 from ufm.analysis import layerwise
 from ufm.nets import data as _data
 from ufm.nets import models
 from ufm.nets.data import Dataset
-from ufm.nets.training import TrainSettings, representations, train
+from ufm.nets.training import TrainResult, TrainSettings, representations, train
 
 MODES = ("probe", "layer", "full")
 # Ridge penalty of the linear probes, relative to the mean squared feature norm, and the
@@ -42,7 +45,8 @@ PROBE_RIDGE = 1e-3
 PROBE_SAMPLES = 2000
 
 
-def split_classes(data: Dataset, source, target) -> tuple[Dataset, Dataset]:
+def split_classes(data: Dataset, source: Sequence[int],
+                  target: Sequence[int]) -> tuple[Dataset, Dataset]:
     """Two datasets from one: the samples of the `source` classes and those of the `target`
     classes (every split, the out-of-distribution one too), each relabelled 0..len - 1 in the
     order given."""
@@ -69,7 +73,7 @@ def split_classes(data: Dataset, source, target) -> tuple[Dataset, Dataset]:
     return part(source), part(target)
 
 
-def frozen_layer_nc(model, data: Dataset, layer_samples: int = 1000) -> dict:
+def frozen_layer_nc(model: nnx.Module, data: Dataset, layer_samples: int = 1000) -> dict:
     """NC1 and NC2 (class means) of every layer of `model` (no head needed) on every split of
     `data`, from the split's first `layer_samples` samples (class-stratified):
     "<split>_nc1_layers", "<split>_nc2_layers" (arrays over layers)."""
@@ -84,7 +88,8 @@ def frozen_layer_nc(model, data: Dataset, layer_samples: int = 1000) -> dict:
     return out
 
 
-def ridge_probe(features_train, y_train, evaluations, num_classes: int,
+def ridge_probe(features_train: ArrayLike, y_train: ArrayLike,
+                evaluations: Sequence[tuple[ArrayLike, ArrayLike]], num_classes: int,
                 ridge: float = PROBE_RIDGE) -> list[float]:
     """A linear probe (`layerwise.ridge_classifier` on the training features), its accuracy
     on each (features, labels) of `evaluations`."""
@@ -93,7 +98,7 @@ def ridge_probe(features_train, y_train, evaluations, num_classes: int,
             for f, labels in evaluations]
 
 
-def probe_layers(model, data: Dataset, ridge: float = PROBE_RIDGE,
+def probe_layers(model: nnx.Module, data: Dataset, ridge: float = PROBE_RIDGE,
                  samples: int = PROBE_SAMPLES) -> dict:
     """A ridge linear probe on every layer's frozen features: trained on (at most `samples`,
     class-stratified) samples of the training split, "<split>_probe_acc_layers" (arrays over
@@ -114,7 +119,7 @@ def probe_layers(model, data: Dataset, ridge: float = PROBE_RIDGE,
     return {k: np.array(v) for k, v in out.items()}
 
 
-def choose_layer(nc1_layers) -> int:
+def choose_layer(nc1_layers: Sequence[float]) -> int:
     """The layer to fine-tune from the target data's frozen NC1 curve: the one after its
     minimum (where the target classes stop separating further), or the last layer when the
     curve falls all the way."""
@@ -122,7 +127,8 @@ def choose_layer(nc1_layers) -> int:
     return int(min(int(np.nanargmin(nc1)) + 1, len(nc1) - 1))
 
 
-def trainable_filter(model, mode: str, layer: int | None = None):
+def trainable_filter(model: nnx.Module, mode: str,
+                     layer: int | None = None) -> nnx.filterlib.Filter:
     """The nnx filter of the parameters that `mode` trains (module docstring): the head's, and
     with "layer" those of representation `layer` (`model.layer_paths()`), or all."""
     if mode not in MODES:
@@ -144,14 +150,14 @@ def trainable_filter(model, mode: str, layer: int | None = None):
     return chosen
 
 
-def count_parameters(model, selected=nnx.Param) -> int:
+def count_parameters(model: nnx.Module, selected: nnx.filterlib.Filter = nnx.Param) -> int:
     """Entries of the parameters the nnx filter `selected` picks."""
     return int(sum(np.size(x) for x in jax.tree.leaves(nnx.state(model, selected))))
 
 
-def fine_tune(model, target: Dataset, mode: str, settings: TrainSettings | None = None, *,
-              layer: int | None = None, head: str = "learned", progress: bool | None = False,
-              out=None):
+def fine_tune(model: nnx.Module, target: Dataset, mode: str, settings: TrainSettings | None = None,
+              *, layer: int | None = None, head: str = "learned", progress: bool | None = False,
+              out: str | Path | None = None) -> tuple[TrainResult, dict]:
     """Adapt a copy of a pretrained `model` to `target`: a new head ("learned" or "cmf") for its
     classes, then training of what `mode` selects (`trainable_filter`). Returns (TrainResult,
     info) with info = {"mode", "layer", "params_trained", "params_total"}; the model passed in

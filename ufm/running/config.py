@@ -23,6 +23,7 @@ import dataclasses
 import itertools
 import math
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
@@ -178,7 +179,7 @@ def _is_axis(field: Field, value) -> bool:
     return True
 
 
-def axis_values(field: Field, value) -> list:
+def axis_values(field: Field, value: Any) -> list:
     """The values a field takes over the grid (one, unless it is an axis)."""
     return list(value) if _is_axis(field, value) else [value]
 
@@ -330,7 +331,7 @@ def points(experiment: Experiment, schema: Schema) -> list[Point]:
     return out
 
 
-def read_toml(path) -> dict:
+def read_toml(path: str | Path) -> dict:
     """A parsed experiment file (any kind); ConfigError when missing or not TOML."""
     path = Path(path)
     if not path.is_file():
@@ -367,7 +368,7 @@ def _check_nesting(path, value, depth: int) -> None:
         _check_nesting(path, child, depth + 1)
 
 
-def override(raw: dict, schema: Schema, overrides) -> dict:
+def override(raw: dict, schema: Schema, overrides: Sequence[str]) -> dict:
     """`--set key=value` overrides on a raw experiment: "section.key", a key that only one
     section has, or name / description; values in TOML syntax, bare words as strings."""
     raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
@@ -396,7 +397,7 @@ def override(raw: dict, schema: Schema, overrides) -> dict:
     return raw
 
 
-def toml_value(value) -> str:
+def toml_value(value: Any) -> str:
     if isinstance(value, (bool, np.bool_)):
         return "true" if value else "false"
     if isinstance(value, (int, np.integer)):

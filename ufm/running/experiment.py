@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import time
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
 
 from ufm.running import config, multihost, results
@@ -57,7 +58,7 @@ def resolve(raw: dict) -> Experiment:
     return experiment
 
 
-def load(path) -> Experiment:
+def load(path: str | Path) -> Experiment:
     """Read and check an experiment file of any kind."""
     return resolve(config.read_toml(path))
 
@@ -67,7 +68,7 @@ def load_default() -> Experiment:
     return load(DEFAULT_PATH)
 
 
-def apply_overrides(experiment: Experiment, overrides) -> Experiment:
+def apply_overrides(experiment: Experiment, overrides: Sequence[str]) -> Experiment:
     """`--set key=value` overrides ("section.key" or a key unique to one section; values in
     TOML syntax, bare words as strings), checked again."""
     schema = kinds.get(experiment.kind).schema
@@ -80,7 +81,8 @@ def dumps(experiment: Experiment) -> str:
     return config.dumps(experiment, kind.schema, kind.notes(experiment))
 
 
-def as_experiment(path_or_experiment=None, overrides=(), quick: bool = False) -> Experiment:
+def as_experiment(path_or_experiment: str | Path | Experiment | None = None,
+                  overrides: Sequence[str] = (), quick: bool = False) -> Experiment:
     """An Experiment from a path, an Experiment, or None (the built-in default); `quick`
     merges its kind's quick settings (`Kind.quick`) in before the overrides."""
     if isinstance(path_or_experiment, Experiment):
@@ -113,7 +115,8 @@ def describe(experiment: Experiment) -> str:
     return kinds.get(experiment.kind).describe(experiment)
 
 
-def run(path_or_experiment=None, out=None, *, overrides=(), progress=None) -> RunResult:
+def run(path_or_experiment: str | Path | Experiment | None = None, out: str | Path | None = None, *,
+        overrides: Sequence[str] = (), progress: bool | None = None) -> RunResult:
     """Run an experiment of any kind (a path to a TOML file, an `Experiment`, or None for the
     built-in default) and, with `out`, write its results folder there (see the module
     docstring: checkpoints, resume, refusal of another configuration's folder, several
@@ -256,7 +259,7 @@ def _assemble(work, finished: dict) -> tuple[list, list, dict]:
     return rows, histories, arrays
 
 
-def kind_of(directory) -> str:
+def kind_of(directory: str | Path) -> str:
     """The kind of a results folder (from its config.toml)."""
     path = Path(directory) / results.CONFIG
     try:
@@ -266,13 +269,14 @@ def kind_of(directory) -> str:
                                          f"({err})") from None
 
 
-def summary(directory) -> str:
+def summary(directory: str | Path) -> str:
     """The summary table of a results folder, as `ufm run` and `ufm show` print it."""
     table = results.read_table(Path(directory) / results.RESULTS)
     return kinds.get(kind_of(directory)).summary(table)
 
 
-def figures(directory, metrics=None, x=None, y=None) -> list[Path]:
+def figures(directory: str | Path, metrics: Sequence[str] | None = None, x: str | None = None,
+            y: str | None = None) -> list[Path]:
     """Draw the figures of a results folder into it; returns the files written."""
     directory = Path(directory)
     table = results.read_table(directory / results.RESULTS)

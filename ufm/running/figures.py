@@ -13,15 +13,23 @@ figures), NaN or zero metrics on log axes, an axis with one value, one row, a mi
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from jax.typing import ArrayLike
 
 from ufm.running import results
 from ufm.running.tables import (
     label_value,
     series_labels,
 )
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 # (history key, axis label, y scale: "log", "linear" or "fraction" (symmetric-log near 0, for
 # a share of samples that is often exactly 0))
@@ -45,7 +53,7 @@ FRACTION_LINTHRESH = 1e-3
 FIGURE_FAILED = "not drawn"
 
 
-def draw_figure(name: str, draw, *args, **kwargs) -> list[Path]:
+def draw_figure(name: str, draw: Callable, *args, **kwargs) -> list[Path]:
     """Call `draw` (returning a path or a list of paths) in isolation: a figure that fails
     prints one line ("ufm: figure NAME not drawn: the reason") and gives [] so the others are
     still drawn and the run still succeeds."""
@@ -74,7 +82,7 @@ def nan_stats(data: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return mid, lo, hi
 
 
-def shown_on(values, scale: str) -> np.ndarray:
+def shown_on(values: ArrayLike, scale: str) -> np.ndarray:
     """Values as an axis of `scale` can show them: non-finite ones dropped (NaN), and on a log
     axis also those <= 0 or outside LOG_RANGE."""
     values = np.asarray(values, float)
@@ -84,7 +92,7 @@ def shown_on(values, scale: str) -> np.ndarray:
     return np.where(ok, values, np.nan)
 
 
-def short_number(value: float, _=None) -> str:
+def short_number(value: float, _: object | None = None) -> str:
     """A step count for a tick: 0, 500, 12.5k, 2M."""
     for size, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
         if abs(value) >= size:
@@ -92,7 +100,7 @@ def short_number(value: float, _=None) -> str:
     return f"{value:.3g}"
 
 
-def step_axis(ax, label: str = "iteration") -> None:
+def step_axis(ax: Axes, label: str = "iteration") -> None:
     """An x axis of steps or epochs with a few short tick labels at any count (5k, 10k, ...)."""
     from matplotlib.ticker import FuncFormatter, MaxNLocator
 
@@ -101,7 +109,7 @@ def step_axis(ax, label: str = "iteration") -> None:
     ax.set_xlabel(label)
 
 
-def set_scale(ax, scale: str) -> None:
+def set_scale(ax: Axes, scale: str) -> None:
     if scale == "log" and any(line.get_ydata().size and np.isfinite(
             np.asarray(line.get_ydata(), float)).any() for line in ax.get_lines()):
         ax.set_yscale("log")
@@ -110,7 +118,7 @@ def set_scale(ax, scale: str) -> None:
         ax.set_ylim(-FRACTION_LINTHRESH / 4, 1.05)
 
 
-def run_ends(table: dict, n_points: int, iteration) -> np.ndarray:
+def run_ends(table: dict, n_points: int, iteration: ArrayLike) -> np.ndarray:
     """(rows, T) mask of the log points each run really reached: a run that stopped
     (converged, diverged, or on a plateau) is frozen there, and the history repeats its last
     point to the end of the batch's logging; keep up to the first log point at or after its
@@ -125,7 +133,9 @@ def run_ends(table: dict, n_points: int, iteration) -> np.ndarray:
     return keep
 
 
-def draw_trajectories(ax, iteration, values, labels, key, scale, keep=None, diverged=None):
+def draw_trajectories(ax: Axes, iteration: ArrayLike, values: ArrayLike, labels: Sequence[str],
+                      key: str, scale: str, keep: ArrayLike | None = None,
+                      diverged: ArrayLike | None = None) -> None:
     """One line per label (median over its rows, min-max band), each run up to its last real
     log point (`keep`), runs that diverged ending in an x (`diverged`)."""
     values = np.asarray(values, float)
@@ -152,7 +162,7 @@ def draw_trajectories(ax, iteration, values, labels, key, scale, keep=None, dive
     ax.grid(True, which="major", alpha=0.3)
 
 
-def figure_legend(fig, axes, max_inside: int = 8) -> None:
+def figure_legend(fig: Figure, axes: Sequence[Axes], max_inside: int = 8) -> None:
     """One legend per figure, with every series drawn in any of its panels: inside the single
     panel for a few series, else outside to the right (in columns for many)."""
     handles = {}
@@ -169,7 +179,7 @@ def figure_legend(fig, axes, max_inside: int = 8) -> None:
                    fontsize=7 if len(handles) <= 30 else 6, ncols=1 + len(handles) // 30)
 
 
-def pyplot():
+def pyplot() -> ModuleType:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -208,11 +218,11 @@ def settings_line(table: dict) -> str:
     return ", ".join(parts)
 
 
-def truthy(value) -> bool:
+def truthy(value: Any) -> bool:
     return str(value).lower() in ("true", "1", "1.0")
 
 
-def save_figure(fig, path):
+def save_figure(fig: Figure, path: str | Path) -> Path:
     """Write the figure whole or not at all (a full disk left a 0-byte PNG): to a temporary
     file, renamed onto `path` (`results.replace_atomically`)."""
     path = Path(path)
@@ -224,7 +234,7 @@ def save_figure(fig, path):
     return path
 
 
-def rows_by_label(table):
+def rows_by_label(table: dict) -> tuple[list[str], list[str]]:
     labels, _ = series_labels(table)
     return labels, list(dict.fromkeys(labels))
 

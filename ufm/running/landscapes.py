@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +28,7 @@ from ufm.solvers import solve, solve_batch
 from ufm.solvers.settings import SolverSettings
 
 
-def rank_r_critical_point(problem: Problem, hyper: Hyper, rank: int, *, key=0,
+def rank_r_critical_point(problem: Problem, hyper: Hyper, rank: int, *, key: jax.Array | int = 0,
                           steps: int = 5000) -> Params:
     """A critical point with rank W = r: solve the same UFM with feature dimension r (float64,
     L-BFGS, to a gradient norm of 1e-12), then pad W and H with zeros up to d. For r < K-1 it is
@@ -48,7 +49,8 @@ def rank_r_critical_point(problem: Problem, hyper: Hyper, rank: int, *, key=0,
 # grid.
 
 
-def constructed_saddles(problem: Problem, hyper: Hyper, ranks=None) -> list[tuple[str, Params]]:
+def constructed_saddles(problem: Problem, hyper: Hyper,
+                        ranks: Sequence[int] | None = None) -> list[tuple[str, Params]]:
     """The critical points `ufm.analysis.theory` builds for this problem that are candidate saddles:
     the origin (weight decay), the rank-r points for r < min(K-1, d) (closed form for balanced
     MSE, solved and zero-padded otherwise; r >= 2 on the sphere, where r = 1 is discrete) and
@@ -77,7 +79,7 @@ def constructed_saddles(problem: Problem, hyper: Hyper, ranks=None) -> list[tupl
     return points
 
 
-def perturb(problem: Problem, point: Params, epsilon: float, key) -> Params:
+def perturb(problem: Problem, point: Params, epsilon: float, key: jax.Array | int) -> Params:
     """point + epsilon * (a random unit tangent direction of the trained variables), retracted
     onto the sphere in that geometry: a start at distance ~epsilon from `point`."""
     point = jax.tree.map(jnp.asarray, point)
@@ -108,10 +110,10 @@ def _python(value):
 LANDSCAPE_SOLVER = SolverSettings(name="lbfgs", steps=3000)
 
 
-def benign_landscape(problem: Problem, hyper: Hyper,
-                     settings: SolverSettings = LANDSCAPE_SOLVER, *, random_starts: int,
-                     saddle_starts: int, epsilon: float, ranks=None, reach_rtol: float = 1e-6,
-                     seed: int = 0, method: str = "auto", progress=None) -> tuple:
+def benign_landscape(problem: Problem, hyper: Hyper, settings: SolverSettings = LANDSCAPE_SOLVER, *,
+                     random_starts: int, saddle_starts: int, epsilon: float,
+                     ranks: Sequence[int] | None = None, reach_rtol: float = 1e-6, seed: int = 0,
+                     method: str = "auto", progress: bool | None = None) -> tuple:
     """Many random starts plus starts at distance epsilon from every constructed saddle, all
     solved in ONE vmapped batch, every end point probed (vmapped). A start "reached" the optimum
     when |f - f*| <= reach_rtol |f*| + 1e-10 (f* the closed form, or the best value found when
@@ -157,8 +159,9 @@ def benign_landscape(problem: Problem, hyper: Hyper,
     return rows, spectra, saddle_probes
 
 
-def origin_phase(problem: Problem, hyper: Hyper, settings: SolverSettings = LANDSCAPE_SOLVER,
-                 *, ratios, seeds, method: str = "auto", progress=None) -> list[dict]:
+def origin_phase(problem: Problem, hyper: Hyper, settings: SolverSettings = LANDSCAPE_SOLVER, *,
+                 ratios: Sequence[float], seeds: Sequence[int], method: str = "auto",
+                 progress: bool | None = None) -> list[dict]:
     """Sweep sqrt(lam_W lam_H) = ratio * sigma across the origin's threshold sigma =
     c_L/(K sqrt(n)) (keeping lam_W/lam_H as in `hyper`): the smallest eigenvalue at the origin,
     measured and by formula, its verdict, and where random starts end (zero or collapse)."""
@@ -211,7 +214,8 @@ def origin_phase(problem: Problem, hyper: Hyper, settings: SolverSettings = LAND
 
 
 def saddle_escape(problem: Problem, hyper: Hyper, settings: SolverSettings, *, saddle: str,
-                  epsilons, seeds, drop: float = 1e-2, progress=None) -> tuple:
+                  epsilons: Sequence[float], seeds: Sequence[int], drop: float = 1e-2,
+                  progress: bool | None = None) -> tuple:
     """Gradient descent started at distance epsilon from a strict saddle ("origin", "rank r" or
     "collapsed"): the plateau length, i.e. the first logged iteration with
     f < f(saddle) - drop |f(saddle)|, against epsilon and against the measured negative

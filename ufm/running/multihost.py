@@ -18,6 +18,7 @@ from __future__ import annotations
 import io as _io
 import json
 import os
+from typing import Any
 
 import jax
 import numpy as np
@@ -94,7 +95,7 @@ def allgather_bytes(blob: bytes) -> list[bytes]:
     return [gathered[p, :int(n)].tobytes() for p, n in enumerate(lengths)]
 
 
-def broadcast_json(value):
+def broadcast_json(value: Any) -> Any:
     """Process 0's JSON-serializable `value`, on every process."""
     if jax.process_count() == 1:
         return value

@@ -31,7 +31,7 @@ DEFAULT_KIND = "grid"
 ALIASES = {"solve": "grid"}
 
 
-def canonical(name) -> str:
+def canonical(name: str) -> str:
     """A kind's registered name (an alias resolved); ConfigError naming the known kinds."""
     name = ALIASES.get(name, name)
     if not isinstance(name, str) or name not in KIND_MODULES:

@@ -42,7 +42,7 @@ import time
 import tomllib
 import warnings
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -161,7 +161,7 @@ def manifest(wall_seconds: float, **extra) -> dict:
     }
 
 
-def write_results(out, config_text: str, rows: list[dict], histories: list[dict] | None,
+def write_results(out: str | Path, config_text: str, rows: list[dict], histories: list[dict] | None,
                   manifest_dict: dict, arrays: dict[str, dict] | None = None) -> Path:
     """Write a results folder (each file atomically); `arrays` maps extra file names (e.g.
     "spectra.npz") to dicts of arrays."""
@@ -192,7 +192,7 @@ def _parse(text: str):
         return text
 
 
-def read_table(path) -> dict:
+def read_table(path: str | Path) -> dict:
     """results.csv as a dict of numpy columns (numbers typed, text kept as str). A damaged file
     (empty, not UTF-8, a line with the wrong number of cells) raises ResultsFolderError naming
     the file and the line."""
@@ -243,7 +243,7 @@ def float_column(table: dict, key: str) -> np.ndarray:
 CATEGORY_COLUMNS = ("status",)
 
 
-def load_results(directory):
+def load_results(directory: str | Path) -> tuple[dict, dict]:
     """(table, history) of a results folder of any kind.
 
     table: a pandas DataFrame when pandas is installed (`pip install pandas`; the dev extra has
@@ -268,7 +268,7 @@ def load_results(directory):
     return table, history
 
 
-def read_history(path, rows: int | None = None) -> dict:
+def read_history(path: str | Path, rows: int | None = None) -> dict:
     """history.npz as {key: array}; ResultsFolderError naming the file when it is damaged (cut
     short, not an archive, arrays of other lengths than the table's `rows`)."""
     path = Path(path)
@@ -654,7 +654,7 @@ class ResultsFolder:
                 file.unlink() if file.is_file() else file.rmdir()
             scratch.rmdir()
 
-    def load_unit(self, tag: str, expected_rows=None) -> UnitResult | None:
+    def load_unit(self, tag: str, expected_rows: int | None = None) -> UnitResult | None:
         """A finished unit's result, or None when it has not finished. A damaged checkpoint (cut
         short, unreadable, another unit's, other rows than expected) is named in a warning and
         left in place to be overwritten when its unit has been recomputed."""
@@ -673,7 +673,7 @@ class ResultsFolder:
             return None
         return result
 
-    def read_json(self, name: str, shape=None):
+    def read_json(self, name: str, shape: type | None = None) -> Any:
         """A small JSON file of the run (e.g. a grid's plan) from checkpoints/, or None when
         missing or damaged (with a warning); `shape(value)` returns what is wrong with a parsed
         value of the wrong shape (or None when it is right)."""
@@ -690,7 +690,7 @@ class ResultsFolder:
             return None
         return value
 
-    def write_json(self, name: str, value) -> None:
+    def write_json(self, name: str, value: Any) -> None:
         self.checkpoints.mkdir(parents=True, exist_ok=True)
         write_text(self.checkpoints / name, json.dumps(value))
 

@@ -1,6 +1,9 @@
 """Text tables and row labels shared by the kinds' summaries and figures."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 
 from ufm.model.problem import Hyper
@@ -14,14 +17,14 @@ CONFIG_COLUMNS = PROBLEM_COLUMNS + Hyper._fields + ("solver",)
 NET_SECTIONS = ("data", "model", "train")
 
 
-def fmt(value) -> str:
+def fmt(value: Any) -> str:
     """A cell of a summary: numbers to 3 significant digits."""
     if isinstance(value, (float, np.floating)):
         return "nan" if np.isnan(value) else f"{value:.2e}"
     return str(value)
 
 
-def label_value(value) -> str:
+def label_value(value: Any) -> str:
     """A configuration value in a row label: numbers to 4 significant digits; a long list of
     counts run-length encoded ("20 20 20 4 4 4" -> "20x3 4x3")."""
     if isinstance(value, (float, np.floating)):
@@ -44,19 +47,19 @@ def determined_by(table: dict, column: str, by: list[str]) -> bool:
     return bool(by) and len(keys(by)) == len(keys(by + [column]))
 
 
-def format_table(header, lines) -> list[str]:
+def format_table(header: Sequence[str], lines: Sequence[Sequence[str]]) -> list[str]:
     widths = [max(len(r[j]) for r in [header] + lines) for j in range(len(header))]
     out = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
     return out + ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in lines]
 
 
-def counts(values) -> str:
+def counts(values: Sequence) -> str:
     """'3 converged, 1 diverged'."""
     values = [str(v) for v in values]
     return ", ".join(f"{values.count(v)} {v}" for v in dict.fromkeys(values))
 
 
-def all_balanced(table) -> bool:
+def all_balanced(table: dict) -> bool:
     """Every row has one n_per_class (no per-class counts)."""
     n = table.get("n_per_class")
     return n is not None and np.issubdtype(np.asarray(n).dtype, np.number) and not np.any(

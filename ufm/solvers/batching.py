@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 import os
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +18,7 @@ import jax.numpy as jnp
 from ufm.model.problem import Problem, check_memory
 
 
-def over_batch(fn, in_axes, width: int | None):
+def over_batch(fn: Callable, in_axes: tuple, width: int | None) -> Callable:
     """`fn` over a leading configuration axis: one vmap over all of it (`width` None), or
     `lax.map` over slices of `width` configurations, each slice vmapped (width > 1) or run
     unbatched (width 1). On a CPU a vmapped matmul with a batch dimension of large operands runs
@@ -60,7 +62,7 @@ def chunking(num_logs: int, target_chunks: int = 10,
     return best[1], best[2]
 
 
-def map_points(fn, xs, width: int):
+def map_points(fn: Callable, xs: Any, width: int) -> Any:
     """`fn` over the leading axis of the pytree `xs` (P points), `width` points vmapped at a
     time (`lax.map` over groups; padded with copies of the last point to whole groups, which
     are dropped again): the working set of one group, not of all P, is live at once."""
@@ -80,7 +82,7 @@ def map_points(fn, xs, width: int):
     return jax.tree.map(lambda y: y.reshape((groups * width,) + y.shape[2:])[:n], out)
 
 
-def pad_batch(tree, batch: int, multiple: int):
+def pad_batch(tree: Any, batch: int, multiple: int) -> Any:
     """Pad the leading (configuration) axis to a multiple of `multiple` by repeating the last
     configuration; callers drop the copies."""
     padded = -(-batch // multiple) * multiple
@@ -97,7 +99,7 @@ def _grid_mesh():
                          (jax.sharding.AxisType.Auto,), devices=jax.local_devices())
 
 
-def over_devices(fn, in_axes):
+def over_devices(fn: Callable, in_axes: tuple) -> Callable:
     """`fn` over a leading configuration axis sharded over the local devices, each device
     running `fn` on its own shard (`jax.shard_map`): a vmapped run loop whose test is batched
     ends on each device when that device's runs have ended, and the devices never wait for
@@ -111,13 +113,13 @@ def over_devices(fn, in_axes):
                          check_vma=False)
 
 
-def over_configurations(fn, in_axes, width: int | None):
+def over_configurations(fn: Callable, in_axes: tuple, width: int | None) -> Callable:
     """`fn` over a leading configuration axis as every batched program runs: sharded over the
     local devices (`over_devices`), each device's share in slices of `width` (`over_batch`)."""
     return over_devices(over_batch(fn, in_axes, width), in_axes)
 
 
-def shard_over_devices(tree):
+def shard_over_devices(tree: Any) -> Any:
     """Shard the leading (configuration) axis, already a multiple of the local device count,
     over a 1-D mesh "grid" (docs/architecture.md: scaling out). One device: unchanged."""
     n_dev = jax.local_device_count()
@@ -190,7 +192,7 @@ class _Lines:
         self.stream.flush()
 
 
-def progress_bar(progress, total, desc):
+def progress_bar(progress: bool | Any | None, total: int, desc: str) -> Any:
     """A tqdm bar on stderr, or None. `progress` None: a bar on a terminal, none elsewhere;
     True: a bar, which off a terminal prints one line every LOG_SECONDS."""
     if progress is None:
@@ -242,7 +244,7 @@ def config_bytes(problem: Problem) -> int:
     return itemsize * (4 * (K * d + d * N + K) + 3 * K * N)
 
 
-def accelerator(device) -> bool:
+def accelerator(device: jax.Device) -> bool:
     return device.platform != "cpu"
 
 

@@ -195,7 +195,7 @@ def _execute(problem, hyper, keys, f_star, settings: SolverSettings, *, start_pa
 
 
 def solve(problem: Problem, hyper: Hyper = Hyper(), settings: SolverSettings | None = None,  # noqa: B008
-          *, key=0, start: Params | None = None, progress: bool | None = None,
+          *, key: jax.Array | int = 0, start: Params | None = None, progress: bool | None = None,
           **options) -> Result:
     """Minimize the UFM objective of `problem` from a random start.
 
@@ -246,9 +246,9 @@ def solve(problem: Problem, hyper: Hyper = Hyper(), settings: SolverSettings | N
                   one.optimum[0], one.seconds)
 
 
-def solve_batch(problem: Problem, hypers: Hyper, keys, settings: SolverSettings | None = None, *,
-                start: Params | None = None, progress: bool | None = None,
-                desc: str | None = None, width: int | None = None,
+def solve_batch(problem: Problem, hypers: Hyper, keys: jax.Array,
+                settings: SolverSettings | None = None, *, start: Params | None = None,
+                progress: bool | None = None, desc: str | None = None, width: int | None = None,
                 **options) -> BatchResult:
     """`solve` for a batch of configurations in ONE jitted, vmapped call.
 

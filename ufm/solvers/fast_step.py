@@ -24,9 +24,12 @@ this module only supplies the plain step and the checked one.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 import optax
+from jax.typing import ArrayLike, DTypeLike
 
 from ufm.model import losses as _losses
 from ufm.model import manifolds
@@ -54,7 +57,7 @@ def supports(problem: Problem, solver: str) -> bool:
             and not streams(problem))
 
 
-def targets(problem: Problem, dtype) -> jax.Array:
+def targets(problem: Problem, dtype: DTypeLike) -> jax.Array:
     """Y (K, N) as a comparison of the stored labels (N integers) with a class iota, fused into
     the step rather than a stored one-hot read from memory every step (K N numbers: 40% of H
     at K = 100, d = 256)."""
@@ -70,7 +73,7 @@ def trained(problem: Problem, params: Params) -> Params:
                   params.b if problem.bias else None)
 
 
-def logit_gradient_fn(problem: Problem):
+def logit_gradient_fn(problem: Problem) -> Callable:
     """The loss's closed-form logit gradient; without penalties on W and H (the sphere, the
     norm balls), where the loss falls like exp(-margin / tau), the form accurate there
     (`ufm.model.losses.ACCURATE_LOGIT_GRADIENTS`)."""
@@ -79,7 +82,8 @@ def logit_gradient_fn(problem: Problem):
     return _losses.LOGIT_GRADIENTS[problem.loss]
 
 
-def gradient(problem: Problem, hyper: Hyper, params: Params, Y, *, with_value: bool = False):
+def gradient(problem: Problem, hyper: Hyper, params: Params, Y: ArrayLike, *,
+             with_value: bool = False) -> tuple[jax.Array | None, Params]:
     """(objective or None, gradient of the trained leaves): Euclidean for weight decay,
     Riemannian (tangent-projected) on the sphere. `Y` from `targets`."""
     W, H, b = params.W, params.H, params.b
@@ -107,7 +111,8 @@ def gradient(problem: Problem, hyper: Hyper, params: Params, Y, *, with_value: b
     return value, Params(grad_W, grad_H, grad_b)
 
 
-def apply(problem: Problem, params: Params, updates: Params, move=None) -> Params:
+def apply(problem: Problem, params: Params, updates: Params,
+          move: Callable | None = None) -> Params:
     """params + updates on the trained leaves (retracted on the sphere); with a boolean `move`,
     the leaves stay exactly as they are where it is False."""
     def add(x, u, normalize):
@@ -126,8 +131,9 @@ def apply(problem: Problem, params: Params, updates: Params, move=None) -> Param
                            b=add(params.b, updates.b, None))
 
 
-def plain_step(problem: Problem, hyper: Hyper, tx: optax.GradientTransformation, Y,
-               params: Params, opt_state, *, project_update: bool = True):
+def plain_step(problem: Problem, hyper: Hyper, tx: optax.GradientTransformation, Y: ArrayLike,
+               params: Params, opt_state: optax.OptState, *,
+               project_update: bool = True) -> tuple[Params, optax.OptState]:
     """One unchecked step: (params, opt_state) -> (params, opt_state)."""
     _, grad = gradient(problem, hyper, params, Y)
     updates, opt_state = tx.update(grad, opt_state, trained(problem, params))
@@ -136,8 +142,10 @@ def plain_step(problem: Problem, hyper: Hyper, tx: optax.GradientTransformation,
     return apply(problem, params, updates), opt_state
 
 
-def checked_step(problem: Problem, hyper: Hyper, tx: optax.GradientTransformation, Y,
-                 params: Params, opt_state, *, project_update: bool = True):
+def checked_step(problem: Problem, hyper: Hyper, tx: optax.GradientTransformation, Y: ArrayLike,
+                 params: Params, opt_state: optax.OptState, *,
+                 project_update: bool = True
+                 ) -> tuple[jax.Array, jax.Array, Params, optax.OptState]:
     """The quantities a check needs at `params`: (objective, gradient norm, update, new
     optimizer state); the caller decides whether to `apply` the update."""
     value, grad = gradient(problem, hyper, params, Y, with_value=True)

@@ -33,11 +33,12 @@ state (`freeze`).
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
+from jax.typing import ArrayLike
 
 MEMORY_SIZE = 10  # optax's, scipy's default
 MAX_LINESEARCH_STEPS = 20  # optax.lbfgs's default
@@ -177,7 +178,7 @@ def lbfgs(memory_size: int = MEMORY_SIZE, compact: bool = True
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def freeze(keep, new_state, old_state):
+def freeze(keep: ArrayLike, new_state: Any, old_state: Any) -> Any:
     """The optimizer state of a step that did not move (`keep` False: old_state) without a
     select over the memory: the compact preconditioner's state is taken as is (a point not
     left writes no pair), every other part is selected."""

@@ -14,6 +14,7 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from jax.typing import ArrayLike
 
 from ufm.model.problem import (
     Hyper,
@@ -50,7 +51,7 @@ from ufm.solvers.statuses import (
 REFERENCE_STEPS_PER_TEST = 10
 
 
-def annealed_tau(anneal: Anneal | None, tau, start):
+def annealed_tau(anneal: Anneal | None, tau: ArrayLike, start: ArrayLike) -> jax.Array:
     """The temperature of the log interval that starts at global step `start`."""
     if anneal is None:
         return tau
@@ -59,8 +60,8 @@ def annealed_tau(anneal: Anneal | None, tau, start):
     return jnp.where(done < 1.0, tau * (tau_from / tau) ** (1.0 - done), tau)
 
 
-def fast_block(problem: Problem, solver: str, hyper: Hyper, tol, max_steps, log_every: int,
-                fast_path: FastPath) -> Callable:
+def fast_block(problem: Problem, solver: str, hyper: Hyper, tol: float, max_steps: ArrayLike,
+               log_every: int, fast_path: FastPath) -> Callable:
     """`block(state, start) -> state`: the fast path's `log_every` steps from global step
     `start` (the same for every configuration of a batch, so it stays unbatched under vmap).
 
@@ -132,9 +133,10 @@ def fast_block(problem: Problem, solver: str, hyper: Hyper, tol, max_steps, log_
     return block
 
 
-def run_logs(problem, solver, log_every, num_points, hyper, state, tol, max_steps,
-              first_step=0, fast_path: FastPath | None = None, anneal: Anneal | None = None,
-              vmapped: bool = True):
+def run_logs(problem: Problem, solver: str, log_every: int, num_points: int, hyper: Hyper,
+             state: RunState, tol: float, max_steps: ArrayLike, first_step: ArrayLike = 0,
+             fast_path: FastPath | None = None, anneal: Anneal | None = None,
+             vmapped: bool = True) -> tuple[RunState, dict]:
     """Scan over `num_points` log points from global step `first_step`: at each, the point is
     kept (its variables and gradient norm: the trace its metrics are computed from, after the
     scan) and then `log_every` steps run, none past `max_steps`. `fast_path` None is the
@@ -243,8 +245,9 @@ def make_run(problem: Problem, settings: SolverSettings | None = None, **options
 
 
 @functools.lru_cache(maxsize=64)
-def compiled_chunk(problem, solver, log_every, points_per_chunk, batched, width=None,
-                    fast_path=None, annealing=False):
+def compiled_chunk(problem: Problem, solver: str, log_every: int, points_per_chunk: int,
+                   batched: bool, width: int | None = None, fast_path: FastPath | None = None,
+                   annealing: bool = False) -> tuple[Callable, Callable]:
     """jit(start), jit(chunk) (over a configuration axis when `batched`, see
     `runner.over_batch`); one compilation per static signature. `fast_path`: as in
     `run_logs`; `annealing`: whether the chunk's `anneal` argument (an `Anneal` of traced

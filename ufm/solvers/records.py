@@ -4,9 +4,11 @@ not inside every run program; vmapped over a call's points within a memory budge
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from ufm.analysis import nc as metrics
 from ufm.model.problem import (
@@ -57,8 +59,8 @@ def _record(problem: Problem, solver: str, hyper: Hyper, variables: Params, grad
     return record
 
 
-def history_records(problem: Problem, solver: str, hyper: Hyper, trace, f_star,
-             points_at_once: int | None = None) -> dict:
+def history_records(problem: Problem, solver: str, hyper: Hyper, trace: tuple,
+                    f_star: ArrayLike, points_at_once: int | None = None) -> dict:
     """`_record` at every point of one run's trace ((variables, grad_norm, stationarity)
     with a leading axis of log points), `points_at_once` of them vmapped at a time (None:
     all)."""
@@ -68,7 +70,8 @@ def history_records(problem: Problem, solver: str, hyper: Hyper, trace, f_star,
 
 
 @functools.lru_cache(maxsize=64)
-def compiled_records(problem, pullback, batched, width, points_at_once):
+def compiled_records(problem: Problem, pullback: bool, batched: bool, width: int | None,
+                     points_at_once: int | None) -> Callable:
     """jit(records): the history entries of a chunk's trace. Compiled apart from the run (the
     metrics cost as much to compile as the steps; one program serves every solver without a
     pullback, and the first and the later chunks) and computed for all of a call's points at

@@ -11,6 +11,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from jax.typing import ArrayLike
 
 from ufm.model import manifolds
 from ufm.model.problem import (
@@ -151,9 +152,9 @@ def make_step(
     return tx, step
 
 
-def initial_state(problem: Problem, solver: str, hyper: Hyper, key, init_scale,
-                   start: Params | None = None, fast: bool = False,
-                   vmapped: bool = True) -> RunState:
+def initial_state(problem: Problem, solver: str, hyper: Hyper, key: jax.Array | int,
+                  init_scale: ArrayLike, start: Params | None = None, fast: bool = False,
+                  vmapped: bool = True) -> RunState:
     tx = make_optimizer(solver, hyper, vmapped)
     variables = init_traced(problem, key, init_scale) if start is None else start
     if problem.geometry in BALL_GEOMETRIES:  # a projected method starts feasible

@@ -108,7 +108,7 @@ def _has_type(value, kind: str) -> bool:
     return isinstance(value, str)
 
 
-def check_value(field: str, value, label: str | None = None) -> None:
+def check_value(field: str, value: Any, label: str | None = None) -> None:
     """ValueError naming the field, the value and what is allowed, unless `value` obeys the
     field's rule. `label` names the field in the message (default: the field)."""
     rule = RULES[field]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from ufm.model.problem import (
     Hyper,
@@ -28,7 +29,8 @@ STATUS_MEANINGS = {
 PLATEAU_FACTOR = 10.0
 
 
-def stationarity(problem: Problem, hyper: Hyper, value, grad_norm):
+def stationarity(problem: Problem, hyper: Hyper, value: ArrayLike,
+                 grad_norm: ArrayLike) -> jax.Array:
     """The number a run's tolerance is compared with: stationarity at the loss's own scale.
 
     On the weight-decay UFM it is the gradient norm: the penalties give the objective its
@@ -47,7 +49,8 @@ def stationarity(problem: Problem, hyper: Hyper, value, grad_norm):
     return grad_norm * hyper.tau / jnp.abs(value)
 
 
-def final_status(status, grad_norm, stat, rel_gap, tol):
+def final_status(status: ArrayLike, grad_norm: ArrayLike, stat: ArrayLike, rel_gap: ArrayLike,
+                 tol: float) -> np.ndarray:
     """The status of a run whose steps have ended (numpy or jax arrays): a run still RUNNING
     when its budget ran out is CONVERGED if its objective is within tol of the closed-form f*
     (relative; rel_gap NaN where none is known), PLATEAU if its gradient norm is under tol

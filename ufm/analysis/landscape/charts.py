@@ -6,7 +6,7 @@ Householder basis of w_k^perp and of h_i^perp); on the norm balls the active con
 tangent spaces."""
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -76,7 +76,8 @@ def _transposed(block: _Block) -> _Block:
     return _Block(block.dim, lambda c: block.embed(c).T, lambda p: block.extract(p.T))
 
 
-def coordinates(problem: Problem, params: Params, active=None) -> Coordinates:
+def coordinates(problem: Problem, params: Params,
+                active: tuple[bool, bool] | None = None) -> Coordinates:
     """Coordinates of the trained variables: flat (W, H, b) for weight decay; a tangent basis of
     the oblique manifold on the sphere; on the norm balls, a tangent basis of the boundary
     sphere for a block whose constraint is `active` ((W, H) booleans from
@@ -119,7 +120,7 @@ def coordinates(problem: Problem, params: Params, active=None) -> Coordinates:
 DENSE_MAX_DIM = 1500
 
 
-def chart_dim(problem: Problem, active=None) -> int:
+def chart_dim(problem: Problem, active: tuple[bool, bool] | None = None) -> int:
     """Coordinates of the probes' chart (`coordinates`)."""
     K, d, N = problem.num_classes, problem.feature_dim, problem.num_samples
     k = d - 1 if problem.geometry == "sphere" else d
@@ -131,7 +132,8 @@ def chart_dim(problem: Problem, active=None) -> int:
         K if problem.bias else 0)
 
 
-def choose_method(problem, method, num_iters, active=None):
+def choose_method(problem: Problem, method: str, num_iters: int | None,
+                  active: tuple[bool, bool] | None = None) -> tuple[str, int | None, int]:
     dim = chart_dim(problem, active)
     if method == "auto":
         method = "dense" if dim <= DENSE_MAX_DIM else "lanczos"
@@ -141,5 +143,5 @@ def choose_method(problem, method, num_iters, active=None):
     return method, num_iters, dim
 
 
-def as_float64(tree):
+def as_float64(tree: Any) -> Any:
     return jax.tree.map(lambda x: jnp.asarray(np.asarray(x), jnp.float64), tree)

@@ -24,7 +24,8 @@ from ufm.model.problem import (
 )
 
 
-def robust_eigh(A, vectors: bool = True):
+def robust_eigh(A: jax.Array,
+                vectors: bool = True) -> jax.Array | tuple[jax.Array, jax.Array | None]:
     """jnp.linalg.eigh (eigvalsh when vectors=False) that survives LAPACK's failures on CPU.
 
     XLA reports a failed symmetric eigensolve as all-NaN output (jax-ml/jax#1628); we met it on
@@ -76,7 +77,8 @@ class LanczosResult(NamedTuple):
     betas: jax.Array  # (m,) off-diagonal of T (betas[-1] couples to the next, unused vector)
 
 
-def lanczos(matvec: Callable, v0: jax.Array, num_iters: int, *, key=None) -> LanczosResult:
+def lanczos(matvec: Callable, v0: jax.Array, num_iters: int, *,
+            key: jax.Array | int | None = None) -> LanczosResult:
     """Lanczos with full reorthogonalization (classical Gram-Schmidt, twice) for a symmetric
     operator; jittable and vmappable (fixed shapes, `lax.fori_loop`).
 
@@ -136,7 +138,8 @@ class Extremes(NamedTuple):
 
 
 def extreme_eigenvalues(problem: Problem, hyper: Hyper, params: Params, k: int = 6, *,
-                        method: str = "auto", num_iters: int | None = None, key=0) -> Extremes:
+                        method: str = "auto", num_iters: int | None = None,
+                        key: jax.Array | int | None = 0) -> Extremes:
     """The k most negative and k most positive eigenvalues of the (Riemannian) Hessian, float64:
     dense eigh below DENSE_MAX_DIM coordinates, Lanczos (num_iters HVPs, default 200) above;
     `method` overrides. Lanczos residuals bound each Ritz value's distance to the spectrum."""

@@ -58,7 +58,7 @@ def _on_sphere(X, egrad, ehess, V, axis):
 
 
 def riemannian_hvp(problem: Problem, hyper: Hyper, params: Params, tangent: Params,
-                   active=None) -> Params:
+                   active: tuple[bool, bool] | None = None) -> Params:
     """Riemannian Hessian-vector product (tangent in, tangent out): on the oblique manifold
     P_X(ehess[V]) - V ddiag(X^T egrad) for W (rows) and H (columns); on the norm balls the same
     on the boundary sphere of each `active` block (the Hessian of the Lagrangian on the
@@ -78,7 +78,7 @@ def riemannian_hvp(problem: Problem, hyper: Hyper, params: Params, tangent: Para
 
 
 def hessian_operator(
-    problem: Problem, hyper: Hyper, params: Params, active=None
+    problem: Problem, hyper: Hyper, params: Params, active: tuple[bool, bool] | None = None
 ) -> tuple[Coordinates, Callable]:
     """(coordinates, matvec): the Hessian (Riemannian on the sphere and on the active norm
     balls' boundaries) as a map on coordinates. `active`: as in `coordinates`, computed from
@@ -97,7 +97,7 @@ def hessian_operator(
     return chart, matvec
 
 
-def constraint_activity(problem: Problem, hyper: Hyper, params: Params):
+def constraint_activity(problem: Problem, hyper: Hyper, params: Params) -> tuple[bool, bool] | None:
     """(W active, H active) on the host, for the charts of the norm balls (None for the other
     geometries). For "norm_ball_each" the features must be all on their spheres or all inside;
     a point with some of each is refused (the chart is one static shape)."""
@@ -114,7 +114,8 @@ def constraint_activity(problem: Problem, hyper: Hyper, params: Params):
     return (active_W or problem.classifier != "learned", bool(active_H.all()))
 
 
-def dense_hessian(problem: Problem, hyper: Hyper, params: Params, active=None) -> jax.Array:
+def dense_hessian(problem: Problem, hyper: Hyper, params: Params,
+                  active: tuple[bool, bool] | None = None) -> jax.Array:
     """The (Riemannian) Hessian in coordinates, (dim, dim), symmetrized; one HVP per column.
     `active`: as in `hessian_operator`."""
     chart, matvec = hessian_operator(problem, hyper, params, active)

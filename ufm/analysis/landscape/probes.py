@@ -78,7 +78,8 @@ class Probe(NamedTuple):
     method: str
 
 
-def symmetry_dimension(problem: Problem, hyper: Hyper, params: Params, rank_rtol=1e-6):
+def symmetry_dimension(problem: Problem, hyper: Hyper, params: Params,
+                       rank_rtol: float = 1e-6) -> int:
     """Exact zero eigenvalues forced by symmetry at a critical point (docs/science.md, section 5):
     r(2d-r-1)/2 from f(W Q^T, Q H, b) = f(W, H, b), r = rank of the span of the w_k and h_i;
     balanced MSE adds r(m-r), the Grassmannian of r-planes among the m equal singular
@@ -191,7 +192,7 @@ def _closed_form_f_star(problem, hyper):
 
 
 def probe(problem: Problem, hyper: Hyper, params: Params, *, method: str = "auto",
-          num_iters: int | None = None, key=0, grad_rtol: float = 1e-5,
+          num_iters: int | None = None, key: jax.Array | int = 0, grad_rtol: float = 1e-5,
           eig_rtol: float = 1e-8) -> Probe:
     """Second-order analysis of `params` (float64, symmetrized).
 

@@ -26,8 +26,9 @@ import dataclasses
 import re
 import textwrap
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -42,7 +43,7 @@ from ufm.model.problem import (
     unused_hyper_fields,
 )
 from ufm.running import config, multihost, results
-from ufm.running.config import Field, Schema
+from ufm.running.config import Experiment, Field, Schema
 from ufm.running.figures import (
     IGNORED_COLUMNS,
     TRAJECTORY_FIGURES,
@@ -357,7 +358,7 @@ def _imports_file(folder) -> str:
     return f"imports-{folder.config_id}.json"
 
 
-def units(experiment, folder) -> list[Unit]:
+def units(experiment: Experiment, folder: Path) -> list[Unit]:
     """The grid's chunks, group by group: a chunk is one compiled call and one checkpoint. A
     grid that extends a finished one (`extend`) first lists the chunks carried over from it,
     then chunks of the configurations still to run (their tags carry the configuration's id,
@@ -402,7 +403,7 @@ def _label(cfg: Configuration) -> str:
     return ", ".join([f"{k}={label_value(v)}" for k, v in cfg.axes] + [f"seed={cfg.seed}"])
 
 
-def extend(old, new, folder) -> list:
+def extend(old: Experiment, new: Experiment, folder: Path) -> list:
     """Carry a finished (or partly finished) grid's results over to a grid that extends it:
     every configuration of the old grid is in the new one (new seeds and new axis values may
     be added) with the same shared solver settings. Its finished chunks are checkpointed
@@ -477,7 +478,7 @@ def _moved_row(row: dict, old_configs, position: dict, new_group: dict) -> dict:
     return {**row, "row": new_index, "group": new_group[new_index]}
 
 
-def run_unit(experiment, unit: Unit, bar, scratch) -> UnitResult:
+def run_unit(experiment: Experiment, unit: Unit, bar: Any, scratch: Path) -> UnitResult:
     chunk: Chunk = unit.spec
     configs = configurations(experiment)
     if bar is not None:
@@ -487,7 +488,7 @@ def run_unit(experiment, unit: Unit, bar, scratch) -> UnitResult:
     return _chunk_rows(arrays, chunk.group, chunk.solver, chunk.indices, configs)
 
 
-def manifest(experiment, work) -> dict:
+def manifest(experiment: Experiment, work: Path) -> dict:
     widths = {}
     for unit in work:
         widths.setdefault(unit.spec.group, (unit.spec.width, unit.spec.size))
@@ -565,11 +566,12 @@ def _status_lines(table: dict) -> list[str]:
             if name in shown and name in STATUS_MEANINGS]
 
 
-def figures(directory, table, metrics=None, x=None, y=None):
+def figures(directory: str | Path, table: dict, metrics: Sequence[str] | None = None,
+            x: str | None = None, y: str | None = None) -> list[Path]:
     return plot_grid_results(directory, metrics=metrics, x=x, y=y)
 
 
-def notes(experiment) -> dict:
+def notes(experiment: Experiment) -> dict:
     """config.toml comments: the [hyper] keys no configuration uses, each with the reason (the
     sphere has no lam_W / lam_H, E_W / E_H are the norm balls', beta1 is adam's, ...)."""
     common = None
@@ -579,7 +581,7 @@ def notes(experiment) -> dict:
     return {"hyper": {k: f"not used: {why}" for k, why in (common or {}).items()}}
 
 
-def describe(experiment) -> str:
+def describe(experiment: Experiment) -> str:
     return f"{len(configurations(experiment))} runs"
 
 
@@ -613,7 +615,8 @@ def _final(table, metric, rows):
     return np.abs(values) if metric == "rel_gap" else values
 
 
-def plot_grid(directory, table, metrics=None, x=None, y=None) -> list[Path]:
+def plot_grid(directory: str | Path, table: dict, metrics: Sequence[str] | None = None,
+              x: str | None = None, y: str | None = None) -> list[Path]:
     """Final metrics over the grid's numeric axes: heatmaps over two axes (median over seeds;
     one panel per value of the other varying fields; a cell whose runs all diverged is grey and
     says so), or lines over one axis with a min-max band over seeds. Axes are chosen from the
@@ -725,7 +728,8 @@ def _grid_lines(path, table, metric, x, panels, panel_of) -> Path:
     return save_figure(fig, path)
 
 
-def check_figure_options(table: dict, history: dict, metrics=None, x=None, y=None) -> None:
+def check_figure_options(table: dict, history: dict, metrics: Sequence[str] | None = None,
+                         x: str | None = None, y: str | None = None) -> None:
     """ValueError naming a --metric, --x or --y that this grid's folder cannot draw, with the
     names it can."""
     drawable = [key for key, _, _ in TRAJECTORY_FIGURES if key in history]
@@ -746,7 +750,8 @@ def check_figure_options(table: dict, history: dict, metrics=None, x=None, y=Non
         raise ValueError(f"--x and --y are both {x!r}: choose two different axes")
 
 
-def plot_grid_results(directory, metrics=None, x=None, y=None) -> list[Path]:
+def plot_grid_results(directory: str | Path, metrics: Sequence[str] | None = None,
+                      x: str | None = None, y: str | None = None) -> list[Path]:
     """The figures of a grid's results folder (trajectories, overview, final metrics over the
     grid's axes, and GNC, imbalance and layer-wise figures where they apply), each drawn in
     isolation; returns the files written. Any results folder: `ufm.running.experiment.figures`."""
@@ -803,7 +808,7 @@ def _trajectory_figure(directory, table, history, figures, filename) -> Path:
     return save_figure(fig, Path(directory) / filename)
 
 
-def plot_gnc_margin(directory, table) -> list[Path]:
+def plot_gnc_margin(directory: str | Path, table: dict) -> list[Path]:
     """GNC margin (min one-vs-rest distance of the normalized classifiers) against tau: one
     panel per feature dimension d, one line per K (best over seeds), the softmax code's margin
     dashed where it is known exactly."""
@@ -833,7 +838,7 @@ def plot_gnc_margin(directory, table) -> list[Path]:
     return [save_figure(fig, Path(directory) / "gnc_margin.png")]
 
 
-def plot_layer_nc1(directory, table) -> list[Path]:
+def plot_layer_nc1(directory: str | Path, table: dict) -> list[Path]:
     """Final NC1 of every representation of a deep UFM (layer 0 = the free features, the last
     = the classifier's input), one line per configuration (median over seeds, min-max band)."""
     plt = pyplot()
@@ -858,7 +863,7 @@ def plot_layer_nc1(directory, table) -> list[Path]:
     return [save_figure(fig, Path(directory) / "layer_nc1.png")]
 
 
-def plot_imbalance(directory, table) -> list[Path]:
+def plot_imbalance(directory: str | Path, table: dict) -> list[Path]:
     """Minority collapse against the imbalance ratio n_max/n_min: mean cosine between minority
     classifiers (solver: markers per seed; convex oracle: line) with the oracle's collapse
     threshold dashed; minority/majority norm ratios; |f - f_oracle|/|f_oracle|."""

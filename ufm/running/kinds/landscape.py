@@ -13,11 +13,12 @@ The file is a grid file (`ufm.running.kinds.grid`) with a [landscape] table (LAN
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ufm.running import landscapes, results
-from ufm.running.config import Field, Schema
+from ufm.running.config import Experiment, Field, Schema
 from ufm.running.figures import (
     draw_figure,
     pyplot,
@@ -64,13 +65,13 @@ def _pairs(experiment) -> list:
     return list(dict.fromkeys((c.problem, c.hyper, c.solver) for c in configs))
 
 
-def units(experiment, folder) -> list[Unit]:
+def units(experiment: Experiment, folder: Path) -> list[Unit]:
     """One unit per distinct (Problem, Hyper, solver); its rows are numbered when assembled."""
     return [Unit(f"config-{index:05d}", (), 1, index)
             for index in range(len(_pairs(experiment)))]
 
 
-def run_unit(experiment, unit: Unit, bar, scratch) -> UnitResult:
+def run_unit(experiment: Experiment, unit: Unit, bar: Any, scratch: Path) -> UnitResult:
     index = unit.spec
     problem, hyper, solver_name = _pairs(experiment)[index]
     options, seeds = experiment.landscape, experiment.run["seeds"]

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -39,7 +40,7 @@ from ufm.nets import data as _data
 from ufm.nets import models
 from ufm.nets.training import TrainSettings, layer_nc3, train
 from ufm.running import config, results
-from ufm.running.config import ConfigError, Field, Schema
+from ufm.running.config import ConfigError, Experiment, Field, Schema
 from ufm.running.figures import (
     diverged_rows,
     draw_figure,
@@ -100,7 +101,7 @@ def configurations(experiment: config.Experiment) -> list[dict]:
              "seed": point.seed} for point in config.points(experiment, SCHEMA)]
 
 
-def check(experiment) -> None:
+def check(experiment: Experiment) -> None:
     """Settings that only fail in combination (TrainSettings.check), for every configuration."""
     for cfg in configurations(experiment):
         try:
@@ -116,7 +117,7 @@ def resolve(raw: dict) -> config.Experiment:
     return experiment
 
 
-def dumps(experiment) -> str:
+def dumps(experiment: Experiment) -> str:
     return config.dumps(experiment, SCHEMA)
 
 
@@ -151,13 +152,13 @@ def _model(cfg, data):
                         num_classes=data.num_classes, seed=cfg["seed"], **options)
 
 
-def units(experiment, folder) -> list[Unit]:
+def units(experiment: Experiment, folder: Path) -> list[Unit]:
     """One unit per configuration (its row index known in advance)."""
     n = len(configurations(experiment))
     return [Unit(f"config-{index:05d}", (index,), 1, index) for index in range(n)]
 
 
-def run_unit(experiment, unit: Unit, bar, scratch) -> UnitResult:
+def run_unit(experiment: Experiment, unit: Unit, bar: Any, scratch: Path) -> UnitResult:
     """Train one configuration; `scratch` keeps its training state so a killed run resumes
     mid-training."""
     index = unit.spec

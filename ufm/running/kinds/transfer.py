@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ufm.nets import transfer
 from ufm.nets.training import TrainSettings, train
 from ufm.running import config, results
-from ufm.running.config import ConfigError, Field, Schema
+from ufm.running.config import ConfigError, Experiment, Field, Schema
 from ufm.running.figures import (
     draw_figure,
     pyplot,
@@ -84,7 +85,7 @@ def _net_config(cfg: dict, section: str) -> dict:
     return {**out, **train_keys}
 
 
-def check(experiment) -> None:
+def check(experiment: Experiment) -> None:
     for cfg in configurations(experiment):
         source, target = cfg["data.source"], cfg["data.target"]
         if set(source) & set(target):
@@ -97,7 +98,7 @@ def check(experiment) -> None:
                 raise ConfigError(str(err).replace("train.", f"{section}.")) from None
 
 
-def units(experiment, folder) -> list[Unit]:
+def units(experiment: Experiment, folder: Path) -> list[Unit]:
     n = len(configurations(experiment))
     k = len(transfer.MODES)
     return [Unit(f"config-{i:05d}", tuple(range(i * k, (i + 1) * k)), 1, i) for i in range(n)]
@@ -132,7 +133,7 @@ def _flatten(history: dict) -> dict:
     return out
 
 
-def run_unit(experiment, unit: Unit, bar, scratch) -> UnitResult:
+def run_unit(experiment: Experiment, unit: Unit, bar: Any, scratch: Path) -> UnitResult:
     index = unit.spec
     cfg = configurations(experiment)[index]
     model, source, target, source_final = _pretrained(cfg, scratch)
