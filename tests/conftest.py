@@ -59,7 +59,7 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs",
                   float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
 jax.config.update("jax_numpy_rank_promotion", "raise")
 # One device in the test processes themselves: `ufm run` called in-process (`cli.main`) would
-# otherwise split the CPU of whichever worker runs it first (`runner.use_host_devices`), and
+# otherwise split the CPU of whichever worker runs it first (`batching.use_host_devices`), and
 # the tests after it there would run sharded. Subprocesses choose as users' `ufm run` does.
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     jax.config.update("jax_num_cpu_devices", 1)

@@ -18,7 +18,7 @@ from ufm.errors import ConfigError, InputError
 from ufm.running import experiment, multihost, results
 from ufm.running.results import ResultsFolderError
 from ufm.running.tables import fmt
-from ufm.solvers import batching as runner
+from ufm.solvers import batching
 
 
 def folder_name(name: str) -> str:
@@ -74,7 +74,7 @@ def _cmd_run(args) -> int:
             print(f"ufm run: {err}", file=sys.stderr)
             return 2
     else:  # before anything starts JAX; one process per host keeps JAX's own device choice
-        runner.use_host_devices(args.host_devices)
+        batching.use_host_devices(args.host_devices)
     main = multihost.is_main()
     try:
         chosen = experiment.as_experiment(args.config, args.set or (), quick=args.quick)
@@ -181,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--host-devices", type=int, metavar="N",
                      help="on a CPU, split it into N JAX devices and shard each batch over "
                      "them (default: the usable cores, at most "
-                     f"{runner.MAX_HOST_DEVICES}; 1: one device)")
+                     f"{batching.MAX_HOST_DEVICES}; 1: one device)")
     hosts = run.add_argument_group(
         "several hosts", "run one process per host (or per GPU); each runs a share of the grid "
         "and process 0 writes the results. SLURM / TPU pod slices: --distributed alone. "

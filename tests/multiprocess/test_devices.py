@@ -67,14 +67,14 @@ def test_results_agree_on_one_and_four_devices(tmp_path):
 
 HOST_DEVICES = textwrap.dedent("""
     import os, sys, jax
-    from ufm.solvers import batching as runner
+    from ufm.solvers import batching
     try:
-        runner.use_host_devices(0)
+        batching.use_host_devices(0)
     except ValueError as err:
         print("refused:", err)
-    print("set:", runner.use_host_devices(3))
+    print("set:", batching.use_host_devices(3))
     print("devices:", jax.local_device_count())
-    print("again:", runner.use_host_devices(2))  # JAX has started: not ufm's choice any more
+    print("again:", batching.use_host_devices(2))  # JAX has started: not ufm's choice any more
 """)
 
 

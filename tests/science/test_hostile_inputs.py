@@ -14,7 +14,7 @@ import pytest
 import ufm
 from ufm import cli
 from ufm.running import config, experiment, results
-from ufm.solvers import batching as runner
+from ufm.solvers import batching
 
 SMALL = {"problem": {"num_classes": 3, "feature_dim": 3, "n_per_class": 2, "dtype": "float64"},
          "hyper": {"lam_W": 5e-3, "lam_H": 5e-3, "lam_b": 0.0},
@@ -61,12 +61,12 @@ def test_configurations_computed_at_once_must_fit_together(monkeypatch):
     monkeypatch.setenv("UFM_MEMORY_LIMIT", "24e9")
     prob = ufm.Problem(num_classes=10**7, feature_dim=6, n_per_class=5)
     assert 14.5 < prob.working_set() / 2**30 < 17.5
-    runner.check_in_flight(prob, 1, 2, "fewer")  # one device: one configuration at a time
-    monkeypatch.setattr(runner.jax, "local_device_count", lambda: 2)
+    batching.check_in_flight(prob, 1, 2, "fewer")  # one device: one configuration at a time
+    monkeypatch.setattr(batching.jax, "local_device_count", lambda: 2)
     with pytest.raises(ValueError, match=r"size: 2 configurations at once \(1 per vmapped "
                        r"slice on each of 2 devices; num_classes=10000000.*needs about 31\.\d "
                        r"GiB and 22\.4 GiB is available; fewer, or set UFM_MEMORY_LIMIT"):
-        runner.check_in_flight(prob, 1, 2, "fewer")
+        batching.check_in_flight(prob, 1, 2, "fewer")
 
 
 def test_a_batch_too_large_to_compute_at_once_is_refused_before_it_compiles(monkeypatch,

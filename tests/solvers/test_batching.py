@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import ufm
-from ufm.solvers import batching as runner
+from ufm.solvers import batching
 
 
 def test_map_points_in_groups_equals_one_vmap():
@@ -47,16 +47,17 @@ def test_batch_width_follows_problem_size(monkeypatch):
 
     small = Problem(num_classes=10, feature_dim=32, n_per_class=50)
     large = Problem(num_classes=10, feature_dim=64, n_per_class=100)
-    assert runner.batch_width(small, 16) == 3  # slices of 3 (6 of them: 2 padded)
-    assert runner.batch_width(small, 12) == 3  # ~0.3 MB a configuration: equal slices of 3
-    assert runner.batch_width(small, 2) == 2
-    assert runner.batch_width(large, 16) == 1  # ~1.1 MB: one at a time on a CPU
-    assert runner.config_bytes(large) > runner.CPU_BATCH_BYTES > 3 * runner.config_bytes(small)
+    assert batching.batch_width(small, 16) == 3  # slices of 3 (6 of them: 2 padded)
+    assert batching.batch_width(small, 12) == 3  # ~0.3 MB a configuration: equal slices of 3
+    assert batching.batch_width(small, 2) == 2
+    assert batching.batch_width(large, 16) == 1  # ~1.1 MB: one at a time on a CPU
+    assert (batching.config_bytes(large) > batching.CPU_BATCH_BYTES
+            > 3 * batching.config_bytes(small))
     # Chunks: whole groups while memory allows (a multiple of the width), cut beyond it.
-    assert runner.chunk_size(small, 10, width=4) == 12  # whole group, padded to the width
-    assert runner.chunk_size(small, 10**6) == 4082  # 245 equal chunks of at most MAX_CHUNK
-    assert runner.chunk_size(large, 10**6) * runner.config_bytes(large) <= runner._memory_bytes(
-        None
-    )
-    monkeypatch.setattr(runner, "_memory_bytes", lambda device: 5.5 * runner.config_bytes(large))
-    assert runner.chunk_size(large, 100) == 5 and runner.chunk_size(large, 100, width=2) == 4
+    assert batching.chunk_size(small, 10, width=4) == 12  # whole group, padded to the width
+    assert batching.chunk_size(small, 10**6) == 4082  # 245 equal chunks of at most MAX_CHUNK
+    assert (batching.chunk_size(large, 10**6) * batching.config_bytes(large)
+            <= batching._memory_bytes(None))
+    large_bytes = batching.config_bytes(large)
+    monkeypatch.setattr(batching, "_memory_bytes", lambda device: 5.5 * large_bytes)
+    assert batching.chunk_size(large, 100) == 5 and batching.chunk_size(large, 100, width=2) == 4

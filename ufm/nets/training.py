@@ -43,7 +43,7 @@ from ufm.analysis import nc as metrics
 from ufm.model import losses as _losses
 from ufm.model.problem import Hyper, validate_hyper
 from ufm.nets import data as _data
-from ufm.solvers import batching as runner
+from ufm.solvers import batching
 
 OPTIMIZERS = ("gd", "momentum", "adam")  # the names of `ufm.solvers.SOLVERS`
 SCHEDULES = ("constant", "cosine", "step")
@@ -419,7 +419,7 @@ def train(model: nnx.Module, data: _data.Dataset, settings: TrainSettings = Trai
         if loaded is not None:
             done, history = loaded
             first_epoch = done + 1
-    bar = runner.progress_bar(progress, settings.epochs, "train")
+    bar = batching.progress_bar(progress, settings.epochs, "train")
     if bar is not None:
         bar.update(first_epoch - 1)
     if on_divergence not in ("raise", "stop"):

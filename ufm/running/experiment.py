@@ -27,7 +27,7 @@ from pathlib import Path
 from ufm.running import config, multihost, results
 from ufm.running import registry as kinds
 from ufm.running.config import ConfigError, Experiment
-from ufm.solvers import batching as runner
+from ufm.solvers import batching
 
 DEFAULT_PATH = Path(__file__).with_name("default.toml")
 
@@ -174,7 +174,7 @@ def _run(experiment: Experiment, kind, folder, digest: str, progress) -> RunResu
     finished: dict = dict(found)
     if folder is not None and found:
         folder.write_rows(_assemble(work, finished)[0])
-    bar = runner.progress_bar(progress if main else False, sum(u.work for u in work),
+    bar = batching.progress_bar(progress if main else False, sum(u.work for u in work),
                               f"{experiment.name}: {describe(experiment)}")
     if bar is not None:
         bar.update(sum(work[k].work for k in done))

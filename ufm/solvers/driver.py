@@ -38,7 +38,7 @@ from ufm.model.problem import (
     Problem,
     validate_hyper,
 )
-from ufm.solvers import batching as runner
+from ufm.solvers import batching
 from ufm.solvers.loop import (
     compiled_chunk,
 )
@@ -123,20 +123,20 @@ def _execute(problem, hyper, keys, f_star, settings: SolverSettings, *, start_pa
         share = -(-batch_size // n_dev)
         if width is not None and width >= share:
             width = None
-        runner.check_in_flight(problem, width or share, batch_size,
+        batching.check_in_flight(problem, width or share, batch_size,
                                "compute fewer at once (width=1: one configuration per vmapped "
                                "slice on each device)")
-        hyper, keys, f_star, start_params = runner.shard_over_devices(runner.pad_batch(
+        hyper, keys, f_star, start_params = batching.shard_over_devices(batching.pad_batch(
             (hyper, keys, f_star, start_params), batch_size, (width or share) * n_dev))
     configs = int(np.shape(f_star)[0]) if batched else 1
-    per_chunk, n_chunks = runner.logs_per_call(problem, n_points, configs)
+    per_chunk, n_chunks = batching.logs_per_call(problem, n_points, configs)
     at_once = width or configs // n_dev if batched else 1
     start, chunk = compiled_chunk(problem, solver, log_every, per_chunk, batched, width,
                                    fast_path, anneal is not None)
     anneal_args = Anneal(jnp.asarray(0.0 if anneal is None else anneal.tau_from, dtype),
                          jnp.asarray(0 if anneal is None else anneal.steps, jnp.int32))
     records = compiled_records(problem, uses_pullback(problem, solver), batched, width,
-                                runner.points_width(problem, at_once, per_chunk))
+                                batching.points_width(problem, at_once, per_chunk))
     tol_arr, steps_arr = jnp.asarray(tol, dtype), jnp.asarray(steps, jnp.int32)
     no_steps = jnp.asarray(0, jnp.int32)
     state = start(hyper, keys, jnp.asarray(init_scale, dtype), start_params)
@@ -144,7 +144,7 @@ def _execute(problem, hyper, keys, f_star, settings: SolverSettings, *, start_pa
     history_parts = []
     own_bar = not hasattr(progress, "update")
     bar = (
-        runner.progress_bar(
+        batching.progress_bar(
             progress, total=steps * batch_size, desc=desc or f"{problem.loss} {solver}"
         )
         if own_bar

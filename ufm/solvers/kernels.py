@@ -100,7 +100,7 @@ def _step_kernel(W_ref, b_ref, scalars_ref, labels_ref, H_ref, H_out_ref, dW_ref
 def gd_step(problem: Problem, hyper: Hyper, params: Params, *, interpret: bool | None = None
             ) -> Params:
     """One plain gradient-descent step of the weight-decay UFM through the kernel; equal to
-    `fused.plain_step` with optax.sgd to round-off. `interpret` defaults to True off GPUs."""
+    `fast_step.plain_step` with optax.sgd to round-off. `interpret` defaults to True off GPUs."""
     K, d, N = problem.num_classes, problem.feature_dim, problem.num_samples
     K_pad, block, blocks = _layout(problem)
     if interpret is None:

@@ -19,7 +19,7 @@ from ufm.model.problem import (
     penalty,
     representations,
 )
-from ufm.solvers import batching as runner
+from ufm.solvers import batching
 from ufm.solvers.reference import (
     point_of,
 )
@@ -65,7 +65,7 @@ def history_records(problem: Problem, solver: str, hyper: Hyper, trace: tuple,
     with a leading axis of log points), `points_at_once` of them vmapped at a time (None:
     all)."""
     one = lambda point: _record(problem, solver, hyper, *point, f_star)
-    return runner.map_points(one, trace,
+    return batching.map_points(one, trace,
                              trace[1].shape[0] if points_at_once is None else points_at_once)
 
 
@@ -82,5 +82,5 @@ def compiled_records(problem: Problem, pullback: bool, batched: bool, width: int
         return history_records(problem, solver, hyper, trace, f_star, points_at_once)
 
     if batched:
-        records = runner.over_configurations(records, (0, 0, 0), width)
+        records = batching.over_configurations(records, (0, 0, 0), width)
     return jax.jit(records)

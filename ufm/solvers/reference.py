@@ -22,8 +22,7 @@ from ufm.model.problem import (
     init_traced,
     objective,
 )
-from ufm.solvers import fast_step as fused
-from ufm.solvers import lbfgs
+from ufm.solvers import fast_step, lbfgs
 from ufm.solvers.settings import (
     SOLVERS,
 )
@@ -163,7 +162,7 @@ def initial_state(problem: Problem, solver: str, hyper: Hyper, key: jax.Array | 
     return RunState(
         variables=variables,
         # The fast path keeps optimizer state for the trained leaves only.
-        opt_state=tx.init(fused.trained(problem, variables) if fast else variables),
+        opt_state=tx.init(fast_step.trained(problem, variables) if fast else variables),
         step=jnp.zeros((), jnp.int32),
         status=jnp.full((), RUNNING, jnp.int32),
         diverged_at=jnp.full((), -1, jnp.int32),

@@ -72,8 +72,7 @@ from ufm.running.tables import (
     label_value,
     series_labels,
 )
-from ufm.solvers import STATUS_MEANINGS, STATUSES, solve_batch
-from ufm.solvers import batching as runner
+from ufm.solvers import STATUS_MEANINGS, STATUSES, batching, solve_batch
 from ufm.solvers.settings import RULES, SolverSettings, check_solver_geometry
 
 
@@ -299,7 +298,7 @@ def _imports_shape(value, group_of=None) -> str | None:
 
 def _plan(experiment, configs, groups, folder) -> list[tuple[int, int]]:
     """(vmapped width, chunk) per group: the file's run.batch / run.chunk, or the measured
-    rules `runner.batch_width` and `runner.chunk_size`. Saved in the folder, so a resumed run
+    rules `batching.batch_width` and `batching.chunk_size`. Saved in the folder, so a resumed run
     cuts its groups exactly as the first run did; process 0's plan is every process's."""
     saved = None if folder is None else folder.read_json("plan.json", _plan_shape)
     if saved is not None and len(saved) == len(groups):
@@ -309,18 +308,18 @@ def _plan(experiment, configs, groups, folder) -> list[tuple[int, int]]:
         if experiment.run["batch"]:
             width = min(experiment.run["batch"], len(indices))
         else:  # no timed trial per group: it cost two compilations a group
-            width = runner.batch_width(problem, len(indices))
+            width = batching.batch_width(problem, len(indices))
         if experiment.run["chunk"]:
             asked = experiment.run["chunk"]
             chunk = max(width, asked // width * width)
             if chunk != asked and asked < len(indices):
                 why = ("run.batch" if experiment.run["batch"]
                        else "the automatic run.batch; set run.batch to choose it")
-                runner.notice(f"group {len(plan) + 1}: run.chunk={asked} is rounded to {chunk} "
+                batching.notice(f"group {len(plan) + 1}: run.chunk={asked} is rounded to {chunk} "
                               f"configurations (a chunk holds whole vmapped slices of {width}, "
                               f"{why})")
         else:
-            chunk = runner.chunk_size(problem, len(indices), width)
+            chunk = batching.chunk_size(problem, len(indices), width)
         plan.append((width, min(chunk, -(-len(indices) // width) * width)))
     _fits(groups, plan)
     if folder is not None:
@@ -330,10 +329,10 @@ def _plan(experiment, configs, groups, folder) -> list[tuple[int, int]]:
 
 def _fits(groups, plan):
     """The plan, once every group's configurations computed at the same time fit the available
-    memory (`runner.check_in_flight`), checked before anything compiles."""
+    memory (`batching.check_in_flight`), checked before anything compiles."""
     for g, ((problem, _), indices) in enumerate(groups.items()):
         try:
-            runner.check_in_flight(problem, plan[g][0], len(indices),
+            batching.check_in_flight(problem, plan[g][0], len(indices),
                                    "compute fewer at once (run.batch = 1 and --host-devices 1: "
                                    "one configuration at a time)")
         except ValueError as err:
@@ -458,7 +457,7 @@ def extend(old: Experiment, new: Experiment, folder: Path) -> list:
     folder.write_json(_imports_file(folder), carried)
     stale += [folder.checkpoints / _imports_file(old_folder), folder.checkpoints / "plan.json"]
     reused = sum(len(rows) for _, rows in carried)
-    runner.notice(f"{folder.path}: this grid extends the one there: {reused} finished runs "
+    batching.notice(f"{folder.path}: this grid extends the one there: {reused} finished runs "
                   f"reused, {len(new_configs) - reused} of {len(new_configs)} to run")
     return stale
 
