@@ -1,3 +1,4 @@
+"""`python -m ufm`: the `ufm` command (`ufm.cli`)."""
 import sys
 
 from ufm.cli import main
