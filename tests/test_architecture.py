@@ -160,6 +160,18 @@ def test_public_functions_are_annotated():
     assert unannotated(planted) == ["A.f(y, return)", "g(w)"]
 
 
+def test_the_wheel_lists_every_package_of_the_tree():
+    """pyproject.toml lists the packages (to map experiments/ into the wheel): the list is the
+    tree's packages, plus the shipped experiments."""
+    import tomllib
+
+    pyproject = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())
+    setuptools = pyproject["tool"]["setuptools"]
+    tree = sorted(_module_name(p.parent / "__init__.py") for p in PACKAGE.rglob("__init__.py"))
+    assert sorted(setuptools["packages"]) == sorted(tree + ["ufm._shipped"])
+    assert setuptools["package-dir"] == {"ufm._shipped": "experiments"}
+
+
 def test_import_ufm_is_light_and_modules_are_attributes():
     code = ("import sys, ufm; light = not any(m in sys.modules for m in "
             "('flax', 'matplotlib', 'ufm.running.kinds.grid', 'ufm.nets')); "

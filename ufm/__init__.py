@@ -14,6 +14,7 @@ Rooms load on first use, so `import ufm` stays light. Module names of release 0.
 DeprecationWarning naming each name's new home (`ufm._moved`).
 """
 import importlib
+import importlib.metadata
 
 from ufm import _moved
 from ufm.analysis.nc import nc_metrics
@@ -29,7 +30,10 @@ from ufm.solvers import (
     solve_batch,
 )
 
-__version__ = "0.1.0"
+try:  # the one version is pyproject.toml's, read from the installed metadata
+    __version__ = importlib.metadata.version("ufm")
+except importlib.metadata.PackageNotFoundError:  # a checkout on PYTHONPATH, never installed
+    __version__ = "0+unknown"
 
 _moved.install()
 

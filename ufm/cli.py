@@ -1,6 +1,7 @@
-"""The `ufm` command: `ufm run [CONFIG.toml] [--out DIR] [--set key=value ...]`, `ufm show DIR`,
-`ufm plot DIR`. It parses arguments and dispatches to `ufm.running.experiment` (every kind
-alike)."""
+"""The `ufm` command: `ufm run [CONFIG.toml | NAME] [--out DIR] [--set key=value ...]`,
+`ufm list`, `ufm show DIR`, `ufm plot DIR`. It parses arguments and dispatches to
+`ufm.running.experiment` (every kind alike); NAME is a shipped experiment
+(`ufm.running.shipped`)."""
 from __future__ import annotations
 
 import argparse
@@ -9,13 +10,14 @@ import os
 import re
 import shlex
 import signal
+import subprocess
 import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 
 from ufm.errors import ConfigError, InputError
-from ufm.running import experiment, multihost, results
+from ufm.running import experiment, multihost, results, shipped
 from ufm.running.results import ResultsFolderError
 from ufm.running.tables import fmt
 from ufm.solvers import batching
@@ -62,7 +64,32 @@ def _disk_error(err: OSError, args) -> str:
             f"  {_run_command(args)}")
 
 
+def _run_script(args, script: shipped.Shipped) -> int:
+    """`ufm run NAME` for a shipped script: `python3 SCRIPT [--quick] --out DIR`, in this
+    Python, its output and exit status passed through."""
+    refused = [flag for flag, given in (("--set", args.set), ("--host-devices", args.host_devices),
+                                        ("--distributed", args.distributed),
+                                        ("--coordinator", args.coordinator)) if given]
+    if refused:
+        print(f"ufm run: {script.name} is a script; {', '.join(refused)} is not allowed for it "
+              "(it takes --quick and --out)", file=sys.stderr)
+        return 2
+    out = args.out or str(Path("runs") / script.name)
+    command = [sys.executable, str(script.path), "--out", out] + (["--quick"] if args.quick else [])
+    print(f"ufm run: {script.name} (script): {' '.join(shlex.quote(c) for c in command)}",
+          file=sys.stderr)
+    return subprocess.call(command)
+
+
 def _cmd_run(args) -> int:
+    if args.config and not Path(args.config).exists() and shipped.looks_like_name(args.config):
+        try:
+            found = shipped.find(args.config)
+        except InputError as err:
+            print(f"ufm run: {err}", file=sys.stderr)
+            return 2
+        if found.kind == "script":
+            return _run_script(args, found)
     if args.host_devices is not None and args.host_devices < 1:
         print(f"ufm run: --host-devices {args.host_devices} is not allowed: an integer >= 1",
               file=sys.stderr)
@@ -125,6 +152,20 @@ def _cmd_run(args) -> int:
     return 0
 
 
+def _cmd_list(args) -> int:
+    try:
+        items = shipped.available()
+        if args.paths:
+            for item in items:
+                print(item.path)
+        else:
+            print(shipped.listing())
+    except InputError as err:
+        print(f"ufm list: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _cmd_show(args) -> int:
     path = Path(args.dir) / results.RESULTS
     if not path.is_file():
@@ -170,7 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "simulator: neural collapse, landscapes, grids.")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run an experiment (default: the built-in one)")
-    run.add_argument("config", nargs="?", help="experiment TOML file (default: built-in)")
+    run.add_argument("config", nargs="?", help="an experiment TOML file, or the name of a shipped "
+                     "experiment (`ufm list`); default: the built-in one")
     run.add_argument("--out", help="results folder (default: runs/<name>)")
     run.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="override a key, e.g. --set problem.loss=mse --set steps=1000")
@@ -194,6 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     hosts.add_argument("--num-processes", type=int, help="number of processes in all")
     hosts.add_argument("--process-id", type=int, help="this process's index, 0 .. N-1")
     run.set_defaults(func=_cmd_run)
+    listed = sub.add_parser("list", help="list the shipped experiments (run one: ufm run NAME)")
+    listed.add_argument("--paths", action="store_true", help="print their files' paths only")
+    listed.set_defaults(func=_cmd_list)
     show = sub.add_parser("show", help="print the results table of a results folder")
     show.add_argument("dir")
     show.add_argument("--all", action="store_true", help="every row and column (CSV)")

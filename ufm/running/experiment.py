@@ -24,7 +24,8 @@ import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 
-from ufm.running import config, multihost, results
+from ufm.errors import InputError
+from ufm.running import config, multihost, results, shipped
 from ufm.running import registry as kinds
 from ufm.running.config import ConfigError, Experiment
 from ufm.solvers import batching
@@ -90,10 +91,26 @@ def as_experiment(path_or_experiment: str | Path | Experiment | None = None,
     elif path_or_experiment is None:
         experiment = load_default()
     else:
-        experiment = load(path_or_experiment)
+        experiment = load(shipped_path(path_or_experiment))
     if quick:
         experiment = quick_version(experiment)
     return apply_overrides(experiment, overrides) if overrides else experiment
+
+
+def shipped_path(path_or_name: str | Path) -> Path:
+    """A path as given, or, where no such file exists and it is a bare name ("closed_forms"),
+    the shipped experiment file of that name (`ufm.running.shipped`; `ufm list`)."""
+    path = Path(path_or_name)
+    if path.exists() or not shipped.looks_like_name(path_or_name):
+        return path
+    try:
+        found = shipped.find(str(path_or_name))
+    except InputError as err:
+        raise ConfigError(str(err)) from None
+    if found.kind == "script":
+        raise ConfigError(f"{found.name!r} is a shipped script, not an experiment file: run it "
+                          f"with `ufm run {found.name}` or `python3 {found.path}`")
+    return found.path
 
 
 def quick_version(experiment: Experiment) -> Experiment:
