@@ -1,7 +1,7 @@
 """The `ufm` command: `ufm run [CONFIG.toml | NAME] [--out DIR] [--set key=value ...]`,
-`ufm list`, `ufm show DIR`, `ufm plot DIR`. It parses arguments and dispatches to
-`ufm.running.experiment` (every kind alike); NAME is a shipped experiment
-(`ufm.running.shipped`)."""
+`ufm list`, `ufm config [KIND]`, `ufm show DIR`, `ufm plot DIR`. It parses arguments and
+dispatches to `ufm.running.experiment` (every kind alike); NAME is a shipped experiment
+(`ufm.running.shipped`), KIND an experiment kind (`ufm.running.reference`)."""
 from __future__ import annotations
 
 import argparse
@@ -12,6 +12,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -166,6 +167,28 @@ def _cmd_list(args) -> int:
     return 0
 
 
+def _cmd_config(args) -> int:
+    from ufm.running import reference
+    from ufm.running import registry as kinds
+
+    if args.markdown:
+        print(reference.page(), end="")
+        return 0
+    if args.kind is None:
+        for name in kinds.KIND_MODULES:
+            about = textwrap.shorten(kinds.get(name).about.split(";")[0], 84)
+            print(f"{name:<14} {about}")
+        print("\nufm config KIND: every key of that kind (ufm config --markdown: all, as "
+              "docs/configuration.md)")
+        return 0
+    try:
+        print(reference.text(args.kind))
+    except ConfigError as err:
+        print(f"ufm config: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _cmd_show(args) -> int:
     path = Path(args.dir) / results.RESULTS
     if not path.is_file():
@@ -239,6 +262,13 @@ def build_parser() -> argparse.ArgumentParser:
     listed = sub.add_parser("list", help="list the shipped experiments (run one: ufm run NAME)")
     listed.add_argument("--paths", action="store_true", help="print their files' paths only")
     listed.set_defaults(func=_cmd_list)
+    configs = sub.add_parser("config", help="the configuration reference: every key of a kind "
+                             "(type, default, allowed values, meaning)")
+    configs.add_argument("kind", nargs="?", help="grid, benign, origin_phase, saddle_escape, "
+                         "net or transfer (none: list them)")
+    configs.add_argument("--markdown", action="store_true",
+                         help="every kind as Markdown (docs/configuration.md)")
+    configs.set_defaults(func=_cmd_config)
     show = sub.add_parser("show", help="print the results table of a results folder")
     show.add_argument("dir")
     show.add_argument("--all", action="store_true", help="every row and column (CSV)")

@@ -41,7 +41,9 @@ class Field(NamedTuple):
     """One key of a section. `type`: one of TYPES ("ints" / "floats": a list of them as one
     value). `axis`: a list of values makes a grid axis. `optional`: None (the default rule)
     is allowed. `choices`: the allowed values. `rule`: a test of one value and the text that
-    says what is allowed (e.g. (lambda v: v >= 1, "an integer >= 1"))."""
+    says what is allowed (e.g. (lambda v: v >= 1, "an integer >= 1")). `meaning`: one line
+    for the configuration reference (`ufm config KIND`); `allowed`: what is allowed, for the
+    reference, where the value is checked past the engine (by `Problem`, `TrainSettings`)."""
 
     default: Any
     type: str
@@ -49,6 +51,38 @@ class Field(NamedTuple):
     optional: bool = False
     choices: tuple = ()
     rule: tuple[Callable[[Any], bool], str] | None = None
+    meaning: str = ""
+    allowed: str = ""
+
+
+def explained(section: dict[str, Field], meanings: dict[str, str | tuple[str, str]]
+              ) -> dict[str, Field]:
+    """`section` with each field's meaning (and, given as (meaning, allowed), the allowed
+    values checked past the engine) from `meanings`; every field must have one."""
+    missing = set(section) - set(meanings)
+    if missing or set(meanings) - set(section):
+        raise KeyError(f"meanings for {sorted(section)}: missing {sorted(missing)}, "
+                       f"unknown {sorted(set(meanings) - set(section))}")
+    out = {}
+    for key, field in section.items():
+        meaning, allowed = (meanings[key], "") if isinstance(meanings[key], str) else meanings[key]
+        out[key] = field._replace(meaning=meaning, allowed=allowed or field.allowed)
+    return out
+
+
+def allowed_text(field: Field) -> str:
+    """What a field allows, in words: its documented values, choices, rule or type (and
+    "omitted" where None is allowed; "or a list of them" where it may be a grid axis)."""
+    if field.allowed:
+        text = field.allowed
+    elif field.choices:
+        text = "one of " + ", ".join(repr(c) if isinstance(c, str) else str(c)
+                                     for c in field.choices)
+    else:
+        text = _describe(field)
+    if field.optional and "omit" not in text:
+        text += ", or omitted"
+    return text
 
 
 @dataclasses.dataclass(frozen=True)

@@ -44,6 +44,8 @@ class Kind(NamedTuple):
                 file of this kind (few steps, one seed, few starts, two epochs), before the
                 file's own [quick.<section>] tables: a smoke run of every shipped experiment
                 in minutes (CI's stage `.ci/experiments`).
+    about       one paragraph: what an experiment of this kind does and what its table holds
+                (the configuration reference, `ufm config KIND`)
     """
 
     name: str
@@ -58,3 +60,4 @@ class Kind(NamedTuple):
     notes: Callable = lambda experiment: {}
     extend: Callable | None = None
     quick: dict = {}
+    about: str = ""

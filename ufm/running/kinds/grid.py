@@ -34,8 +34,14 @@ import numpy as np
 
 from ufm.analysis import end_points, theory
 from ufm.errors import ConfigError, InputError
+from ufm.model.losses import LOSSES
 from ufm.model.problem import (
+    ACTIVATIONS,
+    CLASSIFIERS,
+    DTYPES,
+    GEOMETRIES,
     HYPER_RANGES,
+    MAX_DEPTH,
     Hyper,
     Problem,
     describe_range,
@@ -82,7 +88,7 @@ def _hyper_field(name: str, default: float) -> Field:
     return Field(default, "float", axis=True, rule=(test, describe_range(lo, lo_ok, hi, hi_ok)))
 
 
-PROBLEM_SECTION = {
+PROBLEM_SECTION = config.explained({
     "num_classes": Field(10, "int", axis=True), "feature_dim": Field(32, "int", axis=True),
     "n_per_class": Field(50, "int", axis=True, optional=True),
     "class_counts": Field(None, "ints", axis=True, optional=True),
@@ -92,25 +98,78 @@ PROBLEM_SECTION = {
     "dtype": Field("float32", "str", axis=True),
     "multiplicity_counts": Field(None, "ints", axis=True, optional=True),
     "depth": Field(1, "int", axis=True), "activation": Field("linear", "str", axis=True),
-}
-HYPER_SECTION = {name: _hyper_field(name, default) for name, default in Hyper()._asdict().items()}
+}, {  # checked by `ufm.Problem`, whose words these are
+    "num_classes": ("K, the number of classes", "an integer >= 2"),
+    "feature_dim": ("d, the feature dimension (d < K - 1: generalized neural collapse)",
+                    "an integer >= 1"),
+    "n_per_class": ("n, samples per class (balanced classes); omit it with class_counts or "
+                    "multiplicity_counts", "an integer >= 1"),
+    "class_counts": ("n_k, the samples of each class (imbalanced classes), instead of "
+                     "n_per_class", "num_classes integers >= 1"),
+    "loss": ("the per-sample loss on the logits / tau (docs/science.md, section 2)",
+             "one of " + ", ".join(repr(x) for x in sorted(LOSSES))),
+    "geometry": ("wd: weight decay; sphere: unit-norm w_k and h_i; norm_ball: (1/K)||W||^2 <= "
+                 "E_W and (1/N)||H||^2 <= E_H; norm_ball_each: every ||h_i||^2 <= E_H",
+                 "one of " + ", ".join(repr(x) for x in GEOMETRIES)),
+    "bias": ("learn a bias b (omitted: yes on weight decay, no on the other geometries)",
+             "true or false"),
+    "classifier": ("learned W; fixed_etf: W frozen at the simplex ETF (d >= K - 1); identity: "
+                   "W = I with d = K, the logits are the features",
+                   "one of " + ", ".join(repr(x) for x in CLASSIFIERS)),
+    "dtype": ("the floating-point type of the whole run",
+              "one of " + ", ".join(repr(x) for x in DTYPES)),
+    "multiplicity_counts": ("multi-label data: the m-th count is the samples on every set of "
+                            "m classes (pick-all-label; replaces n_per_class)",
+                            "a list of integers >= 0"),
+    "depth": ("L, weight matrices from the features to the logits (the deep UFM; 1: the UFM; "
+              "weight decay only)", f"an integer from 1 to {MAX_DEPTH}"),
+    "activation": ("the activation between the deep UFM's layers",
+                   "one of " + ", ".join(repr(x) for x in ACTIVATIONS)),
+})
+HYPER_SECTION = config.explained(
+    {name: _hyper_field(name, default) for name, default in Hyper()._asdict().items()}, {
+        "lam_W": "weight decay on W (and the deep UFM's layers): lam_W/2 ||W||_F^2; weight "
+                 "decay only",
+        "lam_H": "weight decay on the features: lam_H/2 ||H||_F^2; weight decay only",
+        "lam_b": "weight decay on the bias: lam_b/2 ||b||^2 (0: unpenalized, MSE's closed form)",
+        "tau": "the temperature: the loss sees the logits / tau",
+        "alpha": "label smoothing (losses 'ls', 'ls_off_target')",
+        "gamma": "the focal loss's exponent: -(1 - p_y)^gamma log p_y",
+        "kappa": "rescaled MSE: the weight of the true class's term",
+        "M": "rescaled MSE: the target's magnitude",
+        "lr": "the learning rate of the first-order solvers (not used by L-BFGS)",
+        "momentum": "momentum and Nesterov's momentum",
+        "beta1": "Adam's first-moment decay",
+        "beta2": "Adam's second-moment decay",
+        "E_W": "the norm balls' bound on W: (1/K) ||W||_F^2 <= E_W",
+        "E_H": "the norm balls' bound on H: (1/N) ||H||_F^2 <= E_H (norm_ball_each: every "
+               "||h_i||^2)",
+    })
+
+
 def _solver_field(name: str, default) -> Field:
     """A [solver] key from its `SolverSettings` field and rule (`ufm.solvers.settings.RULES`)."""
     rule = RULES[name]
     return Field(default, rule.type, axis=name == "name", optional=rule.optional,
                  choices=rule.choices,
-                 rule=None if rule.test is None else (rule.test, rule.allowed))
+                 rule=None if rule.test is None else (rule.test, rule.allowed),
+                 meaning=rule.meaning, allowed=rule.allowed)
 
 
 SOLVER_SECTION = {name: _solver_field(name, default)
                   for name, default in SolverSettings()._asdict().items()}
 AUTO = "an integer >= 0 (0 chooses from the problem size and the device)"
-RUN_SECTION = {
+RUN_SECTION = config.explained({
     "seeds": Field([0], "ints", rule=(lambda v: bool(v) and min(v) >= 0,
                                       "a non-empty list of integers >= 0")),
     "batch": Field(0, "int", rule=(lambda v: v >= 0, AUTO)),
     "chunk": Field(0, "int", rule=(lambda v: v >= 0, AUTO)),
-}
+}, {
+    "seeds": "the random starts of every configuration (the innermost grid axis)",
+    "batch": "configurations per vmapped slice (0: the whole chunk on an accelerator; about "
+             "1 MB of working set per device on a CPU)",
+    "chunk": "configurations per compiled call and checkpoint (0: as many as fit the memory)",
+})
 UFM_SECTIONS = {"problem": PROBLEM_SECTION, "hyper": HYPER_SECTION, "solver": SOLVER_SECTION,
                 "run": RUN_SECTION}
 SCHEMA = Schema(UFM_SECTIONS, aliases={"solver": ("solver", "name")})
@@ -910,5 +969,10 @@ def plot_imbalance(directory: str | Path, table: dict) -> list[Path]:
     return [save_figure(fig, Path(directory) / "imbalance.png")]
 
 
+ABOUT = ("Every configuration of the grid (the product of the list-valued keys, the [[zip]] "
+         "tables and the seeds) solved from a random start, in one compiled call per group of "
+         "configurations sharing a Problem and solver; a row per run: its configuration, "
+         "status, steps, final NC metrics, the closed-form f* and the gap to it, with the "
+         "histories in history.npz.")
 KINDS = {"grid": Kind("grid", SCHEMA, check, units, run_unit, summary, figures, describe,
-                      manifest, notes, extend, QUICK)}
+                      manifest, notes, extend, QUICK, ABOUT)}

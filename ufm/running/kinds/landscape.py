@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ufm.running import landscapes, results
+from ufm.running import config, landscapes, results
 from ufm.running.config import Experiment, Field, Schema
 from ufm.running.figures import (
     draw_figure,
@@ -39,23 +39,30 @@ def _saddle_ok(value: str) -> bool:
 
 
 POSITIVE_LIST = (lambda v: bool(v) and min(v) > 0, "a non-empty list of numbers > 0")
-LANDSCAPE_SECTION = {
+LANDSCAPE_SECTION = config.explained({
     "random_starts": Field(200, "int", rule=(lambda v: v >= 0, "an integer >= 0")),
     "saddle_starts": Field(10, "int", rule=(lambda v: v >= 0, "an integer >= 0")),
-    # distance of starts from a saddle (benign: the first; escape: each)
     "epsilon": Field([1e-3], "floats", rule=POSITIVE_LIST),
-    # rank-r saddles to build; empty: every r < min(K-1, d)
     "ranks": Field([], "ints", rule=(lambda v: all(r >= 1 for r in v), "integers >= 1")),
-    # benign: a start reached f* when |f - f*| <= reach_rtol |f*|
     "reach_rtol": Field(1e-6, "float", rule=(lambda v: v > 0, "a number > 0")),
     "ratios": Field([0.5, 0.8, 0.9, 0.95, 1.05, 1.1, 1.25, 1.5, 2.0], "floats",
                     rule=POSITIVE_LIST),
     "saddle": Field("origin", "str", rule=(_saddle_ok, "'origin', 'collapsed' or 'rank r' "
                                            "with an integer r >= 1")),
-    # saddle_escape: escaped when f < f(saddle) - drop |f(saddle)|
     "drop": Field(1e-2, "float", rule=(lambda v: v > 0, "a number > 0")),
     "method": Field("auto", "str", choices=("auto", "dense", "lanczos")),
-}
+}, {
+    "random_starts": "benign: runs from random starts, each probed where it ends",
+    "saddle_starts": "benign: runs from perturbations of each constructed saddle",
+    "epsilon": "distance of a start from its saddle (benign: the first value; saddle_escape: "
+               "each)",
+    "ranks": "benign: the rank-r saddles to build (empty: every r < min(K - 1, d))",
+    "reach_rtol": "benign: a start reached f* when |f - f*| <= reach_rtol |f*|",
+    "ratios": "origin_phase: sqrt(lam_W lam_H) over the origin's threshold c_L / (K sqrt(n))",
+    "saddle": "saddle_escape: the saddle to start near",
+    "drop": "saddle_escape: escaped once f < f(saddle) - drop |f(saddle)|",
+    "method": "the Hessian's extreme eigenvalues: dense, Lanczos, or chosen by size",
+})
 SCHEMA = Schema({**grid.UFM_SECTIONS, "landscape": LANDSCAPE_SECTION},
                 aliases=grid.SCHEMA.aliases)
 
@@ -151,10 +158,10 @@ def _describe(experiment) -> str:
     return f"{len(_pairs(experiment))} configurations"
 
 
-def _kind(name, summary, draw, quick) -> Kind:
+def _kind(name, summary, draw, quick, about) -> Kind:
     return Kind(name, SCHEMA, grid.check, units, run_unit, summary,
                 lambda directory, table, metrics=None, x=None, y=None: draw(directory),
-                _describe, notes=grid.notes, quick=grid.QUICK | quick)
+                _describe, notes=grid.notes, quick=grid.QUICK | quick, about=about)
 
 
 # ----------------------------------------------------------------------------- figures
@@ -313,8 +320,20 @@ def _escape_trajectories(directory: Path, table) -> Path:
 
 KINDS = {
     "benign": _kind("benign", _benign_summary, plot_benign,
-                    {"landscape": {"random_starts": 3, "saddle_starts": 1}}),
+                    {"landscape": {"random_starts": 3, "saddle_starts": 1}},
+                    "The benign-landscape check: for every configuration, runs from random "
+                    "starts and from near constructed saddles (the origin, the collapsed point, "
+                    "rank-r points), each end point probed by the Hessian (not critical, strict "
+                    "saddle, second-order stationary); a row per start with its verdict and "
+                    "whether it reached f*, and the Hessian spectra at every saddle."),
     "origin_phase": _kind("origin_phase", _origin_summary, plot_origin_phase,
-                          {"landscape": {"ratios": [0.5, 2.0]}}),
-    "saddle_escape": _kind("saddle_escape", _escape_summary, plot_saddle_escape, {}),
+                          {"landscape": {"ratios": [0.5, 2.0]}},
+                          "The origin's phase transition: sqrt(lam_W lam_H) swept across the "
+                          "threshold at which the origin turns from a strict saddle into a "
+                          "minimum; a row per ratio with the smallest eigenvalue there, measured "
+                          "and by formula, and where random starts end."),
+    "saddle_escape": _kind("saddle_escape", _escape_summary, plot_saddle_escape, {},
+                           "Escape from a strict saddle: runs started at distance epsilon from "
+                           "it; a row per start with the plateau's length, against epsilon and "
+                           "the saddle's negative eigenvalue."),
 }

@@ -35,10 +35,11 @@ from typing import Any
 
 import numpy as np
 
+from ufm.model.losses import LOSSES
 from ufm.model.problem import Hyper
 from ufm.nets import data as _data
 from ufm.nets import models
-from ufm.nets.training import TrainSettings, layer_nc3, train
+from ufm.nets.training import OPTIMIZERS, SCHEDULES, TrainSettings, layer_nc3, train
 from ufm.running import config, results
 from ufm.running.config import ConfigError, Experiment, Field, Schema
 from ufm.running.figures import (
@@ -82,16 +83,82 @@ CHOICES = {("data", "name"): ("digits", "mnist", "cifar10", "gaussian"),
 NON_NEGATIVE = (lambda v: v >= 0, "an integer >= 0")
 
 
+# One line each for the configuration reference (`ufm config net`), with what is allowed where
+# `ufm.nets` checks the value.
+MEANINGS = {
+    "data": {
+        "name": "the dataset: scikit-learn's bundled digits, MNIST or CIFAR-10 files at path, "
+                "or Gaussian blobs",
+        "path": ("the folder of the MNIST or CIFAR-10 files (nothing is downloaded)",
+                 "a path, or '' for the bundled and generated data"),
+        "variant": "random_labels: uniformly random training labels; random_inputs: training "
+                   "inputs replaced by Gaussian noise (Zhang et al. 2017)",
+        "n_train": ("training samples per class (0: all)", "an integer >= 0"),
+        "image": "keep images as images (a ResNet's input) instead of flat vectors",
+        "gaussian_dim": ("gaussian: the input dimension", "an integer >= 1"),
+        "separation": ("gaussian: the norm of each class mean (unit-variance noise)",
+                       "a number > 0"),
+        "ood": "an out-of-distribution split to measure as well ('none': no such split)",
+        "ood_strength": ("the shift's strength (0: its default)", "a number >= 0"),
+    },
+    "model": {
+        "name": "the network: an MLP or a ResNet (image inputs)",
+        "width": ("the MLP's hidden width; the ResNet's first stage's channels",
+                  "an integer >= 1"),
+        "depth": ("the MLP's hidden layers", "an integer >= 1"),
+        "blocks": ("the ResNet's basic blocks in each of its three stages", "an integer >= 1"),
+        "feature_dim": ("d, the features the head sees: a linear projection to d (0: none, "
+                        "the body's width)", "an integer >= 0"),
+        "head": "the classifier: learned, a fixed simplex ETF, or the running class means (CMF)",
+        "bias": "the head's bias",
+        "normalize": "put the features and a learned head's rows on the unit sphere (the "
+                     "sphere UFM; with tau)",
+        "batchnorm": "batch normalization in the MLP's hidden layers",
+    },
+    "train": {
+        "loss": ("the per-sample loss (as the UFM's)",
+                 "one of " + ", ".join(repr(x) for x in sorted(LOSSES))),
+        "optimizer": ("the optimizer", "one of " + ", ".join(repr(x) for x in OPTIMIZERS)),
+        "lr": ("the peak learning rate", "a number > 0"),
+        "momentum": ("the optimizer's momentum", "a number in [0, 1)"),
+        "schedule": ("the learning-rate schedule over the epochs",
+                     "one of " + ", ".join(repr(x) for x in SCHEDULES)),
+        "epochs": ("passes over the training data", "an integer >= 1"),
+        "batch_size": ("samples per step", "an integer >= 1"),
+        "eval_every": ("epochs between measurements of every metric", "an integer >= 1"),
+        "weight_decay": ("the penalty weight_decay/2 ||theta||^2 on the body's parameters",
+                         "a number >= 0"),
+        "lam_W": "the UFM penalty on the head: lam_W/2 ||W||_F^2",
+        "lam_H": "the UFM penalty on the features, lam_H/2 ||H||_F^2 (scaled by N/B per batch)",
+        "lam_b": "the UFM penalty on the head's bias",
+        "tau": "the temperature: the loss sees the logits / tau",
+        "alpha": "label smoothing",
+        "gamma": "the focal loss's exponent",
+        "kappa": "rescaled MSE: the weight of the true class's term",
+        "M": "rescaled MSE: the target's magnitude",
+        "cmf_momentum": ("head = 'cmf': the running class means' momentum",
+                         "a number in [0, 1)"),
+        "layer_samples": ("training samples the layer-wise metrics are measured on",
+                          "an integer >= 1"),
+        "checkpoint_every": ("epochs between training-state checkpoints (a resumed run goes "
+                             "on from the last)", "an integer >= 1"),
+    },
+}
+
+
 def _field(section: str, key: str, default) -> Field:
     kind = {bool: "bool", int: "int", float: "float", str: "str"}[type(default)]
+    meaning = MEANINGS[section][key]
+    meaning, allowed = (meaning, "") if isinstance(meaning, str) else meaning
     return Field(default, kind, axis=True, choices=CHOICES.get((section, key), ()),
-                 rule=NON_NEGATIVE if kind == "int" else None)
+                 rule=NON_NEGATIVE if kind == "int" else None, meaning=meaning, allowed=allowed)
 
 
 SCHEMA = Schema({**{section: {k: _field(section, k, v) for k, v in values.items()}
                     for section, values in DEFAULTS.items()},
                  "run": {"seeds": Field([0], "ints", rule=(
-                     lambda v: bool(v) and min(v) >= 0, "a non-empty list of integers >= 0"))}},
+                     lambda v: bool(v) and min(v) >= 0, "a non-empty list of integers >= 0"),
+                     meaning="the seeds of every configuration (initialization and batches)")}},
                 default_name="net")
 
 
@@ -347,4 +414,7 @@ def plot_loss_equivalence(directory: Path, table: dict) -> list[Path]:
 KINDS = {"net": Kind(
     "net", SCHEMA, check, units, run_unit, summary,
     lambda directory, table, metrics=None, x=None, y=None: plot_net(directory),
-    lambda experiment: f"{len(configurations(experiment))} trainings", quick=QUICK)}
+    lambda experiment: f"{len(configurations(experiment))} trainings", quick=QUICK,
+    about="Flax networks whose last layer is the UFM, trained on a grid of settings (one "
+          "training per configuration and seed), NC measured on every split and layer as "
+          "training goes; a row per training with accuracy and every metric at the end.")}

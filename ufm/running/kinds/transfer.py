@@ -50,16 +50,22 @@ CLASSES = lambda v: bool(v) and min(v) >= 0
 SCHEMA = Schema({
     "data": {**{k: net._field("data", k, v) for k, v in DATA.items()},
              "source": Field([0, 1, 2, 3, 4], "ints", rule=(CLASSES, "a non-empty list of "
-                                                           "class indices")),
+                                                           "class indices"),
+                             meaning="the classes the network is pretrained on"),
              "target": Field([5, 6, 7, 8, 9], "ints", rule=(CLASSES, "a non-empty list of "
-                                                           "class indices"))},
+                                                           "class indices"),
+                             meaning="the classes it is measured and fine-tuned on")},
     "model": {k: net._field("model", k, v) for k, v in MODEL.items()},
     "pretrain": {k: net._field("train", k, v) for k, v in net.DEFAULTS["train"].items()},
     "finetune": {**{k: net._field("train", k, v) for k, v in FINETUNE.items()
                     if k not in ("head", "layer")},
-                 "head": Field("learned", "str", axis=True, choices=("learned", "cmf")),
+                 "head": Field("learned", "str", axis=True, choices=("learned", "cmf"),
+                               meaning="the target's new head: learned, or the running class "
+                                       "means (CMF)"),
                  "layer": Field(-1, "int", axis=True, rule=(lambda v: v >= -1,
-                                                            "an integer >= -1 (-1: chosen)"))},
+                                                            "an integer >= -1 (-1: chosen)"),
+                                meaning="the layer the 'layer' mode fine-tunes with the head (-1: "
+                                        "the one after the target's frozen NC1 minimum)")},
     "run": net.SCHEMA.sections["run"],
 }, default_name="transfer")
 
@@ -255,4 +261,8 @@ KINDS = {"transfer": Kind(
     lambda experiment: f"{len(configurations(experiment))} transfers "
                        f"({len(transfer.MODES)} fine-tunings each)",
     quick={"pretrain": {"epochs": 2, "eval_every": 1}, "finetune": {"epochs": 2, "eval_every": 1},
-           "data": {"n_train": 20}, "run": {"seeds": [0]}})}
+           "data": {"n_train": 20}, "run": {"seeds": [0]}},
+    about="Transfer through the lens of NC: a network pretrained on the source classes, its "
+          "frozen layers measured on the target classes (NC1, NC2, a linear probe per layer), "
+          "then fine-tuned three ways (head only, one layer, everything); three rows per "
+          "configuration.")}
