@@ -16,7 +16,8 @@ DeprecationWarning naming each name's new home (`ufm._moved`).
 import importlib
 import importlib.metadata
 
-from ufm import _moved
+from ufm import _cache, _moved
+from ufm._cache import compilation_cache
 from ufm.analysis.nc import nc_metrics
 from ufm.errors import ConfigError, InputError
 from ufm.model.problem import Hyper, Params, Problem, init, objective
@@ -36,6 +37,7 @@ except importlib.metadata.PackageNotFoundError:  # a checkout on PYTHONPATH, nev
     __version__ = "0+unknown"
 
 _moved.install()
+_cache.enable()  # JAX's persistent compilation cache in the user's cache folder (ufm._cache)
 
 ROOMS = (
     "analysis",
@@ -77,6 +79,7 @@ __all__ = [
     "Result",
     "RunOutput",
     "SolverSettings",
+    "compilation_cache",
     "init",
     "load_results",
     "make_run",
