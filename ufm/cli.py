@@ -101,6 +101,14 @@ def _cmd_run(args) -> int:
         except ValueError as err:
             print(f"ufm run: {err}", file=sys.stderr)
             return 2
+        import jax
+
+        joined = multihost.joined()
+        ids = joined["local_device_ids"]
+        print(f"ufm run: process {multihost.index()} of {multihost.count()} "
+              f"({joined['cluster']}): {jax.local_device_count()} local "
+              f"{jax.default_backend()} devices"
+              + (f", local device ids {ids}" if ids is not None else ""), file=sys.stderr)
     else:  # before anything starts JAX; one process per host keeps JAX's own device choice
         batching.use_host_devices(args.host_devices)
     main = multihost.is_main()

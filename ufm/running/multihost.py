@@ -6,7 +6,10 @@ process 0 alone writes the results folder. Start it with `ufm run --distributed`
 Python, `ufm.running.multihost.initialize()` before anything else touches JAX), on each host:
 
 - SLURM and Cloud TPU pod slices: no arguments; `jax.distributed.initialize()` reads the
-  cluster from the environment.
+  cluster from the environment. On SLURM, ufm also passes the local accelerators that match the
+  allocation (`slurm_local_device_ids`): JAX alone gives every task the one device numbered by
+  its SLURM_LOCALID, so one task per node with 8 GPUs would drive one of them (jax issue
+  16788).
 - Anywhere else: `--coordinator HOST:PORT --num-processes N --process-id I`, or the
   environment variables JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID.
 
@@ -24,6 +27,64 @@ import jax
 import numpy as np
 
 ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+# What JAX's SLURM detection needs (jax._src.clusters.slurm_cluster), and where SLURM and the
+# GPU runtimes say which accelerators a task may use.
+SLURM_ENV = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID",
+             "SLURM_LOCALID")
+VISIBLE_DEVICES = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES")
+# How this process joined (for the run's first line and the manifest).
+_state: dict = {"cluster": None, "local_device_ids": None}
+
+
+def _tasks_per_node(text: str) -> list[int]:
+    """SLURM's compressed tasks-per-node list ("4(x2),2" is 4, 4, 2) as one count per node."""
+    counts = []
+    for part in text.split(","):
+        count, _, repeat = part.partition("(x")
+        counts += [int(count)] * (int(repeat.rstrip(")")) if repeat else 1)
+    return counts
+
+
+def slurm_local_device_ids(env: dict | None = None) -> list[int] | None:
+    """The local accelerator ids this SLURM task should drive, or None (not SLURM, no GPUs
+    known, or a layout this cannot read: JAX's own choice then).
+
+    The GPUs a task sees are CUDA_VISIBLE_DEVICES (ROCR_/HIP_ on AMD), numbered 0.. in that
+    order, else SLURM_GPUS_ON_NODE of them. One task on its node, or a task bound to its own
+    GPUs (--gpus-per-task, --gpu-bind: it sees fewer than the node's SLURM_GPUS_ON_NODE, or
+    SLURM_GPUS_PER_TASK of them): all it sees. Tasks sharing the node's GPUs (one task per GPU
+    without binding): an equal share, the SLURM_LOCALID-th."""
+    env = os.environ if env is None else env
+    if not all(k in env for k in SLURM_ENV):
+        return None
+    visible = next((env[k] for k in VISIBLE_DEVICES if env.get(k)), None)
+    if visible is not None and visible.strip().lower() not in ("", "nodevfiles"):
+        n = len([d for d in visible.split(",") if d.strip()])
+    elif env.get("SLURM_GPUS_ON_NODE", "").isdigit():
+        n = int(env["SLURM_GPUS_ON_NODE"])
+    else:
+        return None
+    if n == 0:
+        return None
+    try:
+        per_node = _tasks_per_node(env.get("SLURM_STEP_TASKS_PER_NODE")
+                                   or env.get("SLURM_TASKS_PER_NODE") or "")
+        node = int(env.get("SLURM_NODEID", 0))
+        tasks_here = per_node[node] if node < len(per_node) else int(
+            env.get("SLURM_NTASKS_PER_NODE", "1"))
+        local = int(env["SLURM_LOCALID"])
+    except ValueError:
+        return None
+    on_node = int(env["SLURM_GPUS_ON_NODE"]) if env.get("SLURM_GPUS_ON_NODE", "").isdigit() \
+        else None
+    per_task = env.get("SLURM_GPUS_PER_TASK", "")
+    bound = (per_task.isdigit() and int(per_task) == n) or (on_node is not None and n < on_node)
+    if tasks_here <= 1 or bound:
+        return list(range(n))
+    if n % tasks_here or not 0 <= local < tasks_here:
+        return None
+    share = n // tasks_here
+    return list(range(local * share, (local + 1) * share))
 
 
 def requested_by_environment() -> bool:
@@ -53,8 +114,21 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     kwargs = {k: v for k, v in (("coordinator_address", coordinator),
                                 ("num_processes", num_processes), ("process_id", process_id))
               if v is not None}
+    slurm = coordinator is None and all(k in env for k in SLURM_ENV)
+    if slurm and not env.get("JAX_LOCAL_DEVICE_IDS"):
+        ids = slurm_local_device_ids()
+        if ids is not None:
+            kwargs["local_device_ids"] = ids
     jax.distributed.initialize(**kwargs)
+    _state.update(cluster="slurm" if slurm else "explicit" if coordinator else "detected",
+                  local_device_ids=kwargs.get("local_device_ids"))
     initialize._done = True
+
+
+def joined() -> dict:
+    """How this process joined: the cluster ("slurm", "explicit" for a coordinator given,
+    "detected" for JAX's own detection; None: one process) and the local device ids passed."""
+    return dict(_state)
 
 
 def _env_int(name: str, minimum: int) -> int:
