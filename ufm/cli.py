@@ -36,6 +36,7 @@ def _run_command(args) -> str:
     """The command that resumes this run (for the interruption message)."""
     parts = ["ufm", "run"] + ([args.config] if args.config else []) + ["--out", str(args.out)]
     parts += ["--quick"] if args.quick else []
+    parts += ["--shard", args.shard] if args.shard else []
     for item in args.set or []:
         parts += ["--set", item]
     return " ".join(shlex.quote(p) for p in parts)
@@ -69,6 +70,7 @@ def _run_script(args, script: shipped.Shipped) -> int:
     """`ufm run NAME` for a shipped script: `python3 SCRIPT [--quick] --out DIR`, in this
     Python, its output and exit status passed through."""
     refused = [flag for flag, given in (("--set", args.set), ("--host-devices", args.host_devices),
+                                        ("--shard", args.shard),
                                         ("--distributed", args.distributed),
                                         ("--coordinator", args.coordinator)) if given]
     if refused:
@@ -83,6 +85,20 @@ def _run_script(args, script: shipped.Shipped) -> int:
 
 
 def _cmd_run(args) -> int:
+    shard = None
+    if args.shard is not None:
+        try:
+            shard = results.parse_shard(args.shard)
+        except InputError as err:
+            print(f"ufm run: {err}", file=sys.stderr)
+            return 2
+        if args.distributed or args.coordinator or multihost.requested_by_environment():
+            print("ufm run: --shard is for independent processes (a job array); not with "
+                  "--distributed, --coordinator or JAX_COORDINATOR_ADDRESS", file=sys.stderr)
+            return 2
+        if not args.out:
+            print("ufm run: --shard needs --out: the folder every shard shares", file=sys.stderr)
+            return 2
     if args.config and not Path(args.config).exists() and shipped.looks_like_name(args.config):
         try:
             found = shipped.find(args.config)
@@ -131,7 +147,8 @@ def _cmd_run(args) -> int:
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        result = experiment.run(chosen, out=args.out, progress=not args.no_progress)
+        result = experiment.run(chosen, out=args.out, progress=not args.no_progress,
+                                shard=shard)
     except KeyboardInterrupt as err:
         why = "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted"
         print(f"\nufm run: {why}; finished units are saved in {args.out}/. Resume with:\n"
@@ -148,12 +165,24 @@ def _cmd_run(args) -> int:
             signal.signal(signal.SIGTERM, previous)
     if not main:
         return 0  # process 0 writes the folder, the figures and the summary
+    if shard is not None and result.out is None:
+        done = result.units - result.pending
+        units = f"{result.mine} unit" + ("" if result.mine == 1 else "s")
+        print(f"ufm run: shard {shard[0]}/{shard[1]}: its {units} finished"
+              f" ({result.resumed} from checkpoints) in {result.seconds:.1f} s; {done} of "
+              f"{result.units} units of the experiment are finished. The table is assembled "
+              f"in {args.out}/ when the last shard finishes, or by running this command again "
+              "once they all have.", file=sys.stderr)
+        return 0
     if not args.no_plots:
         try:
             experiment.figures(args.out)
         except OSError as err:  # the results are whole; only a figure could not be written
             print(_disk_error(err, args), file=sys.stderr)
             return 1
+    if shard is not None:
+        print(f"ufm run: shard {shard[0]}/{shard[1]}: every unit is finished; this shard "
+              f"assembled the table in {args.out}/", file=sys.stderr)
     print(experiment.summary(args.out))
     resumed = (f"; resumed {result.resumed} of {result.units} units from checkpoints"
                if result.resumed else "")
@@ -251,6 +280,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quick", action="store_true",
                      help="a smoke run: the kind's quick settings (few steps, one seed, ...)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--shard", metavar="I/N",
+                     help="a job array's task I of N (independent processes, no coordinator): "
+                     "run shard I of the units into --out, shared by the shards; the last one "
+                     "to finish assembles the table (e.g. --shard "
+                     "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT)")
     run.add_argument("--host-devices", type=int, metavar="N",
                      help="on a CPU, split it into N JAX devices and shard each batch over "
                      "them (default: the usable cores, at most "

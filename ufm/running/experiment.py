@@ -37,7 +37,9 @@ DEFAULT_PATH = Path(__file__).with_name("default.toml")
 class RunResult:
     """What a run produced: the experiment, the table's rows and the matching histories (dicts
     of 1-D arrays; empty for kinds without trajectories), wall seconds, the folder, and how many
-    units were read back from checkpoints instead of run."""
+    units were read back from checkpoints instead of run. A shard of a job array (`shard`:
+    (I, N)) that did not assemble the table has `out` None, its own units' count in `mine` and
+    the experiment's units not finished anywhere yet in `pending`."""
 
     experiment: Experiment
     rows: list
@@ -46,6 +48,9 @@ class RunResult:
     out: Path | None = None
     units: int = 0
     resumed: int = 0
+    shard: tuple[int, int] | None = None
+    mine: int = 0
+    pending: int = 0
 
 
 def resolve(raw: dict) -> Experiment:
@@ -133,13 +138,21 @@ def describe(experiment: Experiment) -> str:
 
 
 def run(path_or_experiment: str | Path | Experiment | None = None, out: str | Path | None = None, *,
-        overrides: Sequence[str] = (), progress: bool | None = None) -> RunResult:
+        overrides: Sequence[str] = (), progress: bool | None = None,
+        shard: tuple[int, int] | None = None) -> RunResult:
     """Run an experiment of any kind (a path to a TOML file, an `Experiment`, or None for the
     built-in default) and, with `out`, write its results folder there (see the module
     docstring: checkpoints, resume, refusal of another configuration's folder, several
-    processes). Every configuration is checked before anything compiles."""
+    processes). Every configuration is checked before anything compiles.
+
+    `shard=(I, N)`: only shard I of N of the units (those whose index is I mod N), into
+    `out`'s shard folder (`results.ShardFolder`), for a job array of independent processes
+    sharing `out`; the shard that finds every unit finished assembles the table in `out`, and
+    so does any later run of the experiment into `out` (with or without a shard)."""
     experiment = as_experiment(path_or_experiment, overrides)
     kind = kinds.get(experiment.kind)
+    if shard is not None:
+        return _run_shard(experiment, kind, out, shard, progress)
     main = multihost.is_main()
     folder = None
     config_text = dumps(experiment)
@@ -154,11 +167,68 @@ def run(path_or_experiment: str | Path | Experiment | None = None, out: str | Pa
             except BaseException:
                 folder.close()
                 raise
+        try:
+            folder.import_shards()  # units a job array's shards finished (`_run_shard`)
+        except BaseException:
+            folder.close()
+            raise
     try:
         return _run(experiment, kind, folder, digest, progress)
     finally:
         if folder is not None:
             folder.close()
+
+
+def _run_shard(experiment: Experiment, kind, out, shard: tuple[int, int], progress) -> RunResult:
+    """`run` for shard I of N (see `run`): its own units into its own folder, then the table
+    when every unit of the experiment has finished somewhere."""
+    index, count = shard
+    if out is None:
+        raise ConfigError("a shard needs a results folder shared by the shards (out / --out)")
+    if not (isinstance(index, int) and isinstance(count, int) and 0 <= index < count):
+        raise ConfigError(f"shard={shard!r} is not allowed: (I, N) with integers 0 <= I < N")
+    if multihost.count() > 1:
+        raise ConfigError("a shard is one independent process: not with several processes "
+                          "(--distributed); a job array's tasks each run one shard")
+    config_text = dumps(experiment)
+    digest = results.config_digest(config_text)
+    folder = results.ShardFolder(out, config_text, index, count, _checker(experiment.kind))
+    folder.open()
+    t0 = time.perf_counter()
+    try:
+        work = kind.units(experiment, folder)
+        mine = [k for k in range(len(work)) if k % count == index]
+        bar = batching.progress_bar(progress, sum(work[k].work for k in mine),
+                                    f"{experiment.name}: shard {index}/{count}")
+        resumed = 0
+        for k in mine:
+            unit = work[k]
+            if folder.load_unit(unit.tag, unit.rows or None) is not None:
+                resumed += 1
+            else:
+                before = bar.n if bar is not None else 0
+                result = kind.run_unit(experiment, unit, bar, folder.scratch(unit.tag))
+                folder.save_unit(unit.tag, results.pack_unit(unit.tag, result, digest))
+                if bar is not None:
+                    bar.update(before + unit.work - bar.n)
+                continue
+            if bar is not None:
+                bar.update(unit.work)
+        if bar is not None:
+            bar.close()
+    finally:
+        folder.close()
+    pending = sum(not folder.landed(unit.tag) for unit in work)
+    seconds = time.perf_counter() - t0
+    if pending == 0:
+        try:  # the last shard in: the table, as any later run into `out` would make it
+            assembled = run(experiment, out, progress=False)
+            return dataclasses.replace(assembled, shard=shard, mine=len(mine),
+                                       seconds=seconds + assembled.seconds)
+        except results.FolderBusy:  # another shard is assembling it
+            pass
+    return RunResult(experiment, [], [], seconds, None, len(work), resumed, shard, len(mine),
+                     pending)
 
 
 def _checker(kind_name: str):

@@ -13,6 +13,9 @@
                             a second copy of the claimed configuration
     DIR/.lock               held (an OS file lock, and the holder's host, pid and heartbeat)
                             by the one process writing the folder
+    DIR/shards/ID/I-of-N/   the folder of shard I of N of a job array (`ShardFolder`: its own
+                            lock, config.toml and checkpoints), ID the configuration's id;
+                            DIR/shards/ID/*.json the plan the shards share
 
 `ResultsFolder` locks a folder (one writer at a time), claims it (refusing another
 configuration's), checkpoints finished units, reads them back on a rerun (a damaged one, or one
@@ -56,7 +59,7 @@ except ImportError:  # pragma: no cover
     fcntl = None
 
 CONFIG, RESULTS, HISTORY, MANIFEST = "config.toml", "results.csv", "history.npz", "manifest.json"
-CHECKPOINTS, LOCK = "checkpoints", ".lock"
+CHECKPOINTS, LOCK, SHARDS = "checkpoints", ".lock", "shards"
 # The lock's holder rewrites its heartbeat this often; a holder on another host silent for
 # STALE_SECONDS is taken to be dead (a shared filesystem that does not pass OS locks between
 # hosts). On one host the OS lock alone decides: it ends with its process.
@@ -506,6 +509,33 @@ class FolderLock:
             self._fd = None
 
 
+def _valid_unit(path: Path, digest: str) -> bool:
+    """Whether `path` holds a whole finished unit of the configuration with `digest`, under its
+    own tag."""
+    if not path.is_file():
+        return False
+    try:
+        tag, _ = unpack_unit(path.read_bytes(), digest)
+    except Exception:  # noqa: BLE001
+        return False
+    return tag == path.stem
+
+
+def _read_json(path: Path, shape=None) -> Any:
+    """A small JSON file, or None when missing or damaged (with a warning)."""
+    if not path.is_file():
+        return None
+    try:
+        value = json.loads(path.read_text())
+        wrong = shape(value) if shape is not None else None
+        if wrong:
+            raise ValueError(wrong)
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:
+        warnings.warn(f"{path}: damaged ({err}); made again", stacklevel=3)
+        return None
+    return value
+
+
 class ResultsFolder:
     """A results folder being written by a run (see the module docstring). Only the writing
     process (process 0 of a multi-process run) makes one.
@@ -553,8 +583,9 @@ class ResultsFolder:
         return None
 
     def _holds_files(self) -> bool:
-        """Whether the folder holds anything besides its lock."""
-        return self.path.is_dir() and any(p.name != LOCK for p in self.path.iterdir())
+        """Whether the folder holds anything besides its lock and its shards' folders."""
+        return self.path.is_dir() and any(p.name not in (LOCK, SHARDS)
+                                          for p in self.path.iterdir())
 
     def open(self) -> None:
         """Lock the folder (one writer at a time: `FolderLock`), then claim it."""
@@ -677,24 +708,126 @@ class ResultsFolder:
         """A small JSON file of the run (e.g. a grid's plan) from checkpoints/, or None when
         missing or damaged (with a warning); `shape(value)` returns what is wrong with a parsed
         value of the wrong shape (or None when it is right)."""
-        path = self.checkpoints / name
-        if not path.is_file():
-            return None
-        try:
-            value = json.loads(path.read_text())
-            wrong = shape(value) if shape is not None else None
-            if wrong:
-                raise ValueError(wrong)
-        except (ValueError, UnicodeDecodeError, RecursionError) as err:
-            warnings.warn(f"{path}: damaged ({err}); made again", stacklevel=2)
-            return None
-        return value
+        return _read_json(self.checkpoints / name, shape)
 
-    def write_json(self, name: str, value: Any) -> None:
+    def write_json(self, name: str, value: Any) -> Any:
+        """Keep `value` as checkpoints/NAME; returns the value kept (a shard's folder may keep
+        another shard's: `ShardFolder.write_json`)."""
         self.checkpoints.mkdir(parents=True, exist_ok=True)
         write_text(self.checkpoints / name, json.dumps(value))
+        return value
+
+    def import_shards(self) -> int:
+        """Take in what the shards of a job array left for this configuration
+        (DIR/shards/ID/): their shared plan where the folder has none, and every finished
+        unit the folder lacks (each checked against this configuration's digest). Returns how
+        many units came in; the shards' files stay where they are."""
+        area = self.path / SHARDS / self.config_id
+        if not area.is_dir():
+            return 0
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        for shared in sorted(area.glob("*.json")):
+            if not (self.checkpoints / shared.name).is_file():
+                write_text(self.checkpoints / shared.name, shared.read_text())
+        taken = 0
+        for path in sorted(area.glob(f"*/{CHECKPOINTS}/*.npz")):
+            if _valid_unit(self.unit_path(path.stem), self.digest):
+                continue
+            blob = path.read_bytes()
+            try:
+                tag, _ = unpack_unit(blob, self.digest)
+            except Exception:  # noqa: BLE001 (damaged or another configuration's: not taken)
+                continue
+            if tag == path.stem:
+                replace_atomically(self.unit_path(tag), lambda tmp, b=blob: tmp.write_bytes(b))
+                taken += 1
+        return taken
+
 
     def write_rows(self, rows: list[dict]) -> None:
         """results.csv with the rows finished so far (replaced whole, atomically)."""
         if rows:
             write_table(self.path / RESULTS, rows)
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """"I/N" (shard I of N, 0 <= I < N) as (I, N); InputError naming what is allowed."""
+    index, slash, count = str(text).partition("/")
+    if slash and index.strip().isdigit() and count.strip().isdigit():
+        i, n = int(index), int(count)
+        if 0 <= i < n:
+            return i, n
+    raise InputError(f"--shard {text!r} is not allowed: I/N with integers 0 <= I < N (shard I "
+                     "of N, e.g. --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT)")
+
+
+class ShardFolder(ResultsFolder):
+    """Shard I of N of a job array writing into the shared results folder OUT: independent
+    processes, no coordinator. Its own folder OUT/shards/ID/I-of-N/ (its own lock, config.toml
+    and checkpoints, so shards never write the same file and two copies of one shard refuse
+    each other); the plan every shard must cut the work by is shared as OUT/shards/ID/NAME,
+    created once (the first shard's; the others read it); a unit already finished in OUT itself
+    counts as done. OUT's own files are written by whoever assembles the table
+    (`ResultsFolder.import_shards`, under OUT's lock)."""
+
+    def __init__(self, out, config_text: str, index: int, count: int, check=None):
+        self.main = ResultsFolder(out, config_text, check)
+        self.area = Path(out) / SHARDS / self.main.config_id
+        super().__init__(self.area / f"{index}-of-{count}", config_text, check)
+        self.index, self.count = index, count
+
+    def open(self) -> None:
+        main = self.main.path
+        if main.exists() and not main.is_dir():
+            raise ResultsFolderError(f"{main} is a file, not a folder; choose another --out")
+        if main.is_dir() and not (main / CONFIG).exists() and not self.main.checkpoints.is_dir() \
+                and self.main._holds_files():
+            raise ResultsFolderError(f"{main} is not empty and is not a ufm results folder "
+                                     f"({CONFIG} is missing); choose another --out")
+        text, _ = self.main._whole(main / CONFIG)
+        if text is not None and text != self.config_text:
+            self.main._different(text, "")
+        super().open()
+
+    def _main_holds_this(self) -> bool:
+        return self.main._whole(self.main.path / CONFIG)[0] == self.config_text
+
+    def read_json(self, name: str, shape: type | None = None) -> Any:
+        """OUT's own file where OUT holds this configuration (a plan made before the shards
+        came), else the shards' shared one."""
+        if self._main_holds_this():
+            value = self.main.read_json(name, shape)
+            if value is not None:
+                return value
+        return _read_json(self.area / name, shape)
+
+    def write_json(self, name: str, value: Any) -> Any:
+        """Share `value` as OUT/shards/ID/NAME unless a shard did first; returns the value the
+        shards share (the first one's: every shard must cut the work the same way)."""
+        self.area.mkdir(parents=True, exist_ok=True)
+        target = self.area / name
+        tmp = self.area / f".{name}.{os.getpid()}.{socket.gethostname()}.tmp"
+        tmp.write_text(json.dumps(value))
+        try:
+            os.link(tmp, target)  # atomic and exclusive: the first shard's file stays
+        except FileExistsError:
+            pass
+        except OSError:  # a filesystem without hard links: the last writer's (same plan)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        kept = _read_json(target)
+        return value if kept is None else kept
+
+    def load_unit(self, tag: str, expected_rows=None) -> UnitResult | None:
+        """This shard's checkpoint of the unit, else OUT's (a unit finished before sharding)."""
+        found = super().load_unit(tag, expected_rows)
+        if found is None and self._main_holds_this() and self.main.unit_path(tag).is_file():
+            found = self.main.load_unit(tag, expected_rows)
+        return found
+
+    def landed(self, tag: str) -> bool:
+        """Whether the unit has finished anywhere: OUT or any shard's folder."""
+        candidates = [self.main.unit_path(tag)] + sorted(self.area.glob(f"*/{CHECKPOINTS}/"
+                                                                        f"{tag}.npz"))
+        return any(_valid_unit(path, self.digest) for path in candidates)

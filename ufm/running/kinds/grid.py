@@ -381,8 +381,10 @@ def _plan(experiment, configs, groups, folder) -> list[tuple[int, int]]:
             chunk = batching.chunk_size(problem, len(indices), width)
         plan.append((width, min(chunk, -(-len(indices) // width) * width)))
     _fits(groups, plan)
-    if folder is not None:
-        folder.write_json("plan.json", [list(p) for p in plan])
+    if folder is not None:  # the plan kept: a job array's shards share the first one's
+        kept = folder.write_json("plan.json", [list(p) for p in plan])
+        if _plan_shape(kept) is None and len(kept) == len(groups):
+            plan = _fits(groups, [tuple(p) for p in kept])
     return plan
 
 
