@@ -387,3 +387,36 @@ def test_a_damaged_config_toml_of_another_configuration_says_so(tmp_path):
                              "this configuration"):
         ufm.run(other, out=out, progress=False)
     assert sorted((out / results.CHECKPOINTS).glob("group-*.npz"))  # nothing removed
+
+
+def test_the_manifest_says_what_set_the_numbers(tmp_path, monkeypatch):
+    import subprocess
+
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
+    manifest = results.manifest(1.5, experiment="x")
+    numerics = manifest["numerics"]
+    assert numerics["XLA_FLAGS"] == "--xla_cpu_enable_fast_math=false"
+    assert numerics["environment"]["XLA_FLAGS"] == "--xla_cpu_enable_fast_math=false"
+    assert numerics["jax_config"]["jax_enable_x64"] in (True, False)
+    assert "jax_default_matmul_precision" in numerics["jax_config"]
+    assert numerics["ufm_matmul_precision"] == "highest"
+    installed = manifest["installed"]
+    assert installed["jax"] == manifest["packages"]["jax"] and "numpy" in installed
+    assert len(installed) > 20 and list(installed) == sorted(installed, key=str.lower)
+    # The tree's state: a clean checkout, then one with a tracked file changed.
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = lambda *a: subprocess.run(["git", "-C", str(repo), *a], check=True,
+                                    capture_output=True)
+    git("init", "-q")
+    (repo / "f.py").write_text("x = 1\n")
+    git("add", "f.py")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one")
+    revision, dirty = results.git_state(repo)
+    assert len(revision) == 40 and dirty is False
+    (repo / "new.txt").write_text("untracked does not count\n")
+    assert results.git_state(repo)[1] is False
+    (repo / "f.py").write_text("x = 2\n")
+    assert results.git_state(repo) == (revision, True)
+    assert results.git_state(tmp_path) == (None, None)  # not a checkout
+    assert {"git_revision", "git_dirty", "command", "devices"} <= set(manifest)

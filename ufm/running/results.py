@@ -4,7 +4,9 @@
     DIR/results.csv         one row per (configuration, seed) (or per start, probe, ...)
     DIR/history.npz         per-row trajectories: KEY -> (rows, log points), plus "iteration"
     DIR/*.npz               a kind's other arrays (e.g. spectra.npz)
-    DIR/manifest.json       package versions, devices, wall time, git revision if any
+    DIR/manifest.json       package versions (and every installed one), devices, wall time,
+                            git revision and whether the tree was dirty, the numerics settings
+                            (x64, matmul precision, XLA_FLAGS, JAX_* variables), the command
     DIR/*.png               figures
     DIR/checkpoints/        one file per finished unit of work (a chunk of a grid, a
                             configuration of a landscape or network experiment), each with the
@@ -139,16 +141,67 @@ def _version(package: str) -> str | None:
         return None
 
 
-def git_revision() -> str | None:
+def _git(folder: Path, *args: str) -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=5, cwd=Path(__file__).parent)
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10,
+                             cwd=folder)
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    return out.stdout if out.returncode == 0 else None
+
+
+def git_state(folder: str | Path | None = None) -> tuple[str | None, bool | None]:
+    """(revision, dirty) of the git checkout holding `folder` (default: this package's):
+    dirty when a tracked file differs from the revision (untracked files do not count); (None,
+    None) outside a checkout (an installed wheel) or without git."""
+    folder = Path(__file__).parent if folder is None else Path(folder)
+    revision = _git(folder, "rev-parse", "HEAD")
+    if not revision:
+        return None, None
+    status = _git(folder, "status", "--porcelain", "--untracked-files=no")
+    return revision.strip(), None if status is None else bool(status.strip())
+
+
+def git_revision() -> str | None:
+    return git_state()[0]
+
+
+# Settings that change the numbers a run computes, recorded in every manifest.
+NUMERICS_CONFIG = ("jax_enable_x64", "jax_default_matmul_precision", "jax_numpy_rank_promotion",
+                   "jax_default_prng_impl", "jax_threefry_partitionable", "jax_platforms")
+
+
+def numerics() -> dict:
+    """What besides the configuration sets a run's numbers: JAX's numerics settings, XLA_FLAGS
+    and every JAX_* / XLA_* environment variable."""
+    settings = {}
+    for name in NUMERICS_CONFIG:
+        try:
+            value = getattr(jax.config, name)
+        except AttributeError:  # a setting this JAX does not have
+            continue
+        settings[name] = value if isinstance(value, (bool, int, float, str, type(None))) \
+            else str(value)
+    environment = {k: v for k, v in sorted(os.environ.items())
+                   if k.startswith(("JAX_", "XLA_", "TF_CPP_")) or k == "XLA_FLAGS"}
+    # ufm's own solves run inside `Problem.x64_scope`: float64 where the problem asks for it and
+    # matmuls at "highest" precision whatever the global setting (never TF32).
+    return {"jax_config": settings, "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
+            "environment": environment, "ufm_matmul_precision": "highest"}
+
+
+def installed_packages() -> dict[str, str]:
+    """Every installed distribution and its version (what `pip freeze` would list)."""
+    found = {}
+    for dist in importlib.metadata.distributions():
+        name = dist.metadata.get("Name")
+        if name:
+            found.setdefault(name, dist.version)
+    return dict(sorted(found.items(), key=lambda item: item[0].lower()))
 
 
 def manifest(wall_seconds: float, **extra) -> dict:
+    revision, dirty = git_state()
     return {
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "python": platform.python_version(),
@@ -158,8 +211,11 @@ def manifest(wall_seconds: float, **extra) -> dict:
         "devices": [str(d) for d in jax.devices()],
         "backend": jax.default_backend(),
         "wall_seconds": wall_seconds,
-        "git_revision": git_revision(),
+        "git_revision": revision,
+        "git_dirty": dirty,
+        "numerics": numerics(),
         "command": sys.argv,
+        "installed": installed_packages(),
         **extra,
     }
 
