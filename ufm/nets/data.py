@@ -8,6 +8,11 @@
               cifar-10-batches-py).
   "gaussian"  a synthetic Gaussian mixture: K class means on a sphere of radius `separation`,
               unit-variance noise, inputs of any `shape` (e.g. (32, 32, 3) for the ResNet).
+  "arrays"    the user's own data: one .npz file at `path` holding x_train, y_train, x_test,
+              y_test (inputs of any shape, integer labels 0..K-1) and optionally x_ood, y_ood;
+              read without pickle. Standardized by default (`arrays(standardize=True)`: each
+              input feature by the training split's mean and standard deviation, every split
+              alike): raw inputs of a few units' scale make the default learning rate diverge.
 
 Variants (the seed's random-label experiments, Zhang et al. 2017): "random_labels" replaces
 the training labels by uniformly random ones (fixed by the seed); "random_inputs" replaces the
@@ -39,7 +44,8 @@ import numpy as np
 
 from ufm.errors import InputError
 
-DATASETS = ("digits", "mnist", "cifar10", "gaussian")
+DATASETS = ("digits", "mnist", "cifar10", "gaussian", "arrays")
+ARRAY_KEYS = ("x_train", "y_train", "x_test", "y_test")
 SHIFTS = ("none", "rotation", "noise", "contrast", "cifar10.1", "cifar10.2")
 SHIFT_STRENGTHS = {"rotation": 30.0, "noise": 1.0, "contrast": 0.5}
 CIFAR_SHIFT_FILES = {"cifar10.1": ("cifar10.1_v6_data.npy", "cifar10.1_v6_labels.npy"),
@@ -130,6 +136,58 @@ def _standardize(x_train, x_test):
     mean, std = x_train.mean(0), x_train.std(0)
     std = np.where(std > 0, std, 1.0)
     return ((x_train - mean) / std).astype(np.float32), ((x_test - mean) / std).astype(np.float32)
+
+
+def arrays(path: str | Path, standardize: bool = True) -> Dataset:
+    """The user's data from one .npz file (see the module docstring): x_train, y_train, x_test,
+    y_test and optionally x_ood, y_ood; K is the largest label + 1. `standardize`: each input
+    feature shifted and scaled by the training split's mean and standard deviation (features
+    constant on the training split are only shifted), the same map on every split."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"data.path={str(path)!r} is not allowed: an .npz file with "
+                         f"{', '.join(ARRAY_KEYS)} (and optionally x_ood, y_ood); it does not "
+                         "exist")
+    try:
+        with np.load(path, allow_pickle=False) as archive:  # data files never execute code
+            found = {k: archive[k] for k in archive.files}
+    except Exception as err:  # noqa: BLE001 (not an archive, damaged, object arrays)
+        raise InputError(f"{path}: not a readable .npz of numeric arrays "
+                         f"({type(err).__name__}: {err})") from None
+    missing = [k for k in ARRAY_KEYS if k not in found]
+    if missing or ("x_ood" in found) != ("y_ood" in found):
+        raise InputError(f"{path}: holds {sorted(found)}; an arrays dataset needs "
+                         f"{', '.join(ARRAY_KEYS)} (and x_ood with y_ood, or neither)")
+    splits = [("train", "x_train", "y_train"), ("test", "x_test", "y_test")]
+    if "x_ood" in found:
+        splits.append(("ood", "x_ood", "y_ood"))
+    inputs = {}
+    for split, xk, yk in splits:
+        x, y = found[xk], found[yk]
+        if x.dtype.kind not in "biuf" or x.ndim < 2:
+            raise InputError(f"{path}: {xk} is {x.dtype} of shape {x.shape}; inputs are numbers, "
+                             "one sample per row (N, ...)")
+        if y.ndim != 1 or y.dtype.kind not in "iu":
+            raise InputError(f"{path}: {yk} is {y.dtype} of shape {y.shape}; labels are "
+                             "integers, one per sample (N,)")
+        if x.shape[1:] != found["x_train"].shape[1:]:
+            raise InputError(f"{path}: {xk} has samples of shape {x.shape[1:]}, x_train "
+                             f"{found['x_train'].shape[1:]}; every split alike")
+        x = x.astype(np.float32)
+        if not np.isfinite(x).all():
+            raise InputError(f"{path}: {xk} holds non-finite values (NaN or inf)")
+        inputs[split] = x
+    if standardize:
+        mean = inputs["train"].mean(0)
+        std = inputs["train"].std(0)
+        std = np.where(std > 0, std, 1.0)
+        inputs = {s: ((x - mean) / std).astype(np.float32) for s, x in inputs.items()}
+    labels = {s: found[yk].astype(np.int32) for s, _, yk in splits}
+    K = int(max(int(y.max(initial=-1)) for y in labels.values())) + 1
+    if K < 2:
+        raise InputError(f"{path}: the labels name {K} class; at least 2 are needed")
+    return Dataset("arrays", inputs["train"], labels["train"], inputs["test"], labels["test"],
+                   K, inputs.get("ood"), labels.get("ood"), "file" if "ood" in inputs else "")
 
 
 def digits(seed: int = 0, image: bool = False) -> Dataset:
@@ -487,11 +545,13 @@ def apply_variant(data: Dataset, variant: str, seed: int = 0) -> Dataset:
 
 def load(name: str = "digits", *, path: str | Path | None = None, variant: str = "none",
          seed: int = 0, image: bool = False, n_train: int | None = None, ood: str = "none",
-         ood_strength: float | None = None, **gaussian_options) -> Dataset:
+         ood_strength: float | None = None, standardize: bool = True,
+         **gaussian_options) -> Dataset:
     """A dataset by name (see the module docstring), with its variant applied. `image` gives
     image-shaped inputs for digits/MNIST; `n_train` keeps the first n_train training samples
     per class (a balanced subset); `ood` adds an out-of-distribution split (`SHIFTS`) of
-    `ood_strength` (None: the shift's default)."""
+    `ood_strength` (None: the shift's default); `standardize`: the user's arrays standardized
+    (`arrays`; the bundled and generated data are as documented above)."""
     if name not in DATASETS:
         raise ValueError(f"data.name={name!r} is not allowed: one of {list(DATASETS)}")
     if ood not in SHIFTS:
@@ -499,7 +559,7 @@ def load(name: str = "digits", *, path: str | Path | None = None, variant: str =
     if ood in CIFAR_SHIFT_FILES and name != "cifar10":
         raise ValueError(f"data.ood={ood!r} is not allowed with data.name={name!r}: it is a "
                          "CIFAR-10 test set (data.name = 'cifar10')")
-    if name in ("mnist", "cifar10") and path is None:
+    if name in ("mnist", "cifar10", "arrays") and path is None:
         raise ValueError(f"data.name={name!r} needs data.path: the folder holding its files "
                          "(nothing is downloaded)")
     if name == "digits":
@@ -508,6 +568,11 @@ def load(name: str = "digits", *, path: str | Path | None = None, variant: str =
         data = mnist(path, image)
     elif name == "cifar10":
         data = cifar10(path, ood)
+    elif name == "arrays":
+        data = arrays(path, standardize)
+        if ood in SHIFT_STRENGTHS and data.x_ood is not None:
+            raise ValueError(f"data.ood={ood!r} is not allowed with {path}'s own x_ood: one "
+                             "out-of-distribution split ('none' keeps the file's)")
     else:
         data = gaussian(seed=seed, **gaussian_options)
     if n_train is not None:

@@ -233,7 +233,27 @@ class ResNet(nnx.Module):
 
 def build(name: str, *, input_shape: tuple, num_classes: int, seed: int = 0,
           **options) -> nnx.Module:
-    """A model by name ("mlp" | "resnet") for inputs of `input_shape` (one sample's shape)."""
+    """A model by name ("mlp" | "resnet") for inputs of `input_shape` (one sample's shape), its
+    parameters drawn from `seed`. The options (the net kind's [model] keys):
+
+      width        MLP: the hidden width (default 256); ResNet: the first stage's channels
+                   (default 16; the stages have width, 2 width, 4 width)
+      depth        MLP only: hidden Linear+ReLU layers (default 3)
+      blocks       ResNet only: basic blocks per stage (default 2)
+      batchnorm    MLP only: BatchNorm after each hidden Linear (default False; the ResNet
+                   always has it)
+      feature_dim  d: a Linear projection of the body's output to d features, no activation
+                   (default None: the body's width)
+      head         the classifier, one of `HEADS` (default "learned"; "etf" needs d >= K - 1)
+      bias         the head's bias b (default True)
+      normalize    features and a learned head's rows on the unit sphere (default False)
+
+    An option the model does not take is a TypeError naming it.
+
+    Example:
+      >>> model = build("mlp", input_shape=(64,), num_classes=10, width=128, depth=2,
+      ...               feature_dim=10, head="etf")
+    """
     rngs = nnx.Rngs(seed)
     if name == "mlp":
         return MLP(int(np.prod(input_shape)), num_classes, rngs=rngs, **options)

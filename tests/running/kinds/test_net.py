@@ -77,3 +77,25 @@ def test_cross_loss_spread_is_the_variance_across_losses():
     # seeds pooled by their mean; a diverged (empty) run left out of its loss's mean
     assert spread["width=256"]["test_acc_var"] == pytest.approx(np.var([0.96, 0.93]))
     assert spread["width=256"]["nc1_var"] == pytest.approx(np.var([2e-3, 2e-3]))
+
+
+def test_a_network_on_the_users_arrays_from_a_file(tmp_path, monkeypatch):
+    """data.name = "arrays": the README's recipe, on Gaussian blobs far from standardized, a
+    relative path read from the working folder; the setting is kept in the results."""
+    from tests.nets.test_data import _blobs
+
+    monkeypatch.chdir(tmp_path)
+    _blobs(tmp_path / "blobs.npz", ood=True)
+    (tmp_path / "mine.toml").write_text(
+        'kind = "net"\nname = "mine"\n[data]\nname = "arrays"\npath = "blobs.npz"\n'
+        '[model]\nwidth = 32\ndepth = 2\n[train]\nepochs = 30\neval_every = 10\n'
+        'batch_size = 32\n')
+    result = ufm.run(tmp_path / "mine.toml", out=tmp_path / "out", progress=False)
+    row = result.rows[0]
+    assert row["train_acc"] == 1.0 and row["test_acc"] >= 0.9 and "ood_acc" in row
+    assert row["train_nc1"] < 0.2
+    config = (tmp_path / "out" / "config.toml").read_text()
+    assert 'name = "arrays"' in config and "standardize = true" in config
+    with pytest.raises(ufm.InputError, match="does not exist"):
+        ufm.run(ufm.running.experiment.apply_overrides(
+            result.experiment, ["data.path=nowhere.npz"]), out=tmp_path / "o2", progress=False)

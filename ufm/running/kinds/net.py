@@ -3,7 +3,8 @@ work per configuration, run by `ufm run FILE` into a results folder like every k
 
     kind = "net"
     name = "net_losses"
-    [data]   name ("digits" | "mnist" | "cifar10" | "gaussian"), path, variant ("none" |
+    [data]   name ("digits" | "mnist" | "cifar10" | "gaussian" | "arrays": the user's .npz at
+             path, standardized unless standardize = false), path, variant ("none" |
              "random_labels" | "random_inputs"), n_train (per class; 0 = all), image (bool),
              gaussian_dim, separation, ood (an out-of-distribution split: "none" |
              "rotation" | "noise" | "contrast" | "cifar10.1" | "cifar10.2", `ufm.nets.data`),
@@ -66,7 +67,8 @@ from ufm.running.tables import (
 
 DEFAULTS = {
     "data": {"name": "digits", "path": "", "variant": "none", "n_train": 0, "image": False,
-             "gaussian_dim": 32, "separation": 3.0, "ood": "none", "ood_strength": 0.0},
+             "gaussian_dim": 32, "separation": 3.0, "ood": "none", "ood_strength": 0.0,
+             "standardize": True},
     "model": {"name": "mlp", "width": 128, "depth": 3, "blocks": 2, "feature_dim": 0,
               "head": "learned", "bias": True, "normalize": False, "batchnorm": False},
     "train": {"loss": "ce", "optimizer": "momentum", "lr": 0.1, "momentum": 0.9,
@@ -76,7 +78,7 @@ DEFAULTS = {
               "layer_samples": 1000, "checkpoint_every": 25},
 }
 HYPER_KEYS = ("lam_W", "lam_H", "lam_b", "tau", "alpha", "gamma", "kappa", "M")
-CHOICES = {("data", "name"): ("digits", "mnist", "cifar10", "gaussian"),
+CHOICES = {("data", "name"): _data.DATASETS,
            ("data", "variant"): ("none", "random_labels", "random_inputs"),
            ("data", "ood"): _data.SHIFTS,
            ("model", "name"): ("mlp", "resnet"), ("model", "head"): ("learned", "etf", "cmf")}
@@ -88,8 +90,9 @@ NON_NEGATIVE = (lambda v: v >= 0, "an integer >= 0")
 MEANINGS = {
     "data": {
         "name": "the dataset: scikit-learn's bundled digits, MNIST or CIFAR-10 files at path, "
-                "or Gaussian blobs",
-        "path": ("the folder of the MNIST or CIFAR-10 files (nothing is downloaded)",
+                "Gaussian blobs, or your own arrays (an .npz file at path)",
+        "path": ("the folder of the MNIST or CIFAR-10 files, or the arrays' .npz file (x_train, "
+                 "y_train, x_test, y_test, optionally x_ood, y_ood; nothing is downloaded)",
                  "a path, or '' for the bundled and generated data"),
         "variant": "random_labels: uniformly random training labels; random_inputs: training "
                    "inputs replaced by Gaussian noise (Zhang et al. 2017)",
@@ -100,6 +103,8 @@ MEANINGS = {
                        "a number > 0"),
         "ood": "an out-of-distribution split to measure as well ('none': no such split)",
         "ood_strength": ("the shift's strength (0: its default)", "a number >= 0"),
+        "standardize": "name = 'arrays': standardize every input feature by the training "
+                       "split's mean and deviation (the bundled data are standardized anyway)",
     },
     "model": {
         "name": "the network: an MLP or a ResNet (image inputs)",
@@ -204,7 +209,8 @@ def _dataset(cfg):
         shape = (32, 32, 3) if cfg["model.name"] == "resnet" else (cfg["data.gaussian_dim"],)
         return _data.load(name, shape=shape, separation=cfg["data.separation"], **kwargs)
     image = cfg["data.image"] or cfg["model.name"] == "resnet"
-    return _data.load(name, path=cfg["data.path"] or None, image=image, **kwargs)
+    return _data.load(name, path=cfg["data.path"] or None, image=image,
+                      standardize=cfg["data.standardize"], **kwargs)
 
 
 def _model(cfg, data):
