@@ -3,8 +3,8 @@ frozen layers on the target classes, fine-tune it three ways (`ufm.nets.transfer
 
     kind = "transfer"
     [data]      name, path, image, gaussian_dim, separation, n_train, ood, ood_strength,
-                standardize (as in
-                the net kind), source, target (lists of class indices: the split)
+                standardize (as in the net kind), source, target (lists of class indices: the
+                split)
     [model]     name, width, depth, blocks, feature_dim, bias, normalize, batchnorm
     [pretrain]  the net kind's [train] keys: how the source network is trained
     [finetune]  epochs, lr, optimizer, momentum, schedule, batch_size, eval_every,
