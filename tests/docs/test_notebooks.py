@@ -47,3 +47,21 @@ def test_figure_script_writes_every_figure(default_run, tmp_path, monkeypatch):
     for name in written:  # the committed gallery has the same figures
         assert (ROOT / "docs" / name).is_file(), name
         assert (tmp_path / name).stat().st_size > 5000
+
+
+def test_the_readmes_headless_command_runs_a_notebook(tmp_path):
+    """`python3 -m jupyter nbconvert --execute` (the README's command, the dev extra's
+    nbconvert) executes a notebook and keeps its outputs."""
+    import subprocess
+    import sys
+
+    readme = (ROOT / "README.md").read_text()
+    assert "python3 -m jupyter nbconvert --to notebook --execute --inplace" in readme
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        "import ufm\nprint(ufm.Problem(num_classes=3, feature_dim=2, n_per_class=1).num_samples)")])
+    path = tmp_path / "tiny.ipynb"
+    nbformat.write(notebook, path)
+    subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook",
+                    "--execute", "--inplace", str(path)], check=True, capture_output=True)
+    cell = nbformat.read(path, as_version=4).cells[0]
+    assert cell.outputs and cell.outputs[0]["text"].strip() == "3"
