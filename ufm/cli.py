@@ -1,7 +1,7 @@
 """The `ufm` command: `ufm run [CONFIG.toml | NAME] [--out DIR] [--set key=value ...]`,
-`ufm list`, `ufm config [KIND]`, `ufm show DIR`, `ufm plot DIR`. It parses arguments and
-dispatches to `ufm.running.experiment` (every kind alike); NAME is a shipped experiment
-(`ufm.running.shipped`), KIND an experiment kind (`ufm.running.reference`)."""
+`ufm list`, `ufm config [KIND]`, `ufm show DIR`, `ufm plot DIR`, `ufm export DIR`. It parses
+arguments and dispatches to `ufm.running.experiment` (every kind alike); NAME is a shipped
+experiment (`ufm.running.shipped`), KIND an experiment kind (`ufm.running.reference`)."""
 from __future__ import annotations
 
 import argparse
@@ -226,6 +226,23 @@ def _cmd_config(args) -> int:
     return 0
 
 
+def _cmd_export(args) -> int:
+    from ufm.running import export
+
+    if not args.tensorboard:
+        print("ufm export: say what to write: --tensorboard", file=sys.stderr)
+        return 2
+    try:
+        written = export.tensorboard(args.dir, args.out)
+    except (InputError, ResultsFolderError) as err:
+        print(f"ufm export: {err}", file=sys.stderr)
+        return 2
+    where = Path(args.out) if args.out else Path(args.dir) / "tensorboard"
+    print(f"ufm export: {len(written)} TensorBoard runs in {where}/; view them with "
+          f"tensorboard --logdir {where}")
+    return 0
+
+
 def _cmd_show(args) -> int:
     path = Path(args.dir) / results.RESULTS
     if not path.is_file():
@@ -311,6 +328,14 @@ def build_parser() -> argparse.ArgumentParser:
     configs.add_argument("--markdown", action="store_true",
                          help="every kind as Markdown (docs/configuration.md)")
     configs.set_defaults(func=_cmd_config)
+    exports = sub.add_parser("export", help="write a results folder's histories for other "
+                             "tools (TensorBoard)")
+    exports.add_argument("dir")
+    exports.add_argument("--tensorboard", action="store_true",
+                         help="TensorBoard event files, one run per row (view: tensorboard "
+                         "--logdir DIR/tensorboard)")
+    exports.add_argument("--out", help="where to write them (default: DIR/tensorboard)")
+    exports.set_defaults(func=_cmd_export)
     show = sub.add_parser("show", help="print the results table of a results folder")
     show.add_argument("dir")
     show.add_argument("--all", action="store_true", help="every row and column (CSV)")
