@@ -51,3 +51,28 @@ def test_readme_images_and_local_links_exist():
         if "://" in target:
             continue
         assert (ROOT / target).exists(), target
+
+
+def test_the_docs_site_lists_every_module_notebook_and_page():
+    """The API reference has an entry for every public module, the site's nav every notebook
+    and every page it names exists (mkdocs build --strict, CI's .ci/docs, checks the links and
+    references themselves)."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    package = root / "ufm"
+    modules = {".".join(p.relative_to(root).with_suffix("").parts).removesuffix(".__init__")
+               for p in package.rglob("*.py")
+               if not any(part.startswith("_") and part != "__init__.py"
+                          for part in p.relative_to(root).parts)}
+    documented = set(re.findall(r"^::: (\S+)$", "".join(
+        p.read_text() for p in (root / "docs" / "reference").glob("*.md")), re.M))
+    assert modules - documented == set(), "add them to a page of docs/reference/"
+    assert documented - modules == set()
+    nav = (root / "mkdocs.yml").read_text()
+    pages = re.findall(r"^\s+- (?:[^:\n]+: )?(\S+\.(?:md|ipynb))$", nav, re.M)
+    assert pages and all((root / "docs" / page).is_file() for page in pages), pages
+    notebooks = {f"notebooks/{p.name}" for p in (root / "notebooks").glob("*.ipynb")}
+    assert notebooks <= set(pages)
+    assert (root / "docs" / "notebooks").resolve() == (root / "notebooks").resolve()

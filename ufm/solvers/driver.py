@@ -200,7 +200,8 @@ def solve(problem: Problem, hyper: Hyper = Hyper(), settings: SolverSettings | N
     """Minimize the UFM objective of `problem` from a random start.
 
     Args:
-      problem, hyper: the UFM and its hyperparameters (scalars).
+      problem: the UFM (`Problem`).
+      hyper: its hyperparameters (`Hyper`, scalars).
       settings: how to solve (`SolverSettings`: solver name, steps, log_every, tol,
         init_scale, fast, check_every, kernel, anneal_from, anneal_fraction); default the
         defaults. `options`: any of its fields as keywords, replacing the settings' (`solver=`
