@@ -73,10 +73,11 @@ def _cycle(graph):
 
 
 # The rooms, lowest first: a module imports only from its own room or the rooms below it.
-# The leaves (`ufm.errors`, `ufm._atomic`, `ufm._lazy`, `ufm._moved`) import nothing of ufm.
+# The leaves (`ufm.errors`, `ufm._atomic`, `ufm._lazy`, `ufm._moved`, `ufm._cache`) import nothing
+# of ufm.
 ROOMS = ("leaves", "ufm.model", "ufm.analysis", "ufm.solvers", "ufm.nets", "ufm.running",
          "ufm.cli", "ufm")
-LEAVES = ("ufm.errors", "ufm._atomic", "ufm._lazy", "ufm._moved")
+LEAVES = ("ufm.errors", "ufm._atomic", "ufm._lazy", "ufm._moved", "ufm._cache")
 
 
 def room_of(module: str) -> str:
