@@ -46,6 +46,7 @@ import threading
 import time
 import tomllib
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -875,7 +876,8 @@ class ShardFolder(ResultsFolder):
         kept = _read_json(target)
         return value if kept is None else kept
 
-    def load_unit(self, tag: str, expected_rows=None) -> UnitResult | None:
+    def load_unit(self, tag: str, expected_rows: Sequence[int] | None = None
+                  ) -> UnitResult | None:
         """This shard's checkpoint of the unit, else OUT's (a unit finished before sharding)."""
         found = super().load_unit(tag, expected_rows)
         if found is None and self._main_holds_this() and self.main.unit_path(tag).is_file():
