@@ -62,3 +62,19 @@ def test_code_searches_name_a_bad_line_search():
     for search in (codes.softmax_code, codes.tammes_code):
         with pytest.raises(ValueError, match="linesearch='newton' is not allowed: one of"):
             search(5, 3, linesearch="newton")
+
+
+def test_the_margin_is_at_least_half_the_squared_minimum_distance():
+    """dist(w_k, conv{w_j}) >= d_min^2 / 2 for unit vectors (`codes.margin_bound_gap`), on random
+    codes and on optimal ones, where the Tammes optima checked meet it with equality."""
+    rng = np.random.default_rng(0)
+    for K, d in [(5, 3), (12, 3), (20, 3), (9, 4), (30, 5), (7, 2)]:
+        for _ in range(5):
+            assert codes.margin_bound_gap(rng.normal(size=(K, d))) >= -codes.MARGIN_BOUND_SLACK
+    from tests.analysis.test_polish import _icosahedron
+
+    assert codes.margin_bound_gap(_icosahedron()) == pytest.approx(0.0, abs=1e-12)
+    tammes = codes.tammes_code(8, 3, starts=8)
+    assert tammes.margin >= tammes.tammes ** 2 / 2 - codes.MARGIN_BOUND_SLACK
+    softmax = codes.softmax_code(8, 3, starts=8)
+    assert softmax.margin >= softmax.tammes ** 2 / 2 - codes.MARGIN_BOUND_SLACK

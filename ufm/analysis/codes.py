@@ -14,24 +14,45 @@ import numpy as np
 import optax
 from jax.typing import ArrayLike
 
-from ufm.analysis import gnc
+from ufm.analysis import gnc, polish
 from ufm.model.problem import normalize_columns, normalize_rows
 
 
 class Code(NamedTuple):
     """A configuration of K unit vectors in R^d: W (K, d), its minimum one-vs-rest distance
-    (the GNC margin) and its minimum pairwise distance (the Tammes value)."""
+    (the GNC margin) and its minimum pairwise distance (the Tammes value); for a polished
+    Tammes code, the certificate of its KKT point (`ufm.analysis.polish.Certificate`)."""
 
     W: np.ndarray
     margin: float
     tammes: float
+    certificate: polish.Certificate | None = None
+
+
+# How far below d_min^2 / 2 a computed margin may fall (round-off of the per-class QPs).
+MARGIN_BOUND_SLACK = 1e-10
+
+
+def margin_bound_gap(W: ArrayLike) -> float:
+    """min_k margin_k - d_min^2 / 2 for unit rows W: never negative in exact arithmetic. The
+    plane {x : <x, w_k> = max_{j != k} <w_j, w_k>} separates w_k from every other w_j, at
+    distance 1 - max_j <w_j, w_k> >= 1 - max_{i != j} <w_i, w_j> = d_min^2 / 2 from w_k, so
+    dist(w_k, conv{w_j : j != k}) >= d_min^2 / 2 for every k."""
+    W = np.asarray(W, np.float64)
+    W = W / np.linalg.norm(W, axis=1, keepdims=True)
+    return float(np.min(gnc.one_vs_rest_margins(W)) - gnc.min_pairwise_distance(W) ** 2 / 2)
 
 
 def _code(W) -> Code:
+    """The Code of W, its margin checked against the bound margin >= d_min^2 / 2
+    (`margin_bound_gap`): a margin below it is a failed QP, never returned."""
     W = np.asarray(W, np.float64)
     W = W / np.linalg.norm(W, axis=1, keepdims=True)
-    return Code(W, float(np.min(gnc.one_vs_rest_margins(W))),
-                gnc.min_pairwise_distance(W))
+    code = Code(W, float(np.min(gnc.one_vs_rest_margins(W))), gnc.min_pairwise_distance(W))
+    if code.margin < code.tammes ** 2 / 2 - MARGIN_BOUND_SLACK:
+        raise RuntimeError(f"the margin {code.margin!r} of a code of K={len(W)} points is below "
+                           f"d_min^2 / 2 = {code.tammes ** 2 / 2!r}: the one-vs-rest QP failed")
+    return code
 
 
 def _soft_margin(V, tau):
@@ -170,15 +191,24 @@ def softmax_code(K: int, d: int, *, starts: int = 16, seed: int = 0,
 TAMMES_TAUS = (0.05, 0.01, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5)
 
 
+# Tammes starts whose search values are among the best this many are polished to KKT points.
+POLISHED_STARTS = 4
+
+
 def tammes_code(K: int, d: int, *, starts: int = 32, seed: int = 0,
                 temperatures: Sequence[float] = TAMMES_TAUS, steps: int = 1000,
-                starts_from: Sequence[ArrayLike] | None = None, linesearch: str = "zoom") -> Code:
+                starts_from: Sequence[ArrayLike] | None = None, linesearch: str = "zoom",
+                polished: bool = True) -> Code:
     """The Tammes code: K unit vectors in R^d maximizing the minimum pairwise distance.
     Minimizes the smooth maximum t log sum_{j<k} exp(cos(w_j, w_k)/t) over the sphere (the
     pullback through normalization) by L-BFGS from `starts` random starts (vmapped; and from
     `starts_from`, configurations (m, K, d), if given), lowering t to 3e-5 (its gradient is a
-    convex combination of the closest pairs' and stays of order one); the best kept by the
-    exact minimum pairwise distance. `linesearch`: as in `softmax_code`."""
+    convex combination of the closest pairs' and stays of order one). `polished`: the
+    POLISHED_STARTS best end points are polished to KKT points of the max-min problem to
+    round-off (`ufm.analysis.polish.polish_tammes`) and the best certified one is returned
+    with its certificate (the smoothing alone stops about 1e-5 short); the search's best end
+    point when none certifies, or with `polished=False`. `linesearch`: as in
+    `softmax_code`."""
     _check_linesearch(linesearch)
     with jax.enable_x64(True):
         W = _starting_points(K, d, starts, seed, starts_from)
@@ -186,6 +216,20 @@ def tammes_code(K: int, d: int, *, starts: int = 32, seed: int = 0,
             W = _sharpen_tammes_starts(W, jnp.asarray(t, jnp.float64), int(steps),
                                        jnp.asarray(GRAD_TOL), linesearch)
         W = np.asarray(W)
-    distances = [gnc.min_pairwise_distance(w) if np.isfinite(w).all() else -np.inf
-                 for w in W]  # a start whose iterate broke (non-finite) is left out
-    return _code(W[int(np.argmax(np.nan_to_num(distances, nan=-np.inf)))])
+    distances = np.nan_to_num([gnc.min_pairwise_distance(w) if np.isfinite(w).all() else -np.inf
+                               for w in W], nan=-np.inf)  # a broken start is left out
+    best = _code(W[int(np.argmax(distances))])
+    if not polished:
+        return best
+    for s in np.argsort(-distances)[:POLISHED_STARTS]:
+        if not np.isfinite(distances[s]):
+            continue
+        try:
+            cert = polish.polish_tammes(W[s])
+        except ValueError:  # no KKT point near this end point
+            continue
+        if best.certificate is None or cert.distance > best.certificate.distance:
+            candidate = _code(cert.W)._replace(certificate=cert)
+            if best.certificate is None or candidate.tammes > best.tammes - 1e-15:
+                best = candidate
+    return best
