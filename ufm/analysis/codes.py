@@ -216,8 +216,10 @@ def tammes_code(K: int, d: int, *, starts: int = 32, seed: int = 0,
             W = _sharpen_tammes_starts(W, jnp.asarray(t, jnp.float64), int(steps),
                                        jnp.asarray(GRAD_TOL), linesearch)
         W = np.asarray(W)
-    distances = np.nan_to_num([gnc.min_pairwise_distance(w) if np.isfinite(w).all() else -np.inf
-                               for w in W], nan=-np.inf)  # a broken start is left out
+    # A start whose iterate broke (non-finite, or a row shrunk to zero) is left out.
+    whole = [bool(np.isfinite(w).all() and (np.linalg.norm(w, axis=1) > 0).all()) for w in W]
+    distances = np.nan_to_num([gnc.min_pairwise_distance(w) if ok else -np.inf
+                               for w, ok in zip(W, whole)], nan=-np.inf)
     best = _code(W[int(np.argmax(distances))])
     if not polished:
         return best
