@@ -223,15 +223,14 @@ def tammes_code(K: int, d: int, *, starts: int = 32, seed: int = 0,
     best = _code(W[int(np.argmax(distances))])
     if not polished:
         return best
+    certified = []
     for s in np.argsort(-distances)[:POLISHED_STARTS]:
-        if not np.isfinite(distances[s]):
-            continue
-        try:
-            cert = polish.polish_tammes(W[s])
-        except ValueError:  # no KKT point near this end point
-            continue
-        if best.certificate is None or cert.distance > best.certificate.distance:
-            candidate = _code(cert.W)._replace(certificate=cert)
-            if best.certificate is None or candidate.tammes > best.tammes - 1e-15:
-                best = candidate
-    return best
+        if np.isfinite(distances[s]):
+            try:
+                certified.append(polish.polish_tammes(W[s]))
+            except ValueError:  # no KKT point near this end point
+                pass
+    cert = max(certified, key=lambda c: c.distance, default=None)
+    if cert is None or cert.distance < best.tammes - 1e-12:  # polishing must not lose
+        return best
+    return _code(cert.W)._replace(certificate=cert)
