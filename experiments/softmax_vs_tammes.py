@@ -1,105 +1,153 @@
-"""The tutorial's open question: is the softmax code (the GNC geometry: K unit vectors in R^d
-maximizing the minimum one-vs-rest margin min_k dist(w_k, conv{w_j : j != k})) the same
-configuration as the Tammes code (maximizing the minimum pairwise distance)?
+"""The tutorial's open question at 1e-9: is the softmax code (the GNC geometry: K unit vectors in
+R^d maximizing the minimum one-vs-rest margin min_k dist(w_k, conv{w_j : j != k})) the same
+configuration as the Tammes code (maximizing the minimum pairwise distance d_min)?
 
-For each d in --dims and K from d + 2 to --max-K, both codes are searched from --starts random
-starts (`ufm.analysis.codes.softmax_code`, `ufm.analysis.codes.tammes_code`), and each found
-configuration is
-certified by its exact margin (per-class QP, `ufm.analysis.gnc.one_vs_rest_margins`) and
-its
-exact minimum pairwise distance. By definition the softmax code's margin is at least the Tammes
-code's and the Tammes code's pairwise distance at least the softmax code's. The two differ
-"beyond numerical doubt" where the softmax code's exact margin exceeds the Tammes code's by more
-than --tol (the Tammes configuration found is then not a softmax code). A Tammes code with the
-larger margin, or a larger distance at an equal margin, says a search missed or that the softmax
-code is not unique, not that the codes differ (the `note` column says which).
+For each d in --dims and K from d + 2 to --max-K:
+
+1. The Tammes code: `ufm.analysis.codes.best_tammes_code` (64 random starts and the known
+   constructions, backtracking L-BFGS down a temperature schedule, two rounds of restarts from
+   perturbations of the best), polished to a KKT point of the max-min problem to 1e-12
+   (`ufm.analysis.polish.polish_tammes`) and compared with the best-known value where one is
+   sourced (`ufm.analysis.best_known`).
+2. The softmax code: the Tammes code itself polished as a softmax code
+   (`ufm.analysis.polish.polish_softmax`: if it is a KKT point of the margin problem it stays
+   put), and a softmax search from --starts random starts and from the Tammes code
+   (`ufm.analysis.codes.softmax_code`), every end point polished and certified; the best kept.
+3. The verdict. For unit vectors margin >= d_min^2 / 2 (`codes.margin_bound_gap`), so the
+   Tammes code's margin is at least d_T^2 / 2. The codes "differ" where the certified softmax
+   margin exceeds the Tammes code's exact margin by more than --tol (then no Tammes code is a
+   softmax code, if the Tammes search found the optimum); "same" where the margins agree to
+   --tol and the softmax code has the Tammes code's pairwise inner products (the sorted list,
+   invariant under rotations and relabelling) to --tol; "same margin, another configuration"
+   where the margins agree but the softmax code found is another configuration (the softmax
+   optimum is then not unique; the Tammes code is one of them).
 
     python experiments/softmax_vs_tammes.py [--dims 3 4 5] [--max-K 30] [--starts 32]
-                                            [--batches 4] [--steps 1000]
+                                            [--search best|fast] [--tol 1e-9]
                                             [--out runs/softmax_vs_tammes]
 
-Writes codes.csv (one row per (d, K)), codes.md (the table) and codes.png (margin and pairwise
-gaps against K, per d), and prints the (d, K) where the codes differ.
-
-The searches are local (L-BFGS from random starts down a temperature schedule, here with the
-backtracking line search, which finds better codes than the zoom search at larger K: at
-(13, 3) 0.956409 against 0.9514-0.9526). The smallest temperature, 3e-5, limits their precision
-to about 1e-5 (at (11, 3) the distance found is 1.0514458 against the icosahedron's 1.0514622),
-so use --tol 1e-4. A "differ" verdict is evidence only where both searches converged (several
-batches agreeing); docs/softmax_vs_tammes.md holds the table of the shipped run.
+Writes codes.jsonl (one line per (d, K) as it goes, with both configurations; a rerun with the
+same --out skips the rows already there), codes.csv, codes.md (the table) and codes.png (the
+margin gap and the best-known difference against K), and prints the (d, K) where the codes
+differ. The full default run takes about two hours on two cores; --quick is a smoke run.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import time
 from pathlib import Path
 
-from ufm.analysis import codes
+import numpy as np
 
-COLUMNS = ("d", "K", "softmax_margin", "softmax_pairwise", "tammes_margin", "tammes_pairwise",
-           "margin_gap", "pairwise_gap", "differ", "note", "softmax_batches_agreeing", "seconds")
+from ufm.analysis import best_known, codes
 
-
-def _best(search, key, K, d, starts, batches, seed0, starts_from=None, steps=1000,
-          linesearch="backtracking"):
-    """The best of `batches` searches of `starts` starts each (seeds seed0, seed0 + 1, ...),
-    the first also starting from `starts_from`; and how many batches reached it (to 1e-9)."""
-    found = [search(K, d, starts=starts, seed=seed0 + b, steps=steps, linesearch=linesearch,
-                    starts_from=starts_from if b == 0 else None) for b in range(batches)]
-    best = max(found, key=key)
-    return best, sum(key(c) >= key(best) - 1e-9 for c in found)
+COLUMNS = ("d", "K", "tammes_distance", "tammes_kkt_residual", "tammes_active", "best_known",
+           "best_known_source", "best_known_difference", "tammes_margin", "bound",
+           "softmax_margin", "softmax_kkt_residual", "softmax_qp_difference", "softmax_distance",
+           "margin_gap", "inner_product_difference", "tammes_is_softmax_kkt", "verdict",
+           "seconds")
 
 
-def verdict_note(margin_gap: float, pairwise_gap: float, tol: float) -> str:
-    """What the two gaps say. A search that lost to the other on its own objective missed (the
-    other's configuration is a better candidate): no verdict there. Otherwise only a softmax
-    margin above the Tammes code's (both exact) shows that the Tammes code is not a softmax
-    code; equal margins with a larger Tammes distance are two configurations with the same
-    margin (the softmax code need not be unique)."""
+def _inner_products(W) -> np.ndarray:
+    """The sorted pairwise inner products: equal for congruent codes (any rotation, any
+    relabelling)."""
+    W = np.asarray(W, np.float64)
+    return np.sort((W @ W.T)[np.triu_indices(len(W), 1)])
+
+
+def verdict(margin_gap: float, inner_product_difference: float, distance_gap: float,
+            tol: float) -> str:
+    """What the certified values say (module docstring). margin_gap: the softmax code's margin
+    minus the Tammes code's; distance_gap: the Tammes code's d_min minus the softmax code's."""
+    if distance_gap < -tol:
+        return "Tammes search missed (the softmax code has the larger distance)"
     if margin_gap < -tol:
         return "softmax search missed (the Tammes code has the larger margin)"
-    if pairwise_gap < -tol:
-        return "Tammes search missed (the softmax code has the larger distance)"
     if margin_gap > tol:
-        return "differ: the Tammes code's margin is below the softmax code's"
-    if pairwise_gap > tol:
-        return "same margin; the softmax search ended on another configuration"
+        return "differ: the softmax margin exceeds the Tammes code's"
+    if inner_product_difference > tol:
+        return "same margin, another configuration"
     return "same"
 
 
-def compare(K: int, d: int, starts: int, batches: int, tol: float, steps: int = 1000) -> dict:
+SEARCHES = ("best", "fast", "quick")
+
+
+def tammes_search(K: int, d: int, search: str) -> codes.Code:
+    """The Tammes code by `search`: "best" is `codes.best_tammes_code` (backtracking line
+    search); "fast" the same starts, constructions and restarts with the zoom line search
+    (several times faster; enough where the landscape has few basins); "quick" 8 starts."""
+    if search == "best":
+        return codes.best_tammes_code(K, d)
+    if search == "fast":
+        return codes.tammes_code(K, d, starts=64, restarts=2)
+    return codes.tammes_code(K, d, starts=8)
+
+
+def compare(K: int, d: int, starts: int, tol: float, search: str) -> dict:
     t0 = time.perf_counter()
-    # Each search also starts from the other's result, so neither loses to a configuration the
-    # other found (a gap of the wrong sign is then a search that missed, not a difference).
-    margin, pairwise = (lambda c: c.margin), (lambda c: c.tammes)
-    tammes, _ = _best(codes.tammes_code, pairwise, K, d, starts, batches, 0, steps=steps)
-    soft, soft_hits = _best(codes.softmax_code, margin, K, d, starts, batches, 0, tammes.W[None],
-                            steps)
-    again, _ = _best(codes.tammes_code, pairwise, K, d, starts, 1, batches, soft.W[None], steps)
-    tammes = max(tammes, again, key=pairwise)
-    margin_gap = soft.margin - tammes.margin  # >= 0 up to search error
-    pairwise_gap = tammes.tammes - soft.tammes  # >= 0 up to search error
-    return {"d": d, "K": K, "softmax_margin": soft.margin, "softmax_pairwise": soft.tammes,
-            "tammes_margin": tammes.margin, "tammes_pairwise": tammes.tammes,
-            "margin_gap": margin_gap, "pairwise_gap": pairwise_gap,
-            "differ": verdict_note(margin_gap, pairwise_gap, tol).startswith("differ"),
-            "note": verdict_note(margin_gap, pairwise_gap, tol),
-            "softmax_batches_agreeing": soft_hits, "seconds": time.perf_counter() - t0}
+    tammes = tammes_search(K, d, search)
+    candidates = []
+    try:  # the Tammes code itself, polished as a softmax code
+        itself = codes.polished_code(tammes.W, "softmax")
+        candidates.append(itself)
+    except ValueError:
+        itself = None
+    searched = codes.softmax_code(K, d, starts=starts, starts_from=tammes.W[None])
+    candidates.append(searched)
+    certified = [c for c in candidates if c.certificate is not None]
+    soft = max(certified or candidates, key=lambda c: c.margin)
+    known = best_known.TAMMES.get((d, K))
+    tcert, scert = tammes.certificate, soft.certificate
+    margin_gap = soft.margin - tammes.margin
+    difference = float(np.abs(_inner_products(soft.W) - _inner_products(tammes.W)).max())
+    return {
+        "d": d, "K": K, "tammes_distance": tammes.tammes,
+        "tammes_kkt_residual": None if tcert is None else tcert.kkt_residual,
+        "tammes_active": None if tcert is None else len(tcert.active),
+        "best_known": None if known is None else known.distance,
+        "best_known_source": "" if known is None else known.source,
+        "best_known_difference": None if known is None else tammes.tammes - known.distance,
+        "tammes_margin": tammes.margin, "bound": tammes.tammes ** 2 / 2,
+        "softmax_margin": soft.margin,
+        "softmax_kkt_residual": None if scert is None else scert.kkt_residual,
+        "softmax_qp_difference": None if scert is None else scert.qp_margin - scert.margin,
+        "softmax_distance": soft.tammes, "margin_gap": margin_gap,
+        "inner_product_difference": difference,
+        "tammes_is_softmax_kkt": itself is not None and abs(itself.margin - tammes.margin) <= tol,
+        "verdict": verdict(margin_gap, difference, tammes.tammes - soft.tammes, tol),
+        "seconds": time.perf_counter() - t0,
+        "tammes_W": tammes.W.tolist(), "softmax_W": soft.W.tolist(),
+    }
+
+
+def _number(x, digits=12):
+    return "" if x is None else f"{x:.{digits}f}"
+
+
+def _small(x):
+    return "" if x is None else f"{x:+.1e}"
 
 
 def write_table(rows: list[dict], out: Path) -> None:
     with open(out / "codes.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    lines = ["| d | K | softmax margin | its min distance | Tammes margin | its min distance "
-             "| verdict | softmax batches agreeing |", "|---|---|---:|---:|---:|---:|---|---:|"]
+    lines = ["| d | K | Tammes distance | KKT residual | best known | difference | Tammes "
+             "margin - d^2/2 | softmax margin | KKT residual | softmax - Tammes margin | "
+             "inner products differ by | verdict |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
-        lines.append(f"| {r['d']} | {r['K']} | {r['softmax_margin']:.7f} | "
-                     f"{r['softmax_pairwise']:.7f} | {r['tammes_margin']:.7f} | "
-                     f"{r['tammes_pairwise']:.7f} | {r['note']} | "
-                     f"{r['softmax_batches_agreeing']} |")
+        lines.append(
+            f"| {r['d']} | {r['K']} | {_number(r['tammes_distance'])} | "
+            f"{_small(r['tammes_kkt_residual'])} | {_number(r['best_known'])} | "
+            f"{_small(r['best_known_difference'])} | {_small(r['tammes_margin'] - r['bound'])} | "
+            f"{_number(r['softmax_margin'])} | {_small(r['softmax_kkt_residual'])} | "
+            f"{_small(r['margin_gap'])} | {r['inner_product_difference']:.1e} | "
+            f"{r['verdict']} |")
     (out / "codes.md").write_text("\n".join(lines) + "\n")
 
 
@@ -111,11 +159,14 @@ def plot(rows: list[dict], out: Path, tol: float) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
     for d in sorted({r["d"] for r in rows}):
         mine = [r for r in rows if r["d"] == d]
-        K = [r["K"] for r in mine]
-        for ax, key in zip(axes, ("margin_gap", "pairwise_gap")):
-            ax.semilogy(K, [max(r[key], 1e-12) for r in mine], "o-", label=f"d = {d}")
-    axes[0].set_title("softmax code's margin - Tammes code's margin", fontsize=10)
-    axes[1].set_title("Tammes code's min distance - softmax code's", fontsize=10)
+        axes[0].semilogy([r["K"] for r in mine], [max(abs(r["margin_gap"]), 1e-17)
+                                                  for r in mine], "o-", label=f"d = {d}")
+        known = [r for r in mine if r["best_known"] is not None]
+        axes[1].semilogy([r["K"] for r in known],
+                         [max(abs(r["best_known_difference"]), 1e-17) for r in known], "o-",
+                         label=f"d = {d}")
+    axes[0].set_title("|softmax margin - Tammes code's margin| (certified)", fontsize=10)
+    axes[1].set_title("|Tammes distance - best known| (where sourced)", fontsize=10)
     for ax in axes:
         ax.axhline(tol, color="gray", ls="--", lw=0.8)
         ax.set_xlabel("K")
@@ -124,41 +175,67 @@ def plot(rows: list[dict], out: Path, tol: float) -> None:
     plt.close(fig)
 
 
+def _done(out: Path, search: str, starts: int) -> dict:
+    """The rows of an earlier run into the same folder with the same settings, by (d, K)."""
+    path = out / "codes.jsonl"
+    rows = {}
+    if path.exists():
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short by an interruption: redone
+                print(f"{path}:{number}: not a complete row, redone")
+                continue
+            if row.get("search") == search and row.get("starts") == starts:
+                rows[(row["d"], row["K"])] = row
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dims", type=int, nargs="+", default=[3, 4, 5])
     parser.add_argument("--min-K", type=int, default=None, help="default d + 2")
     parser.add_argument("--max-K", type=int, default=30)
-    parser.add_argument("--steps", type=int, default=1000,
-                        help="L-BFGS iterations per temperature (every start runs until all stop)")
-    parser.add_argument("--starts", type=int, default=32, help="random starts per batch")
-    parser.add_argument("--batches", type=int, default=4,
-                        help="independent batches (seeds) per code; the best is kept")
-    parser.add_argument("--tol", type=float, default=1e-6,
-                        help="a gap above this (both values exact) counts as a difference")
+    parser.add_argument("--starts", type=int, default=32, help="random starts of the softmax "
+                        "search (the Tammes search is best_tammes_code's)")
+    parser.add_argument("--search", choices=SEARCHES, default="best",
+                        help="the Tammes search (`tammes_search`)")
+    parser.add_argument("--tol", type=float, default=1e-9,
+                        help="a certified gap above this counts as a difference")
     parser.add_argument("--out", default="runs/softmax_vs_tammes")
     parser.add_argument("--quick", action="store_true",
-                        help="a smoke run: d = 3, K = 5 and 6, 4 starts, 1 batch, 200 steps")
+                        help="a smoke run: d = 3, K = 5 and 6, small searches")
     args = parser.parse_args()
     if args.quick:
-        args.dims, args.max_K, args.starts, args.batches, args.steps = [3], 6, 4, 1, 200
+        args.dims, args.max_K, args.starts, args.search = [3], 6, 4, "quick"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    done = _done(out, args.search, args.starts)
     rows = []
-    for d in args.dims:
-        for K in range(d + 2 if args.min_K is None else max(args.min_K, d + 2), args.max_K + 1):
-            rows.append(compare(K, d, args.starts, args.batches, args.tol, args.steps))
-            r = rows[-1]
-            print(f"d={d} K={K:2d}  margin softmax {r['softmax_margin']:.7f} tammes "
-                  f"{r['tammes_margin']:.7f}  min distance softmax {r['softmax_pairwise']:.7f} "
-                  f"tammes {r['tammes_pairwise']:.7f}  {r['note']}  "
-                  f"({r['seconds']:.1f} s)", flush=True)
-            write_table(rows, out)  # as it goes: an interrupted sweep keeps its rows
+    with open(out / "codes.jsonl", "a") as log:
+        for d in args.dims:
+            low = d + 2 if args.min_K is None else max(args.min_K, d + 2)
+            for K in range(low, args.max_K + 1):
+                if (d, K) in done:
+                    rows.append(done[(d, K)])
+                    continue
+                row = compare(K, d, args.starts, args.tol, args.search)
+                row.update(search=args.search, starts=args.starts)
+                log.write(json.dumps(row) + "\n")
+                log.flush()
+                rows.append(row)
+                print(f"d={d} K={K:2d}  Tammes {row['tammes_distance']:.12f} "
+                      f"(residual {row['tammes_kkt_residual']})  softmax margin "
+                      f"{row['softmax_margin']:.12f} (gap {row['margin_gap']:+.1e})  "
+                      f"{row['verdict']}  ({row['seconds']:.0f} s)", flush=True)
+                write_table(rows, out)  # as it goes: an interrupted sweep keeps its rows
+    write_table(rows, out)
     plot(rows, out, args.tol)
-    differ = [(r["d"], r["K"]) for r in rows if r["differ"]]
+    differ = [(r["d"], r["K"]) for r in rows if r["verdict"].startswith("differ")]
     print(f"codes differ beyond {args.tol:g} at {len(differ)} of {len(rows)} (d, K): {differ}")
-    if any(r["margin_gap"] < -args.tol or r["pairwise_gap"] < -args.tol for r in rows):
-        print("note: a negative gap means a search missed its optimum there (more --starts)")
+    missed = [(r["d"], r["K"]) for r in rows if "missed" in r["verdict"]]
+    if missed:
+        print(f"a search missed its optimum at {missed}: no verdict there")
 
 
 if __name__ == "__main__":

@@ -21,12 +21,13 @@ from ufm.model.problem import normalize_columns, normalize_rows
 class Code(NamedTuple):
     """A configuration of K unit vectors in R^d: W (K, d), its minimum one-vs-rest distance
     (the GNC margin) and its minimum pairwise distance (the Tammes value); for a polished
-    Tammes code, the certificate of its KKT point (`ufm.analysis.polish.Certificate`)."""
+    code, the certificate of its KKT point (`ufm.analysis.polish.Certificate` for a Tammes
+    code, `ufm.analysis.polish.SoftmaxCertificate` for a softmax code)."""
 
     W: np.ndarray
     margin: float
     tammes: float
-    certificate: polish.Certificate | None = None
+    certificate: polish.Certificate | polish.SoftmaxCertificate | None = None
 
 
 # How far below d_min^2 / 2 a computed margin may fall (round-off of the per-class QPs).
@@ -53,6 +54,20 @@ def _code(W) -> Code:
         raise RuntimeError(f"the margin {code.margin!r} of a code of K={len(W)} points is below "
                            f"d_min^2 / 2 = {code.tammes ** 2 / 2!r}: the one-vs-rest QP failed")
     return code
+
+
+OBJECTIVES = ("softmax", "tammes")
+
+
+def polished_code(W: ArrayLike, objective: str) -> Code:
+    """The code W polished to a KKT point of its max-min problem, with its certificate:
+    objective "softmax" (the margin, `ufm.analysis.polish.polish_softmax`) or "tammes" (the
+    minimum distance, `ufm.analysis.polish.polish_tammes`). Raises ValueError when no KKT
+    point to 1e-12 is reached near W."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective={objective!r} is not allowed: one of {list(OBJECTIVES)}")
+    cert = (polish.polish_softmax if objective == "softmax" else polish.polish_tammes)(W)
+    return _code(cert.W)._replace(certificate=cert)
 
 
 def _soft_margin(V, tau):
@@ -144,12 +159,16 @@ GRAD_TOL = 1e-8
 # Starts whose certified margin bound is among the best this many get their exact QPs.
 _EXACT_CONTENDERS = 8
 
+# End points whose search values are among the best this many are polished to KKT points.
+POLISHED_STARTS = 4
+
 SOFTMAX_TAUS = (0.1, 0.03, 0.01, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5)
 
 
 def softmax_code(K: int, d: int, *, starts: int = 16, seed: int = 0,
                  taus: Sequence[float] = SOFTMAX_TAUS, steps: int = 1000,
-                 starts_from: Sequence[ArrayLike] | None = None, linesearch: str = "zoom") -> Code:
+                 starts_from: Sequence[ArrayLike] | None = None, linesearch: str = "zoom",
+                 polished: bool = True, known: bool = True) -> Code:
     """The softmax code (Jiang et al. 2024): K unit vectors in R^d maximizing the minimum
     one-vs-rest distance min_k dist(w_k, conv{w_j : j != k}).
 
@@ -165,10 +184,17 @@ def softmax_code(K: int, d: int, *, starts: int = 16, seed: int = 0,
     margin (the per-class QP, `gnc.one_vs_rest_margins`) and the best kept.
     `starts_from`: configurations (m, K, d) to start from as well (e.g. a Tammes code).
     `linesearch`: "zoom" or "backtracking" (slower, finds better optima at larger K; `_lbfgs`).
+    `known`: start from the known constructions as well (`ufm.analysis.constructions`).
+    `polished`: the POLISHED_STARTS best end points are polished to KKT points of the max-min
+    margin problem to round-off (`ufm.analysis.polish.polish_softmax`; the smoothing alone
+    stops about 1e-5 short) and the best certified one is returned with its certificate,
+    unless it loses to the search's best.
     For K <= d + 1 it is the simplex ETF (margin K/(K-1))."""
     _check_linesearch(linesearch)
     with jax.enable_x64(True):
         W = _starting_points(K, d, starts, seed, starts_from)
+        if known:
+            W = jnp.concatenate([jnp.asarray(constructions.starts(K, d, seed=seed)), W])
         V = (W, jnp.swapaxes(W, 1, 2))  # each feature starts at its classifier
         for tau in taus:
             V = _sharpen_starts(V, jnp.asarray(tau, jnp.float64), int(steps),
@@ -184,15 +210,23 @@ def softmax_code(K: int, d: int, *, starts: int = 16, seed: int = 0,
     finite = np.isfinite(W).all(axis=(1, 2)) & np.isfinite(H).all(axis=(1, 2))
     bounds = np.where(finite & np.isfinite(bounds), bounds, -np.inf)  # a start that broke
     contenders = np.argsort(-bounds)[:_EXACT_CONTENDERS]
-    codes = [_code(W[s]) for s in contenders]
-    return max(codes, key=lambda c: c.margin)
+    found = sorted((_code(W[s]) for s in contenders), key=lambda c: -c.margin)
+    best = found[0]
+    if not polished:
+        return best
+    certified = []
+    for code in found[:POLISHED_STARTS]:
+        try:
+            certified.append(polish.polish_softmax(code.W))
+        except ValueError:  # no KKT point near this end point
+            pass
+    cert = max(certified, key=lambda c: c.margin, default=None)
+    if cert is None or cert.margin < best.margin - 1e-12:  # polishing must not lose
+        return best
+    return _code(cert.W)._replace(certificate=cert)
 
 
 TAMMES_TAUS = (0.05, 0.01, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5)
-
-
-# Tammes starts whose search values are among the best this many are polished to KKT points.
-POLISHED_STARTS = 4
 
 # A restart round starts from perturbations of the best code so far, RESTART_EACH at each of
 # these scales (relative to the unit rows), and from `starts // 4` fresh random points.
