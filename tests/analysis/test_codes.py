@@ -78,3 +78,21 @@ def test_the_margin_is_at_least_half_the_squared_minimum_distance():
     assert tammes.margin >= tammes.tammes ** 2 / 2 - codes.MARGIN_BOUND_SLACK
     softmax = codes.softmax_code(8, 3, starts=8)
     assert softmax.margin >= softmax.tammes ** 2 / 2 - codes.MARGIN_BOUND_SLACK
+
+
+def test_softmax_codes_are_returned_certified():
+    """The softmax search's best end point is polished to a KKT point of the margin problem:
+    the certified margin equals the exact QP's, and the icosahedron's 1 - 1/sqrt 5 at K = 12."""
+    code = codes.softmax_code(12, 3, starts=4)
+    assert code.certificate is not None and code.certificate.kkt_residual < 1e-12
+    assert code.margin == pytest.approx(1 - 1 / np.sqrt(5), abs=1e-13)
+    assert code.certificate.qp_margin == pytest.approx(code.margin, abs=1e-13)
+
+
+def test_polished_code_names_a_bad_objective():
+    with pytest.raises(ValueError, match="objective='energy' is not allowed: one of"):
+        codes.polished_code(np.eye(3), "energy")
+    tetrahedron = np.array([[1, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]], float)
+    code = codes.polished_code(tetrahedron + 1e-3 * np.arange(12).reshape(4, 3), "tammes")
+    assert code.tammes == pytest.approx(np.sqrt(8 / 3), abs=1e-13)
+    assert code.certificate.kkt_residual < 1e-12
