@@ -18,6 +18,17 @@ def test_the_table_is_consistent_with_its_closed_forms():
                for K in range(d + 2, 2 * d + 1))
 
 
+def test_the_r3_table_falls_with_k_and_says_its_precision():
+    """The best distance for K is at least the best for K + 1 (drop a point), so a transcribed
+    table falls with K within its precision; the angles quoted to 4 decimals carry ~1e-6."""
+    rows = sorted((K, e) for (d, K), e in best_known.TAMMES.items() if d == 3)
+    assert [K for K, _ in rows] == list(range(4, 31))
+    for (K, a), (_, b) in zip(rows, rows[1:]):
+        assert a.distance >= b.distance - a.tolerance - b.tolerance, K
+    assert best_known.TAMMES[(3, 28)].tolerance == pytest.approx(1.64e-6, rel=0.01)
+    assert best_known.TAMMES[(3, 24)].tolerance == 0.0 and best_known.TAMMES[(3, 24)].proved
+
+
 # In R^3 the default search (32 starts, polished) reaches these best-known codes.
 REACHED = (4, 5, 6, 7, 8, 9, 11, 12, 14)
 

@@ -15,6 +15,18 @@ Sources:
   Cohn       H. Cohn, "Table of spherical codes", https://cohn.mit.edu/spherical-codes (the
              data set https://hdl.handle.net/1721.1/142661), its cosines rounded up, with
              their minimal polynomials
+  MT2012     O. R. Musin, A. S. Tarasov, "The strong thirteen spheres problem", Discrete
+             Comput. Geom. 48 (2012): K = 13 proved, the angle 57.1367 degrees
+  R1961      R. M. Robinson, "Arrangement of 24 points on a sphere", Math. Ann. 144 (1961):
+             K = 24 proved, the snub cube (its cosine from the construction,
+             `ufm.analysis.constructions.snub_cube`)
+  Sloane     N. J. A. Sloane with R. H. Hardin, W. D. Smith and others, "Tables of spherical
+             codes" (http://neilsloane.com/packings/): the minimal angles in degrees to 4
+             decimals, not proved optimal
+
+An entry given only as an angle to a number of decimals carries that precision as `tolerance`
+(a whole unit of its last decimal, as a chordal distance: tables round or truncate); the
+others are exact to round-off.
 """
 from __future__ import annotations
 
@@ -24,11 +36,23 @@ from typing import NamedTuple
 
 class BestKnown(NamedTuple):
     """A best-known Tammes value: the cosine s of the minimal angle, whether it is proved
-    optimal, and its source (see the module docstring)."""
+    optimal, its source (see the module docstring) and the precision of the source's value as
+    a chordal distance (0: exact to round-off)."""
 
     s: float
     proved: bool
     source: str
+    tolerance: float = 0.0
+
+    @classmethod
+    def from_angle(cls, degrees: float, decimals: int, proved: bool,
+                   source: str) -> "BestKnown":
+        """An entry quoted as a minimal angle in degrees to `decimals` decimals (the distance
+        2 sin(theta / 2) moves by cos(theta / 2) per radian of theta; a unit of the last
+        decimal either way)."""
+        theta = math.radians(degrees)
+        unit = math.radians(10.0 ** -decimals)
+        return cls(math.cos(theta), proved, source, math.cos(theta / 2) * unit)
 
     @property
     def distance(self) -> float:
@@ -49,5 +73,11 @@ TAMMES = {
     (3, 10): BestKnown(0.40439432521625076, True, "Danzer; Cohn (OEIS A340918)"),
     (3, 11): BestKnown(1 / math.sqrt(5), True, "Danzer (the icosahedron less a point)"),
     (3, 12): BestKnown(1 / math.sqrt(5), True, "FT1943 (the icosahedron)"),
+    (3, 13): BestKnown.from_angle(57.1367, 4, True, "MT2012"),
     (3, 14): BestKnown(math.cos(0.97163474288622408), True, "MT2015 (OEIS A383860)"),
+    (3, 24): BestKnown(0.7230784683335086, True, "R1961 (the snub cube)"),
+    **{(3, K): BestKnown.from_angle(angle, 4, False, "Sloane") for K, angle in {
+        15: 53.6579, 16: 52.2444, 17: 51.0903, 18: 49.5567, 19: 47.6919, 20: 47.4310,
+        21: 45.6132, 22: 44.7402, 23: 43.7100, 25: 41.6344, 26: 41.0377, 27: 40.6776,
+        28: 39.3551, 29: 38.7137, 30: 38.5971}.items()},
 }
