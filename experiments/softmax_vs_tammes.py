@@ -44,7 +44,8 @@ import numpy as np
 from ufm.analysis import best_known, codes
 
 COLUMNS = ("d", "K", "tammes_distance", "tammes_kkt_residual", "tammes_active", "best_known",
-           "best_known_source", "best_known_difference", "tammes_margin", "bound",
+           "best_known_source", "best_known_tolerance", "best_known_difference", "tammes_margin",
+           "bound",
            "softmax_margin", "softmax_kkt_residual", "softmax_qp_difference", "softmax_distance",
            "margin_gap", "inner_product_difference", "tammes_is_softmax_kkt", "verdict",
            "seconds")
@@ -86,19 +87,33 @@ def tammes_search(K: int, d: int, search: str) -> codes.Code:
     return codes.tammes_code(K, d, starts=8)
 
 
-def compare(K: int, d: int, starts: int, tol: float, search: str) -> dict:
-    t0 = time.perf_counter()
-    tammes = tammes_search(K, d, search)
+def _softmax_candidates(tammes: codes.Code, K: int, d: int, starts: int):
+    """The Tammes code polished as a softmax code (None if it does not certify) and the best
+    certified softmax code: from that polish, or from the search started there as well."""
     candidates = []
     try:  # the Tammes code itself, polished as a softmax code
         itself = codes.polished_code(tammes.W, "softmax")
         candidates.append(itself)
     except ValueError:
         itself = None
-    searched = codes.softmax_code(K, d, starts=starts, starts_from=tammes.W[None])
-    candidates.append(searched)
+    candidates.append(codes.softmax_code(K, d, starts=starts, starts_from=tammes.W[None]))
     certified = [c for c in candidates if c.certificate is not None]
-    soft = max(certified or candidates, key=lambda c: c.margin)
+    return itself, max(certified or candidates, key=lambda c: c.margin)
+
+
+def compare(K: int, d: int, starts: int, tol: float, search: str) -> dict:
+    t0 = time.perf_counter()
+    tammes = tammes_search(K, d, search)
+    itself, soft = _softmax_candidates(tammes, K, d, starts)
+    if soft.tammes > tammes.tammes + tol:
+        # The softmax search found a better packing than the Tammes search: search again from
+        # it, and redo the softmax side from the better Tammes code.
+        again = codes.tammes_code(K, d, starts=8, starts_from=soft.W[None],
+                                  linesearch="backtracking")
+        if again.tammes > tammes.tammes:
+            tammes = again
+            itself, better = _softmax_candidates(tammes, K, d, starts)
+            soft = max(soft, better, key=lambda c: c.margin)
     known = best_known.TAMMES.get((d, K))
     tcert, scert = tammes.certificate, soft.certificate
     margin_gap = soft.margin - tammes.margin
@@ -109,6 +124,7 @@ def compare(K: int, d: int, starts: int, tol: float, search: str) -> dict:
         "tammes_active": None if tcert is None else len(tcert.active),
         "best_known": None if known is None else known.distance,
         "best_known_source": "" if known is None else known.source,
+        "best_known_tolerance": None if known is None else known.tolerance,
         "best_known_difference": None if known is None else tammes.tammes - known.distance,
         "tammes_margin": tammes.margin, "bound": tammes.tammes ** 2 / 2,
         "softmax_margin": soft.margin,
@@ -176,7 +192,9 @@ def plot(rows: list[dict], out: Path, tol: float) -> None:
 
 
 def _done(out: Path, search: str, starts: int) -> dict:
-    """The rows of an earlier run into the same folder with the same settings, by (d, K)."""
+    """The rows of an earlier run into the same folder with the same softmax starts and a Tammes
+    search at least as thorough (SEARCHES, strongest first), by (d, K)."""
+    accepted = SEARCHES[:SEARCHES.index(search) + 1]
     path = out / "codes.jsonl"
     rows = {}
     if path.exists():
@@ -186,9 +204,48 @@ def _done(out: Path, search: str, starts: int) -> dict:
             except json.JSONDecodeError:  # a line cut short by an interruption: redone
                 print(f"{path}:{number}: not a complete row, redone")
                 continue
-            if row.get("search") == search and row.get("starts") == starts:
+            if row.get("search") in accepted and row.get("starts") == starts:
                 rows[(row["d"], row["K"])] = row
     return rows
+
+
+CODE_TABLE_HEAD = '''\
+"""Certified softmax and Tammes codes: the margin and the minimum pairwise distance of the
+best codes `experiments/softmax_vs_tammes.py` found, each a KKT point of its max-min problem to
+1e-12 (`ufm.analysis.polish`). A certificate of local optimality: the global optimum is proved
+only where `ufm.analysis.best_known` says so. The sphere UFM's results compare the learned
+classifiers with these (`code_margin`). Written by
+`python experiments/softmax_vs_tammes.py --dims {dims} --code-table ufm/analysis/code_table.py`
+(docs/softmax_vs_tammes.md); not edited by hand.
+"""
+from __future__ import annotations
+
+
+def certified_margin(K: int, d: int) -> float | None:
+    """The certified softmax margin of K classes in R^d, or None where none is tabulated."""
+    return SOFTMAX_MARGIN.get((d, K))
+
+
+'''
+
+
+def write_code_table(rows: list[dict], path: Path) -> None:
+    """The certified values (KKT residual <= 1e-12) as a Python module of plain literals
+    (`ufm.analysis.code_table`)."""
+    def table(name, comment, value, residual):
+        lines = [f"# {comment}", f"{name} = {{"]
+        lines += [f"    ({r['d']}, {r['K']}): {r[value]!r}," for r in rows
+                  if r[residual] is not None and r[residual] <= 1e-12]
+        return "\n".join(lines + ["}", ""])
+
+    dims = " ".join(str(d) for d in sorted({r["d"] for r in rows}))
+    text = CODE_TABLE_HEAD.format(dims=dims) + "\n".join([
+        table("SOFTMAX_MARGIN", "(d, K): the softmax code's certified margin",
+              "softmax_margin", "softmax_kkt_residual"),
+        table("TAMMES_DISTANCE", "(d, K): the Tammes code's certified minimum distance",
+              "tammes_distance", "tammes_kkt_residual")])
+    path.write_text(text)
+    print(f"wrote {path}")
 
 
 def main() -> None:
@@ -203,6 +260,8 @@ def main() -> None:
     parser.add_argument("--tol", type=float, default=1e-9,
                         help="a certified gap above this counts as a difference")
     parser.add_argument("--out", default="runs/softmax_vs_tammes")
+    parser.add_argument("--code-table", type=Path, default=None,
+                        help="also write the certified values as this Python module")
     parser.add_argument("--quick", action="store_true",
                         help="a smoke run: d = 3, K = 5 and 6, small searches")
     args = parser.parse_args()
@@ -231,6 +290,8 @@ def main() -> None:
                 write_table(rows, out)  # as it goes: an interrupted sweep keeps its rows
     write_table(rows, out)
     plot(rows, out, args.tol)
+    if args.code_table is not None:
+        write_code_table(rows, args.code_table)
     differ = [(r["d"], r["K"]) for r in rows if r["verdict"].startswith("differ")]
     print(f"codes differ beyond {args.tol:g} at {len(differ)} of {len(rows)} (d, K): {differ}")
     missed = [(r["d"], r["K"]) for r in rows if "missed" in r["verdict"]]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 from jax.typing import ArrayLike
 
-from ufm.analysis import compression, gnc, imbalance, oracle, theory
+from ufm.analysis import code_table, compression, gnc, imbalance, oracle, theory
 from ufm.model.problem import Hyper, Params, Problem
 
 
@@ -80,10 +80,13 @@ def reports_gnc(problem: Problem) -> bool:
 
 def gnc_columns(problem: Problem, params: Params, n: int) -> dict:
     """gnc1, gnc2_margin (exact QP), gnc2_tammes, gnc3 of each final point (host numpy), and
-    the margin of the softmax code where it is known exactly (`theory.known_code_margin`)."""
+    the margin of the softmax code where it is known exactly (`theory.known_code_margin`) or
+    certified (the polished codes of `ufm.analysis.code_table`, d = 3, 4, 5, K <= 30)."""
     W, H = np.asarray(params.W), np.asarray(params.H)
     found = [gnc.gnc_metrics(W[j], H[j], problem.labels) for j in range(n)]
     arrays = {f"extra/{k}": np.array([f[k] for f in found]) for k in found[0]}
     known = theory.known_code_margin(problem.num_classes, problem.feature_dim)
+    if known is None:
+        known = code_table.certified_margin(problem.num_classes, problem.feature_dim)
     arrays["extra/code_margin"] = np.full(n, np.nan if known is None else known)
     return arrays

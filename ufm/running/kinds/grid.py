@@ -600,7 +600,8 @@ def summary(table: dict) -> str:
                    "convex oracle)")
     if "gnc2_margin" in table:
         out.append("(gnc2_margin: min one-vs-rest distance of the normalized classifiers; "
-                   "code_margin: the softmax code's, where known exactly)")
+                   "code_margin: the softmax code's, known exactly or certified by polishing, "
+                   "ufm.analysis.code_table)")
     return "\n".join(out)
 
 
@@ -871,7 +872,7 @@ def _trajectory_figure(directory, table, history, figures, filename) -> Path:
 def plot_gnc_margin(directory: str | Path, table: dict) -> list[Path]:
     """GNC margin (min one-vs-rest distance of the normalized classifiers) against tau: one
     panel per feature dimension d, one line per K (best over seeds), the softmax code's margin
-    dashed where it is known exactly."""
+    dashed where it is known exactly or certified (`ufm.analysis.code_table`)."""
     plt = pyplot()
     K_col, d_col = np.asarray(table["num_classes"], int), np.asarray(table["feature_dim"], int)
     tau = np.asarray(table["tau"], float)
