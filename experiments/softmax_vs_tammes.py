@@ -147,6 +147,15 @@ def _small(x):
     return "" if x is None else f"{x:+.1e}"
 
 
+def _within(r) -> str:
+    """The best-known difference and whether it is within the source's precision (or 1e-9)."""
+    if r["best_known_difference"] is None:
+        return ""
+    tolerance = max(best_known.TAMMES[(r["d"], r["K"])].tolerance, 1e-9)
+    mark = "yes" if abs(r["best_known_difference"]) <= tolerance else "**no**"
+    return f"{r['best_known_difference']:+.1e} (within {tolerance:.0e}: {mark})"
+
+
 def write_table(rows: list[dict], out: Path) -> None:
     with open(out / "codes.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
@@ -155,12 +164,12 @@ def write_table(rows: list[dict], out: Path) -> None:
     lines = ["| d | K | Tammes distance | KKT residual | best known | difference | Tammes "
              "margin - d^2/2 | softmax margin | KKT residual | softmax - Tammes margin | "
              "inner products differ by | verdict |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         lines.append(
             f"| {r['d']} | {r['K']} | {_number(r['tammes_distance'])} | "
             f"{_small(r['tammes_kkt_residual'])} | {_number(r['best_known'])} | "
-            f"{_small(r['best_known_difference'])} | {_small(r['tammes_margin'] - r['bound'])} | "
+            f"{_within(r)} | {_small(r['tammes_margin'] - r['bound'])} | "
             f"{_number(r['softmax_margin'])} | {_small(r['softmax_kkt_residual'])} | "
             f"{_small(r['margin_gap'])} | {r['inner_product_difference']:.1e} | "
             f"{r['verdict']} |")
