@@ -76,15 +76,30 @@ def verdict(margin_gap: float, inner_product_difference: float, distance_gap: fl
 SEARCHES = ("best", "fast", "quick")
 
 
-def tammes_search(K: int, d: int, search: str) -> codes.Code:
+def tammes_search(K: int, d: int, search: str, starts_from=None) -> codes.Code:
     """The Tammes code by `search`: "best" is `codes.best_tammes_code` (backtracking line
     search); "fast" the same starts, constructions and restarts with the zoom line search
-    (several times faster; enough where the landscape has few basins); "quick" 8 starts."""
+    (several times faster; enough where the landscape has few basins); "quick" 8 starts.
+    `starts_from`: configurations (m, K, d) to start from as well."""
     if search == "best":
-        return codes.best_tammes_code(K, d)
+        return codes.best_tammes_code(K, d, starts_from=starts_from)
     if search == "fast":
-        return codes.tammes_code(K, d, starts=64, restarts=2)
-    return codes.tammes_code(K, d, starts=8)
+        return codes.tammes_code(K, d, starts=64, restarts=2, starts_from=starts_from)
+    return codes.tammes_code(K, d, starts=8, starts_from=starts_from)
+
+
+def seed_codes(paths) -> dict:
+    """Configurations by (d, K) from JSON-lines files (an earlier run's codes.jsonl, or lines
+    with "d", "K" and "W"): every "W", "tammes_W" and "softmax_W" of the right shape."""
+    seeds: dict = {}
+    for path in paths:
+        for line in Path(path).read_text().splitlines():
+            row = json.loads(line)
+            for key in ("W", "tammes_W", "softmax_W"):
+                W = np.asarray(row.get(key, []), np.float64)
+                if W.shape == (row["K"], row["d"]):
+                    seeds.setdefault((row["d"], row["K"]), []).append(W)
+    return {key: np.stack(found) for key, found in seeds.items()}
 
 
 def _softmax_candidates(tammes: codes.Code, K: int, d: int, starts: int):
@@ -101,9 +116,9 @@ def _softmax_candidates(tammes: codes.Code, K: int, d: int, starts: int):
     return itself, max(certified or candidates, key=lambda c: c.margin)
 
 
-def compare(K: int, d: int, starts: int, tol: float, search: str) -> dict:
+def compare(K: int, d: int, starts: int, tol: float, search: str, seeds=None) -> dict:
     t0 = time.perf_counter()
-    tammes = tammes_search(K, d, search)
+    tammes = tammes_search(K, d, search, seeds)
     itself, soft = _softmax_candidates(tammes, K, d, starts)
     if soft.tammes > tammes.tammes + tol:
         # The softmax search found a better packing than the Tammes search: search again from
@@ -269,6 +284,9 @@ def main() -> None:
     parser.add_argument("--tol", type=float, default=1e-9,
                         help="a certified gap above this counts as a difference")
     parser.add_argument("--out", default="runs/softmax_vs_tammes")
+    parser.add_argument("--seed-codes", nargs="+", default=[], metavar="JSONL",
+                        help="also start the Tammes search from these files' codes (an earlier "
+                        "run's codes.jsonl, or lines with d, K and W)")
     parser.add_argument("--code-table", type=Path, default=None,
                         help="also write the certified values as this Python module")
     parser.add_argument("--quick", action="store_true",
@@ -279,6 +297,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     done = _done(out, args.search, args.starts)
+    seeds = seed_codes(args.seed_codes)
     rows = []
     with open(out / "codes.jsonl", "a") as log:
         for d in args.dims:
@@ -287,8 +306,9 @@ def main() -> None:
                 if (d, K) in done:
                     rows.append(done[(d, K)])
                     continue
-                row = compare(K, d, args.starts, args.tol, args.search)
-                row.update(search=args.search, starts=args.starts)
+                row = compare(K, d, args.starts, args.tol, args.search, seeds.get((d, K)))
+                row.update(search=args.search, starts=args.starts,
+                           seeded=int(len(seeds.get((d, K), ()))))
                 log.write(json.dumps(row) + "\n")
                 log.flush()
                 rows.append(row)
