@@ -70,6 +70,22 @@ def polished_code(W: ArrayLike, objective: str) -> Code:
     return _code(cert.W)._replace(certificate=cert)
 
 
+def _best_polished(ends: Sequence[np.ndarray], best: Code, objective: str) -> Code:
+    """The best of the end points `ends` polished (`polished_code`), unless it loses to the
+    search's best code `best` (then `best`, uncertified): polishing must not lose."""
+    certified = []
+    for W in ends:
+        try:
+            certified.append(polished_code(W, objective))
+        except ValueError:  # no KKT point near this end point
+            pass
+    value = (lambda c: c.margin) if objective == "softmax" else (lambda c: c.tammes)
+    top = max(certified, key=value, default=None)
+    if top is None or value(top) < value(best) - 1e-12:
+        return best
+    return top
+
+
 def _soft_margin(V, tau):
     """tau log sum_{k, j != k} exp(-(w_k - w_j).h_k / tau) at W = normalize rows of V[0],
     h_k = normalize columns of V[1] (d, K): a smooth maximum of minus the margins, which tends
@@ -211,19 +227,9 @@ def softmax_code(K: int, d: int, *, starts: int = 16, seed: int = 0,
     bounds = np.where(finite & np.isfinite(bounds), bounds, -np.inf)  # a start that broke
     contenders = np.argsort(-bounds)[:_EXACT_CONTENDERS]
     found = sorted((_code(W[s]) for s in contenders), key=lambda c: -c.margin)
-    best = found[0]
     if not polished:
-        return best
-    certified = []
-    for code in found[:POLISHED_STARTS]:
-        try:
-            certified.append(polish.polish_softmax(code.W))
-        except ValueError:  # no KKT point near this end point
-            pass
-    cert = max(certified, key=lambda c: c.margin, default=None)
-    if cert is None or cert.margin < best.margin - 1e-12:  # polishing must not lose
-        return best
-    return _code(cert.W)._replace(certificate=cert)
+        return found[0]
+    return _best_polished([c.W for c in found[:POLISHED_STARTS]], found[0], "softmax")
 
 
 TAMMES_TAUS = (0.05, 0.01, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5)
@@ -250,17 +256,8 @@ def _tammes_search(W, temperatures, steps, linesearch, polished) -> Code:
     best = _code(W[int(np.argmax(distances))])
     if not polished:
         return best
-    certified = []
-    for s in np.argsort(-distances)[:POLISHED_STARTS]:
-        if np.isfinite(distances[s]):
-            try:
-                certified.append(polish.polish_tammes(W[s]))
-            except ValueError:  # no KKT point near this end point
-                pass
-    cert = max(certified, key=lambda c: c.distance, default=None)
-    if cert is None or cert.distance < best.tammes - 1e-12:  # polishing must not lose
-        return best
-    return _code(cert.W)._replace(certificate=cert)
+    ends = [W[s] for s in np.argsort(-distances)[:POLISHED_STARTS] if np.isfinite(distances[s])]
+    return _best_polished(ends, best, "tammes")
 
 
 def _perturbations(W, rng, starts) -> np.ndarray:
