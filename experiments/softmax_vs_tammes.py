@@ -11,16 +11,18 @@ For each d in --dims and K from d + 2 to --max-K:
    sourced (`ufm.analysis.best_known`).
 2. The softmax code: the Tammes code itself polished as a softmax code
    (`ufm.analysis.polish.polish_softmax`: if it is a KKT point of the margin problem it stays
-   put), and a softmax search from --starts random starts and from the Tammes code
-   (`ufm.analysis.codes.softmax_code`), every end point polished and certified; the best kept.
+   put), and an independent softmax search from --starts random starts
+   (`ufm.analysis.codes.softmax_code`, its end points polished and certified), which does not
+   know the Tammes code; the best certified margin kept.
 3. The verdict. For unit vectors margin >= d_min^2 / 2 (`codes.margin_bound_gap`), so the
    Tammes code's margin is at least d_T^2 / 2. The codes "differ" where the certified softmax
    margin exceeds the Tammes code's exact margin by more than --tol (then no Tammes code is a
    softmax code, if the Tammes search found the optimum); "same" where the margins agree to
-   --tol and the softmax code has the Tammes code's pairwise inner products (the sorted list,
-   invariant under rotations and relabelling) to --tol; "same margin, another configuration"
-   where the margins agree but the softmax code found is another configuration (the softmax
-   optimum is then not unique; the Tammes code is one of them).
+   --tol and the independent search either stopped below that margin or reached it on the
+   Tammes code's configuration (its sorted pairwise inner products, invariant under rotations
+   and relabelling, to --tol); "same margin, another configuration" where the independent
+   search reached the margin on another configuration (the softmax optimum is then not
+   unique; the Tammes code is one of them).
 
     python experiments/softmax_vs_tammes.py [--dims 3 4 5] [--max-K 30] [--starts 32]
                                             [--search best|fast] [--tol 1e-9]
@@ -36,6 +38,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import time
 from pathlib import Path
 
@@ -58,17 +61,19 @@ def _inner_products(W) -> np.ndarray:
     return np.sort((W @ W.T)[np.triu_indices(len(W), 1)])
 
 
-def verdict(margin_gap: float, inner_product_difference: float, distance_gap: float,
-            tol: float) -> str:
+def verdict(margin_gap: float, distance_gap: float, independent_margin_gap: float,
+            independent_difference: float, tol: float) -> str:
     """What the certified values say (module docstring). margin_gap: the softmax code's margin
-    minus the Tammes code's; distance_gap: the Tammes code's d_min minus the softmax code's."""
+    minus the Tammes code's; distance_gap: the Tammes code's d_min minus the softmax code's;
+    independent_*: the independent softmax search's margin minus the softmax code's, and how
+    far its inner products are from the Tammes code's."""
     if distance_gap < -tol:
         return "Tammes search missed (the softmax code has the larger distance)"
     if margin_gap < -tol:
         return "softmax search missed (the Tammes code has the larger margin)"
     if margin_gap > tol:
         return "differ: the softmax margin exceeds the Tammes code's"
-    if inner_product_difference > tol:
+    if independent_margin_gap >= -tol and independent_difference > tol:
         return "same margin, another configuration"
     return "same"
 
@@ -102,37 +107,43 @@ def seed_codes(paths) -> dict:
     return {key: np.stack(found) for key, found in seeds.items()}
 
 
-def _softmax_candidates(tammes: codes.Code, K: int, d: int, starts: int):
-    """The Tammes code polished as a softmax code (None if it does not certify) and the best
-    certified softmax code: from that polish, or from the search started there as well."""
-    candidates = []
-    try:  # the Tammes code itself, polished as a softmax code
-        itself = codes.polished_code(tammes.W, "softmax")
-        candidates.append(itself)
+def _polished_or_none(W, objective):
+    try:
+        return codes.polished_code(W, objective)
     except ValueError:
-        itself = None
-    candidates.append(codes.softmax_code(K, d, starts=starts, starts_from=tammes.W[None]))
-    certified = [c for c in candidates if c.certificate is not None]
-    return itself, max(certified or candidates, key=lambda c: c.margin)
+        return None
 
 
 def compare(K: int, d: int, starts: int, tol: float, search: str, seeds=None) -> dict:
     t0 = time.perf_counter()
     tammes = tammes_search(K, d, search, seeds)
-    itself, soft = _softmax_candidates(tammes, K, d, starts)
-    if soft.tammes > tammes.tammes + tol:
+    # The softmax search from random starts only: whether it finds the Tammes code on its own.
+    independent = codes.softmax_code(K, d, starts=starts)
+    if independent.tammes > tammes.tammes + tol:
         # The softmax search found a better packing than the Tammes search: search again from
-        # it, and redo the softmax side from the better Tammes code.
-        again = codes.tammes_code(K, d, starts=8, starts_from=soft.W[None],
+        # it as well.
+        again = codes.tammes_code(K, d, starts=8, starts_from=independent.W[None],
                                   linesearch="backtracking")
-        if again.tammes > tammes.tammes:
-            tammes = again
-            itself, better = _softmax_candidates(tammes, K, d, starts)
-            soft = max(soft, better, key=lambda c: c.margin)
+        tammes = max(tammes, again, key=lambda c: c.tammes)
+    row = finish_row(d, K, tammes, independent, [], tol)
+    row["seconds"] = time.perf_counter() - t0
+    return row
+
+
+def finish_row(d: int, K: int, tammes: codes.Code, independent: codes.Code,
+               others: list, tol: float) -> dict:
+    """The row of (d, K): the softmax code is the best certified of the Tammes code polished
+    as a softmax code, the independent search's code and `others` (configurations)."""
+    itself = _polished_or_none(tammes.W, "softmax")
+    candidates = [c for c in [itself, independent] + [_polished_or_none(W, "softmax")
+                                                      for W in others] if c is not None]
+    certified = [c for c in candidates if c.certificate is not None]
+    soft = max(certified or candidates, key=lambda c: c.margin)
     known = best_known.TAMMES.get((d, K))
     tcert, scert = tammes.certificate, soft.certificate
     margin_gap = soft.margin - tammes.margin
     difference = float(np.abs(_inner_products(soft.W) - _inner_products(tammes.W)).max())
+    alone = float(np.abs(_inner_products(independent.W) - _inner_products(tammes.W)).max())
     return {
         "d": d, "K": K, "tammes_distance": tammes.tammes,
         "tammes_kkt_residual": None if tcert is None else tcert.kkt_residual,
@@ -148,10 +159,28 @@ def compare(K: int, d: int, starts: int, tol: float, search: str, seeds=None) ->
         "softmax_distance": soft.tammes, "margin_gap": margin_gap,
         "inner_product_difference": difference,
         "tammes_is_softmax_kkt": itself is not None and abs(itself.margin - tammes.margin) <= tol,
-        "verdict": verdict(margin_gap, difference, tammes.tammes - soft.tammes, tol),
-        "seconds": time.perf_counter() - t0,
+        "independent_margin": independent.margin, "independent_distance": independent.tammes,
+        "independent_kkt_residual": (None if independent.certificate is None
+                                     else independent.certificate.kkt_residual),
+        "independent_inner_product_difference": alone,
+        "verdict": verdict(margin_gap, tammes.tammes - soft.tammes,
+                           independent.margin - soft.margin, alone, tol),
         "tammes_W": tammes.W.tolist(), "softmax_W": soft.W.tolist(),
+        "independent_W": independent.W.tolist(),
     }
+
+
+def upgrade_row(row: dict, starts: int, tol: float) -> dict:
+    """A row written before the independent softmax search: the search is run and the row
+    finished again from its stored codes (re-polished; nothing else is searched again)."""
+    t0 = time.perf_counter()
+    d, K = row["d"], row["K"]
+    tammes = codes.polished_code(np.asarray(row["tammes_W"]), "tammes")
+    independent = codes.softmax_code(K, d, starts=starts)
+    new = finish_row(d, K, tammes, independent, [np.asarray(row["softmax_W"])], tol)
+    new.update(search=row.get("search"), starts=row.get("starts"), seeded=row.get("seeded", 0),
+               seconds=row.get("seconds", 0.0) + time.perf_counter() - t0)
+    return new
 
 
 def _number(x, digits=12):
@@ -178,16 +207,18 @@ def write_table(rows: list[dict], out: Path) -> None:
         writer.writerows(rows)
     lines = ["| d | K | Tammes distance | KKT residual | best known | difference | Tammes "
              "margin - d^2/2 | softmax margin | KKT residual | softmax - Tammes margin | "
-             "inner products differ by | verdict |",
-             "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---|"]
+             "independent search: margin - softmax margin | its inner products - Tammes "
+             "code's | verdict |",
+             "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         lines.append(
             f"| {r['d']} | {r['K']} | {_number(r['tammes_distance'])} | "
             f"{_small(r['tammes_kkt_residual'])} | {_number(r['best_known'])} | "
             f"{_within(r)} | {_small(r['tammes_margin'] - r['bound'])} | "
             f"{_number(r['softmax_margin'])} | {_small(r['softmax_kkt_residual'])} | "
-            f"{_small(r['margin_gap'])} | {r['inner_product_difference']:.1e} | "
-            f"{r['verdict']} |")
+            f"{_small(r['margin_gap'])} | "
+            f"{_small(r['independent_margin'] - r['softmax_margin'])} | "
+            f"{r['independent_inner_product_difference']:.1e} | {r['verdict']} |")
     (out / "codes.md").write_text("\n".join(lines) + "\n")
 
 
@@ -297,6 +328,23 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     done = _done(out, args.search, args.starts)
+    old = [key for key, row in done.items() if "independent_margin" not in row]
+    for key in old:
+        done[key] = upgrade_row(done[key], args.starts, args.tol)
+        print(f"d={key[0]} K={key[1]:2d}  upgraded: {done[key]['verdict']}", flush=True)
+    if old:  # the log again, whole, the upgraded rows in place, replaced at once
+        lines = []
+        for line in (out / "codes.jsonl").read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            key = (row["d"], row["K"])
+            lines.append(json.dumps(done[key]) if key in old and done[key]["search"]
+                         == row.get("search") else line)
+        tmp = out / "codes.jsonl.tmp"
+        tmp.write_text("".join(line + "\n" for line in lines))
+        os.replace(tmp, out / "codes.jsonl")
     seeds = seed_codes(args.seed_codes)
     rows = []
     with open(out / "codes.jsonl", "a") as log:
