@@ -96,3 +96,13 @@ def test_polished_code_names_a_bad_objective():
     code = codes.polished_code(tetrahedron + 1e-3 * np.arange(12).reshape(4, 3), "tammes")
     assert code.tammes == pytest.approx(np.sqrt(8 / 3), abs=1e-13)
     assert code.certificate.kkt_residual < 1e-12
+
+
+def test_a_given_start_is_a_candidate_as_it_is():
+    """The temperature schedule starts hot and can carry a start out of its basin; a
+    configuration passed in starts_from is polished as it is too, so a search given the
+    icosahedron returns it even when its own iterations (5 per temperature) go nowhere."""
+    code = codes.tammes_code(12, 3, starts=1, steps=5, known=False,
+                             starts_from=_icosahedron()[None])
+    assert code.tammes == pytest.approx(np.sqrt(2 - 2 / np.sqrt(5)), abs=1e-14)
+    assert code.certificate is not None
