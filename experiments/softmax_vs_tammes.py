@@ -95,12 +95,13 @@ def tammes_search(K: int, d: int, search: str, starts_from=None) -> codes.Code:
 
 def seed_codes(paths) -> dict:
     """Configurations by (d, K) from JSON-lines files (an earlier run's codes.jsonl, or lines
-    with "d", "K" and "W"): every "W", "tammes_W" and "softmax_W" of the right shape."""
+    with "d", "K" and "W"): every "W", "tammes_W", "softmax_W" and "independent_W" of the
+    right shape."""
     seeds: dict = {}
     for path in paths:
         for line in Path(path).read_text().splitlines():
             row = json.loads(line)
-            for key in ("W", "tammes_W", "softmax_W"):
+            for key in ("W", "tammes_W", "softmax_W", "independent_W"):
                 W = np.asarray(row.get(key, []), np.float64)
                 if W.shape == (row["K"], row["d"]):
                     seeds.setdefault((row["d"], row["K"]), []).append(W)
@@ -139,8 +140,9 @@ def finish_row(d: int, K: int, tammes: codes.Code, independent: codes.Code,
     itself = _polished_or_none(tammes.W, "softmax")
     candidates = [c for c in [itself, independent] + [_polished_or_none(W, "softmax")
                                                       for W in others] if c is not None]
-    certified = [c for c in candidates if c.certificate is not None]
-    soft = max(certified or candidates, key=lambda c: c.margin)
+    # Every candidate's margin is its exact QP's, certified or not: the largest is the softmax
+    # code found (a polished one first among equals).
+    soft = max(candidates, key=lambda c: (c.margin, c.certificate is not None))
     known = best_known.TAMMES.get((d, K))
     tcert, scert = tammes.certificate, soft.certificate
     margin_gap = soft.margin - tammes.margin
