@@ -322,6 +322,8 @@ def main() -> None:
     parser.add_argument("--seed-codes", nargs="+", default=[], metavar="JSONL",
                         help="also start the Tammes search from these files' codes (an earlier "
                         "run's codes.jsonl, or lines with d, K and W)")
+    parser.add_argument("--tables-only", action="store_true",
+                        help="search nothing: write the tables from the rows already in --out")
     parser.add_argument("--code-table", type=Path, default=None,
                         help="also write the certified values as this Python module")
     parser.add_argument("--quick", action="store_true",
@@ -357,6 +359,8 @@ def main() -> None:
             for K in range(low, args.max_K + 1):
                 if (d, K) in done:
                     rows.append(done[(d, K)])
+                    continue
+                if args.tables_only:
                     continue
                 row = compare(K, d, args.starts, args.tol, args.search, seeds.get((d, K)))
                 row.update(search=args.search, starts=args.starts,
