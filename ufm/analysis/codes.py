@@ -314,8 +314,9 @@ def best_tammes_code(K: int, d: int, *, seed: int = 0,
                      starts_from: Sequence[ArrayLike] | None = None) -> Code:
     """The search that reaches the best-known Tammes codes (`ufm.analysis.best_known`): 64
     random starts and the known constructions, the backtracking line search, two rounds of
-    restarts from perturbations of the best, polished and certified. In R^3 it reaches every
-    best-known value for K = 4..30 to 1e-9 (the closing table of docs/softmax_vs_tammes.md),
-    at 15 s (K = 4) to a few minutes (K = 30) on two cores."""
+    restarts from perturbations of the best, polished and certified. In R^3 it reached the
+    best-known values of K = 5..30 (docs/softmax_vs_tammes.md) except K = 29 (0.6627975
+    against 0.6629006, which three restart rounds from the K = 28 code plus a point found), at
+    15 s (K = 5) to 16 minutes (K = 30) on two cores."""
     return tammes_code(K, d, starts=64, seed=seed, starts_from=starts_from,
                        linesearch="backtracking", restarts=2)
